@@ -1,0 +1,3 @@
+from chancepay.cli import main
+
+raise SystemExit(main())

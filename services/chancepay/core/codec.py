@@ -1,0 +1,143 @@
+"""Validation of payment fields and the wire format of the payment message.
+
+Pure functions, no I/O: the orchestrator validates what clients send with them, and the
+wallet validates what it consumes with the very same rules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import decimal
+import json
+import re
+import uuid as uuidlib
+from decimal import Decimal
+from typing import Any
+
+CUS_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+AMOUNT_STR_RE = re.compile(r"[0-9]{1,16}(\.[0-9]{1,2})?")
+UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+AMOUNT_LIMIT = Decimal(10) ** 16
+CENT = Decimal("0.01")
+
+
+class InvalidPayload(ValueError):
+    """The bytes are not the JSON document they must be."""
+
+
+class InvalidField(ValueError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def _reject_constant(name: str) -> Any:
+    raise InvalidPayload(f"{name} is not a valid JSON number")
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise InvalidPayload(f"duplicated key {key!r}")
+        result[key] = value
+    return result
+
+
+def strict_json_loads(raw: bytes) -> Any:
+    """Parse JSON the way money needs it: numbers stay exact Decimals, no NaN/Infinity,
+    no duplicated keys (which parsers disagree on), UTF-8 only."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidPayload("body is not UTF-8") from None
+    try:
+        return json.loads(
+            text,
+            parse_float=Decimal,
+            parse_int=Decimal,
+            parse_constant=_reject_constant,
+            object_pairs_hook=_no_duplicate_keys,
+        )
+    except InvalidPayload:
+        raise
+    except (ValueError, RecursionError) as exc:
+        raise InvalidPayload(f"malformed JSON: {exc}") from None
+
+
+def parse_amount(value: Any) -> Decimal:
+    """A positive amount with at most two fraction digits, below 10^16, from a JSON string or
+    an exact JSON number (already a Decimal, see strict_json_loads). Never a float."""
+    if isinstance(value, bool) or not isinstance(value, (str, Decimal)):
+        raise InvalidField("amount", "must be a decimal string or number, e.g. \"12.50\"")
+    if isinstance(value, str):
+        if not AMOUNT_STR_RE.fullmatch(value):
+            raise InvalidField("amount", "must look like 12 or 12.50 (digits, at most two fraction digits)")
+        amount = Decimal(value)
+    else:
+        amount = value
+        if not amount.is_finite():
+            raise InvalidField("amount", "must be finite")
+    if amount.copy_abs() >= AMOUNT_LIMIT:
+        raise InvalidField("amount", "must be below 10^16")
+    try:
+        quantized = amount.quantize(CENT, context=decimal.Context(prec=40, traps=[decimal.InvalidOperation]))
+    except decimal.InvalidOperation:
+        raise InvalidField("amount", "is not a representable amount") from None
+    if quantized != amount:
+        raise InvalidField("amount", "has more than two fraction digits")
+    if quantized <= 0:
+        raise InvalidField("amount", "must be greater than zero")
+    return quantized
+
+
+def parse_cus_id(value: Any) -> str:
+    if not isinstance(value, str) or not CUS_ID_RE.fullmatch(value):
+        raise InvalidField("cusId", "must be 1-64 characters of A-Z a-z 0-9 _ . : -")
+    return value
+
+
+def parse_uuid(value: Any) -> str:
+    """A canonical lowercase uuid (as ChancePay writes them)."""
+    if not isinstance(value, str) or not UUID_RE.fullmatch(value):
+        raise InvalidField("uuid", "must be a canonical lowercase UUID")
+    return value
+
+
+def new_uuid() -> str:
+    return str(uuidlib.uuid4())
+
+
+def format_amount(amount: Decimal) -> str:
+    return f"{amount:.2f}"
+
+
+@dataclasses.dataclass(frozen=True)
+class PaymentMessage:
+    uuid: str
+    cus_id: str
+    amount: Decimal
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            {"uuid": self.uuid, "cusId": self.cus_id, "amount": format_amount(self.amount)},
+            separators=(",", ":"),
+        ).encode()
+
+
+def decode_message(body: bytes) -> PaymentMessage:
+    """The wallet's parser: anything but exactly {uuid, cusId, amount}, valid, is corrupt."""
+    doc = strict_json_loads(body)
+    if not isinstance(doc, dict):
+        raise InvalidPayload("message is not a JSON object")
+    if set(doc) != {"uuid", "cusId", "amount"}:
+        raise InvalidPayload(f"message fields are {sorted(doc)}, expected amount, cusId, uuid")
+    try:
+        return PaymentMessage(
+            uuid=parse_uuid(doc["uuid"]),
+            cus_id=parse_cus_id(doc["cusId"]),
+            amount=parse_amount(doc["amount"]),
+        )
+    except InvalidField as exc:
+        raise InvalidPayload(str(exc)) from None

@@ -1,0 +1,238 @@
+"""Configuration read from the environment.
+
+Every variable has a default that points at a local install (see CONTRACT.md).
+`Settings.from_env` takes the environ as an argument so tests and tools can pass
+their own mapping; nothing is read at import time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+DEFAULT_INTERNAL_TOKEN = "dev-internal-token"
+
+ROLE_PORTS = {"orchestrator": 8000, "scanner": 8001, "wallet": 8002}
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or malformed; the process must not start."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatabaseURL:
+    user: str
+    password: str
+    host: str
+    port: int
+    database: str
+    unix_socket: str | None = None
+
+    @classmethod
+    def parse(cls, url: str, *, name: str = "database URL") -> DatabaseURL:
+        parts = urlsplit(url)
+        if parts.scheme not in ("mysql", "mariadb"):
+            raise ConfigError(f"{name}: expected mysql://user:password@host:port/database, got scheme {parts.scheme!r}")
+        query = parse_qs(parts.query)
+        return cls(
+            user=unquote(parts.username or "root"),
+            password=unquote(parts.password or ""),
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or 3306,
+            database=unquote(parts.path.lstrip("/")),
+            unix_socket=(query.get("unix_socket") or [None])[0],
+        )
+
+    def connect_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "user": self.user,
+            "password": self.password,
+            "host": self.host,
+            "port": self.port,
+        }
+        if self.database:
+            kwargs["database"] = self.database
+        if self.unix_socket:
+            kwargs["unix_socket"] = self.unix_socket
+        return kwargs
+
+    def redacted(self) -> str:
+        return f"mysql://{self.user}:***@{self.host}:{self.port}/{self.database}"
+
+
+# (env var, field, parser, default) — the single list of every variable the code reads.
+# README.md and charts/chancepay/values.yaml document the same list; tests keep them in step.
+def _float(v: str) -> float:
+    return float(v)
+
+
+def _int(v: str) -> int:
+    return int(v)
+
+
+def _str(v: str) -> str:
+    return v
+
+
+@dataclasses.dataclass(frozen=True)
+class Var:
+    env: str
+    field: str
+    parse: Any
+    default: str
+    help: str
+
+
+VARIABLES: tuple[Var, ...] = (
+    Var("CHANCEPAY_ENV", "env", _str, "dev", "dev or prod; prod refuses the default internal token"),
+    Var("CHANCEPAY_ORCHESTRATOR_DB", "orchestrator_db", _str,
+        "mysql://chancepay:chancepay@127.0.0.1:3306/chancepay_orchestrator", "orchestrator schema (request, outbox)"),
+    Var("CHANCEPAY_WALLET_DB", "wallet_db", _str,
+        "mysql://chancepay:chancepay@127.0.0.1:3306/chancepay_wallet", "wallet schema (inbox)"),
+    Var("CHANCEPAY_ADMIN_DB", "admin_db", _str, "",
+        "migrate only: an admin URL; when set, migrate also creates both databases and least-privilege users"),
+    Var("CHANCEPAY_AMQP_URL", "amqp_url", _str, "amqp://guest:guest@127.0.0.1:5672/%2F", "RabbitMQ"),
+    Var("CHANCEPAY_ORCHESTRATOR_URL", "orchestrator_url", _str, "http://127.0.0.1:8000",
+        "where the wallet and the reconciler reach the orchestrator"),
+    Var("CHANCEPAY_WALLET_URL", "wallet_url", _str, "http://127.0.0.1:8002", "where the reconciler reaches the wallet"),
+    Var("CHANCEPAY_INTERNAL_TOKEN", "internal_token", _str, DEFAULT_INTERNAL_TOKEN, "bearer token for /internal/*"),
+    Var("CHANCEPAY_PORT", "port", _int, "", "HTTP port of this role (default: orchestrator 8000, scanner 8001, wallet 8002)"),
+    Var("CHANCEPAY_HOST", "host", _str, "0.0.0.0", "HTTP bind address"),
+    Var("CHANCEPAY_WALLET_SUCCESS_RATE", "wallet_success_rate", _float, "0.5", "probability the coin flip succeeds"),
+    Var("CHANCEPAY_LOG_LEVEL", "log_level", _str, "INFO", "DEBUG, INFO, WARNING or ERROR"),
+    Var("CHANCEPAY_DB_POOL_SIZE", "db_pool_size", _int, "10", "max connections per process"),
+    Var("CHANCEPAY_DB_TIMEOUT_SECONDS", "db_timeout", _float, "5", "connect and statement timeout"),
+    Var("CHANCEPAY_SCANNER_BATCH_SIZE", "scanner_batch_size", _int, "200", "outbox rows claimed per poll"),
+    Var("CHANCEPAY_SCANNER_POLL_INTERVAL_SECONDS", "scanner_poll_interval", _float, "0.05",
+        "sleep between polls when the outbox had nothing due"),
+    Var("CHANCEPAY_SCANNER_LEASE_SECONDS", "scanner_lease", _float, "30",
+        "a claimed row is invisible to other scanners this long"),
+    Var("CHANCEPAY_SCANNER_CONFIRM_TIMEOUT_SECONDS", "scanner_confirm_timeout", _float, "5",
+        "wait this long for the broker's publisher confirm"),
+    Var("CHANCEPAY_SCANNER_MAX_ATTEMPTS", "scanner_max_attempts", _int, "20",
+        "failed publish attempts after which a row stays but is no longer retried"),
+    Var("CHANCEPAY_SCANNER_RETRY_BASE_SECONDS", "scanner_retry_base", _float, "1",
+        "back-off after a failed attempt: base * 2^(attempts-1), capped"),
+    Var("CHANCEPAY_SCANNER_RETRY_MAX_SECONDS", "scanner_retry_max", _float, "60", "cap of the publish back-off"),
+    Var("CHANCEPAY_WALLET_PREFETCH", "wallet_prefetch", _int, "64", "unacknowledged messages per wallet"),
+    Var("CHANCEPAY_WALLET_MAX_DELIVERIES", "wallet_max_deliveries", _int, "5",
+        "deliveries after which a message whose callback keeps failing is acked and left to the reconciler"),
+    Var("CHANCEPAY_CALLBACK_TIMEOUT_SECONDS", "callback_timeout", _float, "2", "timeout of one result callback"),
+    Var("CHANCEPAY_CALLBACK_ATTEMPTS", "callback_attempts", _int, "3",
+        "callback tries per delivery (capped exponential back-off with jitter)"),
+    Var("CHANCEPAY_CALLBACK_BACKOFF_SECONDS", "callback_backoff", _float, "0.2", "first callback back-off"),
+    Var("CHANCEPAY_RECONCILE_AGE_SECONDS", "reconcile_age", _float, "60",
+        "reconcile only requests pending longer than this (database clock)"),
+    Var("CHANCEPAY_RECONCILE_BATCH", "reconcile_batch", _int, "500", "requests examined per reconcile pass"),
+    Var("CHANCEPAY_SHUTDOWN_GRACE_SECONDS", "shutdown_grace", _float, "20",
+        "after SIGTERM, finish in-flight work for at most this long"),
+    Var("CHANCEPAY_CRASH_POINTS", "crash_points", _str, "",
+        "fault testing only: comma-separated crash point names at which the process SIGKILLs itself"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    env: str
+    orchestrator_db: str
+    wallet_db: str
+    admin_db: str
+    amqp_url: str
+    orchestrator_url: str
+    wallet_url: str
+    internal_token: str
+    port: int | None
+    host: str
+    wallet_success_rate: float
+    log_level: str
+    db_pool_size: int
+    db_timeout: float
+    scanner_batch_size: int
+    scanner_poll_interval: float
+    scanner_lease: float
+    scanner_confirm_timeout: float
+    scanner_max_attempts: int
+    scanner_retry_base: float
+    scanner_retry_max: float
+    wallet_prefetch: int
+    wallet_max_deliveries: int
+    callback_timeout: float
+    callback_attempts: int
+    callback_backoff: float
+    reconcile_age: float
+    reconcile_batch: int
+    shutdown_grace: float
+    crash_points: str
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for var in VARIABLES:
+            raw = environ.get(var.env, var.default)
+            if var.field == "port" and raw == "":
+                values["port"] = None
+                continue
+            try:
+                values[var.field] = var.parse(raw)
+            except ValueError:
+                raise ConfigError(f"{var.env}={raw!r} is not valid ({var.help})") from None
+        settings = cls(**values)
+        settings._check()
+        return settings
+
+    def _check(self) -> None:
+        if self.env not in ("dev", "prod"):
+            raise ConfigError(f"CHANCEPAY_ENV must be dev or prod, got {self.env!r}")
+        if not 0.0 <= self.wallet_success_rate <= 1.0:
+            raise ConfigError("CHANCEPAY_WALLET_SUCCESS_RATE must be between 0 and 1")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError(f"CHANCEPAY_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
+        if not self.internal_token:
+            raise ConfigError("CHANCEPAY_INTERNAL_TOKEN must not be empty")
+        positive = {
+            "CHANCEPAY_DB_POOL_SIZE": self.db_pool_size,
+            "CHANCEPAY_DB_TIMEOUT_SECONDS": self.db_timeout,
+            "CHANCEPAY_SCANNER_BATCH_SIZE": self.scanner_batch_size,
+            "CHANCEPAY_SCANNER_LEASE_SECONDS": self.scanner_lease,
+            "CHANCEPAY_SCANNER_CONFIRM_TIMEOUT_SECONDS": self.scanner_confirm_timeout,
+            "CHANCEPAY_SCANNER_MAX_ATTEMPTS": self.scanner_max_attempts,
+            "CHANCEPAY_WALLET_PREFETCH": self.wallet_prefetch,
+            "CHANCEPAY_WALLET_MAX_DELIVERIES": self.wallet_max_deliveries,
+            "CHANCEPAY_CALLBACK_TIMEOUT_SECONDS": self.callback_timeout,
+            "CHANCEPAY_CALLBACK_ATTEMPTS": self.callback_attempts,
+            "CHANCEPAY_RECONCILE_BATCH": self.reconcile_batch,
+        }
+        for name, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"{name} must be > 0, got {value}")
+        if self.port is not None and not 0 < self.port < 65536:
+            raise ConfigError(f"CHANCEPAY_PORT must be a TCP port, got {self.port}")
+        DatabaseURL.parse(self.orchestrator_db, name="CHANCEPAY_ORCHESTRATOR_DB")
+        DatabaseURL.parse(self.wallet_db, name="CHANCEPAY_WALLET_DB")
+        if self.admin_db:
+            DatabaseURL.parse(self.admin_db, name="CHANCEPAY_ADMIN_DB")
+
+    def require_safe_token(self) -> None:
+        """Services that serve or call /internal refuse the well-known dev token outside dev."""
+        if self.env != "dev" and self.internal_token == DEFAULT_INTERNAL_TOKEN:
+            raise ConfigError(
+                "CHANCEPAY_INTERNAL_TOKEN is the public default; set a secret token (or CHANCEPAY_ENV=dev locally)"
+            )
+
+    def port_for(self, role: str) -> int:
+        return self.port if self.port is not None else ROLE_PORTS[role]
+
+    def crash_point_set(self) -> frozenset[str]:
+        return frozenset(p.strip() for p in self.crash_points.split(",") if p.strip())
+
+    @property
+    def orchestrator_db_url(self) -> DatabaseURL:
+        return DatabaseURL.parse(self.orchestrator_db)
+
+    @property
+    def wallet_db_url(self) -> DatabaseURL:
+        return DatabaseURL.parse(self.wallet_db)

@@ -1,0 +1,112 @@
+"""Every Prometheus metric ChancePay exports, defined in one place.
+
+Each process builds one `Metrics` (its own registry) at start-up; nothing is registered at
+import time. One process per pod, so no multiprocess mode. No uuid labels, ever.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE  # noqa: F401  (re-exported)
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    def __init__(self, role: str) -> None:
+        self.role = role
+        r = self.registry = CollectorRegistry(auto_describe=True)
+
+        # outbox — read from the outbox table itself at scrape time (orchestrator and scanner)
+        self.outbox_depth = Gauge("chancepay_outbox_depth", "Rows in the outbox table.", registry=r)
+        self.outbox_oldest_age = Gauge(
+            "chancepay_outbox_oldest_age_seconds", "Age of the oldest outbox row (database clock).", registry=r
+        )
+        self.outbox_exhausted = Gauge(
+            "chancepay_outbox_exhausted_rows",
+            "Outbox rows that reached the attempt limit: kept, no longer retried, need an operator.",
+            registry=r,
+        )
+        self.payments_pending = Gauge(
+            "chancepay_payments_pending", "Requests not finalized yet (succeed IS NULL).", registry=r
+        )
+        self.payments_pending_oldest_age = Gauge(
+            "chancepay_payments_pending_oldest_age_seconds",
+            "Age of the oldest pending request (database clock).",
+            registry=r,
+        )
+
+        # scanner
+        self.outbox_published = Counter(
+            "chancepay_outbox_published_total", "Outbox messages confirmed by the broker.", registry=r
+        )
+        self.outbox_publish_failures = Counter(
+            "chancepay_outbox_publish_failures_total",
+            "Failed publish attempts ([FAILED TO SEND TO MQ]); the outbox row stays.",
+            ["reason"],
+            registry=r,
+        )
+        self.outbox_publish_seconds = Histogram(
+            "chancepay_outbox_publish_seconds",
+            "Time from publish to broker confirm, per batch.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+
+        # orchestrator
+        self.payments_created = Counter("chancepay_payments_created_total", "Payments accepted (202).", registry=r)
+        self.payments_finalized = Counter(
+            "chancepay_payments_finalized_total", "Requests finalized write-once.", ["result"], registry=r
+        )
+        self.payment_e2e_seconds = Histogram(
+            "chancepay_payment_e2e_seconds",
+            "Create to finalization of a request (database clock).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.http_request_seconds = Histogram(
+            "chancepay_http_request_duration_seconds",
+            "HTTP request latency.",
+            ["route", "method", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.db_unavailable = Counter(
+            "chancepay_db_unavailable_total",
+            "Requests or polls that failed because the database was unreachable or timed out.",
+            registry=r,
+        )
+
+        # wallet
+        self.wallet_messages = Counter(
+            "chancepay_wallet_messages_total", "Messages handled by the wallet.", ["outcome"], registry=r
+        )
+        self.wallet_callback_failures = Counter(
+            "chancepay_wallet_callback_failures_total",
+            "Result callbacks that failed ([FAILED TO CALLBACK FROM WALLET]).",
+            registry=r,
+        )
+        self.wallet_callbacks = Counter(
+            "chancepay_wallet_callbacks_total", "Result callbacks the orchestrator accepted.", registry=r
+        )
+        self.dlq_messages = Gauge(
+            "chancepay_dlq_messages", "Messages waiting in chancepay.payments.dlq (read at scrape).", registry=r
+        )
+
+        # reconciler
+        self.reconcile_repairs = Counter(
+            "chancepay_reconcile_repairs_total", "Repairs made by chancepay reconcile.", ["kind"], registry=r
+        )
+        self.reconcile_failures = Counter(
+            "chancepay_reconcile_failures_total", "Reconcile steps that failed ([FAILED TO RECONCILE]).", registry=r
+        )
+
+        for outcome in ("succeeded", "failed", "duplicate", "corrupt"):
+            self.wallet_messages.labels(outcome=outcome)
+        for result in ("succeeded", "failed"):
+            self.payments_finalized.labels(result=result)
+        for reason in ("nack", "returned", "timeout", "connection"):
+            self.outbox_publish_failures.labels(reason=reason)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,122 @@
+"""Every SQL statement ChancePay runs, in one place.
+
+Ages are always computed by the database clock (NOW(6)), never a process clock,
+so two processes on two machines agree on what "older than 60 s" means.
+"""
+
+# --------------------------------------------------------------------------- schema
+ORCHESTRATOR_DDL = (
+    """
+    CREATE TABLE IF NOT EXISTS request (
+        uuid CHAR(36) CHARACTER SET ascii NOT NULL PRIMARY KEY,
+        cus_id VARCHAR(64) CHARACTER SET ascii NOT NULL,
+        amount DECIMAL(18,2) NOT NULL,
+        succeed BOOLEAN NULL,
+        created_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+        finalized_at DATETIME(6) NULL,
+        idempotency_key VARCHAR(255) CHARACTER SET ascii COLLATE ascii_bin NULL,
+        request_hash CHAR(64) CHARACTER SET ascii NULL,
+        UNIQUE KEY uq_request_idempotency_key (idempotency_key),
+        KEY ix_request_pending (succeed, created_at)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS outbox (
+        uuid CHAR(36) CHARACTER SET ascii NOT NULL PRIMARY KEY,
+        payload VARBINARY(2048) NOT NULL,
+        attempts INT NOT NULL DEFAULT 0,
+        created_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+        next_attempt_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+        claimed_by VARCHAR(64) CHARACTER SET ascii NULL,
+        last_error VARCHAR(512) NULL,
+        KEY ix_outbox_due (next_attempt_at)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
+    """,
+)
+
+WALLET_DDL = (
+    """
+    CREATE TABLE IF NOT EXISTS inbox (
+        uuid CHAR(36) CHARACTER SET ascii NOT NULL PRIMARY KEY,
+        cus_id VARCHAR(64) CHARACTER SET ascii NOT NULL,
+        amount DECIMAL(18,2) NOT NULL,
+        succeed BOOLEAN NULL,
+        created_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+        finalized_at DATETIME(6) NULL,
+        deliveries INT NOT NULL DEFAULT 1
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
+    """,
+)
+
+STRICT_MODE_CHECK = "SELECT @@SESSION.sql_mode"
+
+# Admin-only statements (migrate with CHANCEPAY_ADMIN_DB). Identifiers are validated by the caller.
+CREATE_DATABASE = "CREATE DATABASE IF NOT EXISTS `{db}` CHARACTER SET utf8mb4"
+CREATE_USER = "CREATE USER IF NOT EXISTS %s@'%%' IDENTIFIED BY %s"
+ALTER_USER_PASSWORD = "ALTER USER %s@'%%' IDENTIFIED BY %s"
+GRANT_ALL_ON_DB = "GRANT ALL PRIVILEGES ON `{db}`.* TO %s@'%%'"
+
+# --------------------------------------------------------------------------- orchestrator
+INSERT_REQUEST = (
+    "INSERT INTO request (uuid, cus_id, amount, idempotency_key, request_hash) VALUES (%s, %s, %s, %s, %s)"
+)
+INSERT_OUTBOX = "INSERT INTO outbox (uuid, payload) VALUES (%s, %s)"
+SELECT_REQUEST = (
+    "SELECT uuid, cus_id, amount, succeed, created_at, finalized_at FROM request WHERE uuid = %s"
+)
+SELECT_REQUEST_BY_IDEMPOTENCY_KEY = (
+    "SELECT uuid, cus_id, amount, succeed, created_at, finalized_at, request_hash "
+    "FROM request WHERE idempotency_key = %s"
+)
+# Write-once finalization: a row that is already final is never touched again.
+FINALIZE_REQUEST = (
+    "UPDATE request SET succeed = %s, finalized_at = NOW(6) WHERE uuid = %s AND succeed IS NULL"
+)
+SELECT_FINALIZED_LATENCY = "SELECT TIMESTAMPDIFF(MICROSECOND, created_at, finalized_at) FROM request WHERE uuid = %s"
+SELECT_REQUEST_SUCCEED = "SELECT succeed FROM request WHERE uuid = %s"
+
+OUTBOX_STATS = (
+    "SELECT COUNT(*), COALESCE(TIMESTAMPDIFF(MICROSECOND, MIN(created_at), NOW(6)), 0), "
+    "COALESCE(SUM(attempts >= %s), 0) FROM outbox"
+)
+PENDING_STATS = (
+    "SELECT COUNT(*), COALESCE(TIMESTAMPDIFF(MICROSECOND, MIN(created_at), NOW(6)), 0) "
+    "FROM request WHERE succeed IS NULL"
+)
+
+# --------------------------------------------------------------------------- scanner
+# Claim due rows in a short transaction and push next_attempt_at past the lease, so another
+# scanner skips them (SKIP LOCKED while we hold them, the lease after we commit). No row lock is
+# held while publishing.
+CLAIM_OUTBOX = (
+    "SELECT uuid, payload, attempts FROM outbox "
+    "WHERE next_attempt_at <= NOW(6) AND attempts < %s "
+    "ORDER BY next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED"
+)
+LEASE_OUTBOX = (
+    "UPDATE outbox SET next_attempt_at = NOW(6) + INTERVAL %s MICROSECOND, claimed_by = %s "
+    "WHERE uuid IN ({placeholders})"
+)
+DELETE_OUTBOX = "DELETE FROM outbox WHERE uuid IN ({placeholders})"
+RECORD_OUTBOX_FAILURE = (
+    "UPDATE outbox SET attempts = attempts + 1, last_error = %s, claimed_by = NULL, "
+    "next_attempt_at = NOW(6) + INTERVAL %s MICROSECOND WHERE uuid = %s"
+)
+
+# --------------------------------------------------------------------------- wallet
+INSERT_INBOX = "INSERT IGNORE INTO inbox (uuid, cus_id, amount) VALUES (%s, %s, %s)"
+LOCK_INBOX = "SELECT cus_id, amount, succeed FROM inbox WHERE uuid = %s FOR UPDATE"
+FINALIZE_INBOX = (
+    "UPDATE inbox SET succeed = %s, finalized_at = NOW(6) WHERE uuid = %s AND succeed IS NULL"
+)
+COUNT_INBOX_DELIVERY = "UPDATE inbox SET deliveries = deliveries + 1 WHERE uuid = %s"
+SELECT_INBOX = "SELECT uuid, succeed FROM inbox WHERE uuid = %s"
+
+# --------------------------------------------------------------------------- reconcile
+SELECT_STALE_PENDING = (
+    "SELECT r.uuid, r.cus_id, r.amount, (o.uuid IS NOT NULL) AS in_outbox "
+    "FROM request r LEFT JOIN outbox o ON o.uuid = r.uuid "
+    "WHERE r.succeed IS NULL AND r.created_at < NOW(6) - INTERVAL %s MICROSECOND "
+    "ORDER BY r.created_at LIMIT %s"
+)
+REENQUEUE_OUTBOX = "INSERT IGNORE INTO outbox (uuid, payload) VALUES (%s, %s)"
