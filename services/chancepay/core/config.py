@@ -127,6 +127,8 @@ VARIABLES: tuple[Var, ...] = (
     Var("CHANCEPAY_RECONCILE_AGE_SECONDS", "reconcile_age", _float, "60",
         "reconcile only requests pending longer than this (database clock)"),
     Var("CHANCEPAY_RECONCILE_BATCH", "reconcile_batch", _int, "500", "requests examined per reconcile pass"),
+    Var("CHANCEPAY_PUSHGATEWAY_URL", "pushgateway_url", _str, "",
+        "reconcile only: push its counters to this Prometheus Pushgateway (a CronJob has no scrape endpoint)"),
     Var("CHANCEPAY_SHUTDOWN_GRACE_SECONDS", "shutdown_grace", _float, "20",
         "after SIGTERM, finish in-flight work for at most this long"),
     Var("CHANCEPAY_CRASH_POINTS", "crash_points", _str, "",
@@ -164,6 +166,7 @@ class Settings:
     callback_backoff: float
     reconcile_age: float
     reconcile_batch: int
+    pushgateway_url: str
     shutdown_grace: float
     crash_points: str
 

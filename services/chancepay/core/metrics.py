@@ -6,16 +6,36 @@ import time. One process per pod, so no multiprocess mode. No uuid labels, ever.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE  # noqa: F401  (re-exported)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
+# Which metrics each process exports: a scanner reporting chancepay_payments_created_total 0
+# would only mislead a dashboard that sums across pods.
+ROLE_METRICS: dict[str, tuple[str, ...]] = {
+    "orchestrator": (
+        "outbox_depth", "outbox_oldest_age", "outbox_exhausted", "payments_pending", "payments_pending_oldest_age",
+        "payments_created", "payments_finalized", "payment_e2e_seconds", "http_request_seconds", "db_unavailable",
+    ),
+    "scanner": (
+        "outbox_depth", "outbox_oldest_age", "outbox_exhausted", "payments_pending", "payments_pending_oldest_age",
+        "outbox_published", "outbox_publish_failures", "outbox_publish_seconds", "db_unavailable",
+    ),
+    "wallet": (
+        "wallet_messages", "wallet_callback_failures", "wallet_callbacks", "dlq_messages", "db_unavailable",
+    ),
+    "reconcile": ("reconcile_repairs", "reconcile_failures"),
+}
+
+
 class Metrics:
     def __init__(self, role: str) -> None:
+        disable_created_metrics()  # the *_created series only double the scrape size
         self.role = role
-        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = None  # built unregistered; the role's own ones are registered below
 
         # outbox — read from the outbox table itself at scrape time (orchestrator and scanner)
         self.outbox_depth = Gauge("chancepay_outbox_depth", "Rows in the outbox table.", registry=r)
@@ -100,6 +120,9 @@ class Metrics:
         self.reconcile_failures = Counter(
             "chancepay_reconcile_failures_total", "Reconcile steps that failed ([FAILED TO RECONCILE]).", registry=r
         )
+
+        for name in ROLE_METRICS.get(role, ()):
+            self.registry.register(getattr(self, name))
 
         for outcome in ("succeeded", "failed", "duplicate", "corrupt"):
             self.wallet_messages.labels(outcome=outcome)

@@ -1,0 +1,138 @@
+"""The invariant check of CONTRACT.md, for `chancepay audit` (a live system) and `chancepay load`
+(the payments of one load run).
+
+The two schemas are read through their own users (least privilege: no cross-schema join), so
+the check reads (uuid, succeed) from each side and compares in memory, in chunks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import orjson
+
+from chancepay.core.config import Settings
+from chancepay.core.db import Database
+
+CHUNK = 1000
+
+
+@dataclasses.dataclass
+class InvariantReport:
+    checked: int = 0
+    lost: list[str] = dataclasses.field(default_factory=list)  # 2xx but no request row / nobody holds the message
+    duplicated: list[str] = dataclasses.field(default_factory=list)  # more than one row for one payment
+    mismatched: list[str] = dataclasses.field(default_factory=list)  # request final != inbox final
+    orphan_inbox: list[str] = dataclasses.field(default_factory=list)  # inbox row without a request
+    unexplained_outbox: list[str] = dataclasses.field(default_factory=list)  # stuck row with no failure recorded
+    awaiting_mirror: list[str] = dataclasses.field(default_factory=list)  # inbox final, request pending (heals)
+
+    @property
+    def violations(self) -> int:
+        return sum(
+            len(x) for x in (self.lost, self.duplicated, self.mismatched, self.orphan_inbox, self.unexplained_outbox)
+        )
+
+    def as_json(self, sample: int = 10) -> dict[str, Any]:
+        out: dict[str, Any] = {"checked": self.checked, "ok": self.violations == 0}
+        for name in ("lost", "duplicated", "mismatched", "orphan_inbox", "unexplained_outbox", "awaiting_mirror"):
+            values = getattr(self, name)
+            out[name] = len(values)
+            if values:
+                out[f"{name}_sample"] = values[:sample]
+        return out
+
+
+def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
+    for i in range(0, len(items), CHUNK):
+        yield items[i : i + CHUNK]
+
+
+async def _succeed_by_uuid(db: Database, table: str, uuids: Sequence[str]) -> dict[str, bool | None]:
+    found: dict[str, bool | None] = {}
+    for chunk in _chunks(uuids):
+        placeholders = ",".join(["%s"] * len(chunk))
+        rows = await db.fetchall(f"SELECT uuid, succeed FROM {table} WHERE uuid IN ({placeholders})", list(chunk))
+        for uuid, succeed in rows:
+            found[uuid] = None if succeed is None else bool(succeed)
+    return found
+
+
+def compare(requests: dict[str, bool | None], inbox: dict[str, bool | None], report: InvariantReport) -> None:
+    """Invariants 4 and 6 on (uuid -> succeed) maps of both sides."""
+    for uuid, inbox_succeed in inbox.items():
+        if uuid not in requests:
+            report.orphan_inbox.append(uuid)
+            continue
+        req = requests[uuid]
+        if req is not None and inbox_succeed is not None and req != inbox_succeed:
+            report.mismatched.append(uuid)
+        elif req is None and inbox_succeed is not None:
+            report.awaiting_mirror.append(uuid)
+    for uuid, req in requests.items():
+        if req is not None and uuid not in inbox:
+            report.mismatched.append(uuid)  # final without the wallet ever deciding it
+
+
+async def check_uuids(orch: Database, wallet: Database, accepted: Sequence[str]) -> InvariantReport:
+    """The invariants for a known set of accepted payments (a load run)."""
+    report = InvariantReport(checked=len(accepted))
+    requests = await _succeed_by_uuid(orch, "request", accepted)
+    inbox = await _succeed_by_uuid(wallet, "inbox", accepted)
+    report.lost = [u for u in accepted if u not in requests]
+    compare(requests, inbox, report)
+    return report
+
+
+async def check_live(orch: Database, wallet: Database, *, window_hours: float, stale_seconds: float) -> InvariantReport:
+    """The invariants over every payment created in the last `window_hours` (database clock)."""
+    window_us = int(window_hours * 3600e6)
+    stale_us = int(stale_seconds * 1e6)
+    requests = {
+        u: None if s is None else bool(s)
+        for u, s in await orch.fetchall(
+            "SELECT uuid, succeed FROM request WHERE created_at >= NOW(6) - INTERVAL %s MICROSECOND", (window_us,)
+        )
+    }
+    inbox_rows = await wallet.fetchall(
+        "SELECT uuid, succeed FROM inbox WHERE created_at >= NOW(6) - INTERVAL %s MICROSECOND", (window_us,)
+    )
+    inbox = {u: None if s is None else bool(s) for u, s in inbox_rows}
+    # An inbox row just inside the window may belong to a request just outside it.
+    missing = [u for u in inbox if u not in requests]
+    requests.update(await _succeed_by_uuid(orch, "request", missing))
+    report = InvariantReport(checked=len(requests))
+    compare(requests, inbox, report)
+    outbox = {
+        u: int(a)
+        for u, a in await orch.fetchall(
+            "SELECT uuid, attempts FROM outbox WHERE created_at < NOW(6) - INTERVAL %s MICROSECOND", (stale_us,)
+        )
+    }
+    report.unexplained_outbox = [u for u, attempts in outbox.items() if attempts == 0]
+    stale_pending = [
+        u
+        for (u,) in await orch.fetchall(
+            "SELECT uuid FROM request WHERE succeed IS NULL AND created_at < NOW(6) - INTERVAL %s MICROSECOND "
+            "AND created_at >= NOW(6) - INTERVAL %s MICROSECOND",
+            (stale_us, window_us),
+        )
+    ]
+    # Stale, pending, held by neither the outbox nor the inbox: only the queue could still hold it.
+    report.lost = [u for u in stale_pending if u not in outbox and u not in inbox]
+    return report
+
+
+async def audit_main(settings: Settings, window_hours: float = 24.0) -> int:
+    orch = Database(settings.orchestrator_db_url, pool_size=2, timeout=settings.db_timeout)
+    wallet = Database(settings.wallet_db_url, pool_size=2, timeout=settings.db_timeout)
+    try:
+        report = await check_live(orch, wallet, window_hours=window_hours, stale_seconds=settings.reconcile_age)
+    finally:
+        await orch.close()
+        await wallet.close()
+    sys.stdout.write(orjson.dumps(report.as_json()).decode() + "\n")
+    return 0 if report.violations == 0 else 1

@@ -1,0 +1,108 @@
+"""The `chancepay` console script: one subcommand per role and tool. Thin: parse, configure, run."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from chancepay.core import logging as chancelog
+from chancepay.core.config import ConfigError, Settings
+from chancepay.core.runner import install_event_loop
+
+ROLES = ("orchestrator", "scanner", "wallet")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="chancepay", description="ChancePay (随缘付) payment pipeline")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("orchestrator", help="the payments API (port 8000)")
+    sub.add_parser("scanner", help="the outbox scanner (port 8001)")
+    sub.add_parser("wallet", help="the wallet consumer (port 8002)")
+    sub.add_parser("migrate", help="create or upgrade both schemas, then exit")
+    rec = sub.add_parser("reconcile", help="one reconciliation pass over stale pending requests, then exit")
+    rec.add_argument("--age", type=float, default=None, help="override CHANCEPAY_RECONCILE_AGE_SECONDS")
+    sub.add_parser("audit", help="print the invariant check of a live system as JSON; exit 1 on a violation")
+    load = sub.add_parser("load", help="open-loop load at RATE payments/s for DURATION s, then a JSON summary")
+    load.add_argument("--rate", type=float, required=True, help="payments per second (open loop)")
+    load.add_argument("--duration", type=float, required=True, help="seconds of load")
+    load.add_argument("--converge-timeout", type=float, default=120.0, help="seconds to wait for convergence")
+    load.add_argument("--concurrency", type=int, default=512, help="max requests in flight (connections)")
+    dev = sub.add_parser("dev", help="run the three roles under a restarting supervisor (what `make run` uses)")
+    dev.add_argument("--roles", default=",".join(ROLES), help="comma-separated roles to run")
+    return p
+
+
+def _run(coro_factory: Callable[[], Coroutine[Any, Any, int | None]]) -> int:
+    install_event_loop()
+    try:
+        return asyncio.run(coro_factory()) or 0
+    except KeyboardInterrupt:
+        return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"chancepay: configuration error: {exc}", file=sys.stderr)
+        return 2
+    role = args.command
+    report_on_stdout = role in ("load", "audit")
+    chancelog.configure(role, settings.log_level, stream=sys.stderr if report_on_stdout else sys.stdout)
+    log = chancelog.get_logger()
+    try:
+        if role == "orchestrator":
+            from chancepay.orchestrator.main import run
+
+            return _run(lambda: run(settings))
+        if role == "scanner":
+            from chancepay.scanner.main import run as run_scanner
+
+            return _run(lambda: run_scanner(settings))
+        if role == "wallet":
+            from chancepay.wallet.main import run as run_wallet
+
+            return _run(lambda: run_wallet(settings))
+        if role == "migrate":
+            from chancepay.core.schema import migrate
+
+            async def _migrate() -> int:
+                await migrate(settings)
+                return 0
+
+            return _run(_migrate)
+        if role == "reconcile":
+            from chancepay.reconcile import reconcile_main
+
+            return _run(lambda: reconcile_main(settings, age=args.age))
+        if role == "audit":
+            from chancepay.audit import audit_main
+
+            return _run(lambda: audit_main(settings))
+        if role == "load":
+            from chancepay.load import load_main
+
+            return _run(
+                lambda: load_main(
+                    settings,
+                    rate=args.rate,
+                    duration=args.duration,
+                    converge_timeout=args.converge_timeout,
+                    concurrency=args.concurrency,
+                )
+            )
+        if role == "dev":
+            from chancepay.devrun import supervise
+
+            return supervise([r for r in args.roles.split(",") if r])
+    except ConfigError as exc:
+        log.error("[FAILED TO START]", error=str(exc))
+        return 2
+    except Exception as exc:
+        log.exception("[FAILED TO START]", error=str(exc))
+        return 1
+    return 2

@@ -1,0 +1,107 @@
+"""Runs one role: its HTTP server and (for scanner and wallet) its worker, in one event loop.
+
+SIGTERM or SIGINT: stop taking work, let in-flight work finish (bounded by
+CHANCEPAY_SHUTDOWN_GRACE_SECONDS), then exit 0. A worker that dies of a fatal error makes the
+process exit 1 so the supervisor (Kubernetes, or `make run`) restarts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import uvicorn
+
+from chancepay.core.logging import get_logger
+
+Worker = Callable[[asyncio.Event], Awaitable[None]]
+
+
+class _Server(uvicorn.Server):
+    # The runner owns signal handling: uvicorn must not install (and later re-raise) its own.
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class FatalError(Exception):
+    """The role cannot go on; exit non-zero and let the supervisor restart it."""
+
+
+def install_event_loop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a pinned dependency on Linux
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def serve(
+    *,
+    app: Any,
+    host: str,
+    port: int,
+    shutdown_grace: float,
+    worker: Worker | None = None,
+    on_stop: Callable[[], None] | None = None,
+) -> int:
+    log = get_logger()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    server = _Server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=max(1, int(shutdown_grace)),
+            server_header=False,
+        )
+    )
+    server_task = asyncio.create_task(server.serve(), name="http")
+    while not server.started:
+        if server_task.done():
+            exc = server_task.exception()
+            log.error("[FAILED TO START HTTP SERVER]", host=host, port=port, error=repr(exc))
+            return 1
+        await asyncio.sleep(0.01)
+    log.info("listening", host=host, port=port)
+
+    worker_task = asyncio.create_task(worker(stop), name="worker") if worker else None
+    stop_task = asyncio.create_task(stop.wait(), name="stop")
+    waiting = {t for t in (server_task, worker_task, stop_task) if t is not None}
+    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+
+    exit_code = 0
+    if stop.is_set():
+        log.info("stopping: draining in-flight work", grace_seconds=shutdown_grace)
+        if on_stop is not None:
+            on_stop()
+    if worker_task is not None:
+        stop.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(worker_task), timeout=shutdown_grace)
+        except TimeoutError:
+            log.error("[FAILED TO STOP CLEANLY]", reason="worker did not drain within the grace period")
+            worker_task.cancel()
+            exit_code = 1
+        except FatalError as exc:
+            log.error("fatal error, exiting so the supervisor restarts this role", error=str(exc))
+            exit_code = 1
+        except Exception:
+            log.exception("worker crashed")
+            exit_code = 1
+    server.should_exit = True
+    with contextlib.suppress(BaseException):
+        await server_task
+    stop_task.cancel()
+    log.info("stopped", exit_code=exit_code)
+    return exit_code

@@ -1,0 +1,76 @@
+"""`chancepay dev`: run roles as child processes, restart any that exits, like Kubernetes would.
+
+Used by `make run`. Children inherit stdout/stderr, so their JSON log lines (which carry
+`role`) interleave in the terminal. Ctrl-C (or SIGTERM) stops every child with SIGTERM and
+waits for them. A child that keeps dying is restarted with capped exponential back-off
+(CrashLoopBackOff in miniature).
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+from chancepay.core.logging import get_logger
+
+ALLOWED = ("orchestrator", "scanner", "wallet")
+
+
+def supervise(roles: list[str], max_backoff: float = 30.0) -> int:
+    log = get_logger()
+    unknown = [r for r in roles if r not in ALLOWED]
+    if unknown:
+        log.error("[FAILED TO START]", error=f"unknown roles {unknown}; choose from {ALLOWED}")
+        return 2
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    restarts = {r: 0 for r in roles}
+    next_start = {r: 0.0 for r in roles}
+    started_at = {r: 0.0 for r in roles}
+
+    def spawn(role: str) -> None:
+        children[role] = subprocess.Popen([sys.executable, "-m", "chancepay", role])
+        started_at[role] = time.monotonic()
+        log.info("supervisor started role", child=role, pid=children[role].pid, restarts=restarts[role])
+
+    for role in roles:
+        spawn(role)
+    while not stopping:
+        now = time.monotonic()
+        for role in roles:
+            child = children.get(role)
+            if child is not None and child.poll() is not None:
+                code = child.returncode
+                del children[role]
+                if now - started_at[role] > 60:
+                    restarts[role] = 0  # it ran a good while: forget earlier crashes
+                delay = min(max_backoff, 0.5 * 2 ** restarts[role])
+                restarts[role] += 1
+                next_start[role] = now + delay
+                log.warning("supervisor: role exited, restarting", child=role, exit_code=code, restart_in_seconds=delay)
+            if role not in children and now >= next_start[role]:
+                spawn(role)
+        time.sleep(0.2)
+
+    log.info("supervisor stopping children")
+    for child in children.values():
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    for child in children.values():
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+    return 0

@@ -1,0 +1,188 @@
+"""`chancepay load --rate R --duration S`: open-loop load, then convergence, then one JSON summary.
+
+Open loop: arrival i is due at start + i/R whether or not earlier requests have answered, and
+its latency is measured from that due time (no coordinated omission: a stalled API shows up as
+latency, not as a politely slower client). Every request carries an Idempotency-Key, so a
+payment is never created twice by this tool.
+
+After the last arrival it polls the orchestrator's database until every accepted payment is
+final and the outbox is empty (or --converge-timeout passes), then checks the contract's
+invariants for exactly the payments it created. Exit 1 on a violation or no convergence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import secrets
+import sys
+import time
+from typing import Any
+
+import httpx
+import orjson
+
+from chancepay.audit import check_uuids
+from chancepay.core.config import Settings
+from chancepay.core.db import Database
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, int(round(q / 100 * len(ordered) + 0.5)) - 1))
+    return ordered[index]
+
+
+def latency_summary(seconds: list[float]) -> dict[str, float | None]:
+    def ms(v: float | None) -> float | None:
+        return None if v is None else round(v * 1000, 2)
+
+    return {
+        "p50": ms(percentile(seconds, 50)),
+        "p99": ms(percentile(seconds, 99)),
+        "max": ms(max(seconds) if seconds else None),
+    }
+
+
+@dataclasses.dataclass
+class Shot:
+    index: int
+    status: int | None = None
+    uuid: str | None = None
+    latency: float | None = None
+    error: str | None = None
+
+
+async def _fire(client: httpx.AsyncClient, run_id: str, shot: Shot, due: float) -> None:
+    body = {"cusId": f"load-{run_id}-{shot.index}", "amount": f"{1 + shot.index % 9999}.{shot.index % 100:02d}"}
+    try:
+        response = await client.post(
+            "/payments",
+            content=orjson.dumps(body),
+            headers={"Content-Type": "application/json", "Idempotency-Key": f"load-{run_id}-{shot.index}"},
+        )
+        shot.status = response.status_code
+        if response.status_code == 202:
+            shot.uuid = orjson.loads(response.content)["uuid"]
+    except httpx.HTTPError as exc:
+        shot.error = type(exc).__name__
+    shot.latency = time.perf_counter() - due
+
+
+async def generate(settings: Settings, rate: float, duration: float, concurrency: int) -> tuple[list[Shot], float]:
+    run_id = secrets.token_hex(4)
+    total = max(1, int(rate * duration))
+    shots = [Shot(i) for i in range(total)]
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=settings.orchestrator_url, limits=limits, timeout=30) as client:
+        start = time.perf_counter()
+        tasks = []
+        for shot in shots:
+            due = start + shot.index / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(_fire(client, run_id, shot, due)))
+        send_window = time.perf_counter() - start
+        await asyncio.gather(*tasks)
+    return shots, send_window
+
+
+async def _converge(orch: Database, uuids: list[str], timeout: float) -> tuple[bool, float, int, int]:
+    """Poll until the run's payments are final and the outbox is empty. Returns
+    (converged, seconds waited, still pending, outbox depth)."""
+    start = time.perf_counter()
+    pending_set = list(uuids)
+    depth = 0
+    while True:
+        still: list[str] = []
+        for i in range(0, len(pending_set), 1000):
+            chunk = pending_set[i : i + 1000]
+            placeholders = ",".join(["%s"] * len(chunk))
+            rows = await orch.fetchall(
+                f"SELECT uuid FROM request WHERE succeed IS NULL AND uuid IN ({placeholders})", chunk
+            )
+            still.extend(r[0] for r in rows)
+        pending_set = still
+        (depth,) = await orch.fetchone("SELECT COUNT(*) FROM outbox")
+        waited = time.perf_counter() - start
+        if not pending_set and depth == 0:
+            return True, waited, 0, 0
+        if waited >= timeout:
+            return False, waited, len(pending_set), int(depth)
+        await asyncio.sleep(0.2)
+
+
+async def _results(orch: Database, uuids: list[str]) -> tuple[int, int, list[float]]:
+    succeeded = failed = 0
+    e2e: list[float] = []
+    for i in range(0, len(uuids), 1000):
+        chunk = uuids[i : i + 1000]
+        placeholders = ",".join(["%s"] * len(chunk))
+        rows = await orch.fetchall(
+            "SELECT succeed, TIMESTAMPDIFF(MICROSECOND, created_at, finalized_at) FROM request "
+            f"WHERE uuid IN ({placeholders})",
+            chunk,
+        )
+        for succeed, micros in rows:
+            if succeed is None:
+                continue
+            if succeed:
+                succeeded += 1
+            else:
+                failed += 1
+            e2e.append(int(micros) / 1e6)
+    return succeeded, failed, e2e
+
+
+async def run_load(
+    settings: Settings, *, rate: float, duration: float, converge_timeout: float, concurrency: int
+) -> dict[str, Any]:
+    if rate <= 0 or duration <= 0:
+        raise ValueError("--rate and --duration must be > 0")
+    shots, send_window = await generate(settings, rate, duration, concurrency)
+    accepted = [s.uuid for s in shots if s.uuid]
+    orch = Database(settings.orchestrator_db_url, pool_size=2, timeout=max(settings.db_timeout, 10))
+    wallet = Database(settings.wallet_db_url, pool_size=2, timeout=max(settings.db_timeout, 10))
+    try:
+        converged, waited, pending, depth = await _converge(orch, accepted, converge_timeout)
+        succeeded, failed, e2e = await _results(orch, accepted)
+        report = await check_uuids(orch, wallet, accepted)
+    finally:
+        await orch.close()
+        await wallet.close()
+    statuses: dict[str, int] = {}
+    for s in shots:
+        key = str(s.status) if s.status is not None else (s.error or "error")
+        statuses[key] = statuses.get(key, 0) + 1
+    invariants = report.as_json()
+    return {
+        "rate": rate,
+        "duration": duration,
+        "sent": len(shots),
+        "accepted": len(accepted),
+        "responses": statuses,
+        "achieved_rate": round(len(shots) / send_window, 2) if send_window > 0 else None,
+        "succeeded": succeeded,
+        "failed": failed,
+        "pending": pending,
+        "outbox_depth": depth,
+        "converged": converged,
+        "converge_seconds": round(waited, 2),
+        "api_latency_ms": latency_summary([s.latency for s in shots if s.latency is not None and s.status == 202]),
+        "e2e_latency_ms": latency_summary(e2e),
+        "invariants": invariants,
+        "ok": converged and invariants["ok"] and len(accepted) == len(shots),
+    }
+
+
+async def load_main(settings: Settings, *, rate: float, duration: float, converge_timeout: float, concurrency: int) -> int:
+    summary = await run_load(
+        settings, rate=rate, duration=duration, converge_timeout=converge_timeout, concurrency=concurrency
+    )
+    sys.stdout.write(orjson.dumps(summary).decode() + "\n")
+    sys.stdout.flush()
+    violated = not summary["invariants"]["ok"] or not summary["converged"]
+    return 1 if violated else 0

@@ -1,0 +1,1 @@
+"""The orchestrator: public payments API and the write-once result callback."""

@@ -1,0 +1,182 @@
+"""The orchestrator's OpenAPI 3.1 document, served at /openapi.json.
+
+Written by hand because it *is* the contract (CONTRACT.md "HTTP API"): schemathesis fuzzes the
+API from it, so every status code the API can answer is listed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+_UUID_PARAM = {
+    "name": "uuid",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"},
+}
+
+
+def _err(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ERROR}}}
+
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "ChancePay orchestrator",
+        "version": "1.0.0",
+        "description": "Create payments and read their status. A payment is PENDING until the wallet's result arrives.",
+    },
+    "paths": {
+        "/payments": {
+            "post": {
+                "operationId": "createPayment",
+                "summary": "Accept a payment (request row and outbox row in one transaction)",
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
+                        "description": "Same key and same body: the original payment again (Idempotent-Replayed: true).",
+                    }
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PaymentRequest"}}},
+                },
+                "responses": {
+                    "202": {
+                        "description": "Accepted; the payment is PENDING",
+                        "headers": {"Location": {"schema": {"type": "string"}}},
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PaymentAccepted"}}},
+                    },
+                    "400": _err("Malformed JSON or header"),
+                    "413": _err("Body over 16 KiB"),
+                    "415": _err("Content-Type is not application/json"),
+                    "422": _err("A field is invalid, missing or unknown, or the Idempotency-Key was reused"),
+                    "503": _err("Database unavailable; nothing was written"),
+                },
+            }
+        },
+        "/payments/{uuid}": {
+            "get": {
+                "operationId": "getPayment",
+                "parameters": [_UUID_PARAM],
+                "responses": {
+                    "200": {
+                        "description": "The payment",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Payment"}}},
+                    },
+                    "400": _err("Malformed uuid"),
+                    "404": _err("Unknown payment"),
+                    "503": _err("Database unavailable"),
+                },
+            }
+        },
+        "/internal/payments/{uuid}/result": {
+            "post": {
+                "operationId": "postResult",
+                "summary": "The wallet's result callback; finalizes write-once",
+                "security": [{"bearer": []}],
+                "parameters": [_UUID_PARAM],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Result"}}},
+                },
+                "responses": {
+                    "200": {
+                        "description": "Applied, or repeats the stored value",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ResultApplied"}}},
+                    },
+                    "400": _err("Malformed JSON or uuid"),
+                    "401": _err("Missing or wrong bearer token"),
+                    "404": _err("Unknown payment"),
+                    "409": _err("Contradicts the stored result; nothing changed"),
+                    "413": _err("Body over 16 KiB"),
+                    "415": _err("Content-Type is not application/json"),
+                    "422": _err("Body is not {succeed: bool}"),
+                    "503": _err("Database unavailable"),
+                },
+            }
+        },
+        "/healthz": {"get": {"operationId": "healthz", "responses": {"200": {"description": "Process alive"}}}},
+        "/readyz": {
+            "get": {
+                "operationId": "readyz",
+                "responses": {"200": {"description": "Database reachable"}, "503": {"description": "Not ready"}},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {}}}},
+            }
+        },
+    },
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "schemas": {
+            "PaymentRequest": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["cusId", "amount"],
+                "properties": {
+                    "cusId": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,64}$"},
+                    "amount": {
+                        "oneOf": [
+                            {"type": "string", "pattern": "^[0-9]{1,16}(\\.[0-9]{1,2})?$"},
+                            {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1e16, "multipleOf": 0.01},
+                        ],
+                        "description": "Exact decimal > 0, at most two fraction digits, below 10^16",
+                    },
+                },
+            },
+            "PaymentAccepted": {
+                "type": "object",
+                "required": ["uuid", "cusId", "amount", "status"],
+                "properties": {
+                    "uuid": {"type": "string", "format": "uuid"},
+                    "cusId": {"type": "string"},
+                    "amount": {"type": "string"},
+                    "status": {"type": "string", "enum": ["PENDING", "SUCCEEDED", "FAILED"]},
+                },
+            },
+            "Payment": {
+                "type": "object",
+                "required": ["uuid", "cusId", "amount", "status", "createdAt", "finalizedAt"],
+                "properties": {
+                    "uuid": {"type": "string", "format": "uuid"},
+                    "cusId": {"type": "string"},
+                    "amount": {"type": "string"},
+                    "status": {"type": "string", "enum": ["PENDING", "SUCCEEDED", "FAILED"]},
+                    "createdAt": {"type": "string", "format": "date-time"},
+                    "finalizedAt": {"type": ["string", "null"], "format": "date-time"},
+                },
+            },
+            "Result": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["succeed"],
+                "properties": {"succeed": {"type": "boolean"}},
+            },
+            "ResultApplied": {
+                "type": "object",
+                "required": ["uuid", "status"],
+                "properties": {"uuid": {"type": "string"}, "status": {"type": "string", "enum": ["SUCCEEDED", "FAILED"]}},
+            },
+            "Error": {
+                "type": "object",
+                "required": ["error"],
+                "properties": {
+                    "error": {
+                        "type": "object",
+                        "required": ["code", "message"],
+                        "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                    }
+                },
+            },
+        },
+    },
+}

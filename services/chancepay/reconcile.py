@@ -1,0 +1,133 @@
+"""`chancepay reconcile`: one pass over requests pending longer than a threshold (database clock).
+
+For each such request, in order:
+- its outbox row still exists -> leave it: the scanner owns it (retrying, or exhausted and
+  visible in chancepay_outbox_exhausted_rows);
+- the wallet's inbox holds a final result -> deliver it through the orchestrator's own
+  result endpoint (write-once; 409 is reported, never overwritten);
+- the wallet has no inbox row -> the message was lost between the outbox and the wallet:
+  put it back into the outbox (INSERT IGNORE; a copy still in the queue is harmless, the
+  inbox deduplicates);
+- the inbox row is pending -> leave it, the wallet is deciding.
+Every repair is logged and counted (chancepay_reconcile_repairs_total{kind}); a failure logs
+[FAILED TO RECONCILE]. Counters of a one-shot process are pushed to a Prometheus Pushgateway
+when CHANCEPAY_PUSHGATEWAY_URL is set, and always summarized in the last log line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from decimal import Decimal
+from typing import Any
+
+import httpx
+from prometheus_client import push_to_gateway
+
+from chancepay.core import sql
+from chancepay.core.codec import PaymentMessage
+from chancepay.core.config import Settings
+from chancepay.core.db import Database
+from chancepay.core.logging import bound, get_logger
+from chancepay.core.metrics import Metrics
+
+RECONCILE_TAG = "[FAILED TO RECONCILE]"
+
+
+@dataclasses.dataclass
+class PassSummary:
+    examined: int = 0
+    finalized_from_inbox: int = 0
+    reenqueued: int = 0
+    left_in_outbox: int = 0
+    left_inbox_pending: int = 0
+    conflicts: int = 0
+    failures: int = 0
+
+
+class Reconciler:
+    def __init__(self, settings: Settings, db: Database, orchestrator: httpx.AsyncClient, wallet: httpx.AsyncClient,
+                 metrics: Metrics) -> None:
+        self.settings = settings
+        self.db = db
+        self.orchestrator = orchestrator
+        self.wallet = wallet
+        self.metrics = metrics
+        self.log = get_logger()
+
+    async def run_pass(self, age_seconds: float) -> PassSummary:
+        summary = PassSummary()
+        rows = await self.db.fetchall(
+            sql.SELECT_STALE_PENDING, (int(age_seconds * 1e6), self.settings.reconcile_batch)
+        )
+        for uuid, cus_id, amount, in_outbox in rows:
+            summary.examined += 1
+            with bound(uuid=uuid):
+                try:
+                    await self._one(uuid, cus_id, Decimal(amount), bool(in_outbox), summary)
+                except Exception as exc:
+                    summary.failures += 1
+                    self.metrics.reconcile_failures.inc()
+                    self.log.error(RECONCILE_TAG, error=repr(exc))
+        return summary
+
+    async def _one(self, uuid: str, cus_id: str, amount: Decimal, in_outbox: bool, summary: PassSummary) -> None:
+        if in_outbox:
+            summary.left_in_outbox += 1
+            return
+        response = await self.wallet.get(f"/internal/inbox/{uuid}")
+        if response.status_code == 404:
+            payload = PaymentMessage(uuid, cus_id, amount).encode()
+            async with self.db.transaction() as cur:
+                await cur.execute(sql.REENQUEUE_OUTBOX, (uuid, payload))
+            summary.reenqueued += 1
+            self.metrics.reconcile_repairs.labels(kind="reenqueued").inc()
+            self.log.warning("reconcile: message lost before the wallet; put back into the outbox")
+            return
+        response.raise_for_status()
+        succeed = response.json()["succeed"]
+        if succeed is None:
+            summary.left_inbox_pending += 1
+            return
+        result = await self.orchestrator.post(f"/internal/payments/{uuid}/result", json={"succeed": succeed})
+        if result.status_code == 409:
+            summary.conflicts += 1
+            summary.failures += 1
+            self.metrics.reconcile_failures.inc()
+            self.log.error(RECONCILE_TAG, reason="the request holds a different result than the inbox", inbox=succeed)
+            return
+        result.raise_for_status()
+        summary.finalized_from_inbox += 1
+        self.metrics.reconcile_repairs.labels(kind="finalized_from_inbox").inc()
+        self.log.warning("reconcile: finalized a pending request from the wallet's inbox", succeed=succeed)
+
+
+async def reconcile_main(settings: Settings, age: float | None = None) -> int:
+    settings.require_safe_token()
+    log = get_logger()
+    metrics = Metrics("reconcile")
+    headers = {"Authorization": f"Bearer {settings.internal_token}"}
+    db = Database(settings.orchestrator_db_url, pool_size=2, timeout=settings.db_timeout)
+    timeout = httpx.Timeout(settings.callback_timeout * 2)
+    summary: PassSummary | Any = None
+    try:
+        async with (
+            httpx.AsyncClient(base_url=settings.orchestrator_url, headers=headers, timeout=timeout) as orch,
+            httpx.AsyncClient(base_url=settings.wallet_url, headers=headers, timeout=timeout) as wallet,
+        ):
+            summary = await Reconciler(settings, db, orch, wallet, metrics).run_pass(
+                settings.reconcile_age if age is None else age
+            )
+    except Exception as exc:
+        metrics.reconcile_failures.inc()
+        log.error(RECONCILE_TAG, error=repr(exc))
+        return 1
+    finally:
+        await db.close()
+        gateway = settings.pushgateway_url
+        if gateway:
+            try:
+                push_to_gateway(gateway, job="chancepay-reconcile", registry=metrics.registry, timeout=5)
+            except Exception as exc:
+                log.error("[FAILED TO PUSH METRICS]", error=repr(exc), gateway=gateway)
+    log.info("reconcile pass done", **dataclasses.asdict(summary))
+    return 0 if summary.failures == 0 else 1

@@ -1,0 +1,1 @@
+"""The outbox scanner: claims due outbox rows, publishes them with confirms, deletes on ack."""

@@ -1,0 +1,40 @@
+"""Entry point of `chancepay scanner`."""
+
+from __future__ import annotations
+
+from starlette.applications import Starlette
+
+from chancepay.core.config import Settings
+from chancepay.core.crash import CrashPoints
+from chancepay.core.db import Database
+from chancepay.core.gauges import refresh_orchestrator_gauges
+from chancepay.core.http import EXCEPTION_HANDLERS, health_routes
+from chancepay.core.logging import get_logger
+from chancepay.core.metrics import Metrics
+from chancepay.core.runner import serve
+from chancepay.scanner.scanner import Scanner
+
+
+async def run(settings: Settings) -> int:
+    metrics = Metrics("scanner")
+    db = Database(settings.orchestrator_db_url, pool_size=min(settings.db_pool_size, 4), timeout=settings.db_timeout)
+    scanner = Scanner(settings, db, metrics, CrashPoints(settings.crash_point_set()))
+
+    async def ready() -> dict[str, bool]:
+        return {"database": await db.ping(), "broker": scanner.broker_ready()}
+
+    async def refresh() -> None:
+        await refresh_orchestrator_gauges(db, metrics, settings.scanner_max_attempts)
+
+    app = Starlette(routes=health_routes(metrics, ready, refresh), exception_handlers=EXCEPTION_HANDLERS)
+    get_logger().info("scanner starting", db=settings.orchestrator_db_url.redacted())
+    try:
+        return await serve(
+            app=app,
+            host=settings.host,
+            port=settings.port_for("scanner"),
+            shutdown_grace=settings.shutdown_grace,
+            worker=scanner.scan_forever,
+        )
+    finally:
+        await db.close()

@@ -1,0 +1,1 @@
+"""The wallet: consumes payment messages, deducts by a coin flip, calls the orchestrator back."""

@@ -1,0 +1,259 @@
+"""The wallet consumer: at-least-once delivery made exactly-once-deducted by the inbox.
+
+For each delivery:
+1. parse it; unparseable -> [PAYLOAD_CORRUPTION_ALERT], no inbox row, reject without requeue
+   (the queue dead-letters it to chancepay.payments.dlq);
+2. in ONE transaction: insert the inbox row (INSERT IGNORE), lock it, and if it is still
+   pending flip the coin and finalize it. The decision is durable before anything leaves
+   the wallet; a redelivery finds it final and is not deducted again;
+3. call the orchestrator back with the stored result (retries with capped, jittered back-off);
+4. ack. A callback that still fails is requeued for a later delivery, up to
+   CHANCEPAY_WALLET_MAX_DELIVERIES; after that the message is acked and the reconciler heals
+   the request from the inbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import random
+from decimal import Decimal
+from typing import Any
+
+import aiormq
+import httpx
+
+from chancepay.core import sql, topology
+from chancepay.core.codec import InvalidPayload, PaymentMessage, decode_message
+from chancepay.core.config import Settings
+from chancepay.core.crash import CrashPoints
+from chancepay.core.db import Database
+from chancepay.core.logging import bound, get_logger
+from chancepay.core.metrics import Metrics
+from chancepay.core.runner import FatalError
+
+CORRUPTION_TAG = "[PAYLOAD_CORRUPTION_ALERT]"
+CALLBACK_TAG = "[FAILED TO CALLBACK FROM WALLET]"
+
+
+class Deduction(enum.Enum):
+    NEW = "new"  # this delivery decided the result
+    DUPLICATE = "duplicate"  # decided by an earlier delivery; not deducted again
+    CONFLICT = "conflict"  # same uuid, different cusId/amount: corrupt
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    kind: Deduction
+    succeed: bool | None
+
+
+class CallbackResult(enum.Enum):
+    DELIVERED = "delivered"
+    RETRYABLE = "retryable"  # network, timeout, 5xx, 401: a later delivery may succeed
+    REJECTED = "rejected"  # 404/409/422: retrying cannot help
+
+
+def backoff_delays(attempts: int, base: float, cap: float = 5.0, rng: random.Random | None = None) -> list[float]:
+    """Full-jitter capped exponential back-off between `attempts` tries (attempts - 1 sleeps)."""
+    rng = rng or random.Random()
+    return [rng.uniform(0, min(cap, base * 2**i)) for i in range(max(0, attempts - 1))]
+
+
+class Wallet:
+    def __init__(
+        self, settings: Settings, db: Database, metrics: Metrics, crash: CrashPoints, http: httpx.AsyncClient
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.metrics = metrics
+        self.crash = crash
+        self.http = http
+        self.log = get_logger()
+        self.rng = random.Random()
+        self.connection: Any = None
+        self.channel: Any = None
+        self.stats_channel: Any = None
+        self.consumer_tag: str | None = None
+        self.in_flight: set[asyncio.Task[Any]] = set()
+
+    # ------------------------------------------------------------------ deduction
+    def flip(self) -> bool:
+        return self.rng.random() < self.settings.wallet_success_rate
+
+    async def deduct(self, msg: PaymentMessage) -> Decision:
+        async with self.db.transaction() as cur:
+            await cur.execute(sql.INSERT_INBOX, (msg.uuid, msg.cus_id, msg.amount))
+            inserted = cur.rowcount == 1
+            self.crash.hit("wallet.after_inbox_insert")
+            await cur.execute(sql.LOCK_INBOX, (msg.uuid,))
+            cus_id, amount, succeed = await cur.fetchone()
+            if cus_id != msg.cus_id or Decimal(amount) != msg.amount:
+                return Decision(Deduction.CONFLICT, None if succeed is None else bool(succeed))
+            if succeed is not None:
+                await cur.execute(sql.COUNT_INBOX_DELIVERY, (msg.uuid,))
+                return Decision(Deduction.DUPLICATE, bool(succeed))
+            decided = self.flip()
+            await cur.execute(sql.FINALIZE_INBOX, (decided, msg.uuid))
+            if not inserted:  # a pending row left by an earlier attempt: finalize it now
+                await cur.execute(sql.COUNT_INBOX_DELIVERY, (msg.uuid,))
+        return Decision(Deduction.NEW, decided)
+
+    # ------------------------------------------------------------------ callback
+    async def callback(self, uuid: str, succeed: bool) -> CallbackResult:
+        delays = backoff_delays(self.settings.callback_attempts, self.settings.callback_backoff, rng=self.rng)
+        for attempt in range(1, self.settings.callback_attempts + 1):
+            try:
+                response = await self.http.post(f"/internal/payments/{uuid}/result", json={"succeed": succeed})
+            except httpx.HTTPError as exc:
+                result, reason = CallbackResult.RETRYABLE, f"{type(exc).__name__}: {exc}"
+            else:
+                if response.status_code == 200:
+                    self.metrics.wallet_callbacks.inc()
+                    return CallbackResult.DELIVERED
+                reason = f"HTTP {response.status_code}: {response.text[:200]}"
+                retryable = response.status_code >= 500 or response.status_code in (401, 408, 429)
+                result = CallbackResult.RETRYABLE if retryable else CallbackResult.REJECTED
+            self.metrics.wallet_callback_failures.inc()
+            final = result is CallbackResult.REJECTED or attempt == self.settings.callback_attempts
+            self.log.error(CALLBACK_TAG, reason=reason, attempt=attempt, succeed=succeed, will_retry=not final)
+            if final:
+                return result
+            await asyncio.sleep(delays[attempt - 1])
+        return CallbackResult.RETRYABLE  # pragma: no cover - the loop always returns
+
+    # ------------------------------------------------------------------ one delivery
+    async def handle(self, message: Any) -> None:
+        tag = message.delivery.delivery_tag
+        try:
+            msg = decode_message(message.body)
+        except InvalidPayload as exc:
+            await self._dead_letter(message, str(exc))
+            return
+        with bound(uuid=msg.uuid):
+            try:
+                decision = await self.deduct(msg)
+            except Exception as exc:
+                # Database down or timing out: nothing was decided. Back off, then requeue.
+                self.metrics.db_unavailable.inc()
+                self.log.error("[FAILED TO DEDUCT IN WALLET]", error=repr(exc))
+                await asyncio.sleep(min(5.0, 0.5 + self.rng.random()))
+                await self.channel.basic_nack(tag, requeue=True)
+                return
+            if decision.kind is Deduction.CONFLICT:
+                await self._dead_letter(message, "uuid already in the inbox with a different cusId or amount")
+                return
+            outcome = "duplicate" if decision.kind is Deduction.DUPLICATE else ("succeeded" if decision.succeed else "failed")
+            self.metrics.wallet_messages.labels(outcome=outcome).inc()
+            self.log.info("deduction decided", outcome=outcome, succeed=decision.succeed)
+            self.crash.hit("wallet.after_finalize")
+            assert decision.succeed is not None
+            result = await self.callback(msg.uuid, decision.succeed)
+            self.crash.hit("wallet.after_callback")
+            deliveries = _delivery_count(message) + 1
+            if result is CallbackResult.RETRYABLE and deliveries < self.settings.wallet_max_deliveries:
+                await self.channel.basic_nack(tag, requeue=True)
+                return
+            if result is not CallbackResult.DELIVERED:
+                self.log.error(
+                    CALLBACK_TAG,
+                    reason="giving up on this message; the inbox holds the result and `chancepay reconcile` will finalize the request",
+                    deliveries=deliveries,
+                    succeed=decision.succeed,
+                )
+            await self.channel.basic_ack(tag)
+
+    async def _dead_letter(self, message: Any, reason: str) -> None:
+        self.metrics.wallet_messages.labels(outcome="corrupt").inc()
+        props = message.header.properties
+        self.log.error(
+            CORRUPTION_TAG,
+            reason=reason,
+            message_id=props.message_id,
+            body_preview=bytes(message.body[:256]).decode("utf-8", "replace"),
+            body_bytes=len(message.body),
+        )
+        await self.channel.basic_reject(message.delivery.delivery_tag, requeue=False)
+
+    async def on_message(self, message: Any) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.in_flight.add(task)
+        try:
+            await self.handle(message)
+        except Exception as exc:
+            # Channel or connection gone mid-delivery: the broker redelivers the message.
+            self.log.error("[FAILED TO PROCESS MESSAGE]", error=repr(exc))
+        finally:
+            self.in_flight.discard(task)
+
+    # ------------------------------------------------------------------ lifecycle
+    async def connect(self) -> None:
+        try:
+            self.connection = await asyncio.wait_for(aiormq.connect(self.settings.amqp_url), timeout=10)
+            self.channel = await self.connection.channel()
+            await topology.declare(self.channel)
+            await self.channel.basic_qos(prefetch_count=self.settings.wallet_prefetch)
+            self.stats_channel = await self.connection.channel()
+        except Exception as exc:
+            self.log.error("[FAILED TO CONSUME FROM MQ]", error=f"cannot connect to the broker: {exc!r}")
+            raise FatalError(f"broker unreachable: {exc!r}") from exc
+
+    def broker_ready(self) -> bool:
+        return self.connection is not None and not self.connection.is_closed and not self.channel.is_closed
+
+    async def dlq_depth(self) -> int | None:
+        try:
+            if self.stats_channel is None or self.stats_channel.is_closed:
+                if self.connection is None or self.connection.is_closed:
+                    return None
+                self.stats_channel = await self.connection.channel()
+            ok = await asyncio.wait_for(self.stats_channel.queue_declare(topology.DLQ, passive=True), timeout=2)
+            return int(ok.message_count)
+        except Exception:
+            return None
+
+    async def consume_forever(self, stop: asyncio.Event) -> None:
+        await self.connect()
+        ok = await self.channel.basic_consume(topology.QUEUE, self.on_message, no_ack=False)
+        self.consumer_tag = ok.consumer_tag
+        self.log.info("wallet consuming", queue=topology.QUEUE, prefetch=self.settings.wallet_prefetch)
+        closed = asyncio.ensure_future(self.connection.closing)
+        stop_wait = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set():
+                await asyncio.wait({closed, stop_wait}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+                if stop.is_set():
+                    break
+                if closed.done() or self.channel.is_closed:
+                    self.log.error("[FAILED TO CONSUME FROM MQ]", error="broker connection or channel closed")
+                    raise FatalError("broker connection closed")
+                if self.consumer_tag not in self.channel.consumers:
+                    # The broker cancelled our consumer (queue deleted): restart and declare again.
+                    self.log.error("[FAILED TO CONSUME FROM MQ]", error="the broker cancelled the consumer")
+                    raise FatalError("consumer cancelled by the broker")
+            # Graceful stop: take no new deliveries, finish the ones in flight, then close.
+            try:
+                await asyncio.wait_for(self.channel.basic_cancel(self.consumer_tag), timeout=2)
+            except Exception:
+                pass
+            if self.in_flight:
+                await asyncio.wait(set(self.in_flight), timeout=self.settings.shutdown_grace - 2)
+        finally:
+            closed.cancel()
+            stop_wait.cancel()
+            if self.connection is not None and not self.connection.is_closed:
+                try:
+                    await asyncio.wait_for(self.connection.close(), timeout=2)
+                except Exception:
+                    pass
+
+
+def _delivery_count(message: Any) -> int:
+    """Earlier deliveries of this message (quorum queues count them in x-delivery-count)."""
+    headers = message.header.properties.headers or {}
+    try:
+        return int(headers.get("x-delivery-count", 0))
+    except (TypeError, ValueError):
+        return 0

@@ -1,0 +1,72 @@
+"""Entry point of `chancepay wallet`: the consumer plus its HTTP side (inbox look-up, health, metrics)."""
+
+from __future__ import annotations
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from chancepay.core import sql
+from chancepay.core.codec import InvalidField, parse_uuid
+from chancepay.core.config import Settings
+from chancepay.core.crash import CrashPoints
+from chancepay.core.db import Database
+from chancepay.core.http import EXCEPTION_HANDLERS, ApiError, JSONResponse, health_routes, require_bearer
+from chancepay.core.logging import get_logger
+from chancepay.core.metrics import Metrics
+from chancepay.core.runner import serve
+from chancepay.wallet.consumer import Wallet
+
+
+def build_app(settings: Settings, db: Database, metrics: Metrics, wallet: Wallet) -> Starlette:
+    async def get_inbox(request: Request) -> Response:
+        require_bearer(request, settings.internal_token)
+        try:
+            uuid = parse_uuid(request.path_params["uuid"])
+        except InvalidField:
+            raise ApiError(400, "invalid_uuid", "the path must hold a canonical lowercase UUID") from None
+        row = await db.fetchone(sql.SELECT_INBOX, (uuid,))
+        if row is None:
+            raise ApiError(404, "not_found", f"no inbox row {uuid}")
+        return JSONResponse({"uuid": row[0], "succeed": None if row[1] is None else bool(row[1])})
+
+    async def ready() -> dict[str, bool]:
+        return {"database": await db.ping(), "broker": wallet.broker_ready()}
+
+    async def refresh() -> None:
+        depth = await wallet.dlq_depth()
+        if depth is not None:
+            metrics.dlq_messages.set(depth)
+
+    return Starlette(
+        routes=[Route("/internal/inbox/{uuid}", get_inbox, methods=["GET"]), *health_routes(metrics, ready, refresh)],
+        exception_handlers=EXCEPTION_HANDLERS,
+    )
+
+
+async def run(settings: Settings) -> int:
+    settings.require_safe_token()
+    metrics = Metrics("wallet")
+    db = Database(settings.wallet_db_url, pool_size=settings.db_pool_size, timeout=settings.db_timeout)
+    http = httpx.AsyncClient(
+        base_url=settings.orchestrator_url,
+        timeout=settings.callback_timeout,
+        headers={"Authorization": f"Bearer {settings.internal_token}"},
+        limits=httpx.Limits(max_connections=settings.wallet_prefetch, max_keepalive_connections=settings.wallet_prefetch),
+    )
+    wallet = Wallet(settings, db, metrics, CrashPoints(settings.crash_point_set()), http)
+    app = build_app(settings, db, metrics, wallet)
+    get_logger().info("wallet starting", db=settings.wallet_db_url.redacted(), success_rate=settings.wallet_success_rate)
+    try:
+        return await serve(
+            app=app,
+            host=settings.host,
+            port=settings.port_for("wallet"),
+            shutdown_grace=settings.shutdown_grace,
+            worker=wallet.consume_forever,
+        )
+    finally:
+        await http.aclose()
+        await db.close()
