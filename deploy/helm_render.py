@@ -1,0 +1,438 @@
+"""Render a Helm chart with Helm's own engine, without a cluster.
+
+helm-sdkpy (Helm v4's Go library behind a C ABI) has no `template` action, so this module runs
+its real `Install` action against `FakeKubeAPI`: a tiny Kubernetes API server on 127.0.0.1 that
+answers discovery, records every object Helm creates, and reports Jobs as complete so hooks
+finish. The rendered manifests are then read back from the release record Helm itself stored
+(Secret storage driver), so what we inspect is exactly what `helm install` would send.
+
+Used by tests/deploy/ and by `make render-k8s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import gzip
+import json
+import threading
+import uuid as uuidlib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import yaml
+
+KUBE_VERSION = {"major": "1", "minor": "33", "gitVersion": "v1.33.1", "platform": "linux/amd64"}
+
+# group/version -> [(plural, kind, namespaced)]
+RESOURCES: dict[str, list[tuple[str, str, bool]]] = {
+    "v1": [
+        ("namespaces", "Namespace", False),
+        ("secrets", "Secret", True),
+        ("configmaps", "ConfigMap", True),
+        ("services", "Service", True),
+        ("serviceaccounts", "ServiceAccount", True),
+        ("pods", "Pod", True),
+        ("persistentvolumeclaims", "PersistentVolumeClaim", True),
+        ("endpoints", "Endpoints", True),
+        ("events", "Event", True),
+    ],
+    "apps/v1": [
+        ("deployments", "Deployment", True),
+        ("statefulsets", "StatefulSet", True),
+        ("replicasets", "ReplicaSet", True),
+        ("daemonsets", "DaemonSet", True),
+    ],
+    "batch/v1": [("jobs", "Job", True), ("cronjobs", "CronJob", True)],
+    "networking.k8s.io/v1": [("networkpolicies", "NetworkPolicy", True), ("ingresses", "Ingress", True)],
+    "policy/v1": [("poddisruptionbudgets", "PodDisruptionBudget", True)],
+    "rbac.authorization.k8s.io/v1": [
+        ("roles", "Role", True),
+        ("rolebindings", "RoleBinding", True),
+        ("clusterroles", "ClusterRole", False),
+        ("clusterrolebindings", "ClusterRoleBinding", False),
+    ],
+    "apiextensions.k8s.io/v1": [("customresourcedefinitions", "CustomResourceDefinition", False)],
+}
+# Served only when the caller says the Prometheus Operator CRDs are installed.
+MONITORING_GV = "monitoring.coreos.com/v1"
+MONITORING_RESOURCES = [("servicemonitors", "ServiceMonitor", True), ("prometheusrules", "PrometheusRule", True)]
+
+
+def _proto_fields(buf: bytes) -> list[tuple[int, int | bytes]]:
+    """Decode one protobuf message into (field number, value) pairs (varints and bytes only)."""
+    out: list[tuple[int, int | bytes]] = []
+    i = 0
+
+    def varint() -> int:
+        nonlocal i
+        shift = result = 0
+        while True:
+            b = buf[i]
+            i += 1
+            result |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                return result
+
+    while i < len(buf):
+        key = varint()
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            out.append((field, varint()))
+        elif wire == 2:
+            n = varint()
+            out.append((field, buf[i:i + n]))
+            i += n
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+    return out
+
+
+def _secret_from_protobuf(raw: bytes) -> dict[str, Any]:
+    """Helm's release storage writes Secrets with client-go's typed client, which speaks
+    protobuf; decode the few fields of a v1.Secret that the storage driver uses."""
+    if not raw.startswith(b"k8s\x00"):
+        raise ValueError("not a Kubernetes protobuf envelope")
+    unknown = dict(_proto_fields(raw[4:]))
+    meta: dict[str, Any] = {}
+    secret: dict[str, Any] = {"apiVersion": "v1", "kind": "Secret", "metadata": meta, "data": {}}
+    for field, value in _proto_fields(unknown[2]):  # type: ignore[arg-type]
+        if field == 1:
+            for mf, mv in _proto_fields(value):  # type: ignore[arg-type]
+                if mf in (1, 3):
+                    meta["name" if mf == 1 else "namespace"] = mv.decode()  # type: ignore[union-attr]
+                elif mf in (11, 12):
+                    entry = dict(_proto_fields(mv))  # type: ignore[arg-type]
+                    key = "labels" if mf == 11 else "annotations"
+                    meta.setdefault(key, {})[entry[1].decode()] = entry.get(2, b"").decode()  # type: ignore[union-attr]
+        elif field == 2:
+            entry = dict(_proto_fields(value))  # type: ignore[arg-type]
+            secret["data"][entry[1].decode()] = base64.b64encode(entry.get(2, b"")).decode()  # type: ignore[union-attr,arg-type]
+        elif field == 3:
+            secret["type"] = value.decode()  # type: ignore[union-attr]
+    return secret
+
+
+class FakeKubeAPI:
+    """A recording Kubernetes API stand-in, good enough for `helm install` (no wait)."""
+
+    def __init__(self, *, monitoring_crds: bool = False) -> None:
+        self.resources = dict(RESOURCES)
+        if monitoring_crds:
+            self.resources[MONITORING_GV] = MONITORING_RESOURCES
+        self.objects: dict[tuple[str, str, str, str], dict[str, Any]] = {}  # (gv, plural, ns, name)
+        self.log: list[tuple[str, str]] = []
+        self.lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> FakeKubeAPI:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stopping.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def kubeconfig(self, namespace: str) -> str:
+        return yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+                "users": [{"name": "fake", "user": {"token": "fake"}}],
+                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": namespace}}],
+                "current-context": "fake",
+            }
+        )
+
+    # ------------------------------------------------------------------ request handling
+    def _route(self, path: str) -> tuple[str, str | None, str | None, str | None] | None:
+        """Map an API path to (group/version, plural, namespace, name)."""
+        parts = [p for p in path.split("/") if p]
+        if parts[:1] == ["api"] and len(parts) >= 2:
+            gv, rest = parts[1], parts[2:]
+        elif parts[:1] == ["apis"] and len(parts) >= 3:
+            gv, rest = f"{parts[1]}/{parts[2]}", parts[3:]
+        else:
+            return None
+        ns = None
+        if len(rest) >= 3 and rest[0] == "namespaces":
+            ns, rest = rest[1], rest[2:]
+        if not rest:
+            return (gv, None, ns, None)
+        plural = rest[0]
+        name = rest[1] if len(rest) > 1 else None
+        return (gv, plural, ns, name)
+
+    def _kind(self, gv: str, plural: str) -> str:
+        for p, kind, _ in self.resources.get(gv, []):
+            if p == plural:
+                return kind
+        return ""
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:  # quiet
+                pass
+
+            def _send(self, code: int, body: Any) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _status(self, code: int, reason: str, message: str) -> None:
+                self._send(code, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                                  "message": message, "reason": reason, "code": code})
+
+            def _body(self) -> dict[str, Any]:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                if (self.headers.get("Content-Type") or "").startswith("application/vnd.kubernetes.protobuf"):
+                    return _secret_from_protobuf(raw)
+                return json.loads(raw or b"{}")
+
+            def do_GET(self) -> None:  # noqa: N802
+                api.handle(self, "GET")
+
+            def do_POST(self) -> None:  # noqa: N802
+                api.handle(self, "POST")
+
+            def do_PUT(self) -> None:  # noqa: N802
+                api.handle(self, "PUT")
+
+            def do_PATCH(self) -> None:  # noqa: N802
+                api.handle(self, "PATCH")
+
+            def do_DELETE(self) -> None:  # noqa: N802
+                api.handle(self, "DELETE")
+
+        return Handler
+
+    def handle(self, h: Any, method: str) -> None:
+        split = urlsplit(h.path)
+        path, query = split.path, parse_qs(split.query)
+        with self.lock:
+            self.log.append((method, h.path))
+        if method == "DELETE":
+            h._body()  # delete options; read them so the keep-alive connection stays in step
+        if path == "/version":
+            return h._send(200, KUBE_VERSION)
+        if path == "/openapi/v2":
+            # An OpenAPI v2 document (protobuf) with no definitions: client-side validation of hook
+            # objects finds no schema and skips; every object is validated later with the real
+            # Kubernetes schemas (kubernetes-validate) instead.
+            body = b"\n\x032.0"
+            h.send_response(200)
+            h.send_header("Content-Type", "application/com.github.proto-openapi.spec.v2.v1.0+protobuf")
+            h.send_header("Content-Length", str(len(body)))
+            h.end_headers()
+            h.wfile.write(body)
+            return None
+        if path == "/api":
+            return h._send(200, {"kind": "APIVersions", "versions": ["v1"],
+                                 "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]})
+        if path == "/apis":
+            groups = []
+            for gv in self.resources:
+                if "/" not in gv:
+                    continue
+                g, v = gv.split("/")
+                groups.append({"name": g, "versions": [{"groupVersion": gv, "version": v}],
+                               "preferredVersion": {"groupVersion": gv, "version": v}})
+            return h._send(200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+        route = self._route(path)
+        if route is None:
+            return h._status(404, "NotFound", f"no route {path}")
+        gv, plural, ns, name = route
+        if gv not in self.resources:
+            return h._status(404, "NotFound", f"group version {gv} not served")
+        if plural is None:
+            return h._send(200, {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": [
+                {"name": p, "singularName": k.lower(), "namespaced": n, "kind": k,
+                 "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]}
+                for p, k, n in self.resources[gv]]})
+        kind = self._kind(gv, plural)
+        if not kind:
+            return h._status(404, "NotFound", f"{plural} not served in {gv}")
+        key = (gv, plural, ns or "", name or "")
+        if method == "GET" and name:
+            with self.lock:
+                obj = self.objects.get(key)
+            if obj is None:
+                return h._status(404, "NotFound", f'{plural} "{name}" not found')
+            return h._send(200, obj)
+        if method == "GET":
+            if query.get("watch") == ["true"] or query.get("watch") == ["1"]:
+                return self._watch(h, gv, plural, ns, query)
+            items = self._select(gv, plural, ns, query)
+            return h._send(200, {"kind": f"{kind}List", "apiVersion": gv, "metadata": {"resourceVersion": "1"},
+                                 "items": items})
+        if method == "POST":
+            obj = h._body()
+            obj_name = obj.get("metadata", {}).get("name")
+            key = (gv, plural, ns or "", obj_name)
+            with self.lock:
+                if key in self.objects:
+                    return h._status(409, "AlreadyExists", f'{plural} "{obj_name}" already exists')
+                self.objects[key] = self._complete(obj, kind, gv, ns)
+                stored = self.objects[key]
+            return h._send(201, stored)
+        if method in ("PUT", "PATCH"):
+            with self.lock:
+                if key not in self.objects:
+                    return h._status(404, "NotFound", f'{plural} "{name}" not found')
+                if method == "PUT":
+                    self.objects[key] = self._complete(h._body(), kind, gv, ns)
+                else:
+                    h._body()
+                stored = self.objects[key]
+            return h._send(200, stored)
+        if method == "DELETE":
+            with self.lock:
+                obj = self.objects.pop(key, None)
+            if obj is None:
+                return h._status(404, "NotFound", f'{plural} "{name}" not found')
+            return h._send(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"})
+        return h._status(405, "MethodNotAllowed", method)
+
+    def _select(self, gv: str, plural: str, ns: str | None, query: dict[str, list[str]]) -> list[dict[str, Any]]:
+        selector = {}
+        for term in (query.get("labelSelector") or [""])[0].split(","):
+            if "=" in term:
+                k, _, v = term.partition("=")
+                selector[k.strip("!")] = v.lstrip("=")
+        field = (query.get("fieldSelector") or [""])[0]
+        with self.lock:
+            found = []
+            for (g, p, n, _), obj in self.objects.items():
+                if g != gv or p != plural or (ns and n != ns):
+                    continue
+                labels = obj.get("metadata", {}).get("labels") or {}
+                if any(labels.get(k) != v for k, v in selector.items()):
+                    continue
+                if field.startswith("metadata.name=") and obj["metadata"]["name"] != field.split("=", 1)[1]:
+                    continue
+                found.append(obj)
+        return found
+
+    def _watch(self, h: Any, gv: str, plural: str, ns: str | None, query: dict[str, list[str]]) -> None:
+        """A watch-list stream: the current objects as ADDED events, the bookmark that ends the
+        initial events, then an idle open stream until the client hangs up or we shut down."""
+        kind = self._kind(gv, plural)
+        events = [{"type": "ADDED", "object": o} for o in self._select(gv, plural, ns, query)]
+        events.append({"type": "BOOKMARK", "object": {
+            "kind": kind, "apiVersion": gv,
+            "metadata": {"resourceVersion": "2", "annotations": {"k8s.io/initial-events-end": "true"}}}})
+        h.close_connection = True
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Transfer-Encoding", "chunked")
+        h.end_headers()
+        try:
+            for event in events:
+                data = json.dumps(event).encode() + b"\n"
+                h.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+            h.wfile.flush()
+            self._stopping.wait(30)
+            h.wfile.write(b"0\r\n\r\n")
+        except OSError:
+            pass
+
+    @staticmethod
+    def _complete(obj: dict[str, Any], kind: str, gv: str, ns: str | None) -> dict[str, Any]:
+        """What the API server and controllers would add: identity, and a finished status."""
+        obj = json.loads(json.dumps(obj))
+        meta = obj.setdefault("metadata", {})
+        meta.setdefault("uid", str(uuidlib.uuid4()))
+        meta["resourceVersion"] = "2"
+        meta.setdefault("creationTimestamp", "2025-01-01T00:00:00Z")
+        meta["generation"] = 1
+        if ns:
+            meta.setdefault("namespace", ns)
+        if kind == "Job":
+            obj["status"] = {"succeeded": 1, "startTime": "2025-01-01T00:00:00Z",
+                             "completionTime": "2025-01-01T00:00:01Z",
+                             "conditions": [{"type": "SuccessCriteriaMet", "status": "True"},
+                                            {"type": "Complete", "status": "True"}]}
+        if kind == "Pod":
+            obj["status"] = {"phase": "Succeeded"}
+        return obj
+
+
+@dataclasses.dataclass
+class Rendered:
+    """What Helm rendered for one release: objects in install order, hooks, NOTES.txt."""
+
+    manifests: list[dict[str, Any]]
+    hooks: list[dict[str, Any]]  # each with "events" (e.g. ["post-install"]) and "object"
+    notes: str
+    api_log: list[tuple[str, str]]
+
+    @property
+    def objects(self) -> list[dict[str, Any]]:
+        """Every object `helm install` creates (manifests and install/upgrade hooks, not tests)."""
+        return self.manifests + [h["object"] for h in self.hooks if "test" not in h["events"]]
+
+    def of_kind(self, kind: str) -> list[dict[str, Any]]:
+        return [o for o in self.objects if o["kind"] == kind]
+
+    def get(self, kind: str, name_suffix: str) -> dict[str, Any]:
+        found = [o for o in self.objects if o["kind"] == kind and o["metadata"]["name"].endswith(name_suffix)]
+        if len(found) != 1:
+            raise KeyError(f"{kind} *{name_suffix}: found {len(found)}")
+        return found[0]
+
+
+def _decode_release(secret: dict[str, Any]) -> dict[str, Any]:
+    raw = base64.b64decode(base64.b64decode(secret["data"]["release"]))
+    return json.loads(gzip.decompress(raw))
+
+
+def _docs(manifest: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(manifest) if d]
+
+
+def render(
+    chart: str,
+    values: dict[str, Any] | None = None,
+    *,
+    release: str = "chancepay",
+    namespace: str = "chancepay",
+    monitoring_crds: bool = False,
+    timeout: int = 60,
+) -> Rendered:
+    """`helm install` the chart into a FakeKubeAPI and return what Helm rendered."""
+    import helm_sdkpy
+
+    with FakeKubeAPI(monitoring_crds=monitoring_crds) as api:
+        config = helm_sdkpy.Configuration(namespace=namespace, kubeconfig=api.kubeconfig(namespace))
+        asyncio.run(helm_sdkpy.Install(config).run(release, chart, values=values or {}, wait=False, timeout=timeout))
+        secrets = [o for (gv, p, ns, n), o in api.objects.items()
+                   if p == "secrets" and (o["metadata"].get("labels") or {}).get("owner") == "helm"]
+        if len(secrets) != 1:
+            raise RuntimeError(f"expected one Helm release record, found {len(secrets)}")
+        rel = _decode_release(secrets[0])
+        hooks = [{"events": h.get("events", []), "object": yaml.safe_load(h["manifest"])}
+                 for h in rel.get("hooks") or []]
+        return Rendered(manifests=_docs(rel.get("manifest", "")), hooks=hooks,
+                        notes=(rel.get("info") or {}).get("notes", ""), api_log=list(api.log))
