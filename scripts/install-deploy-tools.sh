@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the command-line tools the deploy checks need (tests/deploy/):
 #   promtool   (Debian package "prometheus")  - `promtool check rules` / `promtool test rules`
-#   shellcheck (Debian package "shellcheck")  - lints scripts/*.sh
+#   ShellCheck (Debian package "shellcheck")  - lints the deploy scripts
 # Idempotent: does nothing when both are already on PATH.
 #
 # The Debian "prometheus" package would normally start a Prometheus server from its maintainer

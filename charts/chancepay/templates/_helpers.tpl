@@ -105,6 +105,7 @@ chancepay.secretValue (dict "ctx" $ "key" "internal-token" "value" .Values.secre
   value: {{ .Values.config.env | quote }}
 - name: CHANCEPAY_LOG_LEVEL
   value: {{ .Values.config.logLevel | quote }}
+{{- include "chancepay.extraEnv" .Values.config.extraEnv }}
 {{- end }}
 
 {{/* One env var from the chart's Secret: chancepay.secretEnv (dict "ctx" $ "name" "CHANCEPAY_X" "key" "x") */}}

@@ -1,0 +1,23 @@
+# Kubernetes packaging targets; included from the main Makefile, which defines VENV and PY.
+#   make deploy-tools  install promtool + shellcheck (Debian packages) for tests/deploy
+#   make render-k8s    regenerate k8s/manifests/ and deploy/ copies from the chart
+#   make kind-up       kind cluster + images + helm install + smoke payment + helm test
+#   make kind-down     delete that kind cluster
+#   make test-deploy   only the deploy checks (tests/deploy)
+
+.PHONY: deploy-tools render-k8s kind-up kind-down test-deploy
+
+deploy-tools:
+	bash scripts/install-deploy-tools.sh
+
+render-k8s:
+	$(PY) scripts/render-k8s.py
+
+kind-up:
+	bash scripts/kind-up.sh
+
+kind-down:
+	bash scripts/kind-down.sh
+
+test-deploy: deploy-tools
+	$(PY) -m pytest tests/deploy -q
