@@ -346,3 +346,328 @@ class Stack:
         assert not orphans, f"inbox rows without a request: {sorted(orphans)[:5]}"
         mismatched = [u for u, s in requests.items() if s is not None and inbox.get(u) != s]
         assert not mismatched, f"request differs from inbox: {mismatched[:5]}"
+
+
+# =========================================================================== fault-test helpers
+# Added for tests/faults and tests/soak (issue 3). Nothing above this line changes behaviour.
+
+import contextlib as _contextlib
+import random as _random
+from http.server import BaseHTTPRequestHandler as _BaseHandler
+from http.server import ThreadingHTTPServer as _ThreadingHTTPServer
+
+
+def port_answers(host: str, port: int, timeout: float = 1.0) -> bool:
+    """A TCP connect to host:port succeeds."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def restart_role(stack: Stack, name: str, **overrides: str) -> Role:
+    """Replace a role that is no longer running by a fresh process (with other overrides, e.g.
+    without a crash point) on the same port, and wait until it is ready."""
+    old = stack.roles.get(name)
+    assert old is None or not old.running, f"{name} still running"
+    return stack.role(name, **overrides).start().wait_ready()
+
+
+def wait_exit_code(role: Role, timeout: float = 30) -> int:
+    """Wait for a role to exit on its own (a crash point, a fatal error) and return its code."""
+    assert role.proc is not None
+    return role.proc.wait(timeout=timeout)
+
+
+def env_count(env: Env, sql: str, args: Any = None, *, wallet: bool = False) -> int:
+    rows = (env.wallet_sql if wallet else env.orch_sql)(sql, args)
+    return int(rows[0][0])
+
+
+def outbox_depth(env: Env) -> int:
+    return env_count(env, "SELECT COUNT(*) FROM outbox")
+
+
+def pending_count(env: Env) -> int:
+    return env_count(env, "SELECT COUNT(*) FROM request WHERE succeed IS NULL")
+
+
+def delete_queue(env: Env, queue: str) -> None:
+    async def go(channel: Any) -> None:
+        await channel.queue_delete(queue)
+
+    env.amqp(go)
+
+
+def purge_queue(env: Env, queue: str) -> int:
+    async def go(channel: Any) -> int:
+        return (await channel.queue_purge(queue)).message_count
+
+    return env.amqp(go)
+
+
+def run_audit(env: Env, **overrides: str) -> tuple[int, dict[str, Any]]:
+    """`chancepay audit` against this env: (exit code, its JSON report)."""
+    result = env.chancepay("audit", timeout=120, **overrides)
+    lines = [line for line in result.stdout.strip().splitlines() if line.startswith("{")]
+    assert lines, f"audit printed no JSON: {result.stdout}\n{result.stderr[-2000:]}"
+    return result.returncode, json.loads(lines[-1])
+
+
+def run_reconcile(env: Env, age: float = 0, **overrides: str) -> tuple[int, dict[str, Any]]:
+    """One `chancepay reconcile --age AGE` pass: (exit code, its last JSON log line)."""
+    result = env.chancepay("reconcile", "--age", str(age), timeout=120, **overrides)
+    lines = []
+    for raw in result.stdout.strip().splitlines():
+        try:
+            lines.append(json.loads(raw))
+        except ValueError:
+            pass
+    assert lines, f"reconcile logged nothing: {result.stdout}\n{result.stderr[-2000:]}"
+    return result.returncode, lines[-1]
+
+
+def assert_converged(stack: Stack, accepted: list[str] | None = None, timeout: float = 90) -> dict[str, Any]:
+    """After the faults stopped: wait until the outbox is empty and no request is pending, then check
+    the contract's invariants (1, 2, 4, 5, 6 on the tables; `chancepay audit` must exit 0)."""
+    env = stack.env
+    wait_until(lambda: outbox_depth(env) == 0 and pending_count(env) == 0, timeout, interval=0.25,
+               what=f"convergence (outbox={_safe(outbox_depth, env)}, pending={_safe(pending_count, env)})")
+    requests = dict(env.orch_sql("SELECT uuid, succeed FROM request"))
+    if accepted is not None:
+        lost = [u for u in accepted if u not in requests]
+        assert not lost, f"invariant 1: accepted payments without a request row: {lost[:5]}"
+    inbox = dict(env.wallet_sql("SELECT uuid, succeed FROM inbox"))
+    not_deducted = [u for u in requests if u not in inbox]
+    assert not not_deducted, f"final requests the wallet never decided: {not_deducted[:5]}"
+    assert all(inbox[u] == requests[u] for u in requests), "invariant 4: request != inbox"
+    stack.assert_invariants()
+    code, report = run_audit(env)
+    assert code == 0 and report["ok"], f"chancepay audit: {report}"
+    return report
+
+
+def _safe(fn: Callable[[Env], Any], env: Env) -> Any:
+    try:
+        return fn(env)
+    except Exception as exc:  # only for messages
+        return repr(exc)
+
+
+class Supervisor:
+    """Restart roles that exit, with capped exponential back-off, like Kubernetes would.
+
+    `with Supervisor(stack, "scanner", "wallet") as sup:`; `sup.exits[name]` lists the exit codes
+    seen. Roles are restarted on the same Role object (same environment and port, log lines
+    accumulate).
+    """
+
+    def __init__(self, stack: Stack, *names: str, base: float = 0.5, cap: float = 4.0) -> None:
+        self.stack = stack
+        self.names = names
+        self.base = base
+        self.cap = cap
+        self.exits: dict[str, list[int]] = {n: [] for n in names}
+        self.restarts: dict[str, int] = {n: 0 for n in names}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="supervisor")
+
+    def __enter__(self) -> Supervisor:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        streak = {n: 0 for n in self.names}
+        due: dict[str, float] = {}
+        started = {n: time.monotonic() for n in self.names}
+        while not self._stop.is_set():
+            now = time.monotonic()
+            for name in self.names:
+                role = self.stack.roles.get(name)
+                if role is None or role.proc is None or role.running:
+                    continue
+                if name not in due:
+                    self.exits[name].append(role.proc.returncode)
+                    if now - started[name] > 20:
+                        streak[name] = 0
+                    due[name] = now + min(self.cap, self.base * 2 ** streak[name])
+                    streak[name] += 1
+                elif now >= due[name]:
+                    del due[name]
+                    role.start()
+                    started[name] = now
+                    self.restarts[name] += 1
+            self._stop.wait(0.1)
+
+
+class Payer:
+    """Posts payments from a background thread at about `rate` per second (each in its own thread,
+    so a stalled API shows as latency, not as fewer requests). Records every outcome."""
+
+    def __init__(self, stack: Stack, rate: float = 5.0, timeout: float = 30.0, prefix: str = "pay") -> None:
+        self.stack = stack
+        self.rate = rate
+        self.timeout = timeout
+        self.prefix = prefix
+        self.results: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._main = threading.Thread(target=self._loop, daemon=True, name="payer")
+
+    def __enter__(self) -> Payer:
+        self._main.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._main.is_alive():
+            self._main.join(timeout=10)
+        for t in list(self._threads):
+            t.join(timeout=self.timeout + 5)
+
+    def _one(self, i: int) -> None:
+        started = time.monotonic()
+        outcome: dict[str, Any] = {"i": i, "started": started}
+        try:
+            r = httpx.post(
+                self.stack.orchestrator.url + "/payments",
+                json={"cusId": f"{self.prefix}-{i}", "amount": f"{1 + i % 500}.{i % 100:02d}"},
+                headers={"Idempotency-Key": f"{self.prefix}-{i}"},
+                timeout=self.timeout,
+            )
+            outcome["status"] = r.status_code
+            try:
+                body = r.json()
+            except ValueError:
+                body = {}
+            outcome["uuid"] = body.get("uuid") if r.status_code == 202 else None
+            outcome["code"] = (body.get("error") or {}).get("code") if isinstance(body, dict) else None
+        except httpx.HTTPError as exc:
+            outcome["status"] = None
+            outcome["error"] = type(exc).__name__
+        outcome["elapsed"] = time.monotonic() - started
+        with self._lock:
+            self.results.append(outcome)
+
+    def _loop(self) -> None:
+        i = 0
+        start = time.monotonic()
+        while not self._stop.is_set():
+            t = threading.Thread(target=self._one, args=(i,), daemon=True)
+            t.start()
+            self._threads.append(t)
+            i += 1
+            self._stop.wait(max(0.0, start + i / self.rate - time.monotonic()))
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.results)
+
+    @property
+    def accepted(self) -> list[str]:
+        return [r["uuid"] for r in self.snapshot() if r.get("status") == 202 and r.get("uuid")]
+
+
+class CallbackStub:
+    """A tiny HTTP server on 127.0.0.1 standing between the wallet and the orchestrator.
+
+    `behaviour(path, calls_for_path) -> action` decides each POST:
+      ("status", code)            answer `code` without forwarding;
+      ("forward",)                forward to the orchestrator and answer what it answered;
+      ("forward_then_delay", s)   forward (so the orchestrator commits), then hold the answer s seconds.
+    Every call is recorded in `calls` (path, action, upstream status, answered status).
+    """
+
+    def __init__(self, upstream: str, behaviour: Callable[[str, int], tuple[Any, ...]]) -> None:
+        self.upstream = upstream
+        self.behaviour = behaviour
+        self.calls: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        stub = self
+
+        class Handler(_BaseHandler):
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802
+                length = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(length)
+                with stub._lock:
+                    n = sum(1 for c in stub.calls if c["path"] == self.path)
+                    record: dict[str, Any] = {"path": self.path, "n": n, "at": time.monotonic()}
+                    stub.calls.append(record)
+                action = stub.behaviour(self.path, n)
+                record["action"] = action[0]
+                status, payload = 500, b'{"error": {"code": "stub", "message": "stub"}}'
+                if action[0] == "status":
+                    status = int(action[1])
+                else:
+                    try:
+                        r = httpx.post(
+                            stub.upstream + self.path,
+                            content=body,
+                            headers={k: v for k, v in self.headers.items() if k.lower() in ("authorization", "content-type")},
+                            timeout=10,
+                        )
+                        status, payload = r.status_code, r.content
+                        record["upstream_status"] = status
+                    except httpx.HTTPError as exc:
+                        record["upstream_error"] = repr(exc)
+                        status = 502
+                    if action[0] == "forward_then_delay":
+                        time.sleep(float(action[1]))
+                record["answered"] = status
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except OSError:
+                    record["answered"] = "client gone"
+
+        self.server = _ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True, name="callback-stub")
+
+    def __enter__(self) -> CallbackStub:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(c) for c in self.calls]
+
+
+@_contextlib.contextmanager
+def rabbitmq_app_stopped() -> Iterator[None]:
+    """`rabbitmqctl stop_app` for the body; ALWAYS `start_app` afterwards and wait until 5672 answers."""
+    rabbitmqctl("stop_app")
+    try:
+        yield
+    finally:
+        rabbitmqctl("start_app")
+        wait_until(lambda: port_answers("127.0.0.1", 5672), 120, interval=0.5, what="RabbitMQ port 5672 after start_app")
+
+
+def seeded_random(seed: int | None = None) -> tuple[int, _random.Random]:
+    seed = int(os.environ.get("CHANCEPAY_SOAK_SEED") or 0) or seed or _random.SystemRandom().randrange(1, 2**31)
+    return seed, _random.Random(seed)
