@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import secrets
 import sys
 import time
@@ -31,8 +32,8 @@ def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
     ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, int(round(q / 100 * len(ordered) + 0.5)) - 1))
-    return ordered[index]
+    rank = math.ceil(q / 100 * len(ordered))  # nearest-rank definition
+    return ordered[min(len(ordered), max(1, rank)) - 1]
 
 
 def latency_summary(seconds: list[float]) -> dict[str, float | None]:

@@ -1,0 +1,50 @@
+"""Settings come from an injected environ; bad values stop the process before it starts."""
+
+from __future__ import annotations
+
+import pytest
+
+from chancepay.core.config import VARIABLES, ConfigError, DatabaseURL, Settings
+
+
+def test_defaults_are_the_contract() -> None:
+    s = Settings.from_env({})
+    assert s.orchestrator_db == "mysql://chancepay:chancepay@127.0.0.1:3306/chancepay_orchestrator"
+    assert s.wallet_db == "mysql://chancepay:chancepay@127.0.0.1:3306/chancepay_wallet"
+    assert s.amqp_url == "amqp://guest:guest@127.0.0.1:5672/%2F"
+    assert s.orchestrator_url == "http://127.0.0.1:8000" and s.wallet_url == "http://127.0.0.1:8002"
+    assert s.internal_token == "dev-internal-token" and s.env == "dev"
+    assert s.wallet_success_rate == 0.5 and s.log_level == "INFO"
+    assert [s.port_for(r) for r in ("orchestrator", "scanner", "wallet")] == [8000, 8001, 8002]
+    assert Settings.from_env({"CHANCEPAY_PORT": "9000"}).port_for("wallet") == 9000
+
+
+def test_every_variable_is_a_settings_field() -> None:
+    fields = set(Settings.__dataclass_fields__)
+    assert {v.field for v in VARIABLES} == fields
+    assert all(v.env.startswith("CHANCEPAY_") and v.help for v in VARIABLES)
+
+
+@pytest.mark.parametrize("env", [
+    {"CHANCEPAY_WALLET_SUCCESS_RATE": "1.5"}, {"CHANCEPAY_WALLET_SUCCESS_RATE": "half"},
+    {"CHANCEPAY_PORT": "70000"}, {"CHANCEPAY_ENV": "staging"}, {"CHANCEPAY_LOG_LEVEL": "LOUD"},
+    {"CHANCEPAY_DB_POOL_SIZE": "0"}, {"CHANCEPAY_ORCHESTRATOR_DB": "postgres://x@y/z"}, {"CHANCEPAY_INTERNAL_TOKEN": ""},
+])
+def test_bad_values_are_refused(env) -> None:
+    with pytest.raises(ConfigError):
+        Settings.from_env(env)
+
+
+def test_prod_refuses_the_public_default_token() -> None:
+    with pytest.raises(ConfigError):
+        Settings.from_env({"CHANCEPAY_ENV": "prod"}).require_safe_token()
+    Settings.from_env({"CHANCEPAY_ENV": "prod", "CHANCEPAY_INTERNAL_TOKEN": "s3cret"}).require_safe_token()
+    Settings.from_env({}).require_safe_token()  # dev is the local default
+
+
+def test_database_url_parsing() -> None:
+    url = DatabaseURL.parse("mysql://u%40x:p%2Fw@db.example:3307/orch")
+    assert (url.user, url.password, url.host, url.port, url.database) == ("u@x", "p/w", "db.example", 3307, "orch")
+    sock = DatabaseURL.parse("mysql://root@localhost/?unix_socket=/run/mysqld/mysqld.sock")
+    assert sock.unix_socket == "/run/mysqld/mysqld.sock" and sock.database == ""
+    assert "p/w" not in url.redacted()
