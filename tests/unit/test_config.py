@@ -48,3 +48,11 @@ def test_database_url_parsing() -> None:
     sock = DatabaseURL.parse("mysql://root@localhost/?unix_socket=/run/mysqld/mysqld.sock")
     assert sock.unix_socket == "/run/mysqld/mysqld.sock" and sock.database == ""
     assert "p/w" not in url.redacted()
+
+
+def test_readme_documents_every_variable() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    missing = [v.env for v in VARIABLES if f"`{v.env}`" not in readme]
+    assert not missing, f"README.md does not document {missing}"
