@@ -119,11 +119,17 @@ def _secret_from_protobuf(raw: bytes) -> dict[str, Any]:
 class FakeKubeAPI:
     """A recording Kubernetes API stand-in, good enough for `helm install` (no wait)."""
 
-    def __init__(self, *, monitoring_crds: bool = False) -> None:
+    def __init__(self, *, monitoring_crds: bool = False, existing: list[dict[str, Any]] | None = None,
+                 namespace: str = "default") -> None:
         self.resources = dict(RESOURCES)
         if monitoring_crds:
             self.resources[MONITORING_GV] = MONITORING_RESOURCES
         self.objects: dict[tuple[str, str, str, str], dict[str, Any]] = {}  # (gv, plural, ns, name)
+        for obj in existing or []:  # objects already in the cluster, e.g. a previous release's Secret
+            gv, kind = obj["apiVersion"], obj["kind"]
+            plural = next(p for p, k, _ in self.resources[gv] if k == kind)
+            ns = obj["metadata"].get("namespace", namespace)
+            self.objects[(gv, plural, ns, obj["metadata"]["name"])] = obj
         self.log: list[tuple[str, str]] = []
         self.lock = threading.Lock()
         self._stopping = threading.Event()
@@ -188,6 +194,9 @@ class FakeKubeAPI:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in separate writes; without TCP_NODELAY every response
+            # waits ~40 ms for the client's delayed ACK.
+            disable_nagle_algorithm = True
 
             def log_message(self, *args: object) -> None:  # quiet
                 pass
@@ -419,16 +428,22 @@ def render(
     release: str = "chancepay",
     namespace: str = "chancepay",
     monitoring_crds: bool = False,
+    existing: list[dict[str, Any]] | None = None,
     timeout: int = 60,
 ) -> Rendered:
-    """`helm install` the chart into a FakeKubeAPI and return what Helm rendered."""
+    """`helm install` the chart into a FakeKubeAPI and return what Helm rendered.
+
+    monitoring_crds: serve the Prometheus Operator API group (ServiceMonitor, PrometheusRule).
+    existing: objects already in the cluster (what Helm's `lookup` then finds).
+    """
     import helm_sdkpy
 
-    with FakeKubeAPI(monitoring_crds=monitoring_crds) as api:
+    with FakeKubeAPI(monitoring_crds=monitoring_crds, existing=existing, namespace=namespace) as api:
         config = helm_sdkpy.Configuration(namespace=namespace, kubeconfig=api.kubeconfig(namespace))
         asyncio.run(helm_sdkpy.Install(config).run(release, chart, values=values or {}, wait=False, timeout=timeout))
         secrets = [o for (gv, p, ns, n), o in api.objects.items()
-                   if p == "secrets" and (o["metadata"].get("labels") or {}).get("owner") == "helm"]
+                   if p == "secrets" and (o["metadata"].get("labels") or {}).get("owner") == "helm"
+                   and (o["metadata"].get("labels") or {}).get("name") == release]
         if len(secrets) != 1:
             raise RuntimeError(f"expected one Helm release record, found {len(secrets)}")
         rel = _decode_release(secrets[0])

@@ -1,0 +1,202 @@
+"""The chart under real Helm: lint, render with every switch flipped, validate every object
+against the Kubernetes schemas, and the pod hardening the issue asks for."""
+
+from __future__ import annotations
+
+import base64
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.deploy.conftest import (
+    CHART, NEEDS_MONITORING_CRDS, SWITCHES, WORKLOAD_KINDS, chart_copy_with_values, lint, pod_spec, render,
+)
+
+K8S_VERSIONS = ("1.29", "1.33")  # the oldest we care about and kind's node image (k8s/kind-cluster.yaml)
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}  # no upstream schema; checked in test_observability
+
+
+def lint_errors(result: dict) -> list[dict]:
+    # Severity: 1 info, 2 warning, 3 error (helm's support.Severity). Warnings fail too.
+    return [m for m in result.get("Messages") or [] if m["Severity"] >= 2]
+
+
+def test_lint_default_values_is_clean():
+    result = lint(CHART)
+    assert result["TotalChartsLinted"] == 1
+    assert lint_errors(result) == [] and not result.get("Errors")
+
+
+@pytest.mark.parametrize("switch", sorted(SWITCHES))
+def test_lint_with_switch_flipped(switch, tmp_path):
+    result = lint(chart_copy_with_values(tmp_path, SWITCHES[switch]))
+    assert lint_errors(result) == [] and not result.get("Errors"), result
+
+
+def test_lint_catches_a_broken_template(tmp_path):
+    """The lint check can fail: a template referencing a missing value is reported."""
+    broken = chart_copy_with_values(tmp_path, {})
+    (broken / "templates" / "broken.yaml").write_text("data: {{ .Values.nope.missing }}\n")
+    assert lint_errors(lint(broken))
+
+
+def validate_all(objects):
+    problems = []
+    for obj in objects:
+        if obj["kind"] in CRD_KINDS:
+            continue
+        for version in K8S_VERSIONS:
+            try:
+                kubernetes_validate.validate(obj, version, strict=True)
+            except Exception as exc:  # ValidationError, SchemaNotFoundError, ...
+                problems.append(f"{obj['kind']}/{obj['metadata']['name']} @ {version}: {exc}")
+    return problems
+
+
+def test_default_render_objects_validate(default_render):
+    everything = default_render.objects + [h["object"] for h in default_render.hooks]
+    assert validate_all(everything) == []
+    kinds = {o["kind"] for o in default_render.objects}
+    assert {"Deployment", "StatefulSet", "Service", "Secret", "CronJob", "Job", "NetworkPolicy",
+            "ConfigMap", "ServiceAccount"} <= kinds
+
+
+@pytest.mark.parametrize("switch", sorted(SWITCHES))
+def test_render_with_switch_flipped_validates(switch):
+    rendered = render(SWITCHES[switch], monitoring_crds=switch in NEEDS_MONITORING_CRDS)
+    assert validate_all(rendered.objects + [h["object"] for h in rendered.hooks]) == []
+
+
+def test_validation_can_fail(default_render):
+    deployment = yaml.safe_load(yaml.safe_dump(default_render.get("Deployment", "-orchestrator")))
+    deployment["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = "eight-thousand"
+    deployment["spec"]["replicaz"] = 1
+    assert validate_all([deployment])
+
+
+def test_switches_change_what_is_rendered():
+    def names(values, crds=False):
+        return {(o["kind"], o["metadata"]["name"]) for o in render(values, monitoring_crds=crds).objects}
+
+    default = names({})
+    assert ("StatefulSet", "chancepay-mysql") not in names(SWITCHES["mysql.enabled=false"])
+    assert ("StatefulSet", "chancepay-rabbitmq") not in names(SWITCHES["rabbitmq.enabled=false"])
+    assert not {n for n in names(SWITCHES["networkPolicy.enabled=false"]) if n[0] == "NetworkPolicy"}
+    assert ("Ingress", "chancepay-orchestrator") in names(SWITCHES["ingress.enabled=true"])
+    assert ("ServiceMonitor", "chancepay") in names(SWITCHES["metrics.serviceMonitor.enabled=true"], True)
+    assert ("PrometheusRule", "chancepay") in names(SWITCHES["metrics.prometheusRule.enabled=true"], True)
+    assert ("ConfigMap", "chancepay-dashboard") in default
+    assert ("ConfigMap", "chancepay-dashboard") not in names(SWITCHES["grafana.dashboard.enabled=false"])
+    assert ("CronJob", "chancepay-reconcile") not in names(SWITCHES["reconcile.enabled=false"])
+    assert ("Secret", "chancepay-secrets") not in names(SWITCHES["secrets.existingSecret=set"])
+    assert not [h for h in render(SWITCHES["migrate.enabled=false"]).hooks if "post-install" in h["events"]]
+
+
+def test_monitoring_objects_need_the_operator_crds():
+    """Without the Prometheus Operator, enabling a ServiceMonitor fails the install loudly."""
+    with pytest.raises(Exception, match="ServiceMonitor"):
+        render(SWITCHES["metrics.serviceMonitor.enabled=true"], monitoring_crds=False)
+
+
+def test_schema_rejects_bad_values():
+    for bad in ({"config": {"env": "staging"}}, {"orchestrator": {"replicas": "two"}},
+                {"secrets": {"internalToken": "has spaces and @"}}, {"unknownTopLevel": 1},
+                {"orchestrator": {"extraEnv": {"NOT_CHANCEPAY": "x"}}}):
+        with pytest.raises(Exception, match="schema"):
+            render(bad)
+
+
+def test_external_services_required_when_in_chart_ones_are_off():
+    with pytest.raises(Exception, match="external.orchestratorDbUrl is required"):
+        render({"mysql": {"enabled": False}})
+    with pytest.raises(Exception, match="external.amqpUrl is required"):
+        render({"rabbitmq": {"enabled": False}})
+
+
+def all_pods(rendered):
+    return [o for o in rendered.objects + [h["object"] for h in rendered.hooks] if o["kind"] in WORKLOAD_KINDS]
+
+
+def test_every_pod_is_hardened(default_render):
+    for obj in all_pods(default_render):
+        spec = pod_spec(obj)
+        where = f"{obj['kind']}/{obj['metadata']['name']}"
+        assert spec["securityContext"]["runAsNonRoot"] is True, where
+        assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", where
+        assert spec["automountServiceAccountToken"] is False, where
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False, (where, c["name"])
+            assert sc["readOnlyRootFilesystem"] is True, (where, c["name"])
+            assert sc["capabilities"]["drop"] == ["ALL"], (where, c["name"])
+            assert c["resources"]["requests"] and c["resources"]["limits"], (where, c["name"])
+            assert ":" in c["image"] and not c["image"].endswith(":latest"), (where, c["image"])
+
+
+def test_long_running_containers_have_probes(default_render):
+    for obj in default_render.objects:
+        if obj["kind"] not in ("Deployment", "StatefulSet"):
+            continue
+        for c in pod_spec(obj)["containers"]:
+            assert c.get("livenessProbe") and c.get("readinessProbe"), (obj["metadata"]["name"], c["name"])
+
+
+def test_backing_services_are_statefulsets_with_volumes(default_render):
+    for name, image in (("chancepay-mysql", "mysql:8."), ("chancepay-rabbitmq", "rabbitmq:")):
+        sts = default_render.get("StatefulSet", name)
+        assert pod_spec(sts)["containers"][0]["image"].startswith(image)
+        assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
+        assert sts["spec"]["serviceName"] == name
+
+
+def test_mysql_init_creates_both_schemas_and_least_privilege_users(default_render):
+    script = default_render.get("ConfigMap", "-mysql-initdb")["data"]["10-chancepay.sh"]
+    for db in ("chancepay_orchestrator", "chancepay_wallet"):
+        assert f"CREATE DATABASE IF NOT EXISTS \\`{db}\\`" in script
+        assert f"GRANT ALL PRIVILEGES ON \\`{db}\\`.* TO '{db}'@'%'" in script
+    assert script.count("GRANT") == 2  # nothing broader (no *.*)
+    assert "*.*" not in script
+
+
+def test_generated_secrets_are_kept_on_upgrade(default_render):
+    """`lookup` finds the Secret of an earlier install and reuses its values."""
+    first = default_render.get("Secret", "chancepay-secrets")["stringData"]
+    assert len(first["internal-token"]) == 40 and first["internal-token"] != "dev-internal-token"
+    existing = {"apiVersion": "v1", "kind": "Secret", "metadata": {
+                    "name": "chancepay-secrets", "namespace": "chancepay",
+                    "labels": {"app.kubernetes.io/managed-by": "Helm"},
+                    "annotations": {"meta.helm.sh/release-name": "other", "meta.helm.sh/release-namespace": "chancepay"}},
+                "data": {k: base64.b64encode(v.encode()).decode() for k, v in first.items()}}
+    # a new release name so Helm does not refuse an install over an existing release
+    again = render_with_existing(existing)
+    assert again == first
+
+
+def render_with_existing(existing):
+    import helm_render
+
+    r = helm_render.render(str(CHART), {"fullnameOverride": "chancepay"}, release="other", existing=[existing])
+    return r.get("Secret", "chancepay-secrets")["stringData"]
+
+
+def test_notes_tell_how_to_reach_api_and_dashboard(default_render):
+    notes = default_render.notes
+    assert "port-forward svc/chancepay-orchestrator" in notes
+    assert "POST" in notes and "/payments" in notes
+    assert "helm test chancepay" in notes
+    assert "dashboard" in notes.lower() and "deploy/grafana/chancepay-dashboard.json" in notes
+
+
+def test_helm_test_pod_posts_a_payment_and_waits(default_render):
+    tests = [h["object"] for h in default_render.hooks if h["events"] == ["test"]]
+    assert len(tests) == 1
+    script = "\n".join(tests[0]["spec"]["containers"][0]["command"])
+    assert '"/payments"' in script and "SUCCEEDED" in script and "FAILED" in script
+    compile(tests[0]["spec"]["containers"][0]["command"][2], "helm-test", "exec")
+
+
+def test_migrate_is_a_hook_after_install_and_before_upgrade(default_render):
+    hook = [h for h in default_render.hooks if h["object"]["kind"] == "Job"]
+    assert len(hook) == 1 and set(hook[0]["events"]) == {"post-install", "pre-upgrade"}
+    assert pod_spec(hook[0]["object"])["containers"][0]["command"] == ["chancepay", "migrate"]
