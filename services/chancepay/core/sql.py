@@ -104,7 +104,11 @@ RECORD_OUTBOX_FAILURE = (
 )
 
 # --------------------------------------------------------------------------- wallet
-INSERT_INBOX = "INSERT IGNORE INTO inbox (uuid, cus_id, amount) VALUES (%s, %s, %s)"
+# The common path is one statement: the coin was flipped in memory and the row is inserted
+# already final. Only if the uuid exists (a redelivery) does the wallet lock and read it.
+INSERT_INBOX_DECIDED = (
+    "INSERT IGNORE INTO inbox (uuid, cus_id, amount, succeed, finalized_at) VALUES (%s, %s, %s, %s, NOW(6))"
+)
 LOCK_INBOX = "SELECT cus_id, amount, succeed FROM inbox WHERE uuid = %s FOR UPDATE"
 FINALIZE_INBOX = (
     "UPDATE inbox SET succeed = %s, finalized_at = NOW(6) WHERE uuid = %s AND succeed IS NULL"

@@ -20,7 +20,7 @@ class Payment:
     cus_id: str
     amount: Decimal
     succeed: bool | None
-    created_at: dt.datetime
+    created_at: dt.datetime | None  # None only in the 202 answer, which does not show it
     finalized_at: dt.datetime | None
 
     @property
@@ -38,7 +38,7 @@ class Payment:
             "cusId": self.cus_id,
             "amount": format_amount(self.amount),
             "status": self.status,
-            "createdAt": _iso(self.created_at),
+            "createdAt": _iso(self.created_at) if self.created_at else None,
             "finalizedAt": _iso(self.finalized_at) if self.finalized_at else None,
         }
 
@@ -76,8 +76,6 @@ class PaymentService:
             async with self.db.transaction() as cur:
                 await cur.execute(sql.INSERT_REQUEST, (uuid, cus_id, amount, idempotency_key, fingerprint))
                 await cur.execute(sql.INSERT_OUTBOX, (uuid, payload))
-                await cur.execute(sql.SELECT_REQUEST, (uuid,))
-                row = await cur.fetchone()
         except Exception as exc:
             if idempotency_key is None or not is_duplicate_key(exc):
                 raise
@@ -89,7 +87,8 @@ class PaymentService:
             if found[6] != fingerprint:
                 raise IdempotencyKeyReused(idempotency_key) from None
             return Payment.from_row(found[:6]), True
-        return Payment.from_row(row), False
+        # The 202 body needs no timestamps: no read-back round trip.
+        return Payment(uuid, cus_id, amount, None, None, None), False
 
     async def get(self, uuid: str) -> Payment | None:
         row = await self.db.fetchone(sql.SELECT_REQUEST, (uuid,))
@@ -107,7 +106,9 @@ class PaymentService:
             return FinalizeOutcome.UNKNOWN, None, None
         payment = Payment.from_row(row)
         if applied:
-            latency = (payment.finalized_at - payment.created_at).total_seconds() if payment.finalized_at else None
+            latency = None
+            if payment.finalized_at and payment.created_at:
+                latency = (payment.finalized_at - payment.created_at).total_seconds()
             return FinalizeOutcome.APPLIED, payment, latency
         if payment.succeed is succeed:
             return FinalizeOutcome.REPEATED, payment, None

@@ -3,9 +3,9 @@
 For each delivery:
 1. parse it; unparseable -> [PAYLOAD_CORRUPTION_ALERT], no inbox row, reject without requeue
    (the queue dead-letters it to chancepay.payments.dlq);
-2. in ONE transaction: insert the inbox row (INSERT IGNORE), lock it, and if it is still
-   pending flip the coin and finalize it. The decision is durable before anything leaves
-   the wallet; a redelivery finds it final and is not deducted again;
+2. flip the coin and insert the inbox row already final (INSERT IGNORE, one statement, one
+   commit). The decision is durable before anything leaves the wallet; a redelivery finds the
+   row there and is not deducted again (its stored result is sent instead);
 3. call the orchestrator back with the stored result (retries with capped, jittered back-off);
 4. ack. A callback that still fails is requeued for a later delivery, up to
    CHANCEPAY_WALLET_MAX_DELIVERIES; after that the message is acked and the reconciler heals
@@ -83,21 +83,24 @@ class Wallet:
         return self.rng.random() < self.settings.wallet_success_rate
 
     async def deduct(self, msg: PaymentMessage) -> Decision:
+        """Decide once, durably. The coin is flipped first and the inbox row inserted already
+        final, in one statement; the flip only counts if that insert creates the row. If the uuid
+        is already there (a redelivery), the stored decision wins and nothing is deducted again."""
+        decided = self.flip()
         async with self.db.transaction() as cur:
-            await cur.execute(sql.INSERT_INBOX, (msg.uuid, msg.cus_id, msg.amount))
-            inserted = cur.rowcount == 1
+            await cur.execute(sql.INSERT_INBOX_DECIDED, (msg.uuid, msg.cus_id, msg.amount, decided))
             self.crash.hit("wallet.after_inbox_insert")
+            if cur.rowcount == 1:
+                return Decision(Deduction.NEW, decided)
             await cur.execute(sql.LOCK_INBOX, (msg.uuid,))
             cus_id, amount, succeed = await cur.fetchone()
             if cus_id != msg.cus_id or Decimal(amount) != msg.amount:
                 return Decision(Deduction.CONFLICT, None if succeed is None else bool(succeed))
+            await cur.execute(sql.COUNT_INBOX_DELIVERY, (msg.uuid,))
             if succeed is not None:
-                await cur.execute(sql.COUNT_INBOX_DELIVERY, (msg.uuid,))
                 return Decision(Deduction.DUPLICATE, bool(succeed))
-            decided = self.flip()
+            # A pending row (written by an older version, or by hand): finalize it now.
             await cur.execute(sql.FINALIZE_INBOX, (decided, msg.uuid))
-            if not inserted:  # a pending row left by an earlier attempt: finalize it now
-                await cur.execute(sql.COUNT_INBOX_DELIVERY, (msg.uuid,))
         return Decision(Deduction.NEW, decided)
 
     # ------------------------------------------------------------------ callback
