@@ -12,10 +12,12 @@ Used by tests/deploy/ and by `make render-k8s`.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import base64
 import dataclasses
 import gzip
 import json
+import os
 import threading
 import uuid as uuidlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -388,6 +390,31 @@ class FakeKubeAPI:
         return obj
 
 
+_HELM_DIRS = ("~/.cache/helm", "~/.config/helm", "~/.local/share/helm")
+_helm_dirs_watched = False
+
+
+def isolate_helm_home() -> None:
+    """Leave no trace in the user's Helm directories: helm-sdkpy's Go side creates empty
+    ~/.cache/helm and ~/.config/helm on first use (it reads HELM_*_HOME only from the environment
+    the process started with, so setting them here would not help). Those that did not exist
+    before are removed at exit if still empty."""
+    global _helm_dirs_watched
+    if _helm_dirs_watched:
+        return
+    _helm_dirs_watched = True
+    for d in (os.path.expanduser(p) for p in _HELM_DIRS):
+        if not os.path.exists(d):
+            atexit.register(_remove_if_empty, d)
+
+
+def _remove_if_empty(path: str) -> None:
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
 @dataclasses.dataclass
 class Rendered:
     """What Helm rendered for one release: objects in install order, hooks, NOTES.txt."""
@@ -436,6 +463,7 @@ def render(
     monitoring_crds: serve the Prometheus Operator API group (ServiceMonitor, PrometheusRule).
     existing: objects already in the cluster (what Helm's `lookup` then finds).
     """
+    isolate_helm_home()
     import helm_sdkpy
 
     with FakeKubeAPI(monitoring_crds=monitoring_crds, existing=existing, namespace=namespace) as api:

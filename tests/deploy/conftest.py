@@ -21,6 +21,8 @@ sys.path.insert(0, str(ROOT / "deploy"))
 
 import helm_render  # noqa: E402
 
+helm_render.isolate_helm_home()
+
 EXTERNAL = {
     "mysql": {"enabled": False},
     "external": {
