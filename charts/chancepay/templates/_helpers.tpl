@@ -142,30 +142,32 @@ prometheus.io/path: "/metrics"
 {{- end }}
 {{- end }}
 
-{{/* Init container that waits until the in-chart MySQL accepts TCP connections. */}}
+{{/* Init container (the role's own image) that waits until the in-chart MySQL accepts TCP connections:
+chancepay.waitForMysql (dict "ctx" $ "role" "scanner") */}}
 {{- define "chancepay.waitForMysql" -}}
-{{- if .Values.mysql.enabled }}
+{{- $ctx := .ctx }}
+{{- if $ctx.Values.mysql.enabled }}
 - name: wait-for-mysql
-  image: {{ include "chancepay.image" (dict "ctx" . "role" "orchestrator") }}
-  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  image: {{ include "chancepay.image" (dict "ctx" $ctx "role" .role) }}
+  imagePullPolicy: {{ $ctx.Values.image.pullPolicy }}
   command:
     - python
     - -c
     - |
       import socket, sys, time
-      deadline = time.monotonic() + {{ .Values.mysql.waitTimeoutSeconds }}
+      deadline = time.monotonic() + {{ $ctx.Values.mysql.waitTimeoutSeconds }}
       while True:
           try:
-              socket.create_connection(("{{ include "chancepay.mysqlHost" . }}", {{ .Values.mysql.service.port }}), timeout=3).close()
+              socket.create_connection(("{{ include "chancepay.mysqlHost" $ctx }}", {{ $ctx.Values.mysql.service.port }}), timeout=3).close()
               sys.exit(0)
           except OSError as exc:
               if time.monotonic() > deadline:
                   sys.exit(f"MySQL not reachable: {exc}")
               time.sleep(2)
   securityContext:
-    {{- include "chancepay.containerSecurityContext" . | nindent 4 }}
+    {{- include "chancepay.containerSecurityContext" $ctx | nindent 4 }}
   resources:
-    {{- toYaml .Values.initResources | nindent 4 }}
+    {{- toYaml $ctx.Values.initResources | nindent 4 }}
 {{- end }}
 {{- end }}
 
