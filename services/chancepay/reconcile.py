@@ -77,8 +77,7 @@ class Reconciler:
         response = await self.wallet.get(f"/internal/inbox/{uuid}")
         if response.status_code == 404:
             payload = PaymentMessage(uuid, cus_id, amount).encode()
-            async with self.db.transaction() as cur:
-                await cur.execute(sql.REENQUEUE_OUTBOX, (uuid, payload))
+            await self.db.execute(sql.REENQUEUE_OUTBOX, (uuid, payload))
             summary.reenqueued += 1
             self.metrics.reconcile_repairs.labels(kind="reenqueued").inc()
             self.log.warning("reconcile: message lost before the wallet; put back into the outbox")

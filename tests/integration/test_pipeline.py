@@ -241,3 +241,20 @@ def test_make_run_supervisor_restarts_a_role_that_exits(env) -> None:
         code = proc.wait(timeout=40)
     assert code == 0
     assert _listener_pid(port) is None, "Ctrl-C/SIGTERM to the supervisor stops its children"
+
+
+def test_every_session_is_strict_and_read_committed(env) -> None:
+    import asyncio
+
+    from chancepay.core.config import DatabaseURL
+    from chancepay.core.db import Database
+
+    async def read() -> tuple:
+        db = Database(DatabaseURL.parse(env.orch_url()), pool_size=1)
+        try:
+            return await db.fetchone("SELECT @@SESSION.sql_mode, @@SESSION.tx_isolation")
+        finally:
+            await db.close()
+
+    mode, isolation = asyncio.run(read())
+    assert "STRICT_ALL_TABLES" in mode and isolation == "READ-COMMITTED"

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import asyncmy
 import asyncmy.errors
@@ -22,12 +22,19 @@ from chancepay.core.config import DatabaseURL
 STRICT_SQL_MODE = (
     "STRICT_ALL_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION"
 )
+T = TypeVar("T")
 ER_DUP_ENTRY = 1062
+# Deadlock and lock-wait timeout: the server rolled the transaction back; running it again is safe.
+RETRYABLE_ERRORS = (1213, 1205)
 IntegrityError = asyncmy.errors.IntegrityError
 
 
 class DatabaseUnavailable(Exception):
     """The database could not be reached, or did not answer within the timeout."""
+
+
+class DatabaseBusy(DatabaseUnavailable):
+    """Deadlock or lock-wait timeout, still there after the retries: treat like unavailable."""
 
 
 class StrictModeError(RuntimeError):
@@ -56,7 +63,11 @@ class Database:
                         maxsize=self.pool_size,
                         connect_timeout=max(1, int(self.timeout)),
                         autocommit=False,
-                        init_command=f"SET SESSION sql_mode='{STRICT_SQL_MODE}'",
+                        # asyncmy sends "SET sql_mode=<value>" verbatim: the quotes are ours.
+                        sql_mode=f"'{STRICT_SQL_MODE}'",
+                        # READ COMMITTED: the scanner's FOR UPDATE SKIP LOCKED range scan takes no
+                        # gap locks, so it cannot deadlock with the API's outbox inserts.
+                        init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
                         charset="utf8mb4",
                         pool_recycle=300,
                         **self.url.connect_kwargs(),
@@ -87,19 +98,44 @@ class Database:
         except TimeoutError:
             raise DatabaseUnavailable(f"no answer from {self.url.host}:{self.url.port} within the timeout") from None
         except (asyncmy.errors.OperationalError, asyncmy.errors.InterfaceError, OSError) as exc:
-            if isinstance(exc, asyncmy.errors.OperationalError) and exc.args and exc.args[0] in (1205, 1213):
-                raise  # lock wait timeout / deadlock: a real SQL outcome, the caller decides
+            if isinstance(exc, asyncmy.errors.OperationalError) and exc.args and exc.args[0] in RETRYABLE_ERRORS:
+                raise DatabaseBusy(f"{exc.args[0]}: {exc.args[1] if len(exc.args) > 1 else exc}") from exc
             raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
+    async def run(self, work: Callable[[Any], Awaitable[T]], *, attempts: int = 3) -> T:
+        """Run `await work(cursor)` in one transaction; a deadlock or lock-wait timeout (the
+        server already rolled it back) runs the whole transaction again, up to `attempts` times."""
+        for attempt in range(1, attempts + 1):
+            try:
+                async with self.transaction() as cur:
+                    return await work(cur)
+            except DatabaseBusy:
+                if attempt == attempts:
+                    raise
+                await asyncio.sleep(0.005 * attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
+
     async def fetchone(self, sql: str, args: Any = None) -> Any:
-        async with self.transaction() as cur:
+        async def work(cur: Any) -> Any:
             await cur.execute(sql, args)
             return await cur.fetchone()
 
+        return await self.run(work)
+
     async def fetchall(self, sql: str, args: Any = None) -> list[Any]:
-        async with self.transaction() as cur:
+        async def work(cur: Any) -> list[Any]:
             await cur.execute(sql, args)
             return list(await cur.fetchall())
+
+        return await self.run(work)
+
+    async def execute(self, sql: str, args: Any = None) -> int:
+        """One statement in its own transaction; returns the affected row count."""
+        async def work(cur: Any) -> int:
+            await cur.execute(sql, args)
+            return int(cur.rowcount)
+
+        return await self.run(work)
 
     async def ping(self) -> bool:
         try:

@@ -8,6 +8,7 @@ import datetime as dt
 import enum
 import hashlib
 from decimal import Decimal
+from typing import Any
 
 from chancepay.core import sql
 from chancepay.core.codec import PaymentMessage, format_amount, new_uuid
@@ -72,10 +73,12 @@ class PaymentService:
         uuid = new_uuid()
         fingerprint = request_fingerprint(cus_id, amount) if idempotency_key else None
         payload = PaymentMessage(uuid, cus_id, amount).encode()
+        async def insert_both(cur: Any) -> None:
+            await cur.execute(sql.INSERT_REQUEST, (uuid, cus_id, amount, idempotency_key, fingerprint))
+            await cur.execute(sql.INSERT_OUTBOX, (uuid, payload))
+
         try:
-            async with self.db.transaction() as cur:
-                await cur.execute(sql.INSERT_REQUEST, (uuid, cus_id, amount, idempotency_key, fingerprint))
-                await cur.execute(sql.INSERT_OUTBOX, (uuid, payload))
+            await self.db.run(insert_both)
         except Exception as exc:
             if idempotency_key is None or not is_duplicate_key(exc):
                 raise
@@ -97,11 +100,13 @@ class PaymentService:
     async def finalize(self, uuid: str, succeed: bool) -> tuple[FinalizeOutcome, Payment | None, float | None]:
         """Write-once: UPDATE ... AND succeed IS NULL. Returns the outcome, the row as stored, and
         for an applied finalization the create-to-final latency in seconds (database clock)."""
-        async with self.db.transaction() as cur:
+        async def finalize_once(cur: Any) -> tuple[bool, Any]:
             await cur.execute(sql.FINALIZE_REQUEST, (succeed, uuid))
             applied = cur.rowcount == 1
             await cur.execute(sql.SELECT_REQUEST, (uuid,))
-            row = await cur.fetchone()
+            return applied, await cur.fetchone()
+
+        applied, row = await self.db.run(finalize_once)
         if row is None:
             return FinalizeOutcome.UNKNOWN, None, None
         payment = Payment.from_row(row)

@@ -99,7 +99,8 @@ class Scanner:
     # ------------------------------------------------------------------ database steps
     async def claim(self) -> list[OutboxRow]:
         lease_us = int(self.settings.scanner_lease * 1e6)
-        async with self.db.transaction() as cur:
+
+        async def claim_and_lease(cur: Any) -> list[OutboxRow]:
             await cur.execute(sql.CLAIM_OUTBOX, (self.settings.scanner_max_attempts, self.settings.scanner_batch_size))
             rows = [OutboxRow(r[0], bytes(r[1]), int(r[2])) for r in await cur.fetchall()]
             if rows:
@@ -107,19 +108,23 @@ class Scanner:
                 await cur.execute(
                     sql.LEASE_OUTBOX.format(placeholders=placeholders), (lease_us, self.name, *[r.uuid for r in rows])
                 )
-        return rows
+            return rows
+
+        return await self.db.run(claim_and_lease)
 
     async def delete(self, uuids: list[str]) -> None:
         placeholders = ",".join(["%s"] * len(uuids))
-        async with self.db.transaction() as cur:
-            await cur.execute(sql.DELETE_OUTBOX.format(placeholders=placeholders), uuids)
+        await self.db.execute(sql.DELETE_OUTBOX.format(placeholders=placeholders), uuids)
 
     async def record_failures(self, failures: list[Failure]) -> None:
         s = self.settings
-        async with self.db.transaction() as cur:
+
+        async def record(cur: Any) -> None:
             for f in failures:
                 delay_us = int(retry_delay(f.row.attempts + 1, s.scanner_retry_base, s.scanner_retry_max) * 1e6)
                 await cur.execute(sql.RECORD_OUTBOX_FAILURE, (f"{f.reason}: {f.detail}"[:512], delay_us, f.row.uuid))
+
+        await self.db.run(record)
 
     # ------------------------------------------------------------------ one pass
     async def _publish(self, row: OutboxRow) -> Any:

@@ -87,7 +87,8 @@ class Wallet:
         final, in one statement; the flip only counts if that insert creates the row. If the uuid
         is already there (a redelivery), the stored decision wins and nothing is deducted again."""
         decided = self.flip()
-        async with self.db.transaction() as cur:
+
+        async def decide(cur: Any) -> Decision:
             await cur.execute(sql.INSERT_INBOX_DECIDED, (msg.uuid, msg.cus_id, msg.amount, decided))
             self.crash.hit("wallet.after_inbox_insert")
             if cur.rowcount == 1:
@@ -101,7 +102,9 @@ class Wallet:
                 return Decision(Deduction.DUPLICATE, bool(succeed))
             # A pending row (written by an older version, or by hand): finalize it now.
             await cur.execute(sql.FINALIZE_INBOX, (decided, msg.uuid))
-        return Decision(Deduction.NEW, decided)
+            return Decision(Deduction.NEW, decided)
+
+        return await self.db.run(decide)
 
     # ------------------------------------------------------------------ callback
     async def callback(self, uuid: str, succeed: bool) -> CallbackResult:
