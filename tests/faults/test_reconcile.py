@@ -1,0 +1,79 @@
+"""`chancepay reconcile` heals what the pipeline gave up on; `chancepay audit` tells a healthy system
+(exit 0) from a violated one (exit 1)."""
+
+from __future__ import annotations
+
+import uuid as uuidlib
+
+from chancepay.core import topology
+from tests.support.stack import (
+    assert_converged,
+    outbox_depth,
+    purge_queue,
+    restart_role,
+    run_audit,
+    run_reconcile,
+    wait_until,
+)
+
+
+def test_reconcile_finalizes_from_inbox_and_reenqueues_lost_messages_audit_detects_violation(make_stack, env) -> None:
+    s = make_stack(CHANCEPAY_CALLBACK_BACKOFF_SECONDS="0.05")
+    s.role("orchestrator").start()
+    s.role("scanner").start()
+    # Kind 1: the wallet gives up on the callback at once (unreachable orchestrator, one delivery).
+    s.role("wallet", CHANCEPAY_ORCHESTRATOR_URL="http://127.0.0.1:1", CHANCEPAY_WALLET_MAX_DELIVERIES="1",
+           CHANCEPAY_CALLBACK_ATTEMPTS="1").start()
+    for r in s.roles.values():
+        r.wait_ready()
+    stuck = []
+    for i in range(3):
+        r = s.pay(cus_id=f"stuck-{i}")
+        assert r.status_code == 202
+        stuck.append(r.json()["uuid"])
+    wait_until(lambda: {e["uuid"] for e in s.wallet.events("[FAILED TO CALLBACK FROM WALLET]") if "giving up" in e["reason"]} == set(stuck), 30,
+               what="the wallet gives up on 3 callbacks")
+    assert len(s.env.wallet_sql("SELECT uuid FROM inbox WHERE succeed IS NOT NULL")) == 3
+    assert s.env.orch_sql("SELECT COUNT(*) FROM request WHERE succeed IS NULL")[0][0] == 3
+    s.wallet.stop()
+
+    # Kind 2: lost messages. One published and then purged from the queue (the broker lost it);
+    # one whose outbox row disappeared before any publish.
+    r = s.pay(cus_id="lost-in-queue")
+    lost_queue = r.json()["uuid"]
+    wait_until(lambda: outbox_depth(env) == 0, 30, what="published")
+    assert purge_queue(env, topology.QUEUE) == 1
+    s.scanner.stop()
+    r = s.pay(cus_id="lost-outbox")
+    lost_outbox = r.json()["uuid"]
+    env.orch_sql("DELETE FROM outbox WHERE uuid=%s", (lost_outbox,))
+    assert outbox_depth(env) == 0 and env.queue_depth(topology.QUEUE) == 0
+
+    restart_role(s, "wallet")  # the reconciler looks up the inbox through the wallet's API
+    code, summary = run_reconcile(env, age=0)
+    assert code == 0, summary
+    assert summary["event"] == "reconcile pass done"
+    assert summary["examined"] == 5
+    assert summary["finalized_from_inbox"] == 3
+    assert summary["reenqueued"] == 2
+    assert summary["failures"] == 0 and summary["conflicts"] == 0
+    assert {u for (u,) in env.orch_sql("SELECT uuid FROM outbox")} == {lost_queue, lost_outbox}
+    inbox = dict(env.wallet_sql("SELECT uuid, succeed FROM inbox"))
+    assert dict(env.orch_sql("SELECT uuid, succeed FROM request WHERE uuid IN (%s,%s,%s)", stuck)) == {
+        u: inbox[u] for u in stuck
+    }
+
+    restart_role(s, "scanner")  # the pipeline finishes the re-enqueued ones
+    s.wait_final([lost_queue, lost_outbox], timeout=30)
+    code, again = run_reconcile(env, age=0)
+    assert code == 0 and again["examined"] == 0, again
+    assert_converged(s, stuck + [lost_queue, lost_outbox])
+    code, report = run_audit(env)
+    assert code == 0 and report["ok"] and report["checked"] == 5
+
+    # A manufactured violation: an inbox row whose uuid has no request (written as the wallet user).
+    orphan = str(uuidlib.uuid4())
+    env.wallet_sql("INSERT INTO inbox (uuid, cus_id, amount, succeed) VALUES (%s, 'ghost', 1.00, 1)", (orphan,))
+    code, report = run_audit(env)
+    assert code == 1 and not report["ok"]
+    assert report["orphan_inbox"] == 1 and report["orphan_inbox_sample"] == [orphan]
