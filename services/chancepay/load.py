@@ -57,6 +57,7 @@ class Shot:
 
 
 async def _fire(client: httpx.AsyncClient, run_id: str, shot: Shot, due: float) -> None:
+    """One arrival. The client's base URL is one orchestrator; `due` is when it was scheduled."""
     body = {"cusId": f"load-{run_id}-{shot.index}", "amount": f"{1 + shot.index % 9999}.{shot.index % 100:02d}"}
     try:
         response = await client.post(
@@ -72,12 +73,14 @@ async def _fire(client: httpx.AsyncClient, run_id: str, shot: Shot, due: float) 
     shot.latency = time.perf_counter() - due
 
 
-async def generate(settings: Settings, rate: float, duration: float, concurrency: int) -> tuple[list[Shot], float]:
+async def generate(targets: list[str], rate: float, duration: float, concurrency: int) -> tuple[list[Shot], float]:
     run_id = secrets.token_hex(4)
     total = max(1, int(rate * duration))
     shots = [Shot(i) for i in range(total)]
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=settings.orchestrator_url, limits=limits, timeout=30) as client:
+    per_target = max(1, concurrency // len(targets))
+    limits = httpx.Limits(max_connections=per_target, max_keepalive_connections=per_target)
+    clients = [httpx.AsyncClient(base_url=url, limits=limits, timeout=30) for url in targets]
+    try:
         start = time.perf_counter()
         tasks = []
         for shot in shots:
@@ -85,9 +88,13 @@ async def generate(settings: Settings, rate: float, duration: float, concurrency
             delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
+            client = clients[shot.index % len(clients)]
             tasks.append(asyncio.create_task(_fire(client, run_id, shot, due)))
         send_window = time.perf_counter() - start
         await asyncio.gather(*tasks)
+    finally:
+        for client in clients:
+            await client.aclose()
     return shots, send_window
 
 
@@ -139,11 +146,17 @@ async def _results(orch: Database, uuids: list[str]) -> tuple[int, int, list[flo
 
 
 async def run_load(
-    settings: Settings, *, rate: float, duration: float, converge_timeout: float, concurrency: int
+    settings: Settings,
+    *,
+    rate: float,
+    duration: float,
+    converge_timeout: float,
+    concurrency: int,
+    targets: list[str] | None = None,
 ) -> dict[str, Any]:
     if rate <= 0 or duration <= 0:
         raise ValueError("--rate and --duration must be > 0")
-    shots, send_window = await generate(settings, rate, duration, concurrency)
+    shots, send_window = await generate(targets or [settings.orchestrator_url], rate, duration, concurrency)
     accepted = [s.uuid for s in shots if s.uuid]
     orch = Database(settings.orchestrator_db_url, pool_size=2, timeout=max(settings.db_timeout, 10))
     wallet = Database(settings.wallet_db_url, pool_size=2, timeout=max(settings.db_timeout, 10))
@@ -179,9 +192,22 @@ async def run_load(
     }
 
 
-async def load_main(settings: Settings, *, rate: float, duration: float, converge_timeout: float, concurrency: int) -> int:
+async def load_main(
+    settings: Settings,
+    *,
+    rate: float,
+    duration: float,
+    converge_timeout: float,
+    concurrency: int,
+    targets: list[str] | None = None,
+) -> int:
     summary = await run_load(
-        settings, rate=rate, duration=duration, converge_timeout=converge_timeout, concurrency=concurrency
+        settings,
+        rate=rate,
+        duration=duration,
+        converge_timeout=converge_timeout,
+        concurrency=concurrency,
+        targets=targets,
     )
     sys.stdout.write(orjson.dumps(summary).decode() + "\n")
     sys.stdout.flush()
