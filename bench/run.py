@@ -1,0 +1,344 @@
+"""`make bench`: the pipeline's highest sustained rate, measured against the machine's own limits.
+
+    python -m bench.run [--steps 50,100,200,...] [--step-seconds 20] [--raw-seconds 3]
+                        [--scaleout-rate R] [--skip-raw] [--skip-scaleout] [--output FILE]
+
+1. Physical limits (bench.raw_limits): the API's request+outbox commit straight against MariaDB,
+   publish-with-confirm to the same quorum queue, consume+ack from it.
+2. Step-up: real roles (tests.support.stack: per-run databases, users and vhost), then
+   `chancepay load --rate R` at each step. A step is *sustained* when every payment was
+   accepted, the run converged with no invariant violation, the backlog drained within
+   5 s of the last arrival, the generator kept up (achieved >= 97 % of R), and latency did not
+   explode (API p99 < 1 s, end-to-end p99 < 2 s). Stepping stops at the first step that is not.
+   Each step also reports the maximum outbox depth and pending count seen while it ran, and
+   CPU seconds per payment for each role, MariaDB, RabbitMQ and the load generator itself.
+3. Scale-out: two orchestrators, two scanners and two wallets under load: invariants hold and
+   the scanners' publish counters add up to exactly the accepted payments (no row published
+   twice in normal operation).
+
+Results: one JSON document (stdout and .bench/latest.json) and a short table on stderr.
+Everything talks to 127.0.0.1 only; every loop is bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.support.stack import Env, Role, Stack, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """utime + stime of one process (and its reaped children), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return sum(int(fields[i]) for i in (11, 12, 13, 14)) / CLK_TCK
+
+
+def pids_named(name: str) -> list[int]:
+    out = subprocess.run(["pgrep", "-x", name], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+class CpuMeter:
+    """CPU seconds consumed between start() and stop() by named processes."""
+
+    def __init__(self, processes: dict[str, list[int]]) -> None:
+        self.processes = processes
+        self.before: dict[str, float] = {}
+
+    def _read(self) -> dict[str, float]:
+        return {name: sum(cpu_seconds(p) or 0.0 for p in pids) for name, pids in self.processes.items()}
+
+    def start(self) -> None:
+        self.before = self._read()
+
+    def stop(self) -> dict[str, float]:
+        after = self._read()
+        return {name: after[name] - self.before.get(name, 0.0) for name in after}
+
+
+class DepthSampler(threading.Thread):
+    """Polls the outbox depth and pending count while a step runs (max seen)."""
+
+    def __init__(self, env: Env) -> None:
+        super().__init__(daemon=True)
+        self.env = env
+        self.stop_flag = threading.Event()
+        self.max_outbox = 0
+        self.max_pending = 0
+
+    def run(self) -> None:
+        deadline = time.monotonic() + 3600
+        while not self.stop_flag.is_set() and time.monotonic() < deadline:
+            try:
+                self.max_outbox = max(self.max_outbox, self.env.orch_sql("SELECT COUNT(*) FROM outbox")[0][0])
+                pending = self.env.orch_sql("SELECT COUNT(*) FROM request WHERE succeed IS NULL")[0][0]
+                self.max_pending = max(self.max_pending, pending)
+            except Exception:
+                pass
+            self.stop_flag.wait(0.5)
+
+
+def run_load(env: Env, rate: float, seconds: float, targets: list[str]) -> tuple[dict[str, Any], float]:
+    """One `chancepay load` subprocess; returns its summary and its own CPU seconds."""
+    args = [sys.executable, "-m", "chancepay", "load", "--rate", str(rate), "--duration", str(seconds),
+            "--converge-timeout", "60"]
+    for url in targets:
+        args += ["--target", url]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = subprocess.run(args, env=env.environ(), capture_output=True, text=True, timeout=seconds + 300)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    try:
+        summary = json.loads(result.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        summary = {"error": result.stderr[-2000:], "ok": False}
+    summary["exit_code"] = result.returncode
+    return summary, cpu
+
+
+def sustained(summary: dict[str, Any], rate: float) -> tuple[bool, str]:
+    if summary.get("exit_code") != 0 or not summary.get("ok"):
+        return False, "did not converge or violated an invariant"
+    if summary["accepted"] != summary["sent"]:
+        return False, f"{summary['sent'] - summary['accepted']} payments not accepted"
+    if summary["achieved_rate"] < 0.97 * rate:
+        return False, f"the generator reached only {summary['achieved_rate']}/s"
+    if summary["converge_seconds"] > 5:
+        return False, f"backlog took {summary['converge_seconds']} s to drain after the load"
+    if (summary["api_latency_ms"]["p99"] or 0) > 1000:
+        return False, f"API p99 {summary['api_latency_ms']['p99']} ms"
+    if (summary["e2e_latency_ms"]["p99"] or 0) > 2000:
+        return False, f"end-to-end p99 {summary['e2e_latency_ms']['p99']} ms"
+    return True, "sustained"
+
+
+def role_pids(stack: Stack) -> dict[str, list[int]]:
+    pids: dict[str, list[int]] = {}
+    for name, role in stack.roles.items():
+        key = name.split("-")[0]
+        if role.proc is not None:
+            pids.setdefault(key, []).append(role.proc.pid)
+    pids["mariadb"] = pids_named("mariadbd")
+    pids["rabbitmq"] = pids_named("beam.smp")
+    return pids
+
+
+def step_up(steps: list[float], seconds: float, tmp: Path) -> dict[str, Any]:
+    (tmp / "stepup").mkdir(parents=True, exist_ok=True)
+    env = Env(tmp / "stepup")
+    env.create()
+    stack = Stack(env, CHANCEPAY_LOG_LEVEL="INFO").start()
+    results: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    try:
+        for rate in steps:
+            log(f"step {rate:g}/s for {seconds:g} s")
+            meter = CpuMeter(role_pids(stack))
+            sampler = DepthSampler(env)
+            meter.start()
+            sampler.start()
+            began = time.monotonic()
+            summary, load_cpu = run_load(env, rate, seconds, [stack.orchestrator.url])
+            wall = time.monotonic() - began
+            sampler.stop_flag.set()
+            sampler.join(timeout=5)
+            cpu = meter.stop()
+            cpu["load_generator"] = load_cpu
+            ok, why = sustained(summary, rate)
+            accepted = max(1, summary.get("accepted", 0))
+            step = {
+                "rate": rate,
+                "sustained": ok,
+                "verdict": why,
+                "achieved_rate": summary.get("achieved_rate"),
+                "accepted": summary.get("accepted"),
+                "api_latency_ms": summary.get("api_latency_ms"),
+                "e2e_latency_ms": summary.get("e2e_latency_ms"),
+                "converge_seconds": summary.get("converge_seconds"),
+                "max_outbox_depth": sampler.max_outbox,
+                "max_pending": sampler.max_pending,
+                "cpu_ms_per_payment": {k: round(v * 1000 / accepted, 3) for k, v in cpu.items()},
+                # average over the step's whole wall time (load + convergence)
+                "cpu_cores_busy": round(sum(cpu.values()) / max(wall, 1e-9), 2),
+                "invariants": summary.get("invariants"),
+            }
+            results.append(step)
+            log(f"  -> {why}: api p99 {step['api_latency_ms']}, e2e p99 {step['e2e_latency_ms']}, "
+                f"max outbox {sampler.max_outbox}")
+            if not ok:
+                break
+            best = step
+            if any(not r.running for r in stack.roles.values()):
+                log("  a role exited during the step; stopping")
+                break
+    finally:
+        stack.stop_all()
+        env.destroy()
+    return {"steps": results, "best": best}
+
+
+def scale_out(rate: float, seconds: float, tmp: Path) -> dict[str, Any]:
+    """2 orchestrators + 2 scanners + 2 wallets; each wallet calls back its own orchestrator."""
+    (tmp / "scaleout").mkdir(parents=True, exist_ok=True)
+    env = Env(tmp / "scaleout")
+    env.create()
+    stack = Stack(env)
+    try:
+        orchestrators = []
+        for i in range(2):
+            port = env.ports["orchestrator"] if i == 0 else free_port()
+            role = Role("orchestrator", env, env.environ(), port)
+            stack.roles[f"orchestrator-{i}"] = role
+            orchestrators.append(role)
+        for i in range(2):
+            stack.roles[f"scanner-{i}"] = Role("scanner", env, env.environ(), free_port())
+            stack.roles[f"wallet-{i}"] = Role(
+                "wallet", env, env.environ(CHANCEPAY_ORCHESTRATOR_URL=orchestrators[i].url), free_port()
+            )
+        for role in stack.roles.values():
+            role.start()
+        for role in stack.roles.values():
+            role.wait_ready()
+        log(f"scale-out: 2+2+2 roles at {rate:g}/s for {seconds:g} s")
+        meter = CpuMeter(role_pids(stack))
+        meter.start()
+        began = time.monotonic()
+        summary, load_cpu = run_load(env, rate, seconds, [o.url for o in orchestrators])
+        wall = time.monotonic() - began
+        cpu = meter.stop()
+        published = sum(stack.roles[f"scanner-{i}"].metric("chancepay_outbox_published_total") for i in range(2))
+        duplicates = sum(
+            stack.roles[f"wallet-{i}"].metric("chancepay_wallet_messages_total", outcome="duplicate") for i in range(2)
+        )
+        per_scanner = [stack.roles[f"scanner-{i}"].metric("chancepay_outbox_published_total") for i in range(2)]
+        per_wallet = [
+            sum(stack.roles[f"wallet-{i}"].metric("chancepay_wallet_messages_total", outcome=o)
+                for o in ("succeeded", "failed"))
+            for i in range(2)
+        ]
+        ok, why = sustained(summary, rate)
+        return {
+            "rate": rate,
+            "sustained": ok,
+            "verdict": why,
+            "accepted": summary.get("accepted"),
+            "published": published,
+            "published_per_scanner": per_scanner,
+            "deducted_per_wallet": per_wallet,
+            "published_twice": max(0, int(published) - int(summary.get("accepted") or 0)),
+            "wallet_duplicates": duplicates,
+            "api_latency_ms": summary.get("api_latency_ms"),
+            "e2e_latency_ms": summary.get("e2e_latency_ms"),
+            "invariants": summary.get("invariants"),
+            "cpu_cores_busy": round((sum(cpu.values()) + load_cpu) / max(wall, 1e-9), 2),
+        }
+    finally:
+        stack.stop_all()
+        env.destroy()
+
+
+def raw_limits(seconds: float) -> dict[str, Any] | None:
+    log("raw limits (bench.raw_limits)")
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.raw_limits", "--seconds", str(seconds)],
+        capture_output=True, text=True, timeout=900, cwd=ROOT,
+    )
+    if result.returncode != 0:
+        log(f"raw limits failed: {result.stderr[-1000:]}")
+        return None
+    return json.loads(result.stdout)
+
+
+def table(doc: dict[str, Any]) -> str:
+    lines = [f"{'rate/s':>7} {'achieved':>8} {'api p50/p99 ms':>16} {'e2e p50/p99 ms':>16} "
+             f"{'max outbox':>10} {'cores':>5}  verdict"]
+    for s in doc["stepup"]["steps"]:
+        api, e2e = s["api_latency_ms"] or {}, s["e2e_latency_ms"] or {}
+        lines.append(
+            f"{s['rate']:>7g} {s['achieved_rate'] or 0:>8} {api.get('p50')!s:>7}/{api.get('p99')!s:<8} "
+            f"{e2e.get('p50')!s:>7}/{e2e.get('p99')!s:<8} {s['max_outbox_depth']:>10} {s['cpu_cores_busy']:>5}  "
+            f"{s['verdict']}"
+        )
+    best = doc["stepup"]["best"]
+    lines.append(f"best sustained rate: {best['rate'] if best else None}/s")
+    if doc.get("ratio_to_smallest_limit") is not None:
+        lines.append(f"ratio to the smallest physical limit ({doc['smallest_limit']['stage']}, "
+                     f"{doc['smallest_limit']['rate_per_s']}/s): {doc['ratio_to_smallest_limit']}")
+    if doc.get("scaleout"):
+        so = doc["scaleout"]
+        lines.append(f"scale-out 2+2+2 at {so['rate']}/s: {so['verdict']}, published {so['published']} for "
+                     f"{so['accepted']} accepted, published twice {so['published_twice']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", default="25,50,100,150,200,300,400,500,600,800",
+                   help="comma-separated rates (payments/s), tried in order until one is not sustained")
+    p.add_argument("--step-seconds", type=float, default=20.0)
+    p.add_argument("--raw-seconds", type=float, default=3.0)
+    p.add_argument("--scaleout-rate", type=float, default=None, help="default: the best sustained rate")
+    p.add_argument("--scaleout-seconds", type=float, default=20.0)
+    p.add_argument("--skip-raw", action="store_true")
+    p.add_argument("--skip-scaleout", action="store_true")
+    p.add_argument("--output", default=str(ROOT / ".bench" / "latest.json"))
+    args = p.parse_args(argv)
+    steps = [float(x) for x in args.steps.split(",") if x.strip()]
+
+    doc: dict[str, Any] = {
+        "schema": "chancepay.bench/1",
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release()},
+    }
+    # Role logs stay in .bench/logs/<start time>/ for a post-mortem of a failed step.
+    logs = Path(args.output).parent / "logs" / doc["started_at"].replace(":", "")
+    tmp = logs
+    if not args.skip_raw:
+        raw = raw_limits(args.raw_seconds)
+        doc["raw_limits"] = raw
+    doc["stepup"] = step_up(steps, args.step_seconds, tmp)
+    best = doc["stepup"]["best"]
+    smallest = (doc.get("raw_limits") or {}).get("smallest_limit")
+    if smallest:
+        doc["smallest_limit"] = smallest
+        doc["ratio_to_smallest_limit"] = round(best["rate"] / smallest["rate_per_s"], 3) if best else 0.0
+        combined = smallest.get("all_stages_sharing_machine_per_s")
+        if combined and best:
+            doc["ratio_to_all_stages_sharing_machine"] = round(best["rate"] / combined, 3)
+    if not args.skip_scaleout:
+        rate = args.scaleout_rate or (best["rate"] if best else steps[0])
+        doc["scaleout"] = scale_out(rate, args.scaleout_seconds, tmp)
+    doc["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(doc, indent=2)
+    out.write_text(text + "\n")
+    stamped = out.parent / f"bench-{doc['started_at'].replace(':', '')}.json"
+    stamped.write_text(text + "\n")
+    print(text)
+    print(table(doc), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
