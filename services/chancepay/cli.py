@@ -29,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("--rate", type=float, required=True, help="payments per second (open loop)")
     load.add_argument("--duration", type=float, required=True, help="seconds of load")
     load.add_argument("--converge-timeout", type=float, default=120.0, help="seconds to wait for convergence")
-    load.add_argument("--concurrency", type=int, default=512, help="max requests in flight (connections)")
+    load.add_argument("--concurrency", type=int, default=64,
+                      help="HTTP connections (requests beyond them queue, and their wait counts as latency)")
     load.add_argument("--target", action="append", default=None, metavar="URL",
                       help="orchestrator base URL; repeat to spread arrivals round-robin (default CHANCEPAY_ORCHESTRATOR_URL)")
     dev = sub.add_parser("dev", help="run the three roles under a restarting supervisor (what `make run` uses)")
