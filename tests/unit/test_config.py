@@ -56,3 +56,11 @@ def test_readme_documents_every_variable() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     missing = [v.env for v in VARIABLES if f"`{v.env}`" not in readme]
     assert not missing, f"README.md does not document {missing}"
+
+
+def test_chart_values_document_every_variable() -> None:
+    from pathlib import Path
+
+    values = (Path(__file__).resolve().parents[2] / "charts" / "chancepay" / "values.yaml").read_text()
+    missing = [v.env for v in VARIABLES if v.env not in values]
+    assert not missing, f"charts/chancepay/values.yaml does not document {missing}"

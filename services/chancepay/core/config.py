@@ -106,7 +106,7 @@ VARIABLES: tuple[Var, ...] = (
     Var("CHANCEPAY_DB_POOL_SIZE", "db_pool_size", _int, "10", "max connections per process"),
     Var("CHANCEPAY_DB_TIMEOUT_SECONDS", "db_timeout", _float, "5", "connect and statement timeout"),
     Var("CHANCEPAY_SCANNER_BATCH_SIZE", "scanner_batch_size", _int, "200", "outbox rows claimed per poll"),
-    Var("CHANCEPAY_SCANNER_POLL_INTERVAL_SECONDS", "scanner_poll_interval", _float, "0.05",
+    Var("CHANCEPAY_SCANNER_POLL_INTERVAL_SECONDS", "scanner_poll_interval", _float, "0.02",
         "sleep between polls when the outbox had nothing due"),
     Var("CHANCEPAY_SCANNER_LEASE_SECONDS", "scanner_lease", _float, "30",
         "a claimed row is invisible to other scanners this long"),
