@@ -35,6 +35,8 @@ from chancepay.core.runner import FatalError
 
 CORRUPTION_TAG = "[PAYLOAD_CORRUPTION_ALERT]"
 CALLBACK_TAG = "[FAILED TO CALLBACK FROM WALLET]"
+# Cap of the back-off before requeueing a message the database could not take (see handle).
+DB_RETRY_MAX_SECONDS = 15.0
 
 
 class Deduction(enum.Enum):
@@ -142,9 +144,14 @@ class Wallet:
                 decision = await self.deduct(msg)
             except Exception as exc:
                 # Database down or timing out: nothing was decided. Back off, then requeue.
+                # Every requeue counts towards the queue's delivery limit (then dead-lettered), so
+                # the back-off grows with this message's deliveries: a long database outage must
+                # not turn valid payments into DLQ "poison" (a fixed ~1 s did after ~50 s).
                 self.metrics.db_unavailable.inc()
-                self.log.error("[FAILED TO DEDUCT IN WALLET]", error=repr(exc))
-                await asyncio.sleep(min(5.0, 0.5 + self.rng.random()))
+                delay = min(DB_RETRY_MAX_SECONDS, 0.5 * 2 ** min(_delivery_count(message), 10))
+                delay *= 0.5 + 0.5 * self.rng.random()
+                self.log.error("[FAILED TO DEDUCT IN WALLET]", error=repr(exc), retry_in_seconds=round(delay, 2))
+                await asyncio.sleep(delay)
                 await self.channel.basic_nack(tag, requeue=True)
                 return
             if decision.kind is Deduction.CONFLICT:
