@@ -31,13 +31,16 @@ run: migrate ## everything a fresh machine needs, then the three roles in the fo
 	@echo "ChancePay: API on http://127.0.0.1:8000 (scanner :8001, wallet :8002). Ctrl-C stops all."
 	exec $(VENV)/bin/chancepay dev
 
-test: services venv deploy-tools ## the whole test suite against real MariaDB, RabbitMQ and processes
+test: services venv deploy-tools ## the whole test suite against real MariaDB, RabbitMQ and processes (tests/soak is opt-in)
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: services venv ## throughput/latency benchmark; JSON results in .bench/
 	$(PY) -m bench.run
 
 include mk/deploy.mk
+
+soak: services venv ## opt-in: seeded random faults during load (CHANCEPAY_SOAK_SEED=n replays, CHANCEPAY_SOAK_SECONDS)
+	CHANCEPAY_SOAK=1 $(PY) -m pytest -q -s -p no:cacheprovider tests/soak
 
 clean: ## remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache build *.egg-info services/*.egg-info

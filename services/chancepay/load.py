@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
 
 from chancepay.audit import check_uuids
@@ -56,45 +56,69 @@ class Shot:
     error: str | None = None
 
 
-async def _fire(client: httpx.AsyncClient, run_id: str, shot: Shot, due: float) -> None:
-    """One arrival. The client's base URL is one orchestrator; `due` is when it was scheduled."""
+async def _fire(session: aiohttp.ClientSession, url: str, run_id: str, shot: Shot, due: float) -> None:
+    """One arrival to one orchestrator; `due` is when it was scheduled."""
     body = {"cusId": f"load-{run_id}-{shot.index}", "amount": f"{1 + shot.index % 9999}.{shot.index % 100:02d}"}
     try:
-        response = await client.post(
-            "/payments",
-            content=orjson.dumps(body),
+        async with session.post(
+            f"{url}/payments",
+            data=orjson.dumps(body),
             headers={"Content-Type": "application/json", "Idempotency-Key": f"load-{run_id}-{shot.index}"},
-        )
-        shot.status = response.status_code
-        if response.status_code == 202:
-            shot.uuid = orjson.loads(response.content)["uuid"]
-    except httpx.HTTPError as exc:
-        shot.error = type(exc).__name__
+        ) as response:
+            shot.status = response.status
+            content = await response.read()
+        if shot.status == 202:
+            shot.uuid = orjson.loads(content)["uuid"]
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        shot.error = _error_kind(exc)
     shot.latency = time.perf_counter() - due
 
 
+def _error_kind(exc: BaseException) -> str:
+    """A stable name for a failed request in the summary's `responses`."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "connect_error"  # refused / unreachable: nothing was sent
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohttp.ClientPayloadError)):
+        return "disconnected"  # sent, no answer: the Idempotency-Key makes a retry safe
+    return type(exc).__name__
+
+
 async def generate(targets: list[str], rate: float, duration: float, concurrency: int) -> tuple[list[Shot], float]:
+    """Arrivals are enqueued on schedule (open loop); `concurrency` workers, each with one
+    keep-alive connection, send them. A request that waits in the queue for a free worker
+    counts that wait as latency. The client is aiohttp: a generator sharing two cores with the
+    system under test must be cheap (0.17 ms CPU per request; httpx measured 1.3-9 ms here)."""
     run_id = secrets.token_hex(4)
     total = max(1, int(rate * duration))
     shots = [Shot(i) for i in range(total)]
-    per_target = max(1, concurrency // len(targets))
-    limits = httpx.Limits(max_connections=per_target, max_keepalive_connections=per_target)
-    clients = [httpx.AsyncClient(base_url=url, limits=limits, timeout=30) for url in targets]
+    queue: asyncio.Queue[tuple[Shot, float] | None] = asyncio.Queue()
+    urls = [u.rstrip("/") for u in targets]
+    session = aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=30), connector=aiohttp.TCPConnector(limit=max(1, concurrency))
+    )
+
+    async def worker(url: str) -> None:
+        while (item := await queue.get()) is not None:
+            shot, due = item
+            await _fire(session, url, run_id, shot, due)
+
+    workers = [asyncio.create_task(worker(urls[i % len(urls)])) for i in range(max(1, concurrency))]
     try:
         start = time.perf_counter()
-        tasks = []
         for shot in shots:
             due = start + shot.index / rate
             delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            client = clients[shot.index % len(clients)]
-            tasks.append(asyncio.create_task(_fire(client, run_id, shot, due)))
+            queue.put_nowait((shot, due))
         send_window = time.perf_counter() - start
-        await asyncio.gather(*tasks)
+        for _ in workers:
+            queue.put_nowait(None)
+        await asyncio.gather(*workers)
     finally:
-        for client in clients:
-            await client.aclose()
+        await session.close()
     return shots, send_window
 
 

@@ -174,7 +174,13 @@ def build_app(settings: Settings, db: Database, metrics: Metrics, crash: CrashPo
         metrics.db_unavailable.inc()
         log.error("[FAILED TO REACH DATABASE]", path=request.url.path, error=str(exc))
         return JSONResponse(
-            {"error": {"code": "database_unavailable", "message": "the database is unavailable; nothing was written, retry later"}},
+            {
+                "error": {
+                    "code": "database_unavailable",
+                    # Honest: if the connection died during COMMIT the outcome is unknown here.
+                    "message": "the database is unavailable; retry later with the same Idempotency-Key",
+                }
+            },
             status_code=503,
             headers={"Retry-After": "1"},
         )

@@ -56,7 +56,7 @@ OPENAPI: dict[str, Any] = {
                     "413": _err("Body over 16 KiB"),
                     "415": _err("Content-Type is not application/json"),
                     "422": _err("A field is invalid, missing or unknown, or the Idempotency-Key was reused"),
-                    "503": _err("Database unavailable; nothing was written"),
+                    "503": _err("Database unavailable; retry with the same Idempotency-Key"),
                 },
             }
         },

@@ -21,8 +21,9 @@ import random
 from decimal import Decimal
 from typing import Any
 
+import aiohttp
 import aiormq
-import httpx
+import orjson
 
 from chancepay.core import sql, topology
 from chancepay.core.codec import InvalidPayload, PaymentMessage, decode_message
@@ -65,13 +66,14 @@ def backoff_delays(attempts: int, base: float, cap: float = 5.0, rng: random.Ran
 
 class Wallet:
     def __init__(
-        self, settings: Settings, db: Database, metrics: Metrics, crash: CrashPoints, http: httpx.AsyncClient
+        self, settings: Settings, db: Database, metrics: Metrics, crash: CrashPoints, http: aiohttp.ClientSession
     ) -> None:
         self.settings = settings
         self.db = db
         self.metrics = metrics
         self.crash = crash
         self.http = http
+        self.callback_base = settings.orchestrator_url.rstrip("/")
         self.log = get_logger()
         self.rng = random.Random()
         self.connection: Any = None
@@ -113,15 +115,21 @@ class Wallet:
         delays = backoff_delays(self.settings.callback_attempts, self.settings.callback_backoff, rng=self.rng)
         for attempt in range(1, self.settings.callback_attempts + 1):
             try:
-                response = await self.http.post(f"/internal/payments/{uuid}/result", json={"succeed": succeed})
-            except httpx.HTTPError as exc:
+                async with self.http.post(
+                    f"{self.callback_base}/internal/payments/{uuid}/result",
+                    data=orjson.dumps({"succeed": succeed}),
+                    headers={"Content-Type": "application/json"},
+                ) as response:
+                    status = response.status
+                    body = await response.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 result, reason = CallbackResult.RETRYABLE, f"{type(exc).__name__}: {exc}"
             else:
-                if response.status_code == 200:
+                if status == 200:
                     self.metrics.wallet_callbacks.inc()
                     return CallbackResult.DELIVERED
-                reason = f"HTTP {response.status_code}: {response.text[:200]}"
-                retryable = response.status_code >= 500 or response.status_code in (401, 408, 429)
+                reason = f"HTTP {status}: {body[:200].decode('utf-8', 'replace')}"
+                retryable = status >= 500 or status in (401, 408, 429)
                 result = CallbackResult.RETRYABLE if retryable else CallbackResult.REJECTED
             self.metrics.wallet_callback_failures.inc()
             final = result is CallbackResult.REJECTED or attempt == self.settings.callback_attempts

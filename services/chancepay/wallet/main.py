@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import httpx
+import aiohttp
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -50,11 +50,12 @@ async def run(settings: Settings) -> int:
     settings.require_safe_token()
     metrics = Metrics("wallet")
     db = Database(settings.wallet_db_url, pool_size=settings.db_pool_size, timeout=settings.db_timeout)
-    http = httpx.AsyncClient(
-        base_url=settings.orchestrator_url,
-        timeout=settings.callback_timeout,
+    # aiohttp, not httpx, for the callback: measured 0.17 ms client CPU per request against
+    # httpx's 1.3-4.3 ms at this concurrency (README "Performance"), on the hottest path we have.
+    http = aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=settings.callback_timeout),
         headers={"Authorization": f"Bearer {settings.internal_token}"},
-        limits=httpx.Limits(max_connections=settings.wallet_prefetch, max_keepalive_connections=settings.wallet_prefetch),
+        connector=aiohttp.TCPConnector(limit=settings.wallet_prefetch),
     )
     wallet = Wallet(settings, db, metrics, CrashPoints(settings.crash_point_set()), http)
     app = build_app(settings, db, metrics, wallet)
@@ -68,5 +69,5 @@ async def run(settings: Settings) -> int:
             worker=wallet.consume_forever,
         )
     finally:
-        await http.aclose()
+        await http.close()
         await db.close()
