@@ -293,7 +293,7 @@ def table(doc: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", default="25,50,100,150,200,300,400,500,600,800",
+    p.add_argument("--steps", default="10,25,50,100,150,200,250,300,400,500,600,800",
                    help="comma-separated rates (payments/s), tried in order until one is not sustained")
     p.add_argument("--step-seconds", type=float, default=20.0)
     p.add_argument("--raw-seconds", type=float, default=3.0)

@@ -176,11 +176,17 @@ class Wallet:
             if result is CallbackResult.RETRYABLE and deliveries < self.settings.wallet_max_deliveries:
                 await self.channel.basic_nack(tag, requeue=True)
                 return
-            if result is not CallbackResult.DELIVERED:
+            if result is CallbackResult.RETRYABLE:
                 self.log.error(
                     CALLBACK_TAG,
                     reason="giving up on this message; the inbox holds the result and `chancepay reconcile` will finalize the request",
                     deliveries=deliveries,
+                    succeed=decision.succeed,
+                )
+            elif result is CallbackResult.REJECTED:
+                self.log.error(
+                    CALLBACK_TAG,
+                    reason="the orchestrator rejected the result (unknown payment or a different stored result); acked, needs an operator",
                     succeed=decision.succeed,
                 )
             await self.channel.basic_ack(tag)
