@@ -25,11 +25,7 @@ def test_callback_answering_500_for_30s_then_healed_by_retries_and_reconcile(mak
 
     with CallbackStub(env.base_url("orchestrator"), behaviour) as stub:
         s = make_stack(CHANCEPAY_CALLBACK_BACKOFF_SECONDS="0.05", CHANCEPAY_CALLBACK_TIMEOUT_SECONDS="1")
-        s.role("orchestrator").start()
-        s.role("scanner").start()
-        s.role("wallet", CHANCEPAY_ORCHESTRATOR_URL=stub.url).start()
-        for r in s.roles.values():
-            r.wait_ready()
+        s.start_wallet_with(CHANCEPAY_ORCHESTRATOR_URL=stub.url)
         fault_end[0] = time.monotonic() + OUTAGE_SECONDS
         with Payer(s, rate=2, prefix="cb500") as payer:
             s.wallet.wait_for_event(CALLBACK_TAG, timeout=15)
@@ -79,11 +75,7 @@ def test_callback_times_out_after_the_orchestrator_committed_retry_gets_200(make
 
     with CallbackStub(env.base_url("orchestrator"), behaviour) as stub:
         s = make_stack(CHANCEPAY_CALLBACK_BACKOFF_SECONDS="0.05", CHANCEPAY_CALLBACK_TIMEOUT_SECONDS="1")
-        s.role("orchestrator").start()
-        s.role("scanner").start()
-        s.role("wallet", CHANCEPAY_ORCHESTRATOR_URL=stub.url).start()
-        for r in s.roles.values():
-            r.wait_ready()
+        s.start_wallet_with(CHANCEPAY_ORCHESTRATOR_URL=stub.url)
         uuids = []
         for i in range(3):
             r = s.pay(cus_id=f"slow-{i}")

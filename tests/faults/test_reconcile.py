@@ -19,13 +19,9 @@ from tests.support.stack import (
 
 def test_reconcile_finalizes_from_inbox_and_reenqueues_lost_messages_audit_detects_violation(make_stack, env) -> None:
     s = make_stack(CHANCEPAY_CALLBACK_BACKOFF_SECONDS="0.05")
-    s.role("orchestrator").start()
-    s.role("scanner").start()
     # Kind 1: the wallet gives up on the callback at once (unreachable orchestrator, one delivery).
-    s.role("wallet", CHANCEPAY_ORCHESTRATOR_URL="http://127.0.0.1:1", CHANCEPAY_WALLET_MAX_DELIVERIES="1",
-           CHANCEPAY_CALLBACK_ATTEMPTS="1").start()
-    for r in s.roles.values():
-        r.wait_ready()
+    s.start_wallet_with(CHANCEPAY_ORCHESTRATOR_URL="http://127.0.0.1:1", CHANCEPAY_WALLET_MAX_DELIVERIES="1",
+                        CHANCEPAY_CALLBACK_ATTEMPTS="1")
     stuck = []
     for i in range(3):
         r = s.pay(cus_id=f"stuck-{i}")

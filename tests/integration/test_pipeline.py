@@ -90,12 +90,7 @@ def test_callback_failure_keeps_request_pending_then_heals(make_stack) -> None:
     # The wallet's callback goes to a port where nothing listens: connection refused.
     s = make_stack(CHANCEPAY_CALLBACK_ATTEMPTS="2", CHANCEPAY_CALLBACK_BACKOFF_SECONDS="0.05",
                    CHANCEPAY_WALLET_MAX_DELIVERIES="1000")
-    dead = "http://127.0.0.1:1"
-    s.role("orchestrator").start()
-    s.role("scanner").start()
-    s.role("wallet", CHANCEPAY_ORCHESTRATOR_URL=dead).start()
-    for r in s.roles.values():
-        r.wait_ready()
+    s.start_wallet_with(CHANCEPAY_ORCHESTRATOR_URL="http://127.0.0.1:1")
     uuid = s.pay().json()["uuid"]
 
     failure = s.wallet.wait_for_event("[FAILED TO CALLBACK FROM WALLET]", uuid=uuid)

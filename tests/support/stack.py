@@ -294,6 +294,16 @@ class Stack:
             self.roles[name].wait_ready()
         return self
 
+    def start_wallet_with(self, **wallet_overrides: str) -> Stack:
+        """Start the three roles, the wallet with extra settings of its own (typically a
+        CHANCEPAY_ORCHESTRATOR_URL pointing at a fault), and wait until all are ready."""
+        self.role("orchestrator").start()
+        self.role("scanner").start()
+        self.role("wallet", **wallet_overrides).start()
+        for role in self.roles.values():
+            role.wait_ready()
+        return self
+
     @property
     def orchestrator(self) -> Role:
         return self.roles["orchestrator"]
