@@ -76,6 +76,21 @@ class CpuMeter:
         return {name: after[name] - self.before.get(name, 0.0) for name in after}
 
 
+def wait_quiet(max_cores: float = 0.15, deadline_s: float = 90.0) -> float:
+    """Wait (bounded) until MariaDB and RabbitMQ are idle, so a step does not pay for the previous
+    one's background work (InnoDB purge and page flushing after the raw-limit runs, quorum-queue
+    log compaction). Returns the seconds waited."""
+    servers = {"servers": pids_named("mariadbd") + pids_named("beam.smp")}
+    start = time.monotonic()
+    while time.monotonic() - start < deadline_s:
+        meter = CpuMeter(servers)
+        meter.start()
+        time.sleep(1.0)
+        if meter.stop()["servers"] < max_cores:
+            break
+    return round(time.monotonic() - start, 1)
+
+
 class DepthSampler(threading.Thread):
     """Polls the outbox depth and pending count while a step runs (max seen)."""
 
@@ -147,12 +162,13 @@ def step_up(steps: list[float], seconds: float, tmp: Path) -> dict[str, Any]:
     (tmp / "stepup").mkdir(parents=True, exist_ok=True)
     env = Env(tmp / "stepup")
     env.create()
-    stack = Stack(env, CHANCEPAY_LOG_LEVEL="INFO").start()
+    stack = Stack(env, parse_logs=False).start()
     results: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     try:
         for rate in steps:
-            log(f"step {rate:g}/s for {seconds:g} s")
+            quiet = wait_quiet()
+            log(f"step {rate:g}/s for {seconds:g} s (servers idle after {quiet} s)")
             meter = CpuMeter(role_pids(stack))
             sampler = DepthSampler(env)
             meter.start()
@@ -202,23 +218,25 @@ def scale_out(rate: float, seconds: float, tmp: Path) -> dict[str, Any]:
     (tmp / "scaleout").mkdir(parents=True, exist_ok=True)
     env = Env(tmp / "scaleout")
     env.create()
-    stack = Stack(env)
+    stack = Stack(env, parse_logs=False)
     try:
         orchestrators = []
         for i in range(2):
             port = env.ports["orchestrator"] if i == 0 else free_port()
-            role = Role("orchestrator", env, env.environ(), port)
+            role = Role("orchestrator", env, env.environ(), port, parse_logs=False)
             stack.roles[f"orchestrator-{i}"] = role
             orchestrators.append(role)
         for i in range(2):
-            stack.roles[f"scanner-{i}"] = Role("scanner", env, env.environ(), free_port())
+            stack.roles[f"scanner-{i}"] = Role("scanner", env, env.environ(), free_port(), parse_logs=False)
             stack.roles[f"wallet-{i}"] = Role(
-                "wallet", env, env.environ(CHANCEPAY_ORCHESTRATOR_URL=orchestrators[i].url), free_port()
+                "wallet", env, env.environ(CHANCEPAY_ORCHESTRATOR_URL=orchestrators[i].url), free_port(),
+                parse_logs=False,
             )
         for role in stack.roles.values():
             role.start()
         for role in stack.roles.values():
             role.wait_ready()
+        wait_quiet()
         log(f"scale-out: 2+2+2 roles at {rate:g}/s for {seconds:g} s")
         meter = CpuMeter(role_pids(stack))
         meter.start()

@@ -173,8 +173,11 @@ class Env:
 class Role:
     """One real `chancepay <role>` process."""
 
-    def __init__(self, name: str, env: Env, environ: dict[str, str], port: int) -> None:
+    def __init__(self, name: str, env: Env, environ: dict[str, str], port: int, *, parse_logs: bool = True) -> None:
         self.name = name
+        # parse_logs=False sends stdout straight to the log file: no reader thread parsing every
+        # line in this process (the benchmark must not measure its own harness).
+        self.parse_logs = parse_logs
         self.env = env
         self.environ = {**environ, "CHANCEPAY_PORT": str(port)}
         self.port = port
@@ -187,6 +190,12 @@ class Role:
 
     def start(self) -> Role:
         assert self.proc is None or self.proc.poll() is not None, f"{self.name} already running"
+        if not self.parse_logs:
+            with open(self.log_path, "ab") as log:
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-m", "chancepay", self.name], env=self.environ, stdout=log, stderr=log
+                )
+            return self
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "chancepay", self.name],
             env=self.environ,
@@ -276,14 +285,15 @@ class Role:
 class Stack:
     """The three roles of one Env. Roles are started explicitly so tests can leave one out."""
 
-    def __init__(self, env: Env, **overrides: str) -> None:
+    def __init__(self, env: Env, *, parse_logs: bool = True, **overrides: str) -> None:
         self.env = env
+        self.parse_logs = parse_logs
         self.overrides = overrides
         self.roles: dict[str, Role] = {}
 
     def role(self, name: str, **overrides: str) -> Role:
         environ = self.env.environ(**{**self.overrides, **overrides})
-        role = Role(name, self.env, environ, self.env.ports[name])
+        role = Role(name, self.env, environ, self.env.ports[name], parse_logs=self.parse_logs)
         self.roles[name] = role
         return role
 
