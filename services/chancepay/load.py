@@ -216,23 +216,9 @@ async def run_load(
     }
 
 
-async def load_main(
-    settings: Settings,
-    *,
-    rate: float,
-    duration: float,
-    converge_timeout: float,
-    concurrency: int,
-    targets: list[str] | None = None,
-) -> int:
-    summary = await run_load(
-        settings,
-        rate=rate,
-        duration=duration,
-        converge_timeout=converge_timeout,
-        concurrency=concurrency,
-        targets=targets,
-    )
+async def load_main(settings: Settings, **options: Any) -> int:
+    """`chancepay load`: run_load with the CLI's options, the summary as one JSON line on stdout."""
+    summary = await run_load(settings, **options)
     sys.stdout.write(orjson.dumps(summary).decode() + "\n")
     sys.stdout.flush()
     violated = not summary["invariants"]["ok"] or not summary["converged"]

@@ -71,11 +71,7 @@ def test_rabbitmq_unreachable_for_30s_api_keeps_accepting_then_drains(make_stack
 
 def test_rabbitmq_restarted_with_confirmed_unconsumed_messages_loses_none(make_stack, env) -> None:
     s = make_stack(**FAST).start("orchestrator", "scanner")
-    uuids = []
-    for i in range(20):
-        r = s.pay(cus_id=f"restart-{i}")
-        assert r.status_code == 202
-        uuids.append(r.json()["uuid"])
+    uuids = s.pay_many(20, "restart")
     wait_until(lambda: outbox_depth(env) == 0, 30, what="all 20 confirmed by the broker")
     assert env.queue_depth(topology.QUEUE) == 20
     with Supervisor(s, "scanner") as sup:

@@ -76,11 +76,7 @@ def test_callback_times_out_after_the_orchestrator_committed_retry_gets_200(make
     with CallbackStub(env.base_url("orchestrator"), behaviour) as stub:
         s = make_stack(CHANCEPAY_CALLBACK_BACKOFF_SECONDS="0.05", CHANCEPAY_CALLBACK_TIMEOUT_SECONDS="1")
         s.start_wallet_with(CHANCEPAY_ORCHESTRATOR_URL=stub.url)
-        uuids = []
-        for i in range(3):
-            r = s.pay(cus_id=f"slow-{i}")
-            assert r.status_code == 202
-            uuids.append(r.json()["uuid"])
+        uuids = s.pay_many(3, "slow")
         s.wait_final(uuids, timeout=30)
         wait_until(lambda: s.wallet.metric("chancepay_wallet_callbacks_total") == 3, 30, what="3 delivered callbacks")
         calls = stub.snapshot()

@@ -27,20 +27,12 @@ def test_database_unreachable_for_30s(make_stack, env, mode: str) -> None:
             CHANCEPAY_CALLBACK_BACKOFF_SECONDS="0.05",
             CHANCEPAY_SCANNER_RETRY_BASE_SECONDS="0.2",
         ).start()
-        accepted = []
-        for i in range(5):
-            r = s.pay(cus_id=f"before-{i}")
-            assert r.status_code == 202
-            accepted.append(r.json()["uuid"])
+        accepted = s.pay_many(5, "before")
         s.wait_final(accepted, timeout=30)
 
         # Messages waiting for the wallet when the database goes away: pause it, let the scanner publish.
         s.wallet.signal(signal.SIGSTOP)
-        queued = []
-        for i in range(10):
-            r = s.pay(cus_id=f"queued-{i}")
-            assert r.status_code == 202
-            queued.append(r.json()["uuid"])
+        queued = s.pay_many(10, "queued")
         accepted += queued
         wait_until(lambda: outbox_depth(env) == 0, 30, what="queued payments published")
 

@@ -22,11 +22,7 @@ def test_reconcile_finalizes_from_inbox_and_reenqueues_lost_messages_audit_detec
     # Kind 1: the wallet gives up on the callback at once (unreachable orchestrator, one delivery).
     s.start_wallet_with(CHANCEPAY_ORCHESTRATOR_URL="http://127.0.0.1:1", CHANCEPAY_WALLET_MAX_DELIVERIES="1",
                         CHANCEPAY_CALLBACK_ATTEMPTS="1")
-    stuck = []
-    for i in range(3):
-        r = s.pay(cus_id=f"stuck-{i}")
-        assert r.status_code == 202
-        stuck.append(r.json()["uuid"])
+    stuck = s.pay_many(3, "stuck")
     wait_until(lambda: {e["uuid"] for e in s.wallet.events("[FAILED TO CALLBACK FROM WALLET]") if "giving up" in e["reason"]} == set(stuck), 30,
                what="the wallet gives up on 3 callbacks")
     assert len(s.env.wallet_sql("SELECT uuid FROM inbox WHERE succeed IS NOT NULL")) == 3

@@ -133,7 +133,7 @@ def test_same_message_twice_is_deducted_once(stack: Stack) -> None:
 
 def test_scanner_stopped_outbox_grows_then_drains(make_stack) -> None:
     s = make_stack().start("orchestrator", "wallet")
-    uuids = [s.pay(cus_id=f"c{i}").json()["uuid"] for i in range(20)]
+    uuids = s.pay_many(20)
     assert s.orchestrator.metric("chancepay_outbox_depth") == 20
     assert s.orchestrator.metric("chancepay_outbox_oldest_age_seconds") > 0
     assert s.orchestrator.metric("chancepay_payments_pending") == 20
@@ -148,7 +148,7 @@ def test_scanner_stopped_outbox_grows_then_drains(make_stack) -> None:
 
 def test_two_scanners_publish_each_row_once(make_stack) -> None:
     s = make_stack().start("orchestrator", "wallet")
-    uuids = [s.pay(cus_id=f"c{i}").json()["uuid"] for i in range(100)]
+    uuids = s.pay_many(100)
     a = s.role("scanner")
     b = Role("scanner", s.env, s.env.environ(), free_port())
     s.roles["scanner-b"] = b

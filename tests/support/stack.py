@@ -347,6 +347,15 @@ class Stack:
             timeout=10,
         )
 
+    def pay_many(self, count: int, prefix: str = "c") -> list[str]:
+        """`count` payments (cusId prefix-0, prefix-1, ...), each asserted 202; their uuids."""
+        uuids = []
+        for i in range(count):
+            r = self.pay(cus_id=f"{prefix}-{i}")
+            assert r.status_code == 202, r.text
+            uuids.append(r.json()["uuid"])
+        return uuids
+
     def status(self, uuid: str) -> str:
         return httpx.get(f"{self.orchestrator.url}/payments/{uuid}", timeout=10).json()["status"]
 
