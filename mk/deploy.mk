@@ -7,17 +7,17 @@
 
 .PHONY: deploy-tools render-k8s kind-up kind-down test-deploy
 
-deploy-tools:
+deploy-tools: ## install promtool and shellcheck (Debian) for the deploy checks
 	bash scripts/install-deploy-tools.sh
 
-render-k8s:
+render-k8s: ## regenerate k8s/manifests/ and deploy/ copies from the chart
 	$(PY) scripts/render-k8s.py
 
-kind-up:
+kind-up: ## kind cluster + images + helm install + smoke payment + helm test (needs Docker, kind, helm)
 	bash scripts/kind-up.sh
 
-kind-down:
+kind-down: ## delete the kind cluster
 	bash scripts/kind-down.sh
 
-test-deploy: deploy-tools
+test-deploy: deploy-tools ## only the deploy checks (tests/deploy)
 	$(PY) -m pytest tests/deploy -q
