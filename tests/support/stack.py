@@ -122,10 +122,16 @@ class Env:
                 cur.execute(f"DROP DATABASE IF EXISTS `{db}`")
             for user in (self.orch_user, self.wallet_user):
                 cur.execute("DROP USER IF EXISTS %s@'%%'", (user,))
-        try:
-            rabbitmqctl("delete_vhost", self.vhost)
-        except subprocess.CalledProcessError:
-            pass
+
+        def vhost_gone() -> bool:
+            try:
+                rabbitmqctl("delete_vhost", self.vhost)
+                return True
+            except subprocess.CalledProcessError:  # already gone, or the broker is restarting
+                return self.vhost not in rabbitmqctl("list_vhosts").split()
+
+        # Retried: a broker restarted by another test must not leak this vhost.
+        wait_until(vhost_gone, 60, interval=1.0, what=f"vhost {self.vhost} deleted")
 
     def chancepay(self, *args: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
