@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import asyncmy
 import asyncmy.errors
 
+from chancepay.core import sql
 from chancepay.core.config import DatabaseURL
 
 # Forced on every session, whatever the server's global default, and verified at start-up.
@@ -115,24 +116,24 @@ class Database:
                 await asyncio.sleep(0.005 * attempt)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def fetchone(self, sql: str, args: Any = None) -> Any:
+    async def fetchone(self, statement: str, args: Any = None) -> Any:
         async def work(cur: Any) -> Any:
-            await cur.execute(sql, args)
+            await cur.execute(statement, args)
             return await cur.fetchone()
 
         return await self.run(work)
 
-    async def fetchall(self, sql: str, args: Any = None) -> list[Any]:
+    async def fetchall(self, statement: str, args: Any = None) -> list[Any]:
         async def work(cur: Any) -> list[Any]:
-            await cur.execute(sql, args)
+            await cur.execute(statement, args)
             return list(await cur.fetchall())
 
         return await self.run(work)
 
-    async def execute(self, sql: str, args: Any = None) -> int:
+    async def execute(self, statement: str, args: Any = None) -> int:
         """One statement in its own transaction; returns the affected row count."""
         async def work(cur: Any) -> int:
-            await cur.execute(sql, args)
+            await cur.execute(statement, args)
             return int(cur.rowcount)
 
         return await self.run(work)
@@ -147,7 +148,7 @@ class Database:
             return False
 
     async def check_strict(self) -> None:
-        row = await self.fetchone("SELECT @@SESSION.sql_mode")
+        row = await self.fetchone(sql.STRICT_MODE_CHECK)
         mode = (row[0] or "").upper()
         if "STRICT_ALL_TABLES" not in mode and "STRICT_TRANS_TABLES" not in mode:
             raise StrictModeError(f"sql_mode is {mode!r}; ChancePay requires strict mode")

@@ -72,8 +72,6 @@ SELECT_REQUEST_BY_IDEMPOTENCY_KEY = (
 FINALIZE_REQUEST = (
     "UPDATE request SET succeed = %s, finalized_at = NOW(6) WHERE uuid = %s AND succeed IS NULL"
 )
-SELECT_FINALIZED_LATENCY = "SELECT TIMESTAMPDIFF(MICROSECOND, created_at, finalized_at) FROM request WHERE uuid = %s"
-SELECT_REQUEST_SUCCEED = "SELECT succeed FROM request WHERE uuid = %s"
 
 OUTBOX_STATS = (
     "SELECT COUNT(*), COALESCE(TIMESTAMPDIFF(MICROSECOND, MIN(created_at), NOW(6)), 0), "
