@@ -15,6 +15,7 @@ from typing import Any
 
 import uvicorn
 
+from chancepay.core.config import Settings
 from chancepay.core.logging import get_logger
 
 Worker = Callable[[asyncio.Event], Awaitable[None]]
@@ -42,13 +43,13 @@ def install_event_loop() -> None:
 async def serve(
     *,
     app: Any,
-    host: str,
-    port: int,
-    shutdown_grace: float,
+    settings: Settings,
+    role: str,
     worker: Worker | None = None,
-    on_stop: Callable[[], None] | None = None,
 ) -> int:
+    """Serve `app` on the role's host and port; run `worker` beside it until SIGTERM/SIGINT."""
     log = get_logger()
+    host, port, shutdown_grace = settings.host, settings.port_for(role), settings.shutdown_grace
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -83,8 +84,6 @@ async def serve(
     exit_code = 0
     if stop.is_set():
         log.info("stopping: draining in-flight work", grace_seconds=shutdown_grace)
-        if on_stop is not None:
-            on_stop()
     if worker_task is not None:
         stop.set()
         try:

@@ -18,8 +18,6 @@ async def run(settings: Settings) -> int:
     app = build_app(settings, db, metrics, CrashPoints(settings.crash_point_set()))
     get_logger().info("orchestrator starting", db=settings.orchestrator_db_url.redacted())
     try:
-        return await serve(
-            app=app, host=settings.host, port=settings.port_for("orchestrator"), shutdown_grace=settings.shutdown_grace
-        )
+        return await serve(app=app, settings=settings, role="orchestrator")
     finally:
         await db.close()

@@ -29,12 +29,6 @@ async def run(settings: Settings) -> int:
     app = Starlette(routes=health_routes(metrics, ready, refresh), exception_handlers=EXCEPTION_HANDLERS)
     get_logger().info("scanner starting", db=settings.orchestrator_db_url.redacted())
     try:
-        return await serve(
-            app=app,
-            host=settings.host,
-            port=settings.port_for("scanner"),
-            shutdown_grace=settings.shutdown_grace,
-            worker=scanner.scan_forever,
-        )
+        return await serve(app=app, settings=settings, role="scanner", worker=scanner.scan_forever)
     finally:
         await db.close()

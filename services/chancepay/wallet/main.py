@@ -61,13 +61,7 @@ async def run(settings: Settings) -> int:
     app = build_app(settings, db, metrics, wallet)
     get_logger().info("wallet starting", db=settings.wallet_db_url.redacted(), success_rate=settings.wallet_success_rate)
     try:
-        return await serve(
-            app=app,
-            host=settings.host,
-            port=settings.port_for("wallet"),
-            shutdown_grace=settings.shutdown_grace,
-            worker=wallet.consume_forever,
-        )
+        return await serve(app=app, settings=settings, role="wallet", worker=wallet.consume_forever)
     finally:
         await http.close()
         await db.close()
