@@ -1,3 +1,3 @@
 """ChancePay (随缘付): an orchestrator - outbox - RabbitMQ - wallet pipeline that cannot lose money."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

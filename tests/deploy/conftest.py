@@ -24,7 +24,7 @@ import helm_render  # noqa: E402
 helm_render.isolate_helm_home()
 
 EXTERNAL = {
-    "mysql": {"enabled": False},
+    "mariadb": {"enabled": False},
     "external": {
         "orchestratorDbUrl": "mysql://chancepay_orchestrator:pw@db.example:3306/chancepay_orchestrator",
         "walletDbUrl": "mysql://chancepay_wallet:pw@db.example:3306/chancepay_wallet",
@@ -33,7 +33,7 @@ EXTERNAL = {
 
 # Every on/off switch of values.yaml, flipped from its default (plus what the flip needs).
 SWITCHES: dict[str, dict[str, Any]] = {
-    "mysql.enabled=false": EXTERNAL,
+    "mariadb.enabled=false": EXTERNAL,
     "rabbitmq.enabled=false": {"rabbitmq": {"enabled": False},
                                "external": {"amqpUrl": "amqp://chancepay:pw@mq.example:5672/%2F"}},
     "networkPolicy.enabled=false": {"networkPolicy": {"enabled": False}},

@@ -31,8 +31,8 @@ def env_names(container):
     return set(names)
 
 
-@pytest.mark.parametrize("values", [{}, SWITCHES["mysql.enabled=false"], SWITCHES["secrets.existingSecret=set"]],
-                         ids=["default", "external-mysql", "existing-secret"])
+@pytest.mark.parametrize("values", [{}, SWITCHES["mariadb.enabled=false"], SWITCHES["secrets.existingSecret=set"]],
+                         ids=["default", "external-database", "existing-secret"])
 def test_every_role_runs_with_what_it_needs_and_nothing_else(values):
     rendered = render(values)
     env_field = codeinfo.env_to_field()
@@ -49,8 +49,11 @@ def test_every_role_runs_with_what_it_needs_and_nothing_else(values):
         assert not missing, f"{role} reads {missing} but the chart leaves them at their local defaults"
         env = {e["name"]: e for e in c["env"]}
         assert env["CHANCEPAY_ENV"]["value"] == "prod"  # so the public dev token is refused
-        assert "CHANCEPAY_ADMIN_DB" not in names and "CHANCEPAY_CRASH_POINTS" not in names
-        for name in ("CHANCEPAY_ORCHESTRATOR_DB", "CHANCEPAY_WALLET_DB", "CHANCEPAY_AMQP_URL", "CHANCEPAY_INTERNAL_TOKEN"):
+        assert "CHANCEPAY_CRASH_POINTS" not in names
+        # The admin credentials reach migrate only (least privilege for the long-running roles).
+        assert ("CHANCEPAY_ADMIN_DB" in names) == (role == "migrate"), role
+        for name in ("CHANCEPAY_ORCHESTRATOR_DB", "CHANCEPAY_WALLET_DB", "CHANCEPAY_AMQP_URL", "CHANCEPAY_INTERNAL_TOKEN",
+                     "CHANCEPAY_ADMIN_DB"):
             if name in env:
                 assert "secretKeyRef" in env[name]["valueFrom"], f"{role}: {name} must come from the Secret"
 
@@ -77,8 +80,8 @@ def test_internal_urls_point_at_the_services():
 def test_secret_urls_match_the_in_chart_backends():
     s = render().get("Secret", "chancepay-secrets")["stringData"]
     assert s["orchestrator-db-url"] == (
-        f"mysql://chancepay_orchestrator:{s['orchestrator-db-password']}@chancepay-mysql:3306/chancepay_orchestrator")
-    assert s["wallet-db-url"] == f"mysql://chancepay_wallet:{s['wallet-db-password']}@chancepay-mysql:3306/chancepay_wallet"
+        f"mysql://chancepay_orchestrator:{s['orchestrator-db-password']}@chancepay-mariadb:3306/chancepay_orchestrator")
+    assert s["wallet-db-url"] == f"mysql://chancepay_wallet:{s['wallet-db-password']}@chancepay-mariadb:3306/chancepay_wallet"
     assert s["amqp-url"] == f"amqp://chancepay:{s['rabbitmq-password']}@chancepay-rabbitmq:5672/%2F"
     from chancepay.core.config import DatabaseURL, Settings
 
@@ -140,7 +143,7 @@ def test_network_policies_restrict_internal_and_broker_access():
     assert components(policies["chancepay-wallet"]) == {"reconcile"}
     assert components(policies["chancepay-orchestrator"]) == {"wallet", "reconcile", "test"}
     assert components(policies["chancepay-scanner"]) == set()
-    assert components(policies["chancepay-mysql"]) == {"orchestrator", "scanner", "wallet", "migrate", "reconcile"}
+    assert components(policies["chancepay-mariadb"]) == {"orchestrator", "scanner", "wallet", "migrate", "reconcile"}
     # every policy selects pods that exist, by their real labels
     pods = {o["metadata"]["name"]: pod_spec and o for o in rendered.objects if o["kind"] in ("Deployment", "StatefulSet")}
     for name, policy in policies.items():
@@ -151,6 +154,6 @@ def test_network_policies_restrict_internal_and_broker_access():
               if o["kind"] in ("Deployment", "StatefulSet")]
     labels.append(rendered.get("CronJob", "chancepay-reconcile")["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"])
     labels += [h["object"]["metadata"]["labels"] for h in rendered.hooks if h["object"]["kind"] == "Pod"]
-    labels += [h["object"]["spec"]["template"]["metadata"]["labels"] for h in rendered.hooks if h["object"]["kind"] == "Job"]
+    labels += [o["spec"]["template"]["metadata"]["labels"] for o in rendered.of_kind("Job")]
     seen = {lab["app.kubernetes.io/component"] for lab in labels}
-    assert {"orchestrator", "scanner", "wallet", "migrate", "reconcile", "test", "mysql", "rabbitmq"} <= seen
+    assert {"orchestrator", "scanner", "wallet", "migrate", "reconcile", "test", "mariadb", "rabbitmq"} <= seen

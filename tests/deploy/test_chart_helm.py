@@ -80,7 +80,7 @@ def test_switches_change_what_is_rendered():
         return {(o["kind"], o["metadata"]["name"]) for o in render(values, monitoring_crds=crds).objects}
 
     default = names({})
-    assert ("StatefulSet", "chancepay-mysql") not in names(SWITCHES["mysql.enabled=false"])
+    assert ("StatefulSet", "chancepay-mariadb") not in names(SWITCHES["mariadb.enabled=false"])
     assert ("StatefulSet", "chancepay-rabbitmq") not in names(SWITCHES["rabbitmq.enabled=false"])
     assert not {n for n in names(SWITCHES["networkPolicy.enabled=false"]) if n[0] == "NetworkPolicy"}
     assert ("Ingress", "chancepay-orchestrator") in names(SWITCHES["ingress.enabled=true"])
@@ -90,7 +90,7 @@ def test_switches_change_what_is_rendered():
     assert ("ConfigMap", "chancepay-dashboard") not in names(SWITCHES["grafana.dashboard.enabled=false"])
     assert ("CronJob", "chancepay-reconcile") not in names(SWITCHES["reconcile.enabled=false"])
     assert ("Secret", "chancepay-secrets") not in names(SWITCHES["secrets.existingSecret=set"])
-    assert not [h for h in render(SWITCHES["migrate.enabled=false"]).hooks if "post-install" in h["events"]]
+    assert not [n for n in names(SWITCHES["migrate.enabled=false"]) if n[0] == "Job"]
 
 
 def test_monitoring_objects_need_the_operator_crds():
@@ -109,7 +109,7 @@ def test_schema_rejects_bad_values():
 
 def test_external_services_required_when_in_chart_ones_are_off():
     with pytest.raises(Exception, match="external.orchestratorDbUrl is required"):
-        render({"mysql": {"enabled": False}})
+        render({"mariadb": {"enabled": False}})
     with pytest.raises(Exception, match="external.amqpUrl is required"):
         render({"rabbitmq": {"enabled": False}})
 
@@ -143,20 +143,90 @@ def test_long_running_containers_have_probes(default_render):
 
 
 def test_backing_services_are_statefulsets_with_volumes(default_render):
-    for name, image in (("chancepay-mysql", "mysql:8."), ("chancepay-rabbitmq", "rabbitmq:")):
+    for name, image in (("chancepay-mariadb", "mariadb:11.8."), ("chancepay-rabbitmq", "rabbitmq:4.0.")):
         sts = default_render.get("StatefulSet", name)
         assert pod_spec(sts)["containers"][0]["image"].startswith(image)
         assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
         assert sts["spec"]["serviceName"] == name
 
 
-def test_mysql_init_creates_both_schemas_and_least_privilege_users(default_render):
-    script = default_render.get("ConfigMap", "-mysql-initdb")["data"]["10-chancepay.sh"]
-    for db in ("chancepay_orchestrator", "chancepay_wallet"):
-        assert f"CREATE DATABASE IF NOT EXISTS \\`{db}\\`" in script
-        assert f"GRANT ALL PRIVILEGES ON \\`{db}\\`.* TO '{db}'@'%'" in script
-    assert script.count("GRANT") == 2  # nothing broader (no *.*)
-    assert "*.*" not in script
+def test_no_init_script_and_no_image_entrypoint(default_render):
+    """The chart initialises its servers with the servers' own programs and `chancepay migrate`
+    (both run by tests/chart), never with a script only an image's entrypoint would execute."""
+    assert not [o for o in default_render.of_kind("ConfigMap") if "initdb" in o["metadata"]["name"]]
+    for name in ("chancepay-mariadb", "chancepay-rabbitmq"):
+        spec = pod_spec(default_render.get("StatefulSet", name))
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            assert c.get("command"), f"{name}/{c['name']} would run the image's entrypoint"
+            assert c["command"][0] in ("mariadb-install-db", "mariadbd", "rabbitmq-server"), c["command"]
+            assert not any(part in ("sh", "bash", "-c") for part in c["command"]), c["command"]
+            for v in c.get("volumeMounts", []):
+                assert "docker-entrypoint" not in v["mountPath"], v
+
+
+def test_generated_secrets_are_kept_on_uninstall(default_render):
+    """`helm uninstall` keeps the PVCs; it must keep the passwords the data was initialised with."""
+    secret = default_render.get("Secret", "chancepay-secrets")
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+
+
+def test_checksums_are_computed_from_the_secret_itself(default_render):
+    """One set of generated passwords per render: each pod's checksum/secret is the hash of the
+    very values in the Secret (a second random draw would restart every pod on the first upgrade)."""
+    import hashlib
+
+    data = default_render.get("Secret", "chancepay-secrets")["stringData"]
+    wanted = {"chancepay-orchestrator": ["orchestrator-db-url", "internal-token"],
+              "chancepay-scanner": ["orchestrator-db-url", "amqp-url"],
+              "chancepay-wallet": ["wallet-db-url", "amqp-url", "internal-token"],
+              "chancepay-mariadb": ["mariadb-init.sql"], "chancepay-rabbitmq": ["rabbitmq-definitions.json"]}
+    for obj in default_render.of_kind("Deployment") + default_render.of_kind("StatefulSet"):
+        keys = wanted[obj["metadata"]["name"]]
+        expected = hashlib.sha256("\n".join(f"{k}={data[k]}" for k in keys).encode()).hexdigest()
+        assert obj["spec"]["template"]["metadata"]["annotations"]["checksum/secret"] == expected, obj["metadata"]["name"]
+
+
+def test_checksums_and_migrate_job_are_stable_across_upgrades(default_render):
+    """The upgrade render (lookup finds the Secret) annotates every pod exactly as the install did."""
+    first = default_render.get("Secret", "chancepay-secrets")["stringData"]
+    existing = {"apiVersion": "v1", "kind": "Secret", "metadata": {
+                    "name": "chancepay-secrets", "namespace": "chancepay",
+                    "labels": {"app.kubernetes.io/managed-by": "Helm"},
+                    "annotations": {"meta.helm.sh/release-name": "other", "meta.helm.sh/release-namespace": "chancepay"}},
+                "data": {k: base64.b64encode(v.encode()).decode() for k, v in first.items()}}
+    import helm_render
+
+    again = helm_render.render(str(CHART), {"fullnameOverride": "chancepay"}, release="other", existing=[existing])
+
+    def annotations(r):
+        return {o["metadata"]["name"]: o["spec"]["template"]["metadata"]["annotations"].get("checksum/secret")
+                for o in r.of_kind("Deployment") + r.of_kind("StatefulSet")}
+
+    assert annotations(again) == annotations(default_render)
+    assert [j["metadata"]["name"] for j in again.of_kind("Job")] == [j["metadata"]["name"] for j in default_render.of_kind("Job")]
+
+
+def test_data_volumes_change_ownership_once_and_the_erlang_cookie_is_off_the_volume(default_render):
+    for name in ("chancepay-mariadb", "chancepay-rabbitmq"):
+        assert pod_spec(default_render.get("StatefulSet", name))["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch"
+    rabbit = pod_spec(default_render.get("StatefulSet", "chancepay-rabbitmq"))["containers"][0]
+    home = {e["name"]: e.get("value") for e in rabbit["env"]}["HOME"]
+    data = [v["mountPath"] for v in rabbit["volumeMounts"] if v["name"] == "data"][0]
+    assert not home.startswith(data), "the Erlang cookie ($HOME/.erlang.cookie) must not live on the data volume"
+
+
+def test_orchestrator_and_wallet_keep_serving_while_their_endpoint_is_removed(default_render):
+    for role in ("orchestrator", "wallet"):
+        spec = pod_spec(default_render.get("Deployment", f"chancepay-{role}"))
+        c = spec["containers"][0]
+        assert c["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "5"]
+        assert spec["terminationGracePeriodSeconds"] >= 5 + 25
+
+
+def test_image_digest_pins_and_rolls_the_pods():
+    r = render({"image": {"wallet": {"digest": "sha256:" + "a" * 64}}})
+    image = pod_spec(r.get("Deployment", "chancepay-wallet"))["containers"][0]["image"]
+    assert image == "chancepay-wallet:0.2.0@sha256:" + "a" * 64
 
 
 def test_generated_secrets_are_kept_on_upgrade(default_render):
@@ -196,7 +266,14 @@ def test_helm_test_pod_posts_a_payment_and_waits(default_render):
     compile(tests[0]["spec"]["containers"][0]["command"][2], "helm-test", "exec")
 
 
-def test_migrate_is_a_hook_after_install_and_before_upgrade(default_render):
-    hook = [h for h in default_render.hooks if h["object"]["kind"] == "Job"]
-    assert len(hook) == 1 and set(hook[0]["events"]) == {"post-install", "pre-upgrade"}
-    assert pod_spec(hook[0]["object"])["containers"][0]["command"] == ["chancepay", "migrate"]
+def test_migrate_is_a_plain_job_whose_name_follows_what_it_runs(default_render):
+    """Not a post-install hook: `helm install --wait` and Argo CD would wait for Ready pods before
+    running it, and no role is Ready before its schema exists."""
+    assert not [h for h in default_render.hooks if h["object"]["kind"] == "Job"]
+    (job,) = default_render.of_kind("Job")
+    assert "helm.sh/hook" not in (job["metadata"].get("annotations") or {})
+    assert pod_spec(job)["containers"][0]["command"] == ["chancepay", "migrate"]
+    env = {e["name"]: e for e in pod_spec(job)["containers"][0]["env"]}
+    assert env["CHANCEPAY_ADMIN_DB"]["valueFrom"]["secretKeyRef"]["key"] == "admin-db-url"
+    other = render({"image": {"orchestrator": {"tag": "9.9.9"}}}).of_kind("Job")[0]
+    assert other["metadata"]["name"] != job["metadata"]["name"], "a new image must make a new Job"

@@ -59,14 +59,15 @@ app.kubernetes.io/part-of: chancepay
 {{- $img := index .ctx.Values.image .role }}
 {{- $prefix := ternary "" (printf "%s/" .ctx.Values.image.registry) (empty .ctx.Values.image.registry) }}
 {{- printf "%s%s:%s" $prefix $img.repository (default .ctx.Chart.AppVersion $img.tag) }}
+{{- with $img.digest }}@{{ . }}{{ end }}
 {{- end }}
 
 {{- define "chancepay.secretName" -}}
 {{- default (printf "%s-secrets" (include "chancepay.fullname" .)) .Values.secrets.existingSecret }}
 {{- end }}
 
-{{- define "chancepay.mysqlHost" -}}
-{{- include "chancepay.componentName" (dict "ctx" . "component" "mysql") }}
+{{- define "chancepay.mariadbHost" -}}
+{{- include "chancepay.componentName" (dict "ctx" . "component" "mariadb") }}
 {{- end }}
 
 {{- define "chancepay.rabbitmqHost" -}}
@@ -83,7 +84,7 @@ app.kubernetes.io/part-of: chancepay
 
 {{/*
 A generated secret value that survives upgrades: the value from values.yaml if set, else the one
-already stored in the release's Secret, else a fresh random one.
+already stored in the release's Secret (lookup), else a fresh random one.
 chancepay.secretValue (dict "ctx" $ "key" "internal-token" "value" .Values.secrets.internalToken "length" 40)
 */}}
 {{- define "chancepay.secretValue" -}}
@@ -96,6 +97,73 @@ chancepay.secretValue (dict "ctx" $ "key" "internal-token" "value" .Values.secre
 {{- else }}
 {{- randAlphaNum (int .length) }}
 {{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Every value of the chart's Secret, as JSON, computed ONCE per render and remembered in
+.Values._chancepayGenerated: the Secret and every checksum annotation then see the same passwords
+(a second randAlphaNum would make a checksum of values nobody uses, and restart every pod on the
+first upgrade). Empty ("{}") with secrets.existingSecret.
+*/}}
+{{- define "chancepay.secretData" -}}
+{{- if not (hasKey .Values "_chancepayGenerated") }}
+{{- $data := dict }}
+{{- if not .Values.secrets.existingSecret }}
+{{- $s := .Values.secrets }}
+{{- $token := include "chancepay.secretValue" (dict "ctx" . "key" "internal-token" "value" $s.internalToken "length" 40) }}
+{{- $_ := set $data "internal-token" $token }}
+{{- if .Values.mariadb.enabled }}
+{{- $host := printf "%s:%v" (include "chancepay.mariadbHost" .) .Values.mariadb.service.port }}
+{{- $rootPw := include "chancepay.secretValue" (dict "ctx" . "key" "mariadb-root-password" "value" $s.mariadbRootPassword "length" 24) }}
+{{- $orchPw := include "chancepay.secretValue" (dict "ctx" . "key" "orchestrator-db-password" "value" $s.orchestratorDbPassword "length" 24) }}
+{{- $walletPw := include "chancepay.secretValue" (dict "ctx" . "key" "wallet-db-password" "value" $s.walletDbPassword "length" 24) }}
+{{- $_ := set $data "mariadb-root-password" $rootPw }}
+{{- $_ := set $data "orchestrator-db-password" $orchPw }}
+{{- $_ := set $data "wallet-db-password" $walletPw }}
+{{- $_ := set $data "admin-db-url" (printf "mysql://root:%s@%s/" $rootPw $host) }}
+{{- $_ := set $data "orchestrator-db-url" (printf "mysql://chancepay_orchestrator:%s@%s/chancepay_orchestrator" $orchPw $host) }}
+{{- $_ := set $data "wallet-db-url" (printf "mysql://chancepay_wallet:%s@%s/chancepay_wallet" $walletPw $host) }}
+{{- /* Read by mariadbd --init-file at every start: re-applies the root password from this Secret.
+       One statement per line (that is how --init-file reads). */}}
+{{- $_ := set $data "mariadb-init.sql" (printf "CREATE USER IF NOT EXISTS 'root'@'%%' IDENTIFIED BY '%s';\nALTER USER 'root'@'%%' IDENTIFIED BY '%s';\nGRANT ALL PRIVILEGES ON *.* TO 'root'@'%%' WITH GRANT OPTION;\n" $rootPw $rootPw) }}
+{{- else }}
+{{- $_ := set $data "orchestrator-db-url" (required "external.orchestratorDbUrl is required when mariadb.enabled=false" .Values.external.orchestratorDbUrl) }}
+{{- $_ := set $data "wallet-db-url" (required "external.walletDbUrl is required when mariadb.enabled=false" .Values.external.walletDbUrl) }}
+{{- with .Values.external.adminDbUrl }}
+{{- $_ := set $data "admin-db-url" . }}
+{{- end }}
+{{- end }}
+{{- if .Values.rabbitmq.enabled }}
+{{- $mqPw := include "chancepay.secretValue" (dict "ctx" . "key" "rabbitmq-password" "value" $s.rabbitmqPassword "length" 24) }}
+{{- $_ := set $data "rabbitmq-password" $mqPw }}
+{{- $_ := set $data "amqp-url" (printf "amqp://chancepay:%s@%s:%v/%%2F" $mqPw (include "chancepay.rabbitmqHost" .) .Values.rabbitmq.service.port) }}
+{{- /* Imported by RabbitMQ at every boot: creates (or re-passwords) the chancepay user. */}}
+{{- $defs := dict "users" (list (dict "name" "chancepay" "password" $mqPw "tags" (list))) "vhosts" (list (dict "name" "/")) "permissions" (list (dict "user" "chancepay" "vhost" "/" "configure" ".*" "write" ".*" "read" ".*")) }}
+{{- $_ := set $data "rabbitmq-definitions.json" (toJson $defs) }}
+{{- else }}
+{{- $_ := set $data "amqp-url" (required "external.amqpUrl is required when rabbitmq.enabled=false" .Values.external.amqpUrl) }}
+{{- end }}
+{{- end }}
+{{- $_ := set .Values "_chancepayGenerated" $data }}
+{{- end }}
+{{- toJson (index .Values "_chancepayGenerated") }}
+{{- end }}
+
+{{/*
+checksum/secret of a pod template: the same on every render of the same Secret (no fresh random
+values), so `helm upgrade` restarts pods only when a password or URL really changed. With
+secrets.existingSecret the chart cannot see the values: no annotation (`kubectl rollout restart`).
+chancepay.secretChecksum (dict "ctx" $ "keys" (list "internal-token" "amqp-url"))
+*/}}
+{{- define "chancepay.secretChecksum" -}}
+{{- $data := include "chancepay.secretData" .ctx | fromJson }}
+{{- if $data }}
+{{- $picked := list }}
+{{- range .keys }}
+{{- $picked = append $picked (printf "%s=%s" . (index $data . | default "")) }}
+{{- end }}
+checksum/secret: {{ join "\n" $picked | sha256sum | quote }}
 {{- end }}
 {{- end }}
 
@@ -142,32 +210,14 @@ prometheus.io/path: "/metrics"
 {{- end }}
 {{- end }}
 
-{{/* Init container (the role's own image) that waits until the in-chart MySQL accepts TCP connections:
-chancepay.waitForMysql (dict "ctx" $ "role" "scanner") */}}
-{{- define "chancepay.waitForMysql" -}}
-{{- $ctx := .ctx }}
-{{- if $ctx.Values.mysql.enabled }}
-- name: wait-for-mysql
-  image: {{ include "chancepay.image" (dict "ctx" $ctx "role" .role) }}
-  imagePullPolicy: {{ $ctx.Values.image.pullPolicy }}
-  command:
-    - python
-    - -c
-    - |
-      import socket, sys, time
-      deadline = time.monotonic() + {{ $ctx.Values.mysql.waitTimeoutSeconds }}
-      while True:
-          try:
-              socket.create_connection(("{{ include "chancepay.mysqlHost" $ctx }}", {{ $ctx.Values.mysql.service.port }}), timeout=3).close()
-              sys.exit(0)
-          except OSError as exc:
-              if time.monotonic() > deadline:
-                  sys.exit(f"MySQL not reachable: {exc}")
-              time.sleep(2)
-  securityContext:
-    {{- include "chancepay.containerSecurityContext" $ctx | nindent 4 }}
-  resources:
-    {{- toYaml $ctx.Values.initResources | nindent 4 }}
+{{/* preStop: keep serving while the endpoint is being removed from Services and Ingresses
+(kube-proxy and ingress controllers learn about a terminating pod a moment later); then SIGTERM. */}}
+{{- define "chancepay.lifecycle" -}}
+{{- if .Values.lifecycle.preStopSleepSeconds }}
+lifecycle:
+  preStop:
+    exec:
+      command: ["sleep", {{ .Values.lifecycle.preStopSleepSeconds | quote }}]
 {{- end }}
 {{- end }}
 

@@ -129,6 +129,8 @@ VARIABLES: tuple[Var, ...] = (
     Var("CHANCEPAY_RECONCILE_BATCH", "reconcile_batch", _int, "500", "requests examined per reconcile pass"),
     Var("CHANCEPAY_PUSHGATEWAY_URL", "pushgateway_url", _str, "",
         "reconcile only: push its counters to this Prometheus Pushgateway (a CronJob has no scrape endpoint)"),
+    Var("CHANCEPAY_MIGRATE_WAIT_SECONDS", "migrate_wait", _float, "120",
+        "migrate only: keep retrying this long while the database is unreachable or not provisioned yet"),
     Var("CHANCEPAY_SHUTDOWN_GRACE_SECONDS", "shutdown_grace", _float, "20",
         "after SIGTERM, finish in-flight work for at most this long"),
     Var("CHANCEPAY_CRASH_POINTS", "crash_points", _str, "",
@@ -167,6 +169,7 @@ class Settings:
     reconcile_age: float
     reconcile_batch: int
     pushgateway_url: str
+    migrate_wait: float
     shutdown_grace: float
     crash_points: str
 
@@ -209,6 +212,8 @@ class Settings:
             "CHANCEPAY_CALLBACK_ATTEMPTS": self.callback_attempts,
             "CHANCEPAY_RECONCILE_BATCH": self.reconcile_batch,
         }
+        if self.migrate_wait < 0:
+            raise ConfigError(f"CHANCEPAY_MIGRATE_WAIT_SECONDS must be >= 0, got {self.migrate_wait}")
         for name, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{name} must be > 0, got {value}")

@@ -27,6 +27,14 @@ T = TypeVar("T")
 ER_DUP_ENTRY = 1062
 # Deadlock and lock-wait timeout: the server rolled the transaction back; running it again is safe.
 RETRYABLE_ERRORS = (1213, 1205)
+# The server answers, but this role's database, user, grants or tables are not (yet) what the code
+# needs: unknown database (1049), access denied (1044, 1045), command or column denied (1142,
+# 1143), no such table (1146), unknown column (1054: a schema older than the code). On a first
+# install the roles start before `chancepay migrate` has run; they must wait, not crash.
+NOT_PROVISIONED_ERRORS = {1044: "access denied to the database", 1045: "access denied for the user",
+                          1049: "unknown database", 1054: "unknown column (schema older than the code)",
+                          1142: "command denied to the user", 1143: "column access denied to the user",
+                          1146: "table missing"}
 IntegrityError = asyncmy.errors.IntegrityError
 
 
@@ -36,6 +44,11 @@ class DatabaseUnavailable(Exception):
 
 class DatabaseBusy(DatabaseUnavailable):
     """Deadlock or lock-wait timeout, still there after the retries: treat like unavailable."""
+
+
+class SchemaNotReady(DatabaseUnavailable):
+    """The server answers but the database, user, grants or tables are not there yet (run
+    `chancepay migrate`). Handled like unavailable: callers back off and retry, readiness fails."""
 
 
 class StrictModeError(RuntimeError):
@@ -98,9 +111,19 @@ class Database:
                     pool.release(conn)
         except TimeoutError:
             raise DatabaseUnavailable(f"no answer from {self.url.host}:{self.url.port} within the timeout") from None
-        except (asyncmy.errors.OperationalError, asyncmy.errors.InterfaceError, OSError) as exc:
-            if isinstance(exc, asyncmy.errors.OperationalError) and exc.args and exc.args[0] in RETRYABLE_ERRORS:
-                raise DatabaseBusy(f"{exc.args[0]}: {exc.args[1] if len(exc.args) > 1 else exc}") from exc
+        except asyncmy.errors.DatabaseError as exc:
+            code = exc.args[0] if exc.args else None
+            detail = exc.args[1] if len(exc.args) > 1 else str(exc)
+            if code in NOT_PROVISIONED_ERRORS:
+                raise SchemaNotReady(
+                    f"{code} {NOT_PROVISIONED_ERRORS[code]} ({detail}); has `chancepay migrate` run?"
+                ) from exc
+            if isinstance(exc, asyncmy.errors.OperationalError):
+                if code in RETRYABLE_ERRORS:
+                    raise DatabaseBusy(f"{code}: {detail}") from exc
+                raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            raise
+        except (asyncmy.errors.InterfaceError, OSError) as exc:
             raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     async def run(self, work: Callable[[Any], Awaitable[T]], *, attempts: int = 3) -> T:
@@ -144,6 +167,17 @@ class Database:
                 await cur.execute("SELECT 1")
                 await cur.fetchone()
             return True
+        except Exception:
+            return False
+
+    async def schema_ready(self, tables: tuple[str, ...]) -> bool:
+        """Readiness: the server answers as this role's user and every table the role uses exists.
+        A pod is not Ready (no traffic, a rolling update waits) until `chancepay migrate` ran."""
+        try:
+            async with self.transaction(timeout=min(self.timeout, 2.0)) as cur:
+                await cur.execute(sql.COUNT_TABLES.format(placeholders=",".join(["%s"] * len(tables))), tables)
+                (found,) = await cur.fetchone()
+            return int(found) == len(tables)
         except Exception:
             return False
 

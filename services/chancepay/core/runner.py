@@ -104,3 +104,11 @@ async def serve(
     stop_task.cancel()
     log.info("stopped", exit_code=exit_code)
     return exit_code
+
+
+async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep `seconds`, or less if `stop` is set meanwhile."""
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except TimeoutError:
+        pass

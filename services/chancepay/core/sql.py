@@ -50,6 +50,13 @@ WALLET_DDL = (
 
 STRICT_MODE_CHECK = "SELECT @@SESSION.sql_mode"
 
+# The tables each schema must hold before its roles are ready (readiness probe).
+ORCHESTRATOR_TABLES = ("request", "outbox")
+WALLET_TABLES = ("inbox",)
+COUNT_TABLES = (
+    "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name IN ({placeholders})"
+)
+
 # Admin-only statements (migrate with CHANCEPAY_ADMIN_DB). Identifiers are validated by the caller.
 CREATE_DATABASE = "CREATE DATABASE IF NOT EXISTS `{db}` CHARACTER SET utf8mb4"
 CREATE_USER = "CREATE USER IF NOT EXISTS %s@'%%' IDENTIFIED BY %s"
@@ -107,7 +114,7 @@ RECORD_OUTBOX_FAILURE = (
 INSERT_INBOX_DECIDED = (
     "INSERT IGNORE INTO inbox (uuid, cus_id, amount, succeed, finalized_at) VALUES (%s, %s, %s, %s, NOW(6))"
 )
-LOCK_INBOX = "SELECT cus_id, amount, succeed FROM inbox WHERE uuid = %s FOR UPDATE"
+LOCK_INBOX = "SELECT cus_id, amount, succeed, deliveries FROM inbox WHERE uuid = %s FOR UPDATE"
 FINALIZE_INBOX = (
     "UPDATE inbox SET succeed = %s, finalized_at = NOW(6) WHERE uuid = %s AND succeed IS NULL"
 )

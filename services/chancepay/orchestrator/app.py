@@ -17,6 +17,7 @@ from chancepay.core.codec import (
     parse_uuid,
     strict_json_loads,
 )
+from chancepay.core import sql
 from chancepay.core.config import Settings
 from chancepay.core.crash import CrashPoints
 from chancepay.core.db import Database, DatabaseUnavailable
@@ -165,7 +166,7 @@ def build_app(settings: Settings, db: Database, metrics: Metrics, crash: CrashPo
         return JSONResponse(OPENAPI)
 
     async def ready() -> dict[str, bool]:
-        return {"database": await db.ping()}
+        return {"database": await db.ping(), "schema": await db.schema_ready(sql.ORCHESTRATOR_TABLES)}
 
     async def refresh() -> None:
         await refresh_orchestrator_gauges(db, metrics, settings.scanner_max_attempts)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from starlette.applications import Starlette
 
+from chancepay.core import sql
 from chancepay.core.config import Settings
 from chancepay.core.crash import CrashPoints
 from chancepay.core.db import Database
@@ -21,7 +22,11 @@ async def run(settings: Settings) -> int:
     scanner = Scanner(settings, db, metrics, CrashPoints(settings.crash_point_set()))
 
     async def ready() -> dict[str, bool]:
-        return {"database": await db.ping(), "broker": scanner.broker_ready()}
+        return {
+            "database": await db.ping(),
+            "schema": await db.schema_ready(sql.ORCHESTRATOR_TABLES),
+            "broker": scanner.broker_ready(),
+        }
 
     async def refresh() -> None:
         await refresh_orchestrator_gauges(db, metrics, settings.scanner_max_attempts)

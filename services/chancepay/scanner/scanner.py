@@ -26,12 +26,13 @@ import aiormq.exceptions
 from pamqp import commands as spec
 
 from chancepay.core import sql, topology
+from chancepay.core.broker import close_quietly, open_with_retry
 from chancepay.core.config import Settings
 from chancepay.core.crash import CrashPoints
 from chancepay.core.db import Database, DatabaseUnavailable
 from chancepay.core.logging import get_logger
 from chancepay.core.metrics import Metrics
-from chancepay.core.runner import FatalError
+from chancepay.core.runner import FatalError, sleep_or_stop
 
 SEND_TAG = "[FAILED TO SEND TO MQ]"
 
@@ -78,23 +79,21 @@ class Scanner:
 
     # ------------------------------------------------------------------ broker
     async def connect(self) -> None:
+        """One attempt: connect, open a confirming channel, declare the topology."""
+        connection = await asyncio.wait_for(aiormq.connect(self.settings.amqp_url), timeout=10)
         try:
-            self.connection = await asyncio.wait_for(aiormq.connect(self.settings.amqp_url), timeout=10)
-            self.channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
-            await topology.declare(self.channel)
-        except Exception as exc:
-            self.log.error(SEND_TAG, reason="connection", error=f"cannot connect to the broker: {exc!r}")
-            raise FatalError(f"broker unreachable: {exc!r}") from exc
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            await topology.declare(channel)
+        except BaseException:
+            await close_quietly(connection)
+            raise
+        self.connection, self.channel = connection, channel
 
     def broker_ready(self) -> bool:
         return self.connection is not None and not self.connection.is_closed and self.channel is not None and not self.channel.is_closed
 
     async def close(self) -> None:
-        if self.connection is not None and not self.connection.is_closed:
-            try:
-                await asyncio.wait_for(self.connection.close(), timeout=2)
-            except Exception:
-                pass
+        await close_quietly(self.connection)
 
     # ------------------------------------------------------------------ database steps
     async def claim(self) -> list[OutboxRow]:
@@ -189,7 +188,8 @@ class Scanner:
         return len(rows)
 
     async def scan_forever(self, stop: asyncio.Event) -> None:
-        await self.connect()
+        if not await open_with_retry(stop, self.connect, log=self.log, tag=SEND_TAG):
+            return
         self.log.info("scanner started", scanner=self.name, batch_size=self.settings.scanner_batch_size)
         db_backoff = 0.0
         try:
@@ -201,19 +201,13 @@ class Scanner:
                     db_backoff = min(10.0, max(0.5, db_backoff * 2))
                     self.metrics.db_unavailable.inc()
                     self.log.error("[FAILED TO SCAN OUTBOX]", error=str(exc), retry_in_seconds=db_backoff)
-                    await _sleep_or_stop(stop, db_backoff)
+                    await sleep_or_stop(stop, db_backoff)
                     continue
                 if self.connection.is_closed:
                     self.log.error(SEND_TAG, reason="connection", error="broker connection closed")
                     raise FatalError("broker connection closed")
                 if claimed < self.settings.scanner_batch_size:
-                    await _sleep_or_stop(stop, self.settings.scanner_poll_interval)
+                    await sleep_or_stop(stop, self.settings.scanner_poll_interval)
         finally:
             await self.close()
 
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
-    except TimeoutError:
-        pass

@@ -10,6 +10,10 @@ For each delivery:
 4. ack. A callback that still fails is requeued for a later delivery, up to
    CHANCEPAY_WALLET_MAX_DELIVERIES; after that the message is acked and the reconciler heals
    the request from the inbox.
+
+Deliveries are counted by the wallet itself (the inbox row's `deliveries` column), never by the
+broker's x-delivery-count: RabbitMQ 4.3 stopped counting a requeueing basic.nack there, and a
+count the broker can redefine must not decide when a payment is handed to the reconciler.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ import aiormq
 import orjson
 
 from chancepay.core import sql, topology
+from chancepay.core.backoff import half_jitter
+from chancepay.core.broker import close_quietly, open_with_retry
 from chancepay.core.codec import InvalidPayload, PaymentMessage, decode_message
 from chancepay.core.config import Settings
 from chancepay.core.crash import CrashPoints
@@ -36,7 +42,9 @@ from chancepay.core.runner import FatalError
 
 CORRUPTION_TAG = "[PAYLOAD_CORRUPTION_ALERT]"
 CALLBACK_TAG = "[FAILED TO CALLBACK FROM WALLET]"
-# Cap of the back-off before requeueing a message the database could not take (see handle).
+CONSUME_TAG = "[FAILED TO CONSUME FROM MQ]"
+# Back-off before requeueing a message the database could not take (see db_retry_delay).
+DB_RETRY_MIN_SECONDS = 0.5
 DB_RETRY_MAX_SECONDS = 15.0
 
 
@@ -50,12 +58,28 @@ class Deduction(enum.Enum):
 class Decision:
     kind: Deduction
     succeed: bool | None
+    deliveries: int = 1  # deliveries of this uuid the inbox has seen, this one included
 
 
 class CallbackResult(enum.Enum):
     DELIVERED = "delivered"
     RETRYABLE = "retryable"  # network, timeout, 5xx, 401: a later delivery may succeed
     REJECTED = "rejected"  # 404/409/422: retrying cannot help
+
+
+def db_retry_delay(outage_seconds: float) -> float:
+    """How long to hold a message the database could not take before requeueing it: as long as
+    the outage has lasted so far, within [0.5 s, 15 s]. A blip costs half a second; a long
+    outage is probed every 15 s instead of spinning every message through the queue."""
+    return min(DB_RETRY_MAX_SECONDS, max(DB_RETRY_MIN_SECONDS, outage_seconds))
+
+
+def after_callback(result: CallbackResult, deliveries: int, max_deliveries: int) -> str:
+    """The ack policy once the result is stored: "ack" or "requeue" (a later delivery retries the
+    callback). `deliveries` is the wallet's own count of deliveries of this uuid."""
+    if result is CallbackResult.RETRYABLE and deliveries < max_deliveries:
+        return "requeue"
+    return "ack"
 
 
 def backoff_delays(attempts: int, base: float, cap: float = 5.0, rng: random.Random | None = None) -> list[float]:
@@ -81,6 +105,8 @@ class Wallet:
         self.stats_channel: Any = None
         self.consumer_tag: str | None = None
         self.in_flight: set[asyncio.Task[Any]] = set()
+        # Start of the current database outage (monotonic seconds), None while deductions succeed.
+        self.db_down_since: float | None = None
 
     # ------------------------------------------------------------------ deduction
     def flip(self) -> bool:
@@ -96,17 +122,17 @@ class Wallet:
             await cur.execute(sql.INSERT_INBOX_DECIDED, (msg.uuid, msg.cus_id, msg.amount, decided))
             self.crash.hit("wallet.after_inbox_insert")
             if cur.rowcount == 1:
-                return Decision(Deduction.NEW, decided)
+                return Decision(Deduction.NEW, decided, 1)
             await cur.execute(sql.LOCK_INBOX, (msg.uuid,))
-            cus_id, amount, succeed = await cur.fetchone()
+            cus_id, amount, succeed, deliveries = await cur.fetchone()
             if cus_id != msg.cus_id or Decimal(amount) != msg.amount:
-                return Decision(Deduction.CONFLICT, None if succeed is None else bool(succeed))
+                return Decision(Deduction.CONFLICT, None if succeed is None else bool(succeed), int(deliveries))
             await cur.execute(sql.COUNT_INBOX_DELIVERY, (msg.uuid,))
             if succeed is not None:
-                return Decision(Deduction.DUPLICATE, bool(succeed))
+                return Decision(Deduction.DUPLICATE, bool(succeed), int(deliveries) + 1)
             # A pending row (written by an older version, or by hand): finalize it now.
             await cur.execute(sql.FINALIZE_INBOX, (decided, msg.uuid))
-            return Decision(Deduction.NEW, decided)
+            return Decision(Deduction.NEW, decided, int(deliveries) + 1)
 
         return await self.db.run(decide)
 
@@ -151,17 +177,19 @@ class Wallet:
             try:
                 decision = await self.deduct(msg)
             except Exception as exc:
-                # Database down or timing out: nothing was decided. Back off, then requeue.
-                # Every requeue counts towards the queue's delivery limit (then dead-lettered), so
-                # the back-off grows with this message's deliveries: a long database outage must
-                # not turn valid payments into DLQ "poison" (a fixed ~1 s did after ~50 s).
+                # Database down, timing out or not migrated yet: nothing was decided. Hold the
+                # message, then requeue it. The hold grows with the outage (not with the broker's
+                # delivery count), so a long outage neither spins nor dead-letters valid payments.
                 self.metrics.db_unavailable.inc()
-                delay = min(DB_RETRY_MAX_SECONDS, 0.5 * 2 ** min(_delivery_count(message), 10))
-                delay *= 0.5 + 0.5 * self.rng.random()
-                self.log.error("[FAILED TO DEDUCT IN WALLET]", error=repr(exc), retry_in_seconds=round(delay, 2))
+                now = asyncio.get_running_loop().time()
+                if self.db_down_since is None:
+                    self.db_down_since = now
+                delay = half_jitter(db_retry_delay(now - self.db_down_since), self.rng)
+                self.log.error("[FAILED TO DEDUCT IN WALLET]", error=str(exc) or repr(exc), retry_in_seconds=round(delay, 2))
                 await asyncio.sleep(delay)
                 await self.channel.basic_nack(tag, requeue=True)
                 return
+            self.db_down_since = None
             if decision.kind is Deduction.CONFLICT:
                 await self._dead_letter(message, "uuid already in the inbox with a different cusId or amount")
                 return
@@ -172,15 +200,14 @@ class Wallet:
             assert decision.succeed is not None
             result = await self.callback(msg.uuid, decision.succeed)
             self.crash.hit("wallet.after_callback")
-            deliveries = _delivery_count(message) + 1
-            if result is CallbackResult.RETRYABLE and deliveries < self.settings.wallet_max_deliveries:
+            if after_callback(result, decision.deliveries, self.settings.wallet_max_deliveries) == "requeue":
                 await self.channel.basic_nack(tag, requeue=True)
                 return
             if result is CallbackResult.RETRYABLE:
                 self.log.error(
                     CALLBACK_TAG,
                     reason="giving up on this message; the inbox holds the result and `chancepay reconcile` will finalize the request",
-                    deliveries=deliveries,
+                    deliveries=decision.deliveries,
                     succeed=decision.succeed,
                 )
             elif result is CallbackResult.REJECTED:
@@ -217,18 +244,25 @@ class Wallet:
 
     # ------------------------------------------------------------------ lifecycle
     async def connect(self) -> None:
+        """One attempt: connect, declare the topology, set the prefetch window."""
+        connection = await asyncio.wait_for(aiormq.connect(self.settings.amqp_url), timeout=10)
         try:
-            self.connection = await asyncio.wait_for(aiormq.connect(self.settings.amqp_url), timeout=10)
-            self.channel = await self.connection.channel()
-            await topology.declare(self.channel)
-            await self.channel.basic_qos(prefetch_count=self.settings.wallet_prefetch)
-            self.stats_channel = await self.connection.channel()
-        except Exception as exc:
-            self.log.error("[FAILED TO CONSUME FROM MQ]", error=f"cannot connect to the broker: {exc!r}")
-            raise FatalError(f"broker unreachable: {exc!r}") from exc
+            channel = await connection.channel()
+            await topology.declare(channel)
+            await channel.basic_qos(prefetch_count=self.settings.wallet_prefetch)
+            stats_channel = await connection.channel()
+        except BaseException:
+            await close_quietly(connection)
+            raise
+        self.connection, self.channel, self.stats_channel = connection, channel, stats_channel
 
     def broker_ready(self) -> bool:
-        return self.connection is not None and not self.connection.is_closed and not self.channel.is_closed
+        return (
+            self.connection is not None
+            and not self.connection.is_closed
+            and self.channel is not None
+            and not self.channel.is_closed
+        )
 
     async def dlq_depth(self) -> int | None:
         try:
@@ -242,7 +276,8 @@ class Wallet:
             return None
 
     async def consume_forever(self, stop: asyncio.Event) -> None:
-        await self.connect()
+        if not await open_with_retry(stop, self.connect, log=self.log, tag=CONSUME_TAG):
+            return
         ok = await self.channel.basic_consume(topology.QUEUE, self.on_message, no_ack=False)
         self.consumer_tag = ok.consumer_tag
         self.log.info("wallet consuming", queue=topology.QUEUE, prefetch=self.settings.wallet_prefetch)
@@ -254,11 +289,11 @@ class Wallet:
                 if stop.is_set():
                     break
                 if closed.done() or self.channel.is_closed:
-                    self.log.error("[FAILED TO CONSUME FROM MQ]", error="broker connection or channel closed")
+                    self.log.error(CONSUME_TAG, error="broker connection or channel closed")
                     raise FatalError("broker connection closed")
                 if self.consumer_tag not in self.channel.consumers:
                     # The broker cancelled our consumer (queue deleted): restart and declare again.
-                    self.log.error("[FAILED TO CONSUME FROM MQ]", error="the broker cancelled the consumer")
+                    self.log.error(CONSUME_TAG, error="the broker cancelled the consumer")
                     raise FatalError("consumer cancelled by the broker")
             # Graceful stop: take no new deliveries, finish the ones in flight, then close.
             try:
@@ -270,17 +305,5 @@ class Wallet:
         finally:
             closed.cancel()
             stop_wait.cancel()
-            if self.connection is not None and not self.connection.is_closed:
-                try:
-                    await asyncio.wait_for(self.connection.close(), timeout=2)
-                except Exception:
-                    pass
+            await close_quietly(self.connection)
 
-
-def _delivery_count(message: Any) -> int:
-    """Earlier deliveries of this message (quorum queues count them in x-delivery-count)."""
-    headers = message.header.properties.headers or {}
-    try:
-        return int(headers.get("x-delivery-count", 0))
-    except (TypeError, ValueError):
-        return 0

@@ -33,7 +33,11 @@ def build_app(settings: Settings, db: Database, metrics: Metrics, wallet: Wallet
         return JSONResponse({"uuid": row[0], "succeed": None if row[1] is None else bool(row[1])})
 
     async def ready() -> dict[str, bool]:
-        return {"database": await db.ping(), "broker": wallet.broker_ready()}
+        return {
+            "database": await db.ping(),
+            "schema": await db.schema_ready(sql.WALLET_TABLES),
+            "broker": wallet.broker_ready(),
+        }
 
     async def refresh() -> None:
         depth = await wallet.dlq_depth()

@@ -1,0 +1,60 @@
+"""Opening the broker connection at start-up: wait for it, never crash-loop on it.
+
+On a first install the roles start before RabbitMQ answers (and, in the chart, before its
+definitions granted our user). A role that exited on that would be restarted by Kubernetes with
+a growing CrashLoopBackOff and come up minutes late; instead it retries here with a capped,
+jittered back-off and a tagged log line, and reports not-ready meanwhile. A connection that is
+lost *after* start-up still ends the process (seed design): the supervisor restarts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from chancepay.core.backoff import capped_exponential, half_jitter
+from chancepay.core.runner import sleep_or_stop
+
+FIRST_RETRY_SECONDS = 0.5
+MAX_RETRY_SECONDS = 10.0
+
+
+async def open_with_retry(
+    stop: asyncio.Event,
+    open_once: Callable[[], Awaitable[None]],
+    *,
+    log: Any,
+    tag: str,
+    rng: random.Random | None = None,
+) -> bool:
+    """Call `open_once` until it succeeds (True) or `stop` is set (False)."""
+    rng = rng or random.Random()
+    attempt = 0
+    while not stop.is_set():
+        try:
+            await open_once()
+            if attempt:
+                log.info("broker reachable", attempts=attempt + 1)
+            return True
+        except Exception as exc:
+            attempt += 1
+            delay = half_jitter(capped_exponential(attempt, FIRST_RETRY_SECONDS, MAX_RETRY_SECONDS), rng)
+            log.error(
+                tag,
+                reason="connection",
+                error=f"broker not reachable yet: {exc!r}"[:500],
+                attempt=attempt,
+                retry_in_seconds=round(delay, 2),
+            )
+            await sleep_or_stop(stop, delay)
+    return False
+
+
+async def close_quietly(connection: Any) -> None:
+    if connection is not None and not connection.is_closed:
+        try:
+            await asyncio.wait_for(connection.close(), timeout=2)
+        except Exception:
+            pass

@@ -1,0 +1,78 @@
+"""Pure policies added for the chart's start-up order and broker-independent delivery counting."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+from chancepay.core.backoff import capped_exponential, full_jitter, half_jitter
+from chancepay.core import broker
+from chancepay.core.broker import open_with_retry
+from chancepay.wallet.consumer import CallbackResult, after_callback, db_retry_delay
+
+
+def test_capped_exponential_and_jitter_bounds() -> None:
+    assert [capped_exponential(n, 0.5, 10) for n in (1, 2, 3, 4, 5, 6, 1000)] == [0.5, 1, 2, 4, 8, 10, 10]
+    rng = random.Random(3)
+    for delay in (0.1, 1.0, 15.0):
+        assert all(delay / 2 <= half_jitter(delay, rng) <= delay for _ in range(200))
+        assert all(0 <= full_jitter(delay, rng) <= delay for _ in range(200))
+
+
+def test_the_wallet_counts_deliveries_itself_not_the_broker() -> None:
+    """RabbitMQ 4.3 stopped counting a requeueing nack in x-delivery-count: a policy that read
+    that header would requeue a failing callback forever there. The inbox's own count decides."""
+    limit = 5
+    assert [after_callback(CallbackResult.RETRYABLE, d, limit) for d in (1, 2, 3, 4)] == ["requeue"] * 4
+    assert after_callback(CallbackResult.RETRYABLE, 5, limit) == "ack"  # handed to reconcile
+    assert after_callback(CallbackResult.RETRYABLE, 9, limit) == "ack"
+    assert after_callback(CallbackResult.DELIVERED, 1, limit) == "ack"
+    assert after_callback(CallbackResult.REJECTED, 1, limit) == "ack"  # 404/409: retrying cannot help
+
+
+def test_database_retry_hold_follows_the_outage_not_the_delivery_count() -> None:
+    assert db_retry_delay(0) == 0.5 and db_retry_delay(0.2) == 0.5  # a blip: half a second
+    assert db_retry_delay(4) == 4
+    assert db_retry_delay(60) == 15 and db_retry_delay(3600) == 15  # a long outage: probe every 15 s
+
+
+class _Log:
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, dict]] = []
+
+    def error(self, event: str, **kw: object) -> None:
+        self.lines.append((event, kw))
+
+    def info(self, event: str, **kw: object) -> None:
+        self.lines.append((event, kw))
+
+
+def test_open_with_retry_waits_for_the_broker_then_succeeds(monkeypatch) -> None:
+    monkeypatch.setattr(broker, "FIRST_RETRY_SECONDS", 0.001)
+    calls = []
+
+    async def flaky() -> None:
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionRefusedError("refused")
+
+    async def go() -> bool:
+        return await open_with_retry(asyncio.Event(), flaky, log=log, tag="[FAILED TO SEND TO MQ]")
+
+    log = _Log()
+    assert asyncio.run(go()) is True and len(calls) == 3
+    tagged = [kw for event, kw in log.lines if event == "[FAILED TO SEND TO MQ]"]
+    assert [kw["attempt"] for kw in tagged] == [1, 2]
+    assert all(kw["reason"] == "connection" and "refused" in kw["error"] for kw in tagged)
+
+
+def test_open_with_retry_gives_up_only_when_stopped() -> None:
+    async def never() -> None:
+        raise ConnectionRefusedError("refused")
+
+    async def go() -> bool:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_later(0.05, stop.set)
+        return await open_with_retry(stop, never, log=_Log(), tag="[FAILED TO CONSUME FROM MQ]")
+
+    assert asyncio.run(go()) is False
