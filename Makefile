@@ -7,7 +7,7 @@ PYTHON ?= $(shell scripts/find-python.sh)
 # admin URL (MariaDB's root over its unix socket, as Debian installs it).
 export CHANCEPAY_ADMIN_DB ?= mysql://root@localhost/?unix_socket=/run/mysqld/mysqld.sock
 
-.PHONY: run test services venv migrate bench soak lint clean help
+.PHONY: run test test-debian12 test-chart services venv migrate bench soak lint clean help
 .DEFAULT_GOAL := help
 
 help: ## list targets
@@ -31,8 +31,19 @@ run: migrate ## everything a fresh machine needs, then the three roles in the fo
 	@echo "ChancePay: API on http://127.0.0.1:8000 (scanner :8001, wallet :8002). Ctrl-C stops all."
 	exec $(VENV)/bin/chancepay dev
 
-test: services venv deploy-tools ## the whole test suite against real MariaDB, RabbitMQ and processes (tests/soak is opt-in)
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+# The integration and fault tiers run twice: against Debian 12's servers, and against the servers
+# the Helm chart ships, started from its rendered StatefulSets (tests/support/servers.py).
+TIERS := tests/integration tests/faults
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider
+
+test: services venv test-tools ## everything, in two passes (PYTEST_ARGS applies to both); installs test tools first (make test-tools)
+	$(MAKE) --no-print-directory test-debian12 test-chart
+
+test-debian12: services venv test-tools ## pass 1: unit, deploy, integration, faults on Debian 12's MariaDB 10.11 + RabbitMQ 3.10
+	CHANCEPAY_TEST_SERVERS=debian12 $(PYTEST) tests/unit tests/deploy $(TIERS) $(PYTEST_ARGS)
+
+test-chart: services venv test-tools ## pass 2: the chart run with podman (tests/chart), then integration, faults on its MariaDB 11.8 + RabbitMQ 4.0
+	CHANCEPAY_TEST_SERVERS=chart $(PYTEST) tests/chart $(TIERS) $(PYTEST_ARGS)
 
 bench: services venv ## throughput/latency benchmark; JSON results in .bench/
 	$(PY) -m bench.run

@@ -1,14 +1,14 @@
 # Kubernetes packaging targets; included from the main Makefile, which defines VENV and PY.
-#   make deploy-tools  install promtool + shellcheck (Debian packages) for tests/deploy
+#   make test-tools    install what the tests need from Debian (promtool, shellcheck, podman, runc, debootstrap)
 #   make render-k8s    regenerate k8s/manifests/ and deploy/ copies from the chart
 #   make kind-up       kind cluster + images + helm install + smoke payment + helm test
 #   make kind-down     delete that kind cluster
 #   make test-deploy   only the deploy checks (tests/deploy)
 
-.PHONY: deploy-tools render-k8s kind-up kind-down test-deploy
+.PHONY: test-tools render-k8s kind-up kind-down test-deploy
 
-deploy-tools: ## install promtool and shellcheck (Debian) for the deploy checks
-	bash scripts/install-deploy-tools.sh
+test-tools: ## apt-get install what the tests need and is missing: promtool, shellcheck, podman, runc, debootstrap
+	bash scripts/install-test-tools.sh
 
 render-k8s: ## regenerate k8s/manifests/ and deploy/ copies from the chart
 	$(PY) scripts/render-k8s.py
@@ -19,5 +19,5 @@ kind-up: ## kind cluster + images + helm install + smoke payment + helm test (ne
 kind-down: ## delete the kind cluster
 	bash scripts/kind-down.sh
 
-test-deploy: deploy-tools ## only the deploy checks (tests/deploy)
+test-deploy: test-tools ## only the deploy checks (tests/deploy)
 	$(PY) -m pytest tests/deploy -q

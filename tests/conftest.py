@@ -2,31 +2,64 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.support.stack import Env, Stack
+from tests.support import servers as servers_mod
+from tests.support.stack import VHOSTS, Env, Stack
+
+
+@pytest.fixture(scope="session", autouse=True)
+def servers() -> Iterator[servers_mod.Servers]:
+    """The database and broker pair of this run (CHANCEPAY_TEST_SERVERS: debian12 or chart), up for
+    the whole session; the vhosts the tests pooled are deleted at the end."""
+    with servers_mod.session_servers() as s:
+        try:
+            yield s
+        finally:
+            VHOSTS.close(s)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    which = os.environ.get(servers_mod.SERVERS_VAR, "debian12")
+    return f"chancepay servers: {servers_mod.SERVERS_VAR}={which}"
 
 
 @pytest.fixture
-def env(tmp_path) -> Iterator[Env]:
-    """Fresh databases, users and RabbitMQ vhost for one test; removed afterwards."""
-    e = Env(tmp_path)
-    e.create()
-    try:
-        yield e
-    finally:
+def env_factory(tmp_path) -> Iterator[Callable[..., Env]]:
+    """Make the test's Env: `env_factory(migrate=False)` leaves the databases and users to the test.
+    Removed afterwards."""
+    made: list[Env] = []
+
+    def factory(*, migrate: bool = True) -> Env:
+        if made:  # one Env per test: later callers (make_stack) get the one the test made
+            return made[0]
+        e = Env(tmp_path)
+        made.append(e)
+        e.create(migrate=migrate)
+        return e
+
+    yield factory
+    for e in made:
         e.destroy()
 
 
 @pytest.fixture
-def make_stack(env: Env) -> Iterator[Callable[..., Stack]]:
-    """Build a Stack with extra CHANCEPAY_* settings; every process it started is stopped at teardown."""
+def env(env_factory) -> Env:
+    """Fresh databases, users and RabbitMQ vhost for one test; removed afterwards."""
+    return env_factory()
+
+
+@pytest.fixture
+def make_stack(env_factory) -> Iterator[Callable[..., Stack]]:
+    """Build a Stack with extra CHANCEPAY_* settings (on the test's Env, made now if the test did
+    not ask for one); every process it started is stopped at teardown."""
     stacks: list[Stack] = []
 
     def factory(**overrides: str) -> Stack:
-        s = Stack(env, **overrides)
+        s = Stack(env_factory(), **overrides)
         stacks.append(s)
         return s
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-MY_SCRIPTS = ("scripts/kind-up.sh", "scripts/kind-down.sh", "scripts/install-deploy-tools.sh")
+MY_SCRIPTS = ("scripts/kind-up.sh", "scripts/kind-down.sh", "scripts/install-test-tools.sh", "scripts/plain-secret.sh")
 
 
 def render_k8s_module():
@@ -67,7 +67,7 @@ def test_kind_cluster_config():
 def test_scripts_are_shellcheck_clean(script):
     shellcheck = shutil.which("shellcheck")
     if not shellcheck:
-        pytest.fail("shellcheck is not installed: run `make deploy-tools` (scripts/install-deploy-tools.sh)")
+        pytest.fail("shellcheck is not installed: run `make test-tools` (scripts/install-test-tools.sh)")
     r = subprocess.run([shellcheck, "--severity=style", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     assert (ROOT / script).stat().st_mode & 0o111, f"{script} is not executable"
@@ -82,5 +82,5 @@ def test_kind_up_uses_the_repository_artefacts():
                    "/payments", "helm test"):
         assert needed in text, needed
     mk = (ROOT / "mk" / "deploy.mk").read_text()
-    for target in ("kind-up:", "kind-down:", "render-k8s:", "deploy-tools:"):
+    for target in ("kind-up:", "kind-down:", "render-k8s:", "test-tools:"):
         assert target in mk, target

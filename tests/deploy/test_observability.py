@@ -16,7 +16,7 @@ from tests.deploy.conftest import CHART, SWITCHES, render
 def promtool() -> str:
     path = shutil.which("promtool")
     if not path:
-        pytest.fail("promtool is not installed: run `make deploy-tools` (scripts/install-deploy-tools.sh)")
+        pytest.fail("promtool is not installed: run `make test-tools` (scripts/install-test-tools.sh)")
     return path
 
 

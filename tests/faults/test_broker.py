@@ -27,7 +27,7 @@ OUTAGE_SECONDS = 30
 
 
 def test_rabbitmq_unreachable_for_30s_api_keeps_accepting_then_drains(make_stack, env) -> None:
-    proxy = FaultProxy("127.0.0.1", 5672).start()
+    proxy = FaultProxy("127.0.0.1", env.amqp_port).start()
     try:
         via_proxy = env.amqp_url(port=proxy.port)
         s = make_stack(**FAST)
@@ -76,7 +76,7 @@ def test_rabbitmq_restarted_with_confirmed_unconsumed_messages_loses_none(make_s
     assert env.queue_depth(topology.QUEUE) == 20
     with Supervisor(s, "scanner") as sup:
         with rabbitmq_app_stopped():
-            assert not port_answers("127.0.0.1", 5672)
+            assert not port_answers("127.0.0.1", env.amqp_port)
             wait_until(lambda: sup.exits["scanner"], 15, what="the scanner exits when the broker goes away")
         # the vhost, the durable quorum queue and its persistent messages survived
         depth = wait_until(lambda: env.queue_depth(topology.QUEUE) == 20 and 20, 90, interval=0.5,

@@ -18,7 +18,7 @@ HANG_BOUND = 10.0  # only a hang detector: the DB timeout below is 2 s
 
 @pytest.mark.parametrize("mode", ["refuse", "blackhole"])
 def test_database_unreachable_for_30s(make_stack, env, mode: str) -> None:
-    proxy = FaultProxy("127.0.0.1", 3306).start()
+    proxy = FaultProxy("127.0.0.1", env.mysql_port).start()
     try:
         s = make_stack(
             CHANCEPAY_ORCHESTRATOR_DB=env.orch_url(port=proxy.port),

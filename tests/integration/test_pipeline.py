@@ -178,7 +178,8 @@ def test_load_10_per_second_for_30_seconds_converges(stack: Stack) -> None:
 
 
 def test_wallet_user_cannot_touch_the_orchestrator_schema(env) -> None:
-    with pymysql.connect(host="127.0.0.1", user=env.wallet_user, password=env.wallet_password) as conn:
+    with pymysql.connect(host="127.0.0.1", port=env.mysql_port, user=env.wallet_user,
+                         password=env.wallet_password) as conn:
         with conn.cursor() as cur, pytest.raises(pymysql.err.OperationalError) as denied:
             cur.execute(f"SELECT COUNT(*) FROM `{env.orch_db}`.request")
     assert denied.value.args[0] in (1044, 1142), denied.value
@@ -190,8 +191,28 @@ def test_migrate_is_idempotent_and_requires_strict_mode(env) -> None:
     tables = {r[0] for r in env.orch_sql("SHOW TABLES")}
     assert tables == {"request", "outbox"}
     assert {r[0] for r in env.wallet_sql("SHOW TABLES")} == {"inbox"}
-    mode = env.orch_sql("SELECT @@GLOBAL.sql_mode")[0][0]
-    assert mode is not None  # the server's global may be anything: the roles force strict per session
+    # The server's global sql_mode may be anything: every session of the roles forces strict mode,
+    # so an amount that does not fit is an error, never a silently clamped value.
+    import asyncio
+
+    from chancepay.core.config import DatabaseURL
+    from chancepay.core.db import Database
+
+    async def overflow() -> BaseException | None:
+        db = Database(DatabaseURL.parse(env.orch_url()))
+        try:
+            await db.check_strict()
+            await db.execute("INSERT INTO request (uuid, cus_id, amount) VALUES (%s, %s, %s)",
+                             ("00000000-0000-4000-8000-000000000001", "strict", "99999999999999999999.99"))
+        except Exception as exc:
+            return exc
+        finally:
+            await db.close()
+        return None
+
+    error = asyncio.run(overflow())
+    assert error is not None and error.args[0] == 1264, f"out-of-range amount was not refused: {error!r}"
+    assert env.orch_sql("SELECT COUNT(*) FROM request")[0][0] == 0
 
 
 def test_roles_stop_cleanly_on_sigterm(stack: Stack) -> None:

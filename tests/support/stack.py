@@ -1,9 +1,12 @@
 """Real ChancePay processes against the real MariaDB and RabbitMQ, isolated per test.
 
-Each `Env` owns two fresh databases with two least-privilege users and a fresh RabbitMQ
-vhost (so the contract's fixed exchange and queue names never collide between tests or
-between two runs of the suite), and removes them all afterwards. Each `Role` is a real
-`python -m chancepay <role>` subprocess on a free port; its JSON log lines are collected.
+Each `Env` owns two fresh databases with two least-privilege users and a RabbitMQ vhost of
+its own (so the contract's fixed exchange and queue names never collide between tests or
+between two runs of the suite), and removes them all afterwards. Which servers: the pair
+tests/support/servers.py selects (Debian 12's, or the chart's). Vhosts are pooled: creating
+one costs two `rabbitmqctl` runs (~1.5 s), emptying one over AMQP a few milliseconds. Each
+`Role` is a real `python -m chancepay <role>` subprocess on a free port; its JSON log lines
+are collected.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ import httpx
 import pymysql
 from prometheus_client.parser import text_string_to_metric_families
 
-ADMIN_SOCKET = os.environ.get("CHANCEPAY_TEST_MYSQL_SOCKET", "/run/mysqld/mysqld.sock")
+from tests.support import servers as servers_mod
+from tests.support.servers import Servers
+
 ROLES = ("orchestrator", "scanner", "wallet")
 TOKEN = "test-internal-token-" + "x" * 16
 
@@ -55,35 +60,116 @@ def free_port() -> int:
 
 
 def admin_connect(database: str | None = None) -> pymysql.connections.Connection:
-    return pymysql.connect(unix_socket=ADMIN_SOCKET, user="root", database=database, autocommit=True)
+    return servers_mod.current().admin_connect(database)
 
 
 def rabbitmqctl(*args: str) -> str:
-    return subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, text=True, timeout=60).stdout
+    return servers_mod.current().rabbitmqctl(*args)
+
+
+class VhostPool:
+    """RabbitMQ vhosts for tests, reused: a released vhost is emptied over AMQP (the contract's
+    queues and exchange deleted) and handed to the next test. `close()` deletes them all."""
+
+    def __init__(self) -> None:
+        self.free: list[str] = []
+        self.all: list[str] = []
+        self.lock = threading.Lock()
+
+    def acquire(self, servers: Servers) -> str:
+        with self.lock:
+            if self.free:
+                return self.free.pop()
+        vhost = f"cpt_{secrets.token_hex(4)}"
+        servers.rabbitmqctl("add_vhost", vhost)
+        servers.rabbitmqctl("set_permissions", "-p", vhost, servers.amqp_user, ".*", ".*", ".*")
+        with self.lock:
+            self.all.append(vhost)
+        return vhost
+
+    def release(self, servers: Servers, vhost: str) -> None:
+        from chancepay.core import topology
+
+        async def empty(channel: Any) -> None:
+            for queue in (topology.QUEUE, topology.DLQ):
+                await channel.queue_delete(queue)
+            await channel.exchange_delete(topology.EXCHANGE)
+
+        try:
+            amqp_call(servers, vhost, empty)
+        except Exception:  # the broker is restarting or gone: do not reuse this one
+            return
+        with self.lock:
+            self.free.append(vhost)
+
+    def close(self, servers: Servers) -> None:
+        with self.lock:
+            vhosts, self.all, self.free = list(self.all), [], []
+        for vhost in vhosts:
+            def gone(vhost: str = vhost) -> bool:
+                try:
+                    servers.rabbitmqctl("delete_vhost", vhost)
+                    return True
+                except subprocess.CalledProcessError:  # already gone, or the broker is restarting
+                    return vhost not in servers.rabbitmqctl("list_vhosts").split()
+
+            # Retried: a broker restarted by a test must not leak a vhost.
+            wait_until(gone, 60, interval=1.0, what=f"vhost {vhost} deleted")
+
+
+VHOSTS = VhostPool()
+
+
+def amqp_call(servers: Servers, vhost: str, fn: Callable[[Any], Any]) -> Any:
+    """Run `await fn(channel)` on a fresh AMQP channel in `vhost`, as the pair's broker user."""
+    import aiormq
+
+    async def go() -> Any:
+        url = f"amqp://{quote(servers.amqp_user, safe='')}:{quote(servers.amqp_password, safe='')}" \
+              f"@127.0.0.1:{servers.amqp_port}/{quote(vhost, safe='')}"
+        connection = await aiormq.connect(url)
+        try:
+            channel = await connection.channel()
+            return await fn(channel)
+        finally:
+            await connection.close()
+
+    return asyncio.run(go())
 
 
 class Env:
-    """Per-test databases, users and vhost."""
+    """Per-test databases, users and vhost, on the pair of servers this run uses."""
 
     def __init__(self, tmp: Path) -> None:
+        self.servers = servers_mod.current()
         self.id = secrets.token_hex(4)
         self.tmp = tmp
         self.orch_db = f"cpt_{self.id}_orch"
         self.wallet_db = f"cpt_{self.id}_wallet"
         self.orch_user, self.orch_password = f"cpt_{self.id}_o", secrets.token_hex(8)
         self.wallet_user, self.wallet_password = f"cpt_{self.id}_w", secrets.token_hex(8)
-        self.vhost = f"cpt_{self.id}"
+        self.vhost = ""
         self.ports = {role: free_port() for role in ROLES}
 
     # ------------------------------------------------------------------ URLs and environment
-    def orch_url(self, host: str = "127.0.0.1", port: int = 3306) -> str:
-        return f"mysql://{self.orch_user}:{self.orch_password}@{host}:{port}/{self.orch_db}"
+    @property
+    def mysql_port(self) -> int:
+        return self.servers.mysql_port
 
-    def wallet_url(self, host: str = "127.0.0.1", port: int = 3306) -> str:
-        return f"mysql://{self.wallet_user}:{self.wallet_password}@{host}:{port}/{self.wallet_db}"
+    @property
+    def amqp_port(self) -> int:
+        return self.servers.amqp_port
 
-    def amqp_url(self, host: str = "127.0.0.1", port: int = 5672) -> str:
-        return f"amqp://guest:guest@{host}:{port}/{quote(self.vhost, safe='')}"
+    def orch_url(self, host: str = "127.0.0.1", port: int | None = None) -> str:
+        return f"mysql://{self.orch_user}:{self.orch_password}@{host}:{port or self.mysql_port}/{self.orch_db}"
+
+    def wallet_url(self, host: str = "127.0.0.1", port: int | None = None) -> str:
+        return f"mysql://{self.wallet_user}:{self.wallet_password}@{host}:{port or self.mysql_port}/{self.wallet_db}"
+
+    def amqp_url(self, host: str = "127.0.0.1", port: int | None = None) -> str:
+        s = self.servers
+        return (f"amqp://{quote(s.amqp_user, safe='')}:{quote(s.amqp_password, safe='')}@{host}:{port or self.amqp_port}"
+                f"/{quote(self.vhost, safe='')}")
 
     def base_url(self, role: str) -> str:
         return f"http://127.0.0.1:{self.ports[role]}"
@@ -108,13 +194,17 @@ class Env:
         return env
 
     # ------------------------------------------------------------------ lifecycle
-    def create(self) -> None:
-        rabbitmqctl("add_vhost", self.vhost)
-        rabbitmqctl("set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*")
-        result = self.chancepay(
-            "migrate", CHANCEPAY_ADMIN_DB=f"mysql://root@localhost/?unix_socket={quote(ADMIN_SOCKET, safe='')}"
-        )
+    def create(self, *, migrate: bool = True) -> None:
+        """A vhost; with `migrate`, also both databases, users and schemas (`chancepay migrate`
+        with the pair's admin URL). Without it the databases are left to the test."""
+        self.vhost = VHOSTS.acquire(self.servers)
+        if migrate:
+            self.migrate()
+
+    def migrate(self, **env: str) -> subprocess.CompletedProcess[str]:
+        result = self.chancepay("migrate", CHANCEPAY_ADMIN_DB=self.servers.admin_url, **env)
         assert result.returncode == 0, f"migrate failed: {result.stdout}\n{result.stderr}"
+        return result
 
     def destroy(self) -> None:
         with admin_connect() as conn, conn.cursor() as cur:
@@ -122,16 +212,8 @@ class Env:
                 cur.execute(f"DROP DATABASE IF EXISTS `{db}`")
             for user in (self.orch_user, self.wallet_user):
                 cur.execute("DROP USER IF EXISTS %s@'%%'", (user,))
-
-        def vhost_gone() -> bool:
-            try:
-                rabbitmqctl("delete_vhost", self.vhost)
-                return True
-            except subprocess.CalledProcessError:  # already gone, or the broker is restarting
-                return self.vhost not in rabbitmqctl("list_vhosts").split()
-
-        # Retried: a broker restarted by another test must not leak this vhost.
-        wait_until(vhost_gone, 60, interval=1.0, what=f"vhost {self.vhost} deleted")
+        if self.vhost:
+            VHOSTS.release(self.servers, self.vhost)
 
     def chancepay(self, *args: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -144,30 +226,21 @@ class Env:
 
     # ------------------------------------------------------------------ data access (as the roles' own users)
     def orch_sql(self, sql: str, args: Any = None) -> list[tuple]:
-        with pymysql.connect(host="127.0.0.1", user=self.orch_user, password=self.orch_password,
+        with pymysql.connect(host="127.0.0.1", port=self.mysql_port, user=self.orch_user, password=self.orch_password,
                              database=self.orch_db, autocommit=True) as conn, conn.cursor() as cur:
             cur.execute(sql, args)
             return list(cur.fetchall())
 
     def wallet_sql(self, sql: str, args: Any = None) -> list[tuple]:
-        with pymysql.connect(host="127.0.0.1", user=self.wallet_user, password=self.wallet_password,
-                             database=self.wallet_db, autocommit=True) as conn, conn.cursor() as cur:
+        with pymysql.connect(host="127.0.0.1", port=self.mysql_port, user=self.wallet_user,
+                             password=self.wallet_password, database=self.wallet_db, autocommit=True) as conn, \
+                conn.cursor() as cur:
             cur.execute(sql, args)
             return list(cur.fetchall())
 
     def amqp(self, fn: Callable[[Any], Any]) -> Any:
         """Run `await fn(channel)` on a fresh AMQP channel in this env's vhost."""
-        import aiormq
-
-        async def go() -> Any:
-            connection = await aiormq.connect(self.amqp_url())
-            try:
-                channel = await connection.channel()
-                return await fn(channel)
-            finally:
-                await connection.close()
-
-        return asyncio.run(go())
+        return amqp_call(self.servers, self.vhost, fn)
 
     def queue_depth(self, queue: str) -> int:
         async def depth(channel: Any) -> int:
@@ -308,6 +381,16 @@ class Stack:
             self.role(name, **overrides).start()
         for name in names or ROLES:
             self.roles[name].wait_ready()
+        return self
+
+    def start_all_unready(self) -> Stack:
+        """Start the three roles and wait only until each is alive (/healthz), not ready."""
+        for name in ROLES:
+            self.role(name).start()
+        for name in ROLES:
+            role = self.roles[name]
+            wait_until(lambda role=role: httpx.get(role.url + "/healthz", timeout=2).status_code == 200, 30,
+                       what=f"{name} /healthz")
         return self
 
     def start_wallet_with(self, **wallet_overrides: str) -> Stack:
@@ -694,13 +777,14 @@ class CallbackStub:
 
 @_contextlib.contextmanager
 def rabbitmq_app_stopped() -> Iterator[None]:
-    """`rabbitmqctl stop_app` for the body; ALWAYS `start_app` afterwards and wait until 5672 answers."""
+    """`rabbitmqctl stop_app` for the body; ALWAYS `start_app` afterwards and wait until AMQP answers."""
+    port = servers_mod.current().amqp_port
     rabbitmqctl("stop_app")
     try:
         yield
     finally:
         rabbitmqctl("start_app")
-        wait_until(lambda: port_answers("127.0.0.1", 5672), 120, interval=0.5, what="RabbitMQ port 5672 after start_app")
+        wait_until(lambda: port_answers("127.0.0.1", port), 120, interval=0.5, what=f"RabbitMQ port {port} after start_app")
 
 
 def seeded_random(seed: int | None = None) -> tuple[int, _random.Random]:

@@ -124,9 +124,10 @@ first upgrade). Empty ("{}") with secrets.existingSecret.
 {{- $_ := set $data "admin-db-url" (printf "mysql://root:%s@%s/" $rootPw $host) }}
 {{- $_ := set $data "orchestrator-db-url" (printf "mysql://chancepay_orchestrator:%s@%s/chancepay_orchestrator" $orchPw $host) }}
 {{- $_ := set $data "wallet-db-url" (printf "mysql://chancepay_wallet:%s@%s/chancepay_wallet" $walletPw $host) }}
-{{- /* Read by mariadbd --init-file at every start: re-applies the root password from this Secret.
-       One statement per line (that is how --init-file reads). */}}
-{{- $_ := set $data "mariadb-init.sql" (printf "CREATE USER IF NOT EXISTS 'root'@'%%' IDENTIFIED BY '%s';\nALTER USER 'root'@'%%' IDENTIFIED BY '%s';\nGRANT ALL PRIVILEGES ON *.* TO 'root'@'%%' WITH GRANT OPTION;\n" $rootPw $rootPw) }}
+{{- /* Read by mariadbd --init-file at every start: re-applies the root password from this Secret,
+       and makes the probe user: 'mysql'@'localhost', unix-socket only (so only the server's own
+       uid inside the container), no privileges. One statement per line (how --init-file reads). */}}
+{{- $_ := set $data "mariadb-init.sql" (printf "CREATE USER IF NOT EXISTS 'root'@'%%' IDENTIFIED BY '%s';\nALTER USER 'root'@'%%' IDENTIFIED BY '%s';\nGRANT ALL PRIVILEGES ON *.* TO 'root'@'%%' WITH GRANT OPTION;\nCREATE USER IF NOT EXISTS 'mysql'@'localhost' IDENTIFIED VIA unix_socket;\n" $rootPw $rootPw) }}
 {{- else }}
 {{- $_ := set $data "orchestrator-db-url" (required "external.orchestratorDbUrl is required when mariadb.enabled=false" .Values.external.orchestratorDbUrl) }}
 {{- $_ := set $data "wallet-db-url" (required "external.walletDbUrl is required when mariadb.enabled=false" .Values.external.walletDbUrl) }}

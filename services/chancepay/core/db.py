@@ -28,13 +28,14 @@ ER_DUP_ENTRY = 1062
 # Deadlock and lock-wait timeout: the server rolled the transaction back; running it again is safe.
 RETRYABLE_ERRORS = (1213, 1205)
 # The server answers, but this role's database, user, grants or tables are not (yet) what the code
-# needs: unknown database (1049), access denied (1044, 1045), command or column denied (1142,
-# 1143), no such table (1146), unknown column (1054: a schema older than the code). On a first
-# install the roles start before `chancepay migrate` has run; they must wait, not crash.
+# needs: unknown database (1049), access denied (1044, 1045, and 1698 MariaDB's for an unknown
+# user), command or column denied (1142, 1143), no such table (1146), unknown column (1054: a
+# schema older than the code). On a first install the roles start before `chancepay migrate` has
+# run; they must wait, not crash.
 NOT_PROVISIONED_ERRORS = {1044: "access denied to the database", 1045: "access denied for the user",
                           1049: "unknown database", 1054: "unknown column (schema older than the code)",
                           1142: "command denied to the user", 1143: "column access denied to the user",
-                          1146: "table missing"}
+                          1146: "table missing", 1698: "access denied for the user"}
 IntegrityError = asyncmy.errors.IntegrityError
 
 

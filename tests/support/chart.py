@@ -1,0 +1,81 @@
+"""The chart as Helm renders it, for tests that run what it describes (not just inspect it)."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "chancepay"
+sys.path.insert(0, str(ROOT / "deploy"))
+
+import helm_render  # noqa: E402
+
+
+@functools.lru_cache(maxsize=32)
+def _render(values_json: str) -> helm_render.Rendered:
+    return helm_render.render(str(CHART), json.loads(values_json))
+
+
+def render(values: dict[str, Any] | None = None) -> helm_render.Rendered:
+    """`helm install` with these values, rendered by Helm's engine (cached; do not mutate)."""
+    return _render(json.dumps(values or {}, sort_keys=True))
+
+
+def render_upgrade(values: dict[str, Any], secret: dict[str, str]) -> helm_render.Rendered:
+    """What Helm renders when a release's Secret already exists (its `lookup` finds `secret`)."""
+    existing = {"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "chancepay-secrets", "namespace": "chancepay",
+                             "labels": {"app.kubernetes.io/managed-by": "Helm"},
+                             "annotations": {"meta.helm.sh/release-name": "other",
+                                             "meta.helm.sh/release-namespace": "chancepay"}},
+                "data": {k: base64.b64encode(v.encode()).decode() for k, v in secret.items()}}
+    return helm_render.render(str(CHART), {**values, "fullnameOverride": "chancepay"}, release="other",
+                              existing=[existing])
+
+
+def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
+    kind = obj["kind"]
+    if kind == "Pod":
+        return obj["spec"]
+    if kind == "CronJob":
+        return obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    return obj["spec"]["template"]["spec"]
+
+
+def secret_data(rendered: helm_render.Rendered) -> dict[str, str]:
+    secret = rendered.get("Secret", "-secrets")
+    data = dict(secret.get("stringData") or {})
+    for k, v in (secret.get("data") or {}).items():
+        data[k] = base64.b64decode(v).decode()
+    return data
+
+
+def config_maps(rendered: helm_render.Rendered) -> dict[str, dict[str, str]]:
+    return {o["metadata"]["name"]: dict(o.get("data") or {}) for o in rendered.of_kind("ConfigMap")}
+
+
+def container_env(container: dict[str, Any], secrets: dict[str, str], maps: dict[str, dict[str, str]]) -> dict[str, str]:
+    """The environment a kubelet would give `container` (value, secretKeyRef, configMapKeyRef).
+    An optional key that is missing is left out, as Kubernetes does."""
+    env: dict[str, str] = {}
+    for e in container.get("env", []):
+        if "value" in e:
+            env[e["name"]] = str(e["value"])
+            continue
+        ref = e["valueFrom"]
+        if "secretKeyRef" in ref:
+            key, source = ref["secretKeyRef"]["key"], secrets
+            optional = ref["secretKeyRef"].get("optional", False)
+        else:
+            key, source = ref["configMapKeyRef"]["key"], maps[ref["configMapKeyRef"]["name"]]
+            optional = ref["configMapKeyRef"].get("optional", False)
+        if key in source:
+            env[e["name"]] = source[key]
+        elif not optional:
+            raise KeyError(f"{container['name']}: {e['name']} refers to missing key {key!r}")
+    return env
