@@ -2,8 +2,9 @@
 # make kind-up: a local kind cluster running ChancePay from this checkout.
 #   1. kind create cluster (k8s/kind-cluster.yaml), unless it exists
 #   2. docker build the three role images and kind load them
-#   3. helm upgrade --install the chart (the post-install hook runs `chancepay migrate`)
-#   4. wait for MySQL, RabbitMQ and the three roles, then a smoke payment and `helm test`
+#   3. helm upgrade --install --wait: every object starts at once, the migrate Job waits for
+#      MariaDB, the roles wait for their schema and broker and turn Ready when migrate is done
+#   4. a smoke payment through a port-forward, then `helm test`
 # Needs docker, kind, helm (v3.8+ or v4) and kubectl on PATH.
 # Settings (environment): CLUSTER (chancepay), NAMESPACE (chancepay), RELEASE (chancepay),
 # TAG (the chart's appVersion), LOCAL_PORT (18000), HELM_EXTRA_ARGS (e.g. "--set wallet.replicas=3").
@@ -37,19 +38,11 @@ for role in "${ROLES[@]}"; do
     kind load docker-image --name "$CLUSTER" "chancepay-$role:$TAG"
 done
 
-# No --wait: on a first install the post-install migrate hook itself waits for MySQL, and Helm
-# waits for that hook. The rollouts are awaited below.
 # shellcheck disable=SC2086  # HELM_EXTRA_ARGS is a list of words on purpose
 helm upgrade --install "$RELEASE" charts/chancepay \
     --namespace "$NAMESPACE" --create-namespace \
     --set "image.orchestrator.tag=$TAG" --set "image.scanner.tag=$TAG" --set "image.wallet.tag=$TAG" \
-    --timeout 10m $HELM_EXTRA_ARGS
-
-kubectl -n "$NAMESPACE" rollout status "statefulset/$RELEASE-mysql" --timeout=10m
-kubectl -n "$NAMESPACE" rollout status "statefulset/$RELEASE-rabbitmq" --timeout=10m
-for role in "${ROLES[@]}"; do
-    kubectl -n "$NAMESPACE" rollout status "deployment/$RELEASE-$role" --timeout=5m
-done
+    --wait --wait-for-jobs --timeout 10m $HELM_EXTRA_ARGS
 
 # Smoke request through a port-forward (which bypasses NetworkPolicies, as an operator's would).
 kubectl -n "$NAMESPACE" port-forward "svc/$RELEASE-orchestrator" "$LOCAL_PORT:8000" >/dev/null 2>&1 &

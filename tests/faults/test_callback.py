@@ -93,3 +93,25 @@ def test_callback_times_out_after_the_orchestrator_committed_retry_gets_200(make
         assert not s.orchestrator.events("[FAILED TO FINALIZE")
         assert all(d == 1 for (d,) in env.wallet_sql("SELECT deliveries FROM inbox"))
         assert_converged(s, uuids)
+
+
+def test_wallet_gives_up_after_max_deliveries_it_counted_itself(make_stack, env) -> None:
+    """CHANCEPAY_WALLET_MAX_DELIVERIES is counted in the inbox row, on every broker version (the
+    broker's x-delivery-count changed meaning in RabbitMQ 4.3). One callback try per delivery: the
+    orchestrator sees exactly MAX calls, the inbox row says MAX, then the message is acked."""
+    deliveries = 3
+
+    with CallbackStub(env.base_url("orchestrator"), lambda path, n: ("status", 500)) as stub:
+        s = make_stack(CHANCEPAY_CALLBACK_ATTEMPTS="1", CHANCEPAY_WALLET_MAX_DELIVERIES=str(deliveries))
+        s.start_wallet_with(CHANCEPAY_ORCHESTRATOR_URL=stub.url)
+        (uuid,) = s.pay_many(1, "given-up")
+        gave_up = s.wallet.wait_for_event(CALLBACK_TAG, timeout=60, uuid=uuid, deliveries=deliveries)
+        assert "reconcile" in gave_up["reason"]
+        assert env.wallet_sql("SELECT deliveries FROM inbox WHERE uuid = %s", (uuid,)) == [(deliveries,)]
+        wait_until(lambda: env.queue_depth("chancepay.payments") == 0, 30, what="the message acked")
+        calls = [c for c in stub.snapshot() if uuid in c["path"]]
+        assert len(calls) == deliveries, calls
+        assert pending_count(env) == 1
+    code, summary = run_reconcile(env, age=0)
+    assert code == 0 and summary["finalized_from_inbox"] == 1, summary
+    assert_converged(s, [uuid])
