@@ -108,3 +108,39 @@ def standin_servers_image() -> str:
     ref = f"localhost/chancepay-standin-servers:{STANDIN_SUITE}-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}"
     return debootstrap_image(ref, STANDIN_SUITE, STANDIN_PACKAGES,
                              [f"ENV PATH={STANDIN_PATH}", "ENV LANG=C.UTF-8"], STANDIN_USERS)
+
+
+# The ChancePay images' base here: Debian 12 with its own Python 3.11 (the Dockerfiles' default is
+# the public python:3.11.x-slim-bookworm, the same Debian and Python minor).
+PYTHON_BASE_SUITE = "bookworm"
+PYTHON_BASE_PACKAGES = ("python3", "python3-venv", "python-is-python3", "ca-certificates")
+PYTHON_BASE_RECIPE_VERSION = "1"
+# A TLS-intercepting proxy's CA (this machine has one): handed to pip as a build secret.
+HOST_CA_BUNDLE = Path(os.environ.get("CHANCEPAY_BUILD_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt"))
+ROLES = ("orchestrator", "scanner", "wallet")
+
+
+def python_base_image() -> str:
+    recipe = "|".join((PYTHON_BASE_RECIPE_VERSION, PYTHON_BASE_SUITE, *PYTHON_BASE_PACKAGES))
+    ref = f"localhost/chancepay-python-base:{PYTHON_BASE_SUITE}-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}"
+    return debootstrap_image(ref, PYTHON_BASE_SUITE, PYTHON_BASE_PACKAGES, ["ENV LANG=C.UTF-8"])
+
+
+def build_role_image(role: str, tag: str) -> tuple[str, float]:
+    """`podman build -f Dockerfile.<role>` from the local base; returns (image, seconds). Layers
+    are cached by podman: an unchanged pyproject.toml reuses the dependency layer."""
+    import time
+
+    ref = f"localhost/chancepay-{role}:{tag}"
+    args = ["build", "--network", "host", "-f", str(ROOT / f"Dockerfile.{role}"),
+            "--build-arg", f"PYTHON_IMAGE={python_base_image()}", "-t", ref]
+    if HOST_CA_BUNDLE.exists():
+        args += ["--secret", f"id=pip_cert,src={HOST_CA_BUNDLE}"]
+    started = time.monotonic()
+    with _build_lock():
+        podman(*args, str(ROOT), timeout=1800)
+    return ref, time.monotonic() - started
+
+
+def image_size(ref: str) -> int:
+    return int(podman("image", "inspect", "--format", "{{.Size}}", ref).stdout.decode().strip())

@@ -11,8 +11,9 @@ and the volume's root already matches).
 
 What is not (and the caller says so where it matters): the image (official images cannot be
 pulled here: `image_for` maps each to a local stand-in of the same server series), the network
-(host network: the caller renders the chart with free ports and maps Service names to
-127.0.0.1 with --add-host), resource limits, and the kubelet's probe scheduling (wait_ready polls
+(either the host's, with the chart rendered on free ports and Service names mapped to 127.0.0.1,
+or podman's bridge with a pod IP of the caller's choosing and Service names as extra hosts: no
+cluster DNS, no kube-proxy), resource limits, and the kubelet's probe scheduling (wait_ready polls
 the readiness command within the startup probe's budget instead).
 """
 
@@ -68,6 +69,8 @@ class Pod:
         add_hosts: dict[str, str] | None = None,
         extra_env: dict[str, dict[str, str]] | None = None,
         secrets: dict[str, str] | None = None,
+        network: str = "host",
+        ip: str | None = None,
     ) -> None:
         self.name = name
         self.obj = obj
@@ -81,6 +84,11 @@ class Pod:
         self.claims = [t["metadata"]["name"] for t in obj.get("spec", {}).get("volumeClaimTemplates", [])]
         self.started: list[str] = []
         self.fs_group_changes: list[str] = []
+        # On a bridge network the containers share one podman pod (one network namespace, one IP),
+        # as a Kubernetes pod's containers do.
+        self.network = network
+        self.ip = ip
+        self.pod_name = f"{name}-pod" if network != "host" else None
 
     # ------------------------------------------------------------------ volumes
     def _volume_dir(self, name: str) -> Path:
@@ -133,7 +141,8 @@ class Pod:
         sc = c.get("securityContext", {})
         uid = sc.get("runAsUser", psc.get("runAsUser"))
         gid = sc.get("runAsGroup", psc.get("runAsGroup", 0))
-        args = ["run", "--name", self.container_name(c["name"]), "--network", "host"]
+        args = ["run", "--name", self.container_name(c["name"])]
+        args += ["--pod", self.pod_name] if self.pod_name else ["--network", "host"]
         args += ["-d"] if detach else ["--rm"]
         if uid is not None:
             args += ["--user", f"{uid}:{gid}"]
@@ -146,8 +155,9 @@ class Pod:
             args += ["--cap-drop=ALL"]
         if sc.get("allowPrivilegeEscalation") is False:
             args += ["--security-opt", "no-new-privileges"]
-        for host, ip in self.add_hosts.items():
-            args += ["--add-host", f"{host}:{ip}"]
+        if not self.pod_name:
+            for host, ip in self.add_hosts.items():
+                args += ["--add-host", f"{host}:{ip}"]
         env = {**chart.container_env(c, self.secrets, self.maps), **self.extra_env.get(c["name"], {})}
         for k, v in env.items():
             args += ["-e", f"{k}={v}"]
@@ -167,6 +177,14 @@ class Pod:
 
     def start(self) -> Pod:
         self._prepare_volumes()
+        if self.pod_name:
+            podman("pod", "rm", "-f", self.pod_name, check=False)
+            args = ["pod", "create", "--name", self.pod_name, "--network", self.network]
+            if self.ip:
+                args += ["--ip", self.ip]
+            for host, ip in self.add_hosts.items():
+                args += ["--add-host", f"{host}:{ip}"]
+            podman(*args)
         for c in self.spec.get("initContainers", []):
             podman("rm", "-f", self.container_name(c["name"]), check=False)
             result = podman(*self._run_args(c, detach=False), check=False, timeout=600)
@@ -234,6 +252,8 @@ class Pod:
             podman("stop", "-t", str(grace), self.container_name(name), check=False, timeout=grace + 30)
             podman("rm", "-f", self.container_name(name), check=False)
         self.started = []
+        if self.pod_name:
+            podman("pod", "rm", "-f", self.pod_name, check=False)
 
     def restart(self) -> Pod:
         """The pod is deleted and created again (a reschedule, a rollout): PVC data stays."""
