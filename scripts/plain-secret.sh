@@ -12,6 +12,7 @@ namespace="${1:-chancepay}"
 gen() { LC_ALL=C tr -dc 'A-Za-z0-9' </dev/urandom | head -c "${1:-24}" || true; }
 
 token=$(gen 40)
+message_key=$(gen 48)
 root=$(gen)
 orch=$(gen)
 wallet=$(gen)
@@ -35,6 +36,7 @@ metadata:
 type: Opaque
 stringData:
   internal-token: "${token}"
+  message-key: "${message_key}"
   mariadb-root-password: "${root}"
   orchestrator-db-password: "${orch}"
   wallet-db-password: "${wallet}"

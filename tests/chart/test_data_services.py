@@ -5,6 +5,7 @@ rollout does; their PersistentVolumeClaim directories are kept."""
 
 from __future__ import annotations
 
+import os
 import stat
 
 import pytest
@@ -92,7 +93,7 @@ def test_broker_restarts_on_a_volume_whose_group_the_kubelet_changed(chart_insta
         for e in spec["containers"][0]["env"]:
             if e["name"] == "HOME":
                 e["value"] = "/var/lib/rabbitmq"
-    pod = Pod(f"cptest-cookie-{layout}", sts, install.rendered, install.workdir / "rabbitmq",
+    pod = Pod(f"cptest-{os.getpid()}-cookie-{layout}", sts, install.rendered, install.workdir / "rabbitmq",
               image_for=install.servers.image_for, extra_env={"rabbitmq": install.servers.host_env})
     try:
         pod.start()

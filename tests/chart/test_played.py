@@ -38,7 +38,7 @@ def releases() -> Iterator[Any]:
     root = Path(tempfile.mkdtemp(prefix="chancepay-played-", dir="/var/tmp"))
 
     def factory(values: dict[str, Any] | None = None, **kw: Any) -> PlayedRelease:
-        r = PlayedRelease(root / str(len(made)), f"cpp{os.urandom(2).hex()}", values, **kw)
+        r = PlayedRelease(root / str(len(made)), f"cpp-{os.getpid()}-{os.urandom(2).hex()}", values, **kw)
         made.append(r)
         return r
 
@@ -153,7 +153,7 @@ def test_external_database_and_broker_with_an_existing_secret_played(releases, i
     secret = {k: external(backing.secret[k]) for k in ("orchestrator-db-url", "wallet-db-url", "admin-db-url",
                                                       "amqp-url", "internal-token")}
     release = releases({"mariadb": {"enabled": False}, "rabbitmq": {"enabled": False},
-                        "secrets": {"existingSecret": f"cpx{os.urandom(2).hex()}-secret"}},
+                        "secrets": {"existingSecret": f"cpp-{os.getpid()}-{os.urandom(2).hex()}-ext"}},
                        secret=secret, extra_hosts=hosts)
     assert not release.rendered.of_kind("StatefulSet") and not release.rendered.of_kind("Secret")
     release.hosts.update(hosts)

@@ -26,13 +26,16 @@ DERIVED = {
     "orchestrator_db_url": {"orchestrator_db"},
     "wallet_db_url": {"wallet_db"},
     "require_safe_token": {"env", "internal_token"},
+    "require_safe_message_key": {"env", "message_key", "message_key_previous"},
+    "message_keys": {"message_key", "message_key_previous"},
     "port_for": {"port"},
     "crash_point_set": {"crash_points"},
 }
 # Read by cli.py / Settings for every process.
 COMMON_FIELDS = {"env", "log_level"}
 # Fields whose defaults point at 127.0.0.1 or are the public dev token: a cluster must set them.
-MUST_SET_IN_CLUSTER = {"orchestrator_db", "wallet_db", "amqp_url", "orchestrator_url", "wallet_url", "internal_token"}
+MUST_SET_IN_CLUSTER = {"orchestrator_db", "wallet_db", "amqp_url", "orchestrator_url", "wallet_url", "internal_token",
+                       "message_key"}
 
 
 def module_path(name: str) -> Path | None:

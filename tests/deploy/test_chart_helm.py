@@ -177,12 +177,12 @@ def test_checksums_are_computed_from_the_secret_itself(default_render):
 
     data = default_render.get("Secret", "chancepay-secrets")["stringData"]
     wanted = {"chancepay-orchestrator": ["orchestrator-db-url", "internal-token"],
-              "chancepay-scanner": ["orchestrator-db-url", "amqp-url"],
-              "chancepay-wallet": ["wallet-db-url", "amqp-url", "internal-token"],
+              "chancepay-scanner": ["orchestrator-db-url", "amqp-url", "message-key"],
+              "chancepay-wallet": ["wallet-db-url", "amqp-url", "internal-token", "message-key", "message-key-previous"],
               "chancepay-mariadb": ["mariadb-init.sql"], "chancepay-rabbitmq": ["rabbitmq-definitions.json"]}
     for obj in default_render.of_kind("Deployment") + default_render.of_kind("StatefulSet"):
         keys = wanted[obj["metadata"]["name"]]
-        expected = hashlib.sha256("\n".join(f"{k}={data[k]}" for k in keys).encode()).hexdigest()
+        expected = hashlib.sha256("\n".join(f"{k}={data.get(k, '')}" for k in keys).encode()).hexdigest()
         assert obj["spec"]["template"]["metadata"]["annotations"]["checksum/secret"] == expected, obj["metadata"]["name"]
 
 

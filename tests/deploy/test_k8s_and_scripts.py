@@ -78,7 +78,7 @@ def test_kind_up_uses_the_repository_artefacts():
     for role in ("orchestrator", "scanner", "wallet"):
         assert (ROOT / f"Dockerfile.{role}").exists()
     for needed in ("kind create cluster", "k8s/kind-cluster.yaml", 'docker build -f "Dockerfile.$role"',
-                   "kind load docker-image", "helm upgrade --install", "charts/chancepay", "rollout status",
+                   "kind load docker-image", "helm upgrade --install", "charts/chancepay", "--wait",
                    "/payments", "helm test"):
         assert needed in text, needed
     mk = (ROOT / "mk" / "deploy.mk").read_text()

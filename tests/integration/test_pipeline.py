@@ -12,25 +12,9 @@ import sys
 import httpx
 import pymysql
 import pytest
-from pamqp import commands as spec
 
 from chancepay.core import topology
-from tests.support.stack import TOKEN, Role, Stack, free_port, wait_until
-
-
-def _publish_raw(stack: Stack, body: bytes, message_id: str = "raw") -> None:
-    async def publish(channel):
-        await channel.confirm_delivery()
-        await topology.declare(channel)
-        return await channel.basic_publish(
-            body,
-            exchange=topology.EXCHANGE,
-            routing_key=topology.ROUTING_KEY,
-            properties=spec.Basic.Properties(delivery_mode=2, message_id=message_id, content_type="application/json"),
-            mandatory=True,
-        )
-
-    assert isinstance(stack.env.amqp(publish), spec.Basic.Ack)
+from tests.support.stack import TOKEN, Role, Stack, free_port, publish_raw, wait_until
 
 
 def test_happy_path_50_payments_all_final_and_mirrored(stack: Stack) -> None:
@@ -71,7 +55,7 @@ def test_happy_path_50_payments_all_final_and_mirrored(stack: Stack) -> None:
 
 
 def test_corrupt_message_is_dead_lettered_and_wallet_keeps_serving(stack: Stack) -> None:
-    _publish_raw(stack, b'{"uuid": "not-a-uuid", "amount": "NaN"', message_id="corrupt-1")
+    publish_raw(stack, b'{"uuid": "not-a-uuid", "amount": "NaN"', message_id="corrupt-1")
     alert = stack.wallet.wait_for_event("[PAYLOAD_CORRUPTION_ALERT]")
     assert alert["message_id"] == "corrupt-1"
     assert stack.env.wallet_sql("SELECT COUNT(*) FROM inbox")[0][0] == 0
@@ -117,7 +101,7 @@ def test_same_message_twice_is_deducted_once(stack: Stack) -> None:
     first = stack.env.wallet_sql("SELECT succeed, finalized_at FROM inbox WHERE uuid=%s", (uuid,))[0]
 
     body = json.dumps({"uuid": uuid, "cusId": "bob", "amount": "7.00"}).encode()
-    _publish_raw(stack, body, message_id=uuid)
+    publish_raw(stack, body, message_id=uuid)
     wait_until(lambda: stack.wallet.metric("chancepay_wallet_messages_total", outcome="duplicate") == 1, 15,
                what="duplicate counted")
     assert stack.env.wallet_sql("SELECT succeed, finalized_at, deliveries FROM inbox WHERE uuid=%s", (uuid,)) == [

@@ -145,7 +145,7 @@ class ChartServers:
         self.values = values or chart_values()
         image = podman.standin_servers_image()
         self.image_for: Callable[[str], str] = lambda ref: image
-        self.tag = os.urandom(3).hex()
+        self.tag = f"{os.getpid()}-{os.urandom(3).hex()}"
         self.host_env = rabbitmq_host_env()
         self.use(chart.render(self.values))
 
@@ -234,7 +234,10 @@ def session_servers() -> Iterator[Servers]:
     """The pair selected by CHANCEPAY_TEST_SERVERS, up for the whole test session."""
     which = os.environ.get(SERVERS_VAR, "debian12")
     if which == "debian12":
+        from tests.support.cleanup import sweep_servers
+
         s = debian12()
+        sweep_servers(s)
         set_current(s)
         try:
             yield s
@@ -243,6 +246,9 @@ def session_servers() -> Iterator[Servers]:
         return
     if which != "chart":
         raise RuntimeError(f"{SERVERS_VAR} must be debian12 or chart, got {which!r}")
+    from tests.support.cleanup import sweep_podman
+
+    sweep_podman()
     workdir = Path(tempfile.mkdtemp(prefix="chancepay-chart-servers-", dir="/var/tmp"))
     cs = ChartServers(workdir)
     try:

@@ -28,13 +28,17 @@ from urllib.parse import quote
 
 import httpx
 import pymysql
+from pamqp import commands as spec
 from prometheus_client.parser import text_string_to_metric_families
+
+from chancepay.core import signing, topology
 
 from tests.support import servers as servers_mod
 from tests.support.servers import Servers
 
 ROLES = ("orchestrator", "scanner", "wallet")
 TOKEN = "test-internal-token-" + "x" * 16
+MESSAGE_KEY = "test-message-key-" + "k" * 32
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1, what: str = "") -> Any:
@@ -80,7 +84,7 @@ class VhostPool:
         with self.lock:
             if self.free:
                 return self.free.pop()
-        vhost = f"cpt_{secrets.token_hex(4)}"
+        vhost = f"cpt_{os.getpid()}_{secrets.token_hex(3)}"
         servers.rabbitmqctl("add_vhost", vhost)
         servers.rabbitmqctl("set_permissions", "-p", vhost, servers.amqp_user, ".*", ".*", ".*")
         with self.lock:
@@ -88,8 +92,6 @@ class VhostPool:
         return vhost
 
     def release(self, servers: Servers, vhost: str) -> None:
-        from chancepay.core import topology
-
         async def empty(channel: Any) -> None:
             for queue in (topology.QUEUE, topology.DLQ):
                 await channel.queue_delete(queue)
@@ -142,7 +144,7 @@ class Env:
 
     def __init__(self, tmp: Path) -> None:
         self.servers = servers_mod.current()
-        self.id = secrets.token_hex(4)
+        self.id = f"{os.getpid()}_{secrets.token_hex(3)}"  # the pid lets cleanup.py find leftovers
         self.tmp = tmp
         self.orch_db = f"cpt_{self.id}_orch"
         self.wallet_db = f"cpt_{self.id}_wallet"
@@ -185,6 +187,7 @@ class Env:
                 "CHANCEPAY_ORCHESTRATOR_URL": self.base_url("orchestrator"),
                 "CHANCEPAY_WALLET_URL": self.base_url("wallet"),
                 "CHANCEPAY_INTERNAL_TOKEN": TOKEN,
+                "CHANCEPAY_MESSAGE_KEY": MESSAGE_KEY,
                 "CHANCEPAY_HOST": "127.0.0.1",
                 "CHANCEPAY_LOG_LEVEL": "INFO",
                 "PYTHONUNBUFFERED": "1",
@@ -464,6 +467,25 @@ class Stack:
         assert not orphans, f"inbox rows without a request: {sorted(orphans)[:5]}"
         mismatched = [u for u, s in requests.items() if s is not None and inbox.get(u) != s]
         assert not mismatched, f"request differs from inbox: {mismatched[:5]}"
+
+
+def publish_raw(stack: Stack, body: bytes, message_id: str = "raw", key: str | None = MESSAGE_KEY) -> None:
+    """Publish `body` as the scanner would (signed with `key`; None = unsigned)."""
+    headers = {signing.HEADER: signing.sign(body, key)} if key else {}
+
+    async def publish(channel):
+        await channel.confirm_delivery()
+        await topology.declare(channel)
+        return await channel.basic_publish(
+            body,
+            exchange=topology.EXCHANGE,
+            routing_key=topology.ROUTING_KEY,
+            properties=spec.Basic.Properties(delivery_mode=2, message_id=message_id, content_type="application/json",
+                                             headers=headers),
+            mandatory=True,
+        )
+
+    assert isinstance(stack.env.amqp(publish), spec.Basic.Ack)
 
 
 # =========================================================================== fault-test helpers

@@ -64,3 +64,28 @@ def test_chart_values_document_every_variable() -> None:
     values = (Path(__file__).resolve().parents[2] / "charts" / "chancepay" / "values.yaml").read_text()
     missing = [v.env for v in VARIABLES if v.env not in values]
     assert not missing, f"charts/chancepay/values.yaml does not document {missing}"
+
+
+def test_message_key_refused_outside_dev_when_default_or_short() -> None:
+    base = {"CHANCEPAY_ENV": "prod", "CHANCEPAY_INTERNAL_TOKEN": "t" * 40}
+    for bad in ({}, {"CHANCEPAY_MESSAGE_KEY": "short-key"},
+                {"CHANCEPAY_MESSAGE_KEY": "k" * 40, "CHANCEPAY_MESSAGE_KEY_PREVIOUS": "dev-message-key"}):
+        with pytest.raises(ConfigError, match="CHANCEPAY_MESSAGE_KEY"):
+            Settings.from_env({**base, **bad}).require_safe_message_key()
+    ok = Settings.from_env({**base, "CHANCEPAY_MESSAGE_KEY": "k" * 32})
+    ok.require_safe_message_key()
+    assert ok.message_keys == ("k" * 32,)
+    Settings.from_env({"CHANCEPAY_ENV": "dev"}).require_safe_message_key()  # dev: the default is fine
+
+
+def test_signature_policy() -> None:
+    from chancepay.core import signing
+
+    body = b'{"uuid":"x"}'
+    sig = signing.sign(body, "key-one")
+    assert sig.startswith("v1=") and len(sig) == 3 + 64
+    assert signing.verify(body, {signing.HEADER: sig}, ("key-one",)) is None
+    assert signing.verify(body, {signing.HEADER: sig.encode()}, ("key-two", "key-one")) is None  # rotation
+    assert "does not match" in signing.verify(body + b" ", {signing.HEADER: sig}, ("key-one",))
+    assert "no x-chancepay-signature" in signing.verify(body, {}, ("key-one",))
+    assert "not a v1=" in signing.verify(body, {signing.HEADER: "sha256=abc"}, ("key-one",))

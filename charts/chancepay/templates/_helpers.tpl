@@ -113,6 +113,10 @@ first upgrade). Empty ("{}") with secrets.existingSecret.
 {{- $s := .Values.secrets }}
 {{- $token := include "chancepay.secretValue" (dict "ctx" . "key" "internal-token" "value" $s.internalToken "length" 40) }}
 {{- $_ := set $data "internal-token" $token }}
+{{- $_ := set $data "message-key" (include "chancepay.secretValue" (dict "ctx" . "key" "message-key" "value" $s.messageKey "length" 48)) }}
+{{- with $s.messageKeyPrevious }}
+{{- $_ := set $data "message-key-previous" . }}
+{{- end }}
 {{- if .Values.mariadb.enabled }}
 {{- $host := printf "%s:%v" (include "chancepay.mariadbHost" .) .Values.mariadb.service.port }}
 {{- $rootPw := include "chancepay.secretValue" (dict "ctx" . "key" "mariadb-root-password" "value" $s.mariadbRootPassword "length" 24) }}

@@ -126,6 +126,20 @@ class PaymentMessage:
         ).encode()
 
 
+def readable_uuid(body: bytes, message_id: Any = None) -> str | None:
+    """For a message that is not valid as a whole: its uuid, if the body's "uuid" field or the
+    message_id is one (so the corruption alert can be found by uuid). None otherwise."""
+    try:
+        doc = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        doc = None
+    for candidate in ((doc.get("uuid") if isinstance(doc, dict) else None),
+                      message_id.decode("utf-8", "replace") if isinstance(message_id, bytes) else message_id):
+        if isinstance(candidate, str) and UUID_RE.fullmatch(candidate):
+            return candidate
+    return None
+
+
 def decode_message(body: bytes) -> PaymentMessage:
     """The wallet's parser: anything but exactly {uuid, cusId, amount}, valid, is corrupt."""
     doc = strict_json_loads(body)

@@ -14,6 +14,8 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 DEFAULT_INTERNAL_TOKEN = "dev-internal-token"
+DEFAULT_MESSAGE_KEY = "dev-message-key"
+MIN_MESSAGE_KEY_BYTES = 32
 
 ROLE_PORTS = {"orchestrator": 8000, "scanner": 8001, "wallet": 8002}
 
@@ -99,6 +101,10 @@ VARIABLES: tuple[Var, ...] = (
         "where the wallet and the reconciler reach the orchestrator"),
     Var("CHANCEPAY_WALLET_URL", "wallet_url", _str, "http://127.0.0.1:8002", "where the reconciler reaches the wallet"),
     Var("CHANCEPAY_INTERNAL_TOKEN", "internal_token", _str, DEFAULT_INTERNAL_TOKEN, "bearer token for /internal/*"),
+    Var("CHANCEPAY_MESSAGE_KEY", "message_key", _str, DEFAULT_MESSAGE_KEY,
+        "HMAC key the scanner signs messages with and the wallet verifies them with (scanner and wallet only)"),
+    Var("CHANCEPAY_MESSAGE_KEY_PREVIOUS", "message_key_previous", _str, "",
+        "a second key the wallet accepts while keys are rotated"),
     Var("CHANCEPAY_PORT", "port", _int, "", "HTTP port of this role (default: orchestrator 8000, scanner 8001, wallet 8002)"),
     Var("CHANCEPAY_HOST", "host", _str, "0.0.0.0", "HTTP bind address"),
     Var("CHANCEPAY_WALLET_SUCCESS_RATE", "wallet_success_rate", _float, "0.5", "probability the coin flip succeeds"),
@@ -148,6 +154,8 @@ class Settings:
     orchestrator_url: str
     wallet_url: str
     internal_token: str
+    message_key: str
+    message_key_previous: str
     port: int | None
     host: str
     wallet_success_rate: float
@@ -199,6 +207,8 @@ class Settings:
             raise ConfigError(f"CHANCEPAY_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
         if not self.internal_token:
             raise ConfigError("CHANCEPAY_INTERNAL_TOKEN must not be empty")
+        if not self.message_key:
+            raise ConfigError("CHANCEPAY_MESSAGE_KEY must not be empty")
         positive = {
             "CHANCEPAY_DB_POOL_SIZE": self.db_pool_size,
             "CHANCEPAY_DB_TIMEOUT_SECONDS": self.db_timeout,
@@ -230,6 +240,23 @@ class Settings:
             raise ConfigError(
                 "CHANCEPAY_INTERNAL_TOKEN is the public default; set a secret token (or CHANCEPAY_ENV=dev locally)"
             )
+
+    def require_safe_message_key(self) -> None:
+        """Scanner and wallet refuse, outside dev, the public default key or a short one."""
+        if self.env == "dev":
+            return
+        for name, key in (("CHANCEPAY_MESSAGE_KEY", self.message_key),
+                          ("CHANCEPAY_MESSAGE_KEY_PREVIOUS", self.message_key_previous)):
+            if name.endswith("PREVIOUS") and not key:
+                continue
+            if key == DEFAULT_MESSAGE_KEY:
+                raise ConfigError(f"{name} is the public default; set a secret key (or CHANCEPAY_ENV=dev locally)")
+            if len(key.encode()) < MIN_MESSAGE_KEY_BYTES:
+                raise ConfigError(f"{name} must be at least {MIN_MESSAGE_KEY_BYTES} bytes outside dev")
+
+    @property
+    def message_keys(self) -> tuple[str, ...]:
+        return (self.message_key, self.message_key_previous) if self.message_key_previous else (self.message_key,)
 
     def port_for(self, role: str) -> int:
         return self.port if self.port is not None else ROLE_PORTS[role]

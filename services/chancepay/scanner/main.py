@@ -17,6 +17,7 @@ from chancepay.scanner.scanner import Scanner
 
 
 async def run(settings: Settings) -> int:
+    settings.require_safe_message_key()
     metrics = Metrics("scanner")
     db = Database(settings.orchestrator_db_url, pool_size=min(settings.db_pool_size, 4), timeout=settings.db_timeout)
     scanner = Scanner(settings, db, metrics, CrashPoints(settings.crash_point_set()))

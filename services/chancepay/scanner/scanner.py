@@ -5,7 +5,7 @@ next_attempt_at past a lease, then commits. No row lock is held while publishing
 scanner skips the rows until the lease runs out (a crashed scanner's rows come back then).
 
 Publishing: every claimed row is published at once (pipelined publisher confirms), persistent
-and mandatory. A row is deleted only after its broker ack. Any failure (nack, return, confirm
+and mandatory, signed (x-chancepay-signature, HMAC-SHA256 of the body with CHANCEPAY_MESSAGE_KEY). A row is deleted only after its broker ack. Any failure (nack, return, confirm
 timeout, connection) logs [FAILED TO SEND TO MQ], counts an attempt and schedules a retry with
 capped exponential back-off; at the attempt limit the row stays, no longer retried, and shows
 in chancepay_outbox_exhausted_rows. A connection-level failure is fatal (seed design): the
@@ -25,7 +25,7 @@ import aiormq
 import aiormq.exceptions
 from pamqp import commands as spec
 
-from chancepay.core import sql, topology
+from chancepay.core import signing, sql, topology
 from chancepay.core.broker import close_quietly, open_with_retry
 from chancepay.core.config import Settings
 from chancepay.core.crash import CrashPoints
@@ -135,6 +135,7 @@ class Scanner:
                 content_type="application/json",
                 delivery_mode=2,
                 message_id=row.uuid,
+                headers={signing.HEADER: signing.sign(row.payload, self.settings.message_key)},
             ),
             mandatory=True,
             timeout=self.settings.scanner_confirm_timeout,

@@ -1,8 +1,10 @@
 """The wallet consumer: at-least-once delivery made exactly-once-deducted by the inbox.
 
 For each delivery:
-1. parse it; unparseable -> [PAYLOAD_CORRUPTION_ALERT], no inbox row, reject without requeue
-   (the queue dead-letters it to chancepay.payments.dlq);
+1. verify its signature and parse it; unsigned, wrongly signed or unparseable ->
+   [PAYLOAD_CORRUPTION_ALERT] (with the uuid when one is readable), no inbox row, reject without
+   requeue (the queue dead-letters it to chancepay.payments.dlq). Only the scanner holds the key,
+   so nothing is deducted for a message nobody published from the outbox;
 2. flip the coin and insert the inbox row already final (INSERT IGNORE, one statement, one
    commit). The decision is durable before anything leaves the wallet; a redelivery finds the
    row there and is not deducted again (its stored result is sent instead);
@@ -29,10 +31,10 @@ import aiohttp
 import aiormq
 import orjson
 
-from chancepay.core import sql, topology
+from chancepay.core import signing, sql, topology
 from chancepay.core.backoff import half_jitter
 from chancepay.core.broker import close_quietly, open_with_retry
-from chancepay.core.codec import InvalidPayload, PaymentMessage, decode_message
+from chancepay.core.codec import InvalidPayload, PaymentMessage, decode_message, readable_uuid
 from chancepay.core.config import Settings
 from chancepay.core.crash import CrashPoints
 from chancepay.core.db import Database
@@ -168,8 +170,13 @@ class Wallet:
     # ------------------------------------------------------------------ one delivery
     async def handle(self, message: Any) -> None:
         tag = message.delivery.delivery_tag
+        body = bytes(message.body)
+        unsigned = signing.verify(body, message.header.properties.headers, self.settings.message_keys)
+        if unsigned is not None:
+            await self._dead_letter(message, f"signature: {unsigned}")
+            return
         try:
-            msg = decode_message(message.body)
+            msg = decode_message(body)
         except InvalidPayload as exc:
             await self._dead_letter(message, str(exc))
             return
@@ -221,8 +228,10 @@ class Wallet:
     async def _dead_letter(self, message: Any, reason: str) -> None:
         self.metrics.wallet_messages.labels(outcome="corrupt").inc()
         props = message.header.properties
+        uuid = readable_uuid(bytes(message.body), props.message_id)
         self.log.error(
             CORRUPTION_TAG,
+            **({"uuid": uuid} if uuid else {}),
             reason=reason,
             message_id=props.message_id,
             body_preview=bytes(message.body[:256]).decode("utf-8", "replace"),

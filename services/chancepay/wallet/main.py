@@ -52,6 +52,7 @@ def build_app(settings: Settings, db: Database, metrics: Metrics, wallet: Wallet
 
 async def run(settings: Settings) -> int:
     settings.require_safe_token()
+    settings.require_safe_message_key()
     metrics = Metrics("wallet")
     db = Database(settings.wallet_db_url, pool_size=settings.db_pool_size, timeout=settings.db_timeout)
     # aiohttp, not httpx, for the callback: measured 0.17 ms client CPU per request against
