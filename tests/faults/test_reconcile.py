@@ -19,15 +19,17 @@ from tests.support.stack import (
 
 def test_reconcile_finalizes_from_inbox_and_reenqueues_lost_messages_audit_detects_violation(make_stack, env) -> None:
     s = make_stack(CHANCEPAY_CALLBACK_BACKOFF_SECONDS="0.05")
-    # Kind 1: the wallet gives up on the callback at once (unreachable orchestrator, one delivery).
-    s.start_wallet_with(CHANCEPAY_ORCHESTRATOR_URL="http://127.0.0.1:1", CHANCEPAY_WALLET_MAX_DELIVERIES="1",
-                        CHANCEPAY_CALLBACK_ATTEMPTS="1")
+    # Kind 1: decided but never mirrored: the wallet parked 3 results (unreachable orchestrator) and
+    # is then gone for good, with a database of its own that nobody replays (as if its retries were
+    # lost): only the reconciler can finalize these.
+    s.start_wallet_with(CHANCEPAY_ORCHESTRATOR_URL="http://127.0.0.1:1", CHANCEPAY_CALLBACK_ATTEMPTS="1")
     stuck = s.pay_many(3, "stuck")
-    wait_until(lambda: {e["uuid"] for e in s.wallet.events("[FAILED TO CALLBACK FROM WALLET]") if "giving up" in e["reason"]} == set(stuck), 30,
-               what="the wallet gives up on 3 callbacks")
+    wait_until(lambda: {e["uuid"] for e in s.wallet.events("result parked")} == set(stuck), 30,
+               what="the wallet parked 3 callbacks")
     assert len(s.env.wallet_sql("SELECT uuid FROM inbox WHERE succeed IS NOT NULL")) == 3
     assert s.env.orch_sql("SELECT COUNT(*) FROM request WHERE succeed IS NULL")[0][0] == 3
     s.wallet.stop()
+    s.env.wallet_sql("DELETE FROM pending_callback")
 
     # Kind 2: lost messages. One published and then purged from the queue (the broker lost it);
     # one whose outbox row disappeared before any publish.

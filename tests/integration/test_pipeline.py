@@ -72,8 +72,7 @@ def test_corrupt_message_is_dead_lettered_and_wallet_keeps_serving(stack: Stack)
 
 def test_callback_failure_keeps_request_pending_then_heals(make_stack) -> None:
     # The wallet's callback goes to a port where nothing listens: connection refused.
-    s = make_stack(CHANCEPAY_CALLBACK_ATTEMPTS="2", CHANCEPAY_CALLBACK_BACKOFF_SECONDS="0.05",
-                   CHANCEPAY_WALLET_MAX_DELIVERIES="1000")
+    s = make_stack(CHANCEPAY_CALLBACK_ATTEMPTS="2", CHANCEPAY_CALLBACK_BACKOFF_SECONDS="0.05")
     s.start_wallet_with(CHANCEPAY_ORCHESTRATOR_URL="http://127.0.0.1:1")
     uuid = s.pay().json()["uuid"]
 
@@ -85,11 +84,18 @@ def test_callback_failure_keeps_request_pending_then_heals(make_stack) -> None:
     assert s.wallet.metric("chancepay_wallet_callback_failures_total") >= 1
     got = httpx.get(f"{s.wallet.url}/internal/inbox/{uuid}", headers={"Authorization": f"Bearer {TOKEN}"}).json()
     assert got == {"uuid": uuid, "succeed": bool(inbox[0][0])}
+    # Parked for background retries, the message itself acked (no prefetch slot held meanwhile).
+    s.wallet.wait_for_event("result parked for background retries", uuid=uuid)
+    wait_until(lambda: s.env.wallet_sql("SELECT COUNT(*) FROM pending_callback WHERE uuid=%s", (uuid,))[0][0] == 1, 10,
+               what="the pending_callback row")
+    wait_until(lambda: s.wallet.metric("chancepay_wallet_callbacks_pending") == 1, 10, what="pending gauge")
 
-    # The orchestrator becomes reachable for the wallet: the next delivery finalizes it.
+    # The orchestrator becomes reachable for the wallet: the parked result is delivered.
     s.wallet.stop()
     s.role("wallet").start().wait_ready()
     s.wait_final([uuid], timeout=30)
+    wait_until(lambda: s.env.wallet_sql("SELECT COUNT(*) FROM pending_callback")[0][0] == 0, 10,
+               what="the parked row deleted once delivered")
     assert s.env.orch_sql("SELECT succeed FROM request WHERE uuid=%s", (uuid,))[0][0] == inbox[0][0]
     assert s.env.wallet_sql("SELECT COUNT(*) FROM inbox")[0][0] == 1
     s.assert_invariants()
@@ -174,7 +180,7 @@ def test_migrate_is_idempotent_and_requires_strict_mode(env) -> None:
     assert again.returncode == 0, again.stdout + again.stderr
     tables = {r[0] for r in env.orch_sql("SHOW TABLES")}
     assert tables == {"request", "outbox"}
-    assert {r[0] for r in env.wallet_sql("SHOW TABLES")} == {"inbox"}
+    assert {r[0] for r in env.wallet_sql("SHOW TABLES")} == {"inbox", "pending_callback"}
     # The server's global sql_mode may be anything: every session of the roles forces strict mode,
     # so an amount that does not fit is an error, never a silently clamped value.
     import asyncio

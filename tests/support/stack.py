@@ -653,8 +653,10 @@ class Payer:
     """Posts payments from a background thread at about `rate` per second (each in its own thread,
     so a stalled API shows as latency, not as fewer requests). Records every outcome."""
 
-    def __init__(self, stack: Stack, rate: float = 5.0, timeout: float = 30.0, prefix: str = "pay") -> None:
+    def __init__(self, stack: Stack, rate: float = 5.0, timeout: float = 30.0, prefix: str = "pay",
+                 url: str | None = None) -> None:
         self.stack = stack
+        self.url = url  # another orchestrator than the stack's own
         self.rate = rate
         self.timeout = timeout
         self.prefix = prefix
@@ -683,7 +685,7 @@ class Payer:
         outcome: dict[str, Any] = {"i": i, "started": started}
         try:
             r = httpx.post(
-                self.stack.orchestrator.url + "/payments",
+                (self.url or self.stack.orchestrator.url) + "/payments",
                 json={"cusId": f"{self.prefix}-{i}", "amount": f"{1 + i % 500}.{i % 100:02d}"},
                 headers={"Idempotency-Key": f"{self.prefix}-{i}"},
                 timeout=self.timeout,

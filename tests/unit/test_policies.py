@@ -8,7 +8,7 @@ import random
 from chancepay.core.backoff import capped_exponential, full_jitter, half_jitter
 from chancepay.core import broker
 from chancepay.core.broker import open_with_retry
-from chancepay.wallet.consumer import CallbackResult, after_callback, db_retry_delay
+from chancepay.wallet.consumer import CallbackResult, after_callback, db_retry_delay, parked_retry_delay
 
 
 def test_capped_exponential_and_jitter_bounds() -> None:
@@ -19,15 +19,21 @@ def test_capped_exponential_and_jitter_bounds() -> None:
         assert all(0 <= full_jitter(delay, rng) <= delay for _ in range(200))
 
 
-def test_the_wallet_counts_deliveries_itself_not_the_broker() -> None:
-    """RabbitMQ 4.3 stopped counting a requeueing nack in x-delivery-count: a policy that read
-    that header would requeue a failing callback forever there. The inbox's own count decides."""
-    limit = 5
-    assert [after_callback(CallbackResult.RETRYABLE, d, limit) for d in (1, 2, 3, 4)] == ["requeue"] * 4
-    assert after_callback(CallbackResult.RETRYABLE, 5, limit) == "ack"  # handed to reconcile
-    assert after_callback(CallbackResult.RETRYABLE, 9, limit) == "ack"
-    assert after_callback(CallbackResult.DELIVERED, 1, limit) == "ack"
-    assert after_callback(CallbackResult.REJECTED, 1, limit) == "ack"  # 404/409: retrying cannot help
+def test_an_undelivered_result_is_parked_not_requeued() -> None:
+    """A failing callback no longer loops the message through the broker (whose x-delivery-count
+    RabbitMQ 4.3 redefined): the result is parked in the wallet's own table and the message acked."""
+    assert after_callback(CallbackResult.RETRYABLE) == "park"
+    assert after_callback(CallbackResult.DELIVERED) == "ack"
+    assert after_callback(CallbackResult.REJECTED) == "ack"  # 404/409: retrying cannot help
+
+
+def test_parked_retries_back_off_within_bounds() -> None:
+    rng = random.Random(5)
+    for attempts, full in ((1, 0.2), (2, 0.4), (5, 3.2), (8, 25.6), (9, 30.0), (50, 30.0)):
+        delays = [parked_retry_delay(attempts, 0.2, 30.0, rng) for _ in range(100)]
+        assert all(full / 2 <= d <= full for d in delays), (attempts, min(delays), max(delays))
+    # minutes of patience: the sum of the first 20 waits is well past a rolling update
+    assert sum(parked_retry_delay(a, 0.2, 30.0, random.Random(1)) for a in range(1, 21)) > 180
 
 
 def test_database_retry_hold_follows_the_outage_not_the_delivery_count() -> None:

@@ -124,12 +124,12 @@ VARIABLES: tuple[Var, ...] = (
         "back-off after a failed attempt: base * 2^(attempts-1), capped"),
     Var("CHANCEPAY_SCANNER_RETRY_MAX_SECONDS", "scanner_retry_max", _float, "60", "cap of the publish back-off"),
     Var("CHANCEPAY_WALLET_PREFETCH", "wallet_prefetch", _int, "64", "unacknowledged messages per wallet"),
-    Var("CHANCEPAY_WALLET_MAX_DELIVERIES", "wallet_max_deliveries", _int, "5",
-        "deliveries after which a message whose callback keeps failing is acked and left to the reconciler"),
     Var("CHANCEPAY_CALLBACK_TIMEOUT_SECONDS", "callback_timeout", _float, "2", "timeout of one result callback"),
     Var("CHANCEPAY_CALLBACK_ATTEMPTS", "callback_attempts", _int, "3",
         "callback tries per delivery (capped exponential back-off with jitter)"),
     Var("CHANCEPAY_CALLBACK_BACKOFF_SECONDS", "callback_backoff", _float, "0.2", "first callback back-off"),
+    Var("CHANCEPAY_CALLBACK_RETRY_MAX_SECONDS", "callback_retry_max", _float, "30",
+        "a result still undelivered after a delivery's tries is retried in the background; cap of that back-off"),
     Var("CHANCEPAY_RECONCILE_AGE_SECONDS", "reconcile_age", _float, "60",
         "reconcile only requests pending longer than this (database clock)"),
     Var("CHANCEPAY_RECONCILE_BATCH", "reconcile_batch", _int, "500", "requests examined per reconcile pass"),
@@ -170,10 +170,10 @@ class Settings:
     scanner_retry_base: float
     scanner_retry_max: float
     wallet_prefetch: int
-    wallet_max_deliveries: int
     callback_timeout: float
     callback_attempts: int
     callback_backoff: float
+    callback_retry_max: float
     reconcile_age: float
     reconcile_batch: int
     pushgateway_url: str
@@ -217,7 +217,7 @@ class Settings:
             "CHANCEPAY_SCANNER_CONFIRM_TIMEOUT_SECONDS": self.scanner_confirm_timeout,
             "CHANCEPAY_SCANNER_MAX_ATTEMPTS": self.scanner_max_attempts,
             "CHANCEPAY_WALLET_PREFETCH": self.wallet_prefetch,
-            "CHANCEPAY_WALLET_MAX_DELIVERIES": self.wallet_max_deliveries,
+            "CHANCEPAY_CALLBACK_RETRY_MAX_SECONDS": self.callback_retry_max,
             "CHANCEPAY_CALLBACK_TIMEOUT_SECONDS": self.callback_timeout,
             "CHANCEPAY_CALLBACK_ATTEMPTS": self.callback_attempts,
             "CHANCEPAY_RECONCILE_BATCH": self.reconcile_batch,

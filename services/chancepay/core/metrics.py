@@ -25,6 +25,7 @@ ROLE_METRICS: dict[str, tuple[str, ...]] = {
     ),
     "wallet": (
         "wallet_messages", "wallet_callback_failures", "wallet_callbacks", "dlq_messages", "db_unavailable",
+        "wallet_callbacks_pending", "wallet_callbacks_pending_oldest_age",
     ),
     "reconcile": ("reconcile_repairs", "reconcile_failures"),
 }
@@ -111,6 +112,16 @@ class Metrics:
         )
         self.dlq_messages = Gauge(
             "chancepay_dlq_messages", "Messages waiting in chancepay.payments.dlq (read at scrape).", registry=r
+        )
+        self.wallet_callbacks_pending = Gauge(
+            "chancepay_wallet_callbacks_pending",
+            "Decided payments whose result the wallet still has to deliver (pending_callback rows, read at scrape).",
+            registry=r,
+        )
+        self.wallet_callbacks_pending_oldest_age = Gauge(
+            "chancepay_wallet_callbacks_pending_oldest_age_seconds",
+            "Age of the oldest pending_callback row (database clock).",
+            registry=r,
         )
 
         # reconciler

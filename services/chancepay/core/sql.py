@@ -46,13 +46,26 @@ WALLET_DDL = (
         deliveries INT NOT NULL DEFAULT 1
     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
     """,
+    # Results the wallet decided but could not deliver yet: retried in the background until the
+    # orchestrator takes them (durable, so a wallet restart does not hand them to the reconciler).
+    """
+    CREATE TABLE IF NOT EXISTS pending_callback (
+        uuid CHAR(36) CHARACTER SET ascii NOT NULL PRIMARY KEY,
+        succeed BOOLEAN NOT NULL,
+        attempts INT NOT NULL DEFAULT 0,
+        created_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+        next_attempt_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+        last_error VARCHAR(512) NULL,
+        KEY ix_pending_callback_due (next_attempt_at)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
+    """,
 )
 
 STRICT_MODE_CHECK = "SELECT @@SESSION.sql_mode"
 
 # The tables each schema must hold before its roles are ready (readiness probe).
 ORCHESTRATOR_TABLES = ("request", "outbox")
-WALLET_TABLES = ("inbox",)
+WALLET_TABLES = ("inbox", "pending_callback")
 COUNT_TABLES = (
     "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name IN ({placeholders})"
 )
@@ -107,6 +120,11 @@ RECORD_OUTBOX_FAILURE = (
     "UPDATE outbox SET attempts = attempts + 1, last_error = %s, claimed_by = NULL, "
     "next_attempt_at = NOW(6) + INTERVAL %s MICROSECOND WHERE uuid = %s"
 )
+# A confirm that did not come in time is not a failed attempt (see scanner.counts_as_attempt).
+RECORD_OUTBOX_RETRY = (
+    "UPDATE outbox SET last_error = %s, claimed_by = NULL, "
+    "next_attempt_at = NOW(6) + INTERVAL %s MICROSECOND WHERE uuid = %s"
+)
 
 # --------------------------------------------------------------------------- wallet
 # The common path is one statement: the coin was flipped in memory and the row is inserted
@@ -120,6 +138,27 @@ FINALIZE_INBOX = (
 )
 COUNT_INBOX_DELIVERY = "UPDATE inbox SET deliveries = deliveries + 1 WHERE uuid = %s"
 SELECT_INBOX = "SELECT uuid, succeed FROM inbox WHERE uuid = %s"
+
+# Parked callbacks. INSERT IGNORE: a redelivery of a message already parked changes nothing.
+PARK_CALLBACK = (
+    "INSERT IGNORE INTO pending_callback (uuid, succeed, next_attempt_at, last_error) "
+    "VALUES (%s, %s, NOW(6) + INTERVAL %s MICROSECOND, %s)"
+)
+CLAIM_CALLBACKS = (
+    "SELECT uuid, succeed, attempts FROM pending_callback WHERE next_attempt_at <= NOW(6) "
+    "ORDER BY next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED"
+)
+LEASE_CALLBACKS = (
+    "UPDATE pending_callback SET next_attempt_at = NOW(6) + INTERVAL %s MICROSECOND WHERE uuid IN ({placeholders})"
+)
+DELETE_CALLBACKS = "DELETE FROM pending_callback WHERE uuid IN ({placeholders})"
+RESCHEDULE_CALLBACK = (
+    "UPDATE pending_callback SET attempts = attempts + 1, last_error = %s, "
+    "next_attempt_at = NOW(6) + INTERVAL %s MICROSECOND WHERE uuid = %s"
+)
+PENDING_CALLBACK_STATS = (
+    "SELECT COUNT(*), COALESCE(TIMESTAMPDIFF(MICROSECOND, MIN(created_at), NOW(6)), 0) FROM pending_callback"
+)
 
 # --------------------------------------------------------------------------- reconcile
 SELECT_STALE_PENDING = (

@@ -4,12 +4,14 @@ Claiming: a short transaction selects due rows FOR UPDATE SKIP LOCKED and pushes
 next_attempt_at past a lease, then commits. No row lock is held while publishing; another
 scanner skips the rows until the lease runs out (a crashed scanner's rows come back then).
 
-Publishing: every claimed row is published at once (pipelined publisher confirms), persistent
-and mandatory, signed (x-chancepay-signature, HMAC-SHA256 of the body with CHANCEPAY_MESSAGE_KEY). A row is deleted only after its broker ack. Any failure (nack, return, confirm
-timeout, connection) logs [FAILED TO SEND TO MQ], counts an attempt and schedules a retry with
-capped exponential back-off; at the attempt limit the row stays, no longer retried, and shows
-in chancepay_outbox_exhausted_rows. A connection-level failure is fatal (seed design): the
-process exits non-zero and its supervisor restarts it.
+Publishing: every claimed row is published at once (pipelined publisher confirms), persistent,
+mandatory and signed (x-chancepay-signature: HMAC-SHA256 of the body with CHANCEPAY_MESSAGE_KEY).
+A row is deleted only after its broker ack. Any failure (nack, return, confirm timeout,
+connection) logs [FAILED TO SEND TO MQ] and schedules a retry with capped exponential back-off;
+all but a confirm timeout (a slow or alarmed broker) count an attempt, and at the attempt limit
+the row stays, no longer retried, and shows in chancepay_outbox_exhausted_rows. A
+connection-level failure is fatal (seed design): the process exits non-zero and its supervisor
+restarts it.
 """
 
 from __future__ import annotations
@@ -59,6 +61,14 @@ def classify_publish_error(exc: BaseException) -> str:
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
         return "timeout"
     return "connection"
+
+
+def counts_as_attempt(reason: str) -> bool:
+    """Whether a failed publish uses up one of CHANCEPAY_SCANNER_MAX_ATTEMPTS. A confirm timeout
+    does not: the broker is slow or blocking publishers (a memory or disk alarm) and the message
+    may well have been stored; a long alarm must not exhaust rows that will go through once it
+    clears. A nack, a return (unroutable) or a lost connection do count."""
+    return reason != "timeout"
 
 
 def retry_delay(attempts: int, base: float, cap: float) -> float:
@@ -121,7 +131,8 @@ class Scanner:
         async def record(cur: Any) -> None:
             for f in failures:
                 delay_us = int(retry_delay(f.row.attempts + 1, s.scanner_retry_base, s.scanner_retry_max) * 1e6)
-                await cur.execute(sql.RECORD_OUTBOX_FAILURE, (f"{f.reason}: {f.detail}"[:512], delay_us, f.row.uuid))
+                statement = sql.RECORD_OUTBOX_FAILURE if counts_as_attempt(f.reason) else sql.RECORD_OUTBOX_RETRY
+                await cur.execute(statement, (f"{f.reason}: {f.detail}"[:512], delay_us, f.row.uuid))
 
         await self.db.run(record)
 
@@ -169,7 +180,7 @@ class Scanner:
             self.metrics.outbox_published.inc(len(acked))
         if failures:
             for f in failures:
-                attempt = f.row.attempts + 1
+                attempt = f.row.attempts + (1 if counts_as_attempt(f.reason) else 0)
                 self.metrics.outbox_publish_failures.labels(reason=f.reason).inc()
                 self.log.error(
                     SEND_TAG,

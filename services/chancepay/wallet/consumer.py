@@ -8,14 +8,15 @@ For each delivery:
 2. flip the coin and insert the inbox row already final (INSERT IGNORE, one statement, one
    commit). The decision is durable before anything leaves the wallet; a redelivery finds the
    row there and is not deducted again (its stored result is sent instead);
-3. call the orchestrator back with the stored result (retries with capped, jittered back-off);
-4. ack. A callback that still fails is requeued for a later delivery, up to
-   CHANCEPAY_WALLET_MAX_DELIVERIES; after that the message is acked and the reconciler heals
-   the request from the inbox.
+3. call the orchestrator back with the stored result (CHANCEPAY_CALLBACK_ATTEMPTS quick tries);
+4. ack. A result still undelivered is first parked in the wallet's own `pending_callback` table
+   (then the message is acked: it holds no prefetch slot while the orchestrator is away), and a
+   background loop retries it with a capped, jittered back-off until the orchestrator takes it:
+   an orchestrator restart or rolling update heals without the reconciler, and so does a wallet
+   restart (the row outlives the process). If even parking fails (database down), the message
+   is requeued.
 
-Deliveries are counted by the wallet itself (the inbox row's `deliveries` column), never by the
-broker's x-delivery-count: RabbitMQ 4.3 stopped counting a requeueing basic.nack there, and a
-count the broker can redefine must not decide when a payment is handed to the reconciler.
+Nothing here reads the broker's x-delivery-count (RabbitMQ 4.3 changed what it counts).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import aiormq
 import orjson
 
 from chancepay.core import signing, sql, topology
-from chancepay.core.backoff import half_jitter
+from chancepay.core.backoff import capped_exponential, half_jitter
 from chancepay.core.broker import close_quietly, open_with_retry
 from chancepay.core.codec import InvalidPayload, PaymentMessage, decode_message, readable_uuid
 from chancepay.core.config import Settings
@@ -40,11 +41,16 @@ from chancepay.core.crash import CrashPoints
 from chancepay.core.db import Database
 from chancepay.core.logging import bound, get_logger
 from chancepay.core.metrics import Metrics
-from chancepay.core.runner import FatalError
+from chancepay.core.runner import FatalError, sleep_or_stop
 
 CORRUPTION_TAG = "[PAYLOAD_CORRUPTION_ALERT]"
 CALLBACK_TAG = "[FAILED TO CALLBACK FROM WALLET]"
 CONSUME_TAG = "[FAILED TO CONSUME FROM MQ]"
+# The background retrier: rows claimed per pass, how long a claim hides them from other wallets,
+# and the pause when nothing is due.
+RETRY_BATCH = 100
+RETRY_LEASE_SECONDS = 30.0
+RETRY_IDLE_SECONDS = 0.5
 # Back-off before requeueing a message the database could not take (see db_retry_delay).
 DB_RETRY_MIN_SECONDS = 0.5
 DB_RETRY_MAX_SECONDS = 15.0
@@ -76,12 +82,17 @@ def db_retry_delay(outage_seconds: float) -> float:
     return min(DB_RETRY_MAX_SECONDS, max(DB_RETRY_MIN_SECONDS, outage_seconds))
 
 
-def after_callback(result: CallbackResult, deliveries: int, max_deliveries: int) -> str:
-    """The ack policy once the result is stored: "ack" or "requeue" (a later delivery retries the
-    callback). `deliveries` is the wallet's own count of deliveries of this uuid."""
-    if result is CallbackResult.RETRYABLE and deliveries < max_deliveries:
-        return "requeue"
-    return "ack"
+def after_callback(result: CallbackResult) -> str:
+    """What the delivery does once its quick tries are over: "ack", or "park" (store the result
+    for the background retrier, then ack)."""
+    return "park" if result is CallbackResult.RETRYABLE else "ack"
+
+
+def parked_retry_delay(attempts: int, base: float, cap: float, rng: random.Random) -> float:
+    """Back-off before the next background try of a parked callback after `attempts` failed ones:
+    capped exponential with a floor of half the delay (half jitter), so a fleet of wallets
+    spreads its retries out but none spins."""
+    return half_jitter(capped_exponential(attempts, base, cap), rng)
 
 
 def backoff_delays(attempts: int, base: float, cap: float = 5.0, rng: random.Random | None = None) -> list[float]:
@@ -109,6 +120,7 @@ class Wallet:
         self.in_flight: set[asyncio.Task[Any]] = set()
         # Start of the current database outage (monotonic seconds), None while deductions succeed.
         self.db_down_since: float | None = None
+        self.callback_errors: dict[str, str] = {}  # uuid -> the last failed try's reason
 
     # ------------------------------------------------------------------ deduction
     def flip(self) -> bool:
@@ -139,9 +151,10 @@ class Wallet:
         return await self.db.run(decide)
 
     # ------------------------------------------------------------------ callback
-    async def callback(self, uuid: str, succeed: bool) -> CallbackResult:
-        delays = backoff_delays(self.settings.callback_attempts, self.settings.callback_backoff, rng=self.rng)
-        for attempt in range(1, self.settings.callback_attempts + 1):
+    async def callback(self, uuid: str, succeed: bool, tries: int | None = None) -> CallbackResult:
+        tries = tries or self.settings.callback_attempts
+        delays = backoff_delays(tries, self.settings.callback_backoff, rng=self.rng)
+        for attempt in range(1, tries + 1):
             try:
                 async with self.http.post(
                     f"{self.callback_base}/internal/payments/{uuid}/result",
@@ -160,9 +173,13 @@ class Wallet:
                 retryable = status >= 500 or status in (401, 408, 429)
                 result = CallbackResult.RETRYABLE if retryable else CallbackResult.REJECTED
             self.metrics.wallet_callback_failures.inc()
-            final = result is CallbackResult.REJECTED or attempt == self.settings.callback_attempts
-            self.log.error(CALLBACK_TAG, reason=reason, attempt=attempt, succeed=succeed, will_retry=not final)
+            final = result is CallbackResult.REJECTED or attempt == tries
+            self.callback_errors[uuid] = reason
+            self.log.error(CALLBACK_TAG, reason=reason, attempt=attempt, succeed=succeed,
+                           will_retry=result is CallbackResult.RETRYABLE)
             if final:
+                if result is not CallbackResult.RETRYABLE:
+                    self.callback_errors.pop(uuid, None)
                 return result
             await asyncio.sleep(delays[attempt - 1])
         return CallbackResult.RETRYABLE  # pragma: no cover - the loop always returns
@@ -207,16 +224,15 @@ class Wallet:
             assert decision.succeed is not None
             result = await self.callback(msg.uuid, decision.succeed)
             self.crash.hit("wallet.after_callback")
-            if after_callback(result, decision.deliveries, self.settings.wallet_max_deliveries) == "requeue":
-                await self.channel.basic_nack(tag, requeue=True)
-                return
-            if result is CallbackResult.RETRYABLE:
-                self.log.error(
-                    CALLBACK_TAG,
-                    reason="giving up on this message; the inbox holds the result and `chancepay reconcile` will finalize the request",
-                    deliveries=decision.deliveries,
-                    succeed=decision.succeed,
-                )
+            if after_callback(result) == "park":
+                try:
+                    await self.park(msg.uuid, decision.succeed)
+                except Exception as exc:
+                    # Not even parked (database down): the broker keeps the message; a redelivery
+                    # finds the inbox row and tries the callback again.
+                    self.log.error(CALLBACK_TAG, reason=f"could not park the result: {exc}", will_retry=True)
+                    await self.channel.basic_nack(tag, requeue=True)
+                    return
             elif result is CallbackResult.REJECTED:
                 self.log.error(
                     CALLBACK_TAG,
@@ -224,6 +240,84 @@ class Wallet:
                     succeed=decision.succeed,
                 )
             await self.channel.basic_ack(tag)
+
+    # ------------------------------------------------------------------ parked callbacks
+    async def park(self, uuid: str, succeed: bool) -> None:
+        delay = parked_retry_delay(1, self.settings.callback_backoff, self.settings.callback_retry_max, self.rng)
+        reason = self.callback_errors.pop(uuid, "")
+        await self.db.execute(sql.PARK_CALLBACK, (uuid, succeed, int(delay * 1e6), reason[:512]))
+        self.log.info("result parked for background retries", succeed=succeed, retry_in_seconds=round(delay, 2))
+
+    async def retry_parked_once(self) -> int:
+        """Claim due parked callbacks (SKIP LOCKED + a lease, like the scanner), try each once,
+        delete the delivered and rejected ones, reschedule the rest. Returns rows claimed."""
+        lease_us = int(RETRY_LEASE_SECONDS * 1e6)
+
+        async def claim(cur: Any) -> list[tuple[str, bool, int]]:
+            await cur.execute(sql.CLAIM_CALLBACKS, (RETRY_BATCH,))
+            rows = [(r[0], bool(r[1]), int(r[2])) for r in await cur.fetchall()]
+            if rows:
+                placeholders = ",".join(["%s"] * len(rows))
+                await cur.execute(sql.LEASE_CALLBACKS.format(placeholders=placeholders),
+                                  (lease_us, *[r[0] for r in rows]))
+            return rows
+
+        rows = await self.db.run(claim)
+        if not rows:
+            return 0
+
+        async def one(uuid: str, succeed: bool) -> CallbackResult:
+            with bound(uuid=uuid):
+                return await self.callback(uuid, succeed, tries=1)
+
+        results = await asyncio.gather(*(one(u, s) for u, s, _ in rows))
+        done = [u for (u, _, _), r in zip(rows, results) if r is not CallbackResult.RETRYABLE]
+        for (u, succeed, _), r in zip(rows, results):
+            if r is CallbackResult.REJECTED:
+                self.log.error(CALLBACK_TAG, uuid=u, succeed=succeed, reason="the orchestrator rejected the "
+                               "result (unknown payment or a different stored result); dropped, needs an operator")
+        if done:
+            placeholders = ",".join(["%s"] * len(done))
+            await self.db.execute(sql.DELETE_CALLBACKS.format(placeholders=placeholders), done)
+        again = [(u, a) for (u, _, a), r in zip(rows, results) if r is CallbackResult.RETRYABLE]
+        if again:
+            s = self.settings
+
+            async def reschedule(cur: Any) -> None:
+                for uuid, attempts in again:
+                    delay = parked_retry_delay(attempts + 1, s.callback_backoff, s.callback_retry_max, self.rng)
+                    reason = self.callback_errors.pop(uuid, "")[:512]
+                    await cur.execute(sql.RESCHEDULE_CALLBACK, (reason, int(delay * 1e6), uuid))
+
+            await self.db.run(reschedule)
+        return len(rows)
+
+    async def retry_forever(self, stop: asyncio.Event) -> None:
+        failures = 0
+        while not stop.is_set():
+            try:
+                claimed = await self.retry_parked_once()
+                failures = 0
+            except Exception as exc:  # database down: parked rows wait, the next pass tries again
+                failures += 1
+                delay = half_jitter(capped_exponential(failures, 0.5, 10.0), self.rng)
+                self.log.error(CALLBACK_TAG, reason=f"cannot read parked callbacks: {exc}", retry_in_seconds=round(delay, 2))
+                await sleep_or_stop(stop, delay)
+                continue
+            if claimed < RETRY_BATCH:
+                await sleep_or_stop(stop, RETRY_IDLE_SECONDS)
+
+    async def run_forever(self, stop: asyncio.Event) -> None:
+        """The consumer and the background retrier; either one's fatal error ends both."""
+        retrier = asyncio.ensure_future(self.retry_forever(stop))
+        try:
+            await self.consume_forever(stop)
+        finally:
+            stop.set()
+            try:
+                await asyncio.wait_for(retrier, timeout=max(1.0, self.settings.shutdown_grace - 2))
+            except Exception:
+                retrier.cancel()
 
     async def _dead_letter(self, message: Any, reason: str) -> None:
         self.metrics.wallet_messages.labels(outcome="corrupt").inc()

@@ -43,6 +43,12 @@ def build_app(settings: Settings, db: Database, metrics: Metrics, wallet: Wallet
         depth = await wallet.dlq_depth()
         if depth is not None:
             metrics.dlq_messages.set(depth)
+        try:
+            pending, oldest_us = await db.fetchone(sql.PENDING_CALLBACK_STATS)
+        except Exception:  # a scrape must not fail because the database is down; readyz says so
+            return
+        metrics.wallet_callbacks_pending.set(int(pending))
+        metrics.wallet_callbacks_pending_oldest_age.set(int(oldest_us) / 1e6)
 
     return Starlette(
         routes=[Route("/internal/inbox/{uuid}", get_inbox, methods=["GET"]), *health_routes(metrics, ready, refresh)],
@@ -66,7 +72,7 @@ async def run(settings: Settings) -> int:
     app = build_app(settings, db, metrics, wallet)
     get_logger().info("wallet starting", db=settings.wallet_db_url.redacted(), success_rate=settings.wallet_success_rate)
     try:
-        return await serve(app=app, settings=settings, role="wallet", worker=wallet.consume_forever)
+        return await serve(app=app, settings=settings, role="wallet", worker=wallet.run_forever)
     finally:
         await http.close()
         await db.close()
