@@ -37,10 +37,12 @@ def _podman_available() -> None:
 
 
 class ChartInstall:
-    def __init__(self, workdir: Path, values: dict[str, Any] | None = None) -> None:
+    def __init__(self, workdir: Path, values: dict[str, Any] | None = None,
+                 other_secrets: dict[str, dict[str, str]] | None = None) -> None:
         self.workdir = workdir
         self.values = values or chart_values()
-        self.servers = ChartServers(workdir / "servers", self.values)
+        self.other_secrets = other_secrets or {}
+        self.servers = ChartServers(workdir / "servers", self.values, self.other_secrets)
         self.rendered = self.servers.rendered
         self.logs = types.SimpleNamespace(tmp=workdir / "logs")
         self.logs.tmp.mkdir(parents=True, exist_ok=True)
@@ -52,12 +54,31 @@ class ChartInstall:
         return chart.pod_spec(obj)["containers"][0]
 
     def environ(self, container: dict[str, Any], secret: dict[str, str] | None = None) -> dict[str, str]:
-        """The container's environment as the kubelet builds it, Service names resolved here."""
+        """The container's environment as the kubelet builds it, Service names resolved here, and
+        paths under a mounted Secret the chart does not render (TLS) pointed at a copy here."""
         env = chart.container_env(container, self.servers.secret if secret is None else secret,
                                   chart.config_maps(self.rendered))
         env = {k: local_url(v) if "://" in v else v for k, v in env.items()}
+        volumes = {v["name"]: v for v in self._pod_spec_of(container).get("volumes", [])}
+        for m in container.get("volumeMounts", []):
+            source = (volumes.get(m["name"]) or {}).get("secret", {}).get("secretName")
+            if source in self.other_secrets:
+                here = self.workdir / "mounts" / m["name"]
+                here.mkdir(parents=True, exist_ok=True)
+                items = volumes[m["name"]]["secret"].get("items") or [{"key": k, "path": k} for k in self.other_secrets[source]]
+                for item in items:
+                    (here / item["path"]).write_text(self.other_secrets[source][item["key"]])
+                env = {k: v.replace(m["mountPath"].rstrip("/") + "/", f"{here}/") for k, v in env.items()}
         base = {k: v for k, v in os.environ.items() if not k.startswith("CHANCEPAY_")}
         return {**base, **env, "PYTHONUNBUFFERED": "1"}
+
+    def _pod_spec_of(self, container: dict[str, Any]) -> dict[str, Any]:
+        for obj in self.rendered.objects + [h["object"] for h in self.rendered.hooks]:
+            if obj["kind"] in ("Deployment", "StatefulSet", "Job", "CronJob", "Pod"):
+                spec = chart.pod_spec(obj)
+                if any(c is container for c in spec.get("containers", [])):
+                    return spec
+        return {}
 
     def run_job(self, kind: str, name_suffix: str = "", *, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         """Run the (Cron)Job's container command to completion, as a process here."""
@@ -97,8 +118,8 @@ def chart_install() -> Iterator[Any]:
     made: list[ChartInstall] = []
     root = Path(tempfile.mkdtemp(prefix="chancepay-chart-", dir="/var/tmp"))
 
-    def factory(values: dict[str, Any] | None = None) -> ChartInstall:
-        install = ChartInstall(root / str(len(made)), values)
+    def factory(values: dict[str, Any] | None = None, **kw: Any) -> ChartInstall:
+        install = ChartInstall(root / str(len(made)), values, **kw)
         made.append(install)
         return install
 

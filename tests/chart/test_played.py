@@ -151,7 +151,7 @@ def test_external_database_and_broker_with_an_existing_secret_played(releases, i
             f"@{backing.name}-rabbitmq:", "@mq.external.test:")
 
     secret = {k: external(backing.secret[k]) for k in ("orchestrator-db-url", "wallet-db-url", "admin-db-url",
-                                                      "amqp-url", "internal-token")}
+                                                      "amqp-url", "internal-token", "message-key")}
     release = releases({"mariadb": {"enabled": False}, "rabbitmq": {"enabled": False},
                         "secrets": {"existingSecret": f"cpp-{os.getpid()}-{os.urandom(2).hex()}-ext"}},
                        secret=secret, extra_hosts=hosts)

@@ -28,6 +28,7 @@ DERIVED = {
     "require_safe_token": {"env", "internal_token"},
     "require_safe_message_key": {"env", "message_key", "message_key_previous"},
     "message_keys": {"message_key", "message_key_previous"},
+    "amqp_url_list": {"amqp_url"},
     "port_for": {"port"},
     "crash_point_set": {"crash_points"},
 }

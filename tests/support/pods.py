@@ -71,11 +71,13 @@ class Pod:
         secrets: dict[str, str] | None = None,
         network: str = "host",
         ip: str | None = None,
+        other_secrets: dict[str, dict[str, str]] | None = None,
     ) -> None:
         self.name = name
         self.obj = obj
         self.spec = chart.pod_spec(obj)
         self.secrets = dict(chart.secret_data(rendered) if secrets is None else secrets)
+        self.other_secrets = other_secrets or {}  # Secrets the chart does not render (e.g. TLS), by name
         self.maps = chart.config_maps(rendered)
         self.workdir = workdir
         self.image_for = image_for
@@ -112,7 +114,10 @@ class Pod:
                 d.mkdir(parents=True)
                 os.chmod(d, 0o777)
                 if "secret" in v or "configMap" in v:
-                    src = self.secrets if "secret" in v else self.maps[v["configMap"]["name"]]
+                    if "secret" in v:
+                        src = self.other_secrets.get(v["secret"]["secretName"], self.secrets)
+                    else:
+                        src = self.maps[v["configMap"]["name"]]
                     body = v.get("secret") or v.get("configMap")
                     default_mode = body.get("defaultMode", 0o644)
                     items = body.get("items") or [{"key": k, "path": k} for k in src]

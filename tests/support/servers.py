@@ -138,9 +138,11 @@ def local_url(url: str) -> str:
 class ChartServers:
     """The chart's MariaDB and RabbitMQ pods, run from one render (see the module docstring)."""
 
-    def __init__(self, workdir: Path, values: dict[str, Any] | None = None) -> None:
+    def __init__(self, workdir: Path, values: dict[str, Any] | None = None,
+                 other_secrets: dict[str, dict[str, str]] | None = None) -> None:
         from tests.support import podman
 
+        self.other_secrets = other_secrets or {}
         self.workdir = workdir
         self.values = values or chart_values()
         image = podman.standin_servers_image()
@@ -159,10 +161,11 @@ class ChartServers:
         hosts = dict.fromkeys(SERVICE_HOSTS, "127.0.0.1")
         started = {name: pod.started for name, pod in getattr(self, "_pods", {}).items()}
         self.mariadb = Pod(f"cptest-{self.tag}-mariadb", rendered.get("StatefulSet", "-mariadb"), rendered,
-                           self.workdir / "mariadb", image_for=self.image_for, add_hosts=hosts)
+                           self.workdir / "mariadb", image_for=self.image_for, add_hosts=hosts,
+                           other_secrets=self.other_secrets)
         self.rabbitmq = Pod(f"cptest-{self.tag}-rabbitmq", rendered.get("StatefulSet", "-rabbitmq"), rendered,
                             self.workdir / "rabbitmq", image_for=self.image_for, add_hosts=hosts,
-                            extra_env={"rabbitmq": self.host_env})
+                            extra_env={"rabbitmq": self.host_env}, other_secrets=self.other_secrets)
         self._pods = {"mariadb": self.mariadb, "rabbitmq": self.rabbitmq}
         for name, names in started.items():
             self._pods[name].started = names

@@ -89,3 +89,40 @@ def test_signature_policy() -> None:
     assert "does not match" in signing.verify(body + b" ", {signing.HEADER: sig}, ("key-one",))
     assert "no x-chancepay-signature" in signing.verify(body, {}, ("key-one",))
     assert "not a v1=" in signing.verify(body, {signing.HEADER: "sha256=abc"}, ("key-one",))
+
+
+def test_database_url_tls_parameters() -> None:
+    plain = DatabaseURL.parse("mysql://u:p@db:3306/x")
+    assert plain.ssl_mode == "DISABLED" and "ssl" not in plain.connect_kwargs()
+    verified = DatabaseURL.parse("mysql://u:p@db:3306/x?ssl-ca=/etc/ssl/certs/ca-certificates.crt")
+    assert verified.ssl_mode == "VERIFY_IDENTITY"
+    ctx = verified.connect_kwargs()["ssl"]
+    import ssl
+
+    assert ctx.check_hostname and ctx.verify_mode == ssl.CERT_REQUIRED
+    no_host = DatabaseURL.parse("mysql://u:p@db/x?ssl-ca=/etc/ssl/certs/ca-certificates.crt&ssl-mode=verify_ca")
+    assert not no_host.ssl_context().check_hostname and no_host.ssl_context().verify_mode == ssl.CERT_REQUIRED
+    encrypted_only = DatabaseURL.parse("mysql://u:p@db/x?ssl-mode=REQUIRED").ssl_context()
+    assert encrypted_only.verify_mode == ssl.CERT_NONE
+    assert "ssl-mode=VERIFY_IDENTITY" in verified.redacted() and "p@" not in verified.redacted()
+    for bad, why in (("?ssl_ca=/x", "unknown parameter"), ("?sslmode=require", "unknown parameter"),
+                     ("?ssl-mode=VERIFY_IDENTITY", "needs ssl-ca"), ("?ssl-mode=bogus", "ssl-mode must be"),
+                     ("?ssl-ca=/x&ssl-mode=DISABLED", "contradicts"), ("?ssl-ca=/x&ssl-cert=/c", "go together")):
+        with pytest.raises(ConfigError, match=why):
+            DatabaseURL.parse("mysql://u:p@db/x" + bad)
+
+
+def test_amqp_urls_several_nodes_and_tls() -> None:
+    from chancepay.core.config import amqp_urls, redact_amqp
+
+    assert amqp_urls("amqp://a/%2F") == ["amqp://a/%2F"]
+    assert amqp_urls(" amqp://a:5672/v , amqps://b:5671/v?cafile=/ca.pem,") == ["amqp://a:5672/v",
+                                                                                 "amqps://b:5671/v?cafile=/ca.pem"]
+    for bad in ("", " , ", "http://a/", "amqps://b/?no_verify_ssl=1"):
+        with pytest.raises(ConfigError):
+            amqp_urls(bad)
+    assert redact_amqp("amqps://user:secret@mq:5671/%2F?cafile=/x") == "amqps://user:***@mq:5671/%2F"
+    s = Settings.from_env({"CHANCEPAY_AMQP_URL": "amqp://g:g@n1:5672/,amqp://g:g@n2:5672/"})
+    assert len(s.amqp_url_list) == 2
+    with pytest.raises(ConfigError):
+        Settings.from_env({"CHANCEPAY_AMQP_URL": "amqp://a/,ftp://b/"})

@@ -117,6 +117,9 @@ first upgrade). Empty ("{}") with secrets.existingSecret.
 {{- with $s.messageKeyPrevious }}
 {{- $_ := set $data "message-key-previous" . }}
 {{- end }}
+{{- $dbTls := ternary (printf "?ssl-ca=%s" (include "chancepay.tlsCA" .)) "" .Values.tls.enabled }}
+{{- $mqScheme := ternary "amqps" "amqp" .Values.tls.enabled }}
+{{- $mqTls := ternary (printf "?cafile=%s" (include "chancepay.tlsCA" .)) "" .Values.tls.enabled }}
 {{- if .Values.mariadb.enabled }}
 {{- $host := printf "%s:%v" (include "chancepay.mariadbHost" .) .Values.mariadb.service.port }}
 {{- $rootPw := include "chancepay.secretValue" (dict "ctx" . "key" "mariadb-root-password" "value" $s.mariadbRootPassword "length" 24) }}
@@ -125,9 +128,9 @@ first upgrade). Empty ("{}") with secrets.existingSecret.
 {{- $_ := set $data "mariadb-root-password" $rootPw }}
 {{- $_ := set $data "orchestrator-db-password" $orchPw }}
 {{- $_ := set $data "wallet-db-password" $walletPw }}
-{{- $_ := set $data "admin-db-url" (printf "mysql://root:%s@%s/" $rootPw $host) }}
-{{- $_ := set $data "orchestrator-db-url" (printf "mysql://chancepay_orchestrator:%s@%s/chancepay_orchestrator" $orchPw $host) }}
-{{- $_ := set $data "wallet-db-url" (printf "mysql://chancepay_wallet:%s@%s/chancepay_wallet" $walletPw $host) }}
+{{- $_ := set $data "admin-db-url" (printf "mysql://root:%s@%s/%s" $rootPw $host $dbTls) }}
+{{- $_ := set $data "orchestrator-db-url" (printf "mysql://chancepay_orchestrator:%s@%s/chancepay_orchestrator%s" $orchPw $host $dbTls) }}
+{{- $_ := set $data "wallet-db-url" (printf "mysql://chancepay_wallet:%s@%s/chancepay_wallet%s" $walletPw $host $dbTls) }}
 {{- /* Read by mariadbd --init-file at every start: re-applies the root password from this Secret,
        and makes the probe user: 'mysql'@'localhost', unix-socket only (so only the server's own
        uid inside the container), no privileges. One statement per line (how --init-file reads). */}}
@@ -142,7 +145,7 @@ first upgrade). Empty ("{}") with secrets.existingSecret.
 {{- if .Values.rabbitmq.enabled }}
 {{- $mqPw := include "chancepay.secretValue" (dict "ctx" . "key" "rabbitmq-password" "value" $s.rabbitmqPassword "length" 24) }}
 {{- $_ := set $data "rabbitmq-password" $mqPw }}
-{{- $_ := set $data "amqp-url" (printf "amqp://chancepay:%s@%s:%v/%%2F" $mqPw (include "chancepay.rabbitmqHost" .) .Values.rabbitmq.service.port) }}
+{{- $_ := set $data "amqp-url" (printf "%s://chancepay:%s@%s:%v/%%2F%s" $mqScheme $mqPw (include "chancepay.rabbitmqHost" .) .Values.rabbitmq.service.port $mqTls) }}
 {{- /* Imported by RabbitMQ at every boot: creates (or re-passwords) the chancepay user. */}}
 {{- $defs := dict "users" (list (dict "name" "chancepay" "password" $mqPw "tags" (list))) "vhosts" (list (dict "name" "/")) "permissions" (list (dict "user" "chancepay" "vhost" "/" "configure" ".*" "write" ".*" "read" ".*")) }}
 {{- $_ := set $data "rabbitmq-definitions.json" (toJson $defs) }}
@@ -212,6 +215,31 @@ checksum/secret: {{ join "\n" $picked | sha256sum | quote }}
 prometheus.io/scrape: "true"
 prometheus.io/port: {{ .port | quote }}
 prometheus.io/path: "/metrics"
+{{- end }}
+{{- end }}
+
+{{/* TLS (tls.enabled): where every pod finds the Secret's files. */}}
+{{- define "chancepay.tlsDir" -}}/etc/chancepay/tls{{- end }}
+{{- define "chancepay.tlsCA" -}}{{ include "chancepay.tlsDir" . }}/ca.crt{{- end }}
+
+{{/* The volume a ChancePay pod mounts for TLS: only the CA (the roles verify, they hold no key). */}}
+{{- define "chancepay.tlsCAVolume" -}}
+{{- if .Values.tls.enabled }}
+- name: tls-ca
+  secret:
+    secretName: {{ required "tls.secretName is required when tls.enabled" .Values.tls.secretName }}
+    items:
+      - key: ca.crt
+        path: ca.crt
+    defaultMode: 0444
+{{- end }}
+{{- end }}
+
+{{- define "chancepay.tlsCAMount" -}}
+{{- if .Values.tls.enabled }}
+- name: tls-ca
+  mountPath: {{ include "chancepay.tlsDir" . }}
+  readOnly: true
 {{- end }}
 {{- end }}
 

@@ -52,6 +52,22 @@ async def open_with_retry(
     return False
 
 
+async def connect_any(urls: list[str], *, timeout: float = 10.0, start: int = 0) -> Any:
+    """A connection to the first node of `urls` (in turn from `start`) that accepts one; the last
+    error if none does. Several URLs are the nodes of one cluster: any of them serves the queue."""
+    import aiormq
+
+    last: BaseException | None = None
+    for i in range(len(urls)):
+        url = urls[(start + i) % len(urls)]
+        try:
+            return await asyncio.wait_for(aiormq.connect(url), timeout=timeout)
+        except Exception as exc:
+            last = exc
+    assert last is not None
+    raise last
+
+
 async def close_quietly(connection: Any) -> None:
     if connection is not None and not connection.is_closed:
         try:

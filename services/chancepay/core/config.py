@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import ssl
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -24,29 +25,74 @@ class ConfigError(ValueError):
     """A configuration value is missing or malformed; the process must not start."""
 
 
+SSL_MODES = ("DISABLED", "REQUIRED", "VERIFY_CA", "VERIFY_IDENTITY")
+DB_URL_PARAMS = ("unix_socket", "ssl-ca", "ssl-cert", "ssl-key", "ssl-mode")
+
+
 @dataclasses.dataclass(frozen=True)
 class DatabaseURL:
+    """mysql://user:password@host:port/database?params. TLS by the MySQL client's own option
+    names: ssl-ca (a CA file: TLS with the server's certificate verified, hostname included),
+    ssl-mode (DISABLED, REQUIRED = encrypted but unverified, VERIFY_CA = no hostname check,
+    VERIFY_IDENTITY = the default once ssl-ca is given), ssl-cert / ssl-key (client
+    certificate). With TLS on, a plain connection is never attempted. Unknown parameters are an
+    error: a misspelt one must not silently turn TLS off."""
+
     user: str
     password: str
     host: str
     port: int
     database: str
     unix_socket: str | None = None
+    ssl_ca: str | None = None
+    ssl_cert: str | None = None
+    ssl_key: str | None = None
+    ssl_mode: str = "DISABLED"
 
     @classmethod
     def parse(cls, url: str, *, name: str = "database URL") -> DatabaseURL:
         parts = urlsplit(url)
         if parts.scheme not in ("mysql", "mariadb"):
             raise ConfigError(f"{name}: expected mysql://user:password@host:port/database, got scheme {parts.scheme!r}")
-        query = parse_qs(parts.query)
+        query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+        unknown = sorted(set(query) - set(DB_URL_PARAMS))
+        if unknown:
+            raise ConfigError(f"{name}: unknown parameter(s) {unknown}; known: {', '.join(DB_URL_PARAMS)}")
+        ca, cert, key = query.get("ssl-ca") or None, query.get("ssl-cert") or None, query.get("ssl-key") or None
+        mode = (query.get("ssl-mode") or ("VERIFY_IDENTITY" if ca else "DISABLED")).upper()
+        if mode not in SSL_MODES:
+            raise ConfigError(f"{name}: ssl-mode must be one of {', '.join(SSL_MODES)}, got {mode!r}")
+        if mode in ("VERIFY_CA", "VERIFY_IDENTITY") and not ca:
+            raise ConfigError(f"{name}: ssl-mode={mode} needs ssl-ca (the CA file to verify the server with)")
+        if mode == "DISABLED" and (ca or cert):
+            raise ConfigError(f"{name}: ssl-mode=DISABLED contradicts ssl-ca/ssl-cert")
+        if bool(cert) != bool(key):
+            raise ConfigError(f"{name}: ssl-cert and ssl-key go together")
         return cls(
             user=unquote(parts.username or "root"),
             password=unquote(parts.password or ""),
             host=parts.hostname or "127.0.0.1",
             port=parts.port or 3306,
             database=unquote(parts.path.lstrip("/")),
-            unix_socket=(query.get("unix_socket") or [None])[0],
+            unix_socket=query.get("unix_socket") or None,
+            ssl_ca=ca,
+            ssl_cert=cert,
+            ssl_key=key,
+            ssl_mode=mode,
         )
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if self.ssl_mode == "DISABLED":
+            return None
+        ctx = ssl.create_default_context(cafile=self.ssl_ca)
+        if self.ssl_mode == "REQUIRED":
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        elif self.ssl_mode == "VERIFY_CA":
+            ctx.check_hostname = False
+        if self.ssl_cert:
+            ctx.load_cert_chain(self.ssl_cert, self.ssl_key)
+        return ctx
 
     def connect_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
@@ -59,10 +105,35 @@ class DatabaseURL:
             kwargs["database"] = self.database
         if self.unix_socket:
             kwargs["unix_socket"] = self.unix_socket
+        context = self.ssl_context()
+        if context is not None:
+            kwargs["ssl"] = context
         return kwargs
 
     def redacted(self) -> str:
-        return f"mysql://{self.user}:***@{self.host}:{self.port}/{self.database}"
+        tls = "" if self.ssl_mode == "DISABLED" else f"?ssl-mode={self.ssl_mode}"
+        return f"mysql://{self.user}:***@{self.host}:{self.port}/{self.database}{tls}"
+
+
+def amqp_urls(value: str, *, name: str = "CHANCEPAY_AMQP_URL") -> list[str]:
+    """One URL, or several separated by commas: the nodes of one RabbitMQ cluster, tried in turn.
+    amqps:// is TLS, verified (aiormq's cafile, certfile, keyfile parameters)."""
+    urls = [u.strip() for u in value.split(",") if u.strip()]
+    if not urls:
+        raise ConfigError(f"{name} is empty")
+    for u in urls:
+        parts = urlsplit(u)
+        if parts.scheme not in ("amqp", "amqps"):
+            raise ConfigError(f"{name}: expected amqp:// or amqps:// URLs, got scheme {parts.scheme!r}")
+        if "no_verify_ssl" in parse_qs(parts.query) and parse_qs(parts.query)["no_verify_ssl"][-1] != "0":
+            raise ConfigError(f"{name}: no_verify_ssl is refused: give the broker's CA with cafile=")
+    return urls
+
+
+def redact_amqp(url: str) -> str:
+    parts = urlsplit(url)
+    host = f"{parts.hostname}:{parts.port}" if parts.port else (parts.hostname or "")
+    return f"{parts.scheme}://{parts.username or ''}:***@{host}{parts.path}"
 
 
 # (env var, field, parser, default) — the single list of every variable the code reads.
@@ -96,7 +167,8 @@ VARIABLES: tuple[Var, ...] = (
         "mysql://chancepay:chancepay@127.0.0.1:3306/chancepay_wallet", "wallet schema (inbox)"),
     Var("CHANCEPAY_ADMIN_DB", "admin_db", _str, "",
         "migrate only: an admin URL; when set, migrate also creates both databases and least-privilege users"),
-    Var("CHANCEPAY_AMQP_URL", "amqp_url", _str, "amqp://guest:guest@127.0.0.1:5672/%2F", "RabbitMQ"),
+    Var("CHANCEPAY_AMQP_URL", "amqp_url", _str, "amqp://guest:guest@127.0.0.1:5672/%2F",
+        "RabbitMQ; several comma-separated URLs = the nodes of one cluster, tried in turn; amqps:// = TLS"),
     Var("CHANCEPAY_ORCHESTRATOR_URL", "orchestrator_url", _str, "http://127.0.0.1:8000",
         "where the wallet and the reconciler reach the orchestrator"),
     Var("CHANCEPAY_WALLET_URL", "wallet_url", _str, "http://127.0.0.1:8002", "where the reconciler reaches the wallet"),
@@ -229,6 +301,7 @@ class Settings:
                 raise ConfigError(f"{name} must be > 0, got {value}")
         if self.port is not None and not 0 < self.port < 65536:
             raise ConfigError(f"CHANCEPAY_PORT must be a TCP port, got {self.port}")
+        amqp_urls(self.amqp_url)
         DatabaseURL.parse(self.orchestrator_db, name="CHANCEPAY_ORCHESTRATOR_DB")
         DatabaseURL.parse(self.wallet_db, name="CHANCEPAY_WALLET_DB")
         if self.admin_db:
@@ -263,6 +336,10 @@ class Settings:
 
     def crash_point_set(self) -> frozenset[str]:
         return frozenset(p.strip() for p in self.crash_points.split(",") if p.strip())
+
+    @property
+    def amqp_url_list(self) -> list[str]:
+        return amqp_urls(self.amqp_url)
 
     @property
     def orchestrator_db_url(self) -> DatabaseURL:

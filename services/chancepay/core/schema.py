@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 
 import asyncio
+import dataclasses
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -42,7 +43,8 @@ async def provision(admin: DatabaseURL, targets: list[DatabaseURL], timeout: flo
             "the orchestrator and the wallet share one database user: least privilege needs distinct users",
             user=sorted(users),
         )
-    db = Database(DatabaseURL(admin.user, admin.password, admin.host, admin.port, "", admin.unix_socket), pool_size=1, timeout=timeout)
+    # The admin URL's database part is ignored (there may be none yet); everything else, TLS included, kept.
+    db = Database(dataclasses.replace(admin, database=""), pool_size=1, timeout=timeout)
     try:
         async with db.transaction() as cur:
             for t in targets:

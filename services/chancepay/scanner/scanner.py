@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import random
 import socket
 import time
 from typing import Any
@@ -28,7 +29,7 @@ import aiormq.exceptions
 from pamqp import commands as spec
 
 from chancepay.core import signing, sql, topology
-from chancepay.core.broker import close_quietly, open_with_retry
+from chancepay.core.broker import close_quietly, connect_any, open_with_retry
 from chancepay.core.config import Settings
 from chancepay.core.crash import CrashPoints
 from chancepay.core.db import Database, DatabaseUnavailable
@@ -86,11 +87,14 @@ class Scanner:
         self.name = f"{socket.gethostname()}:{os.getpid()}"[:64]
         self.connection: Any = None
         self.channel: Any = None
+        # Several URLs are the nodes of one cluster: start at a random one, so replicas spread out.
+        self.broker_urls = settings.amqp_url_list
+        self.broker_start = random.randrange(len(self.broker_urls))
 
     # ------------------------------------------------------------------ broker
     async def connect(self) -> None:
         """One attempt: connect, open a confirming channel, declare the topology."""
-        connection = await asyncio.wait_for(aiormq.connect(self.settings.amqp_url), timeout=10)
+        connection = await connect_any(self.broker_urls, start=self.broker_start)
         try:
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
             await topology.declare(channel)

@@ -34,7 +34,7 @@ import orjson
 
 from chancepay.core import signing, sql, topology
 from chancepay.core.backoff import capped_exponential, half_jitter
-from chancepay.core.broker import close_quietly, open_with_retry
+from chancepay.core.broker import close_quietly, connect_any, open_with_retry
 from chancepay.core.codec import InvalidPayload, PaymentMessage, decode_message, readable_uuid
 from chancepay.core.config import Settings
 from chancepay.core.crash import CrashPoints
@@ -117,6 +117,9 @@ class Wallet:
         self.channel: Any = None
         self.stats_channel: Any = None
         self.consumer_tag: str | None = None
+        # Several URLs are the nodes of one cluster: start at a random one, so replicas spread out.
+        self.broker_urls = settings.amqp_url_list
+        self.broker_start = random.randrange(len(self.broker_urls))
         self.in_flight: set[asyncio.Task[Any]] = set()
         # Start of the current database outage (monotonic seconds), None while deductions succeed.
         self.db_down_since: float | None = None
@@ -348,7 +351,7 @@ class Wallet:
     # ------------------------------------------------------------------ lifecycle
     async def connect(self) -> None:
         """One attempt: connect, declare the topology, set the prefetch window."""
-        connection = await asyncio.wait_for(aiormq.connect(self.settings.amqp_url), timeout=10)
+        connection = await connect_any(self.broker_urls, start=self.broker_start)
         try:
             channel = await connection.channel()
             await topology.declare(channel)
