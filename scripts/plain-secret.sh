@@ -17,6 +17,7 @@ root=$(gen)
 orch=$(gen)
 wallet=$(gen)
 mq=$(gen)
+cookie=$(gen 32)
 db="chancepay-mariadb:3306"
 
 init_sql="CREATE USER IF NOT EXISTS 'root'@'%' IDENTIFIED BY '${root}';
@@ -46,6 +47,7 @@ stringData:
   mariadb-init.sql: |
 $(printf '%s\n' "$init_sql" | indent)
   rabbitmq-password: "${mq}"
+  rabbitmq-erlang-cookie: "${cookie}"
   amqp-url: "amqp://chancepay:${mq}@chancepay-rabbitmq:5672/%2F"
   rabbitmq-definitions.json: |
 $(printf '%s\n' "$definitions" | indent)

@@ -36,6 +36,18 @@ def _podman_available() -> None:
         pytest.skip(why)
 
 
+@pytest.fixture(scope="session")
+def images() -> dict[str, dict[str, Any]]:
+    """The three role images, built from the repository's Dockerfiles (cached by podman)."""
+    from tests.support.release import build_images
+
+    built = build_images()
+    for info in built.values():
+        print(f"\nimage {info['ref']}: {info['size_bytes'] / 1e6:.0f} MB, built (or found cached) in "
+              f"{info['build_seconds']} s", file=sys.stderr)
+    return built
+
+
 class ChartInstall:
     def __init__(self, workdir: Path, values: dict[str, Any] | None = None,
                  other_secrets: dict[str, dict[str, str]] | None = None) -> None:

@@ -19,17 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.release import ROLES, PlayedRelease, build_images
+from tests.support.release import ROLES, PlayedRelease
 from tests.support.stack import wait_until
-
-
-@pytest.fixture(scope="module")
-def images() -> dict[str, dict[str, Any]]:
-    built = build_images()
-    for role, info in built.items():
-        print(f"\nimage {info['ref']}: {info['size_bytes'] / 1e6:.0f} MB, built (or found cached) in "
-              f"{info['build_seconds']} s", file=sys.stderr)
-    return built
 
 
 @pytest.fixture

@@ -47,6 +47,8 @@ SWITCHES: dict[str, dict[str, Any]] = {
     "reconcile.enabled=false": {"reconcile": {"enabled": False}},
     "serviceAccount.create=false": {"serviceAccount": {"create": False}},
     "secrets.existingSecret=set": {"secrets": {"existingSecret": "my-secrets"}},
+    "rabbitmq.replicas=3": {"rabbitmq": {"replicas": 3}},
+    "tls.enabled=true": {"tls": {"enabled": True, "secretName": "chancepay-tls"}},
 }
 NEEDS_MONITORING_CRDS = {"metrics.serviceMonitor.enabled=true", "metrics.prometheusRule.enabled=true"}
 

@@ -179,7 +179,7 @@ def test_checksums_are_computed_from_the_secret_itself(default_render):
     wanted = {"chancepay-orchestrator": ["orchestrator-db-url", "internal-token"],
               "chancepay-scanner": ["orchestrator-db-url", "amqp-url", "message-key"],
               "chancepay-wallet": ["wallet-db-url", "amqp-url", "internal-token", "message-key", "message-key-previous"],
-              "chancepay-mariadb": ["mariadb-init.sql"], "chancepay-rabbitmq": ["rabbitmq-definitions.json"]}
+              "chancepay-mariadb": ["mariadb-init.sql"], "chancepay-rabbitmq": ["rabbitmq-definitions.json", "rabbitmq-erlang-cookie"]}
     for obj in default_render.of_kind("Deployment") + default_render.of_kind("StatefulSet"):
         keys = wanted[obj["metadata"]["name"]]
         expected = hashlib.sha256("\n".join(f"{k}={data.get(k, '')}" for k in keys).encode()).hexdigest()

@@ -27,7 +27,7 @@ def test_plain_secret_matches_what_the_chart_generates() -> None:
     def normalised(data: dict[str, str]) -> dict[str, str]:
         out = dict(data)
         for key in ("internal-token", "mariadb-root-password", "orchestrator-db-password", "wallet-db-password",
-                    "rabbitmq-password"):
+                    "rabbitmq-password", "message-key", "rabbitmq-erlang-cookie"):
             for k, v in out.items():
                 out[k] = v.replace(data[key], f"<{key}>")
         return out

@@ -59,15 +59,29 @@ def config_maps(rendered: helm_render.Rendered) -> dict[str, dict[str, str]]:
     return {o["metadata"]["name"]: dict(o.get("data") or {}) for o in rendered.of_kind("ConfigMap")}
 
 
-def container_env(container: dict[str, Any], secrets: dict[str, str], maps: dict[str, dict[str, str]]) -> dict[str, str]:
-    """The environment a kubelet would give `container` (value, secretKeyRef, configMapKeyRef).
-    An optional key that is missing is left out, as Kubernetes does."""
+def _expand(value: str, env: dict[str, str]) -> str:
+    """Kubernetes' dependent variables: $(NAME) becomes an earlier variable's value ($$ escapes)."""
+    import re
+
+    return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
+                  lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)), value)
+
+
+def container_env(container: dict[str, Any], secrets: dict[str, str], maps: dict[str, dict[str, str]],
+                  pod: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment a kubelet would give `container` (value with $(VAR) expansion, secretKeyRef,
+    configMapKeyRef, fieldRef metadata.name/namespace from `pod`). An optional key that is missing
+    is left out, as Kubernetes does."""
     env: dict[str, str] = {}
     for e in container.get("env", []):
         if "value" in e:
-            env[e["name"]] = str(e["value"])
+            env[e["name"]] = _expand(str(e["value"]), env)
             continue
         ref = e["valueFrom"]
+        if "fieldRef" in ref:
+            field = ref["fieldRef"]["fieldPath"]
+            env[e["name"]] = (pod or {})[{"metadata.name": "name", "metadata.namespace": "namespace"}[field]]
+            continue
         if "secretKeyRef" in ref:
             key, source = ref["secretKeyRef"]["key"], secrets
             optional = ref["secretKeyRef"].get("optional", False)

@@ -72,6 +72,8 @@ class Pod:
         network: str = "host",
         ip: str | None = None,
         other_secrets: dict[str, dict[str, str]] | None = None,
+        k8s_name: str | None = None,
+        namespace: str = "chancepay",
     ) -> None:
         self.name = name
         self.obj = obj
@@ -91,6 +93,9 @@ class Pod:
         self.network = network
         self.ip = ip
         self.pod_name = f"{name}-pod" if network != "host" else None
+        # The pod's name in Kubernetes (its hostname; what fieldRef metadata.name reads).
+        self.k8s_name = k8s_name or f"{obj['metadata']['name']}-0"
+        self.namespace = namespace
 
     # ------------------------------------------------------------------ volumes
     def _volume_dir(self, name: str) -> Path:
@@ -163,7 +168,8 @@ class Pod:
         if not self.pod_name:
             for host, ip in self.add_hosts.items():
                 args += ["--add-host", f"{host}:{ip}"]
-        env = {**chart.container_env(c, self.secrets, self.maps), **self.extra_env.get(c["name"], {})}
+        env = {**chart.container_env(c, self.secrets, self.maps, {"name": self.k8s_name, "namespace": self.namespace}),
+               **self.extra_env.get(c["name"], {})}
         for k, v in env.items():
             args += ["-e", f"{k}={v}"]
         for m in c.get("volumeMounts", []):
@@ -184,7 +190,7 @@ class Pod:
         self._prepare_volumes()
         if self.pod_name:
             podman("pod", "rm", "-f", self.pod_name, check=False)
-            args = ["pod", "create", "--name", self.pod_name, "--network", self.network]
+            args = ["pod", "create", "--name", self.pod_name, "--network", self.network, "--hostname", self.k8s_name]
             if self.ip:
                 args += ["--ip", self.ip]
             for host, ip in self.add_hosts.items():

@@ -38,6 +38,7 @@ from tests.support.pods import Pod
 
 ROLES = ("orchestrator", "scanner", "wallet")
 NETWORK = "podman"
+NAMESPACE = "chancepay"  # helm_render's namespace
 
 
 def pick_subnet() -> int:
@@ -73,7 +74,14 @@ class PlayedRelease:
 
     def _plan(self) -> None:
         for sts in self.rendered.of_kind("StatefulSet"):
-            self.hosts[sts["spec"]["serviceName"]] = self._address(f"{sts['metadata']['name']}-0")
+            svc = sts["spec"]["serviceName"]
+            for i in range(sts["spec"]["replicas"]):
+                pod = f"{sts['metadata']['name']}-{i}"
+                ip = self._address(pod)
+                # The pod's stable DNS name (what the broker nodes and the roles' URLs use)...
+                self.hosts[f"{pod}.{svc}.{NAMESPACE}.svc.cluster.local"] = ip
+                if i == 0:  # ...and the headless Service's name, here resolving to the first pod.
+                    self.hosts[svc] = ip
         for dep in self.rendered.of_kind("Deployment"):
             for i in range(dep["spec"]["replicas"]):
                 ip = self._address(f"{dep['metadata']['name']}-{i}")
@@ -94,7 +102,7 @@ class PlayedRelease:
         itself, which is outside the pods' /etc/hosts)."""
         from urllib.parse import urlsplit
 
-        url = self.secret[secret_key]
+        url = self.secret[secret_key].split(",")[0]  # a broker cluster: its first node
         host = urlsplit(url).hostname
         return url.replace(f"@{host}:", f"@{self.hosts.get(host, host)}:", 1)
 
@@ -109,10 +117,13 @@ class PlayedRelease:
     def start_servers(self) -> None:
         image = pm.standin_servers_image()
         for sts in self.rendered.of_kind("StatefulSet"):
-            pod_name = f"{sts['metadata']['name']}-0"
-            pod = Pod(f"cpplay-{pod_name}", sts, self.rendered, self.workdir / pod_name, image_for=lambda ref: image,
-                      add_hosts=self.hosts, secrets=self.secret, network=NETWORK, ip=self.ips[pod_name])
-            self.servers[sts["metadata"]["name"].removeprefix(f"{self.name}-")] = pod.start()
+            for i in range(sts["spec"]["replicas"]):
+                pod_name = f"{sts['metadata']['name']}-{i}"
+                pod = Pod(f"cpplay-{pod_name}", sts, self.rendered, self.workdir / pod_name,
+                          image_for=lambda ref: image, add_hosts=self.hosts, secrets=self.secret, network=NETWORK,
+                          ip=self.ips[pod_name], k8s_name=pod_name, namespace=NAMESPACE)
+                key = sts["metadata"]["name"].removeprefix(f"{self.name}-")
+                self.servers[key if i == 0 else f"{key}-{i}"] = pod.start()
 
     def wait_servers(self) -> None:
         for pod in self.servers.values():

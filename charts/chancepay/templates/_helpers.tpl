@@ -74,6 +74,12 @@ app.kubernetes.io/part-of: chancepay
 {{- include "chancepay.componentName" (dict "ctx" . "component" "rabbitmq") }}
 {{- end }}
 
+{{/* The in-chart broker's node names and their stable DNS names (StatefulSet pod + headless
+Service), one per replica: rabbit@<release>-rabbitmq-<i>.<release>-rabbitmq.<ns>.svc.cluster.local */}}
+{{- define "chancepay.rabbitmqPodHost" -}}
+{{- printf "%s-%d.%s.%s.svc.%s" (include "chancepay.rabbitmqHost" .ctx) (int .i) (include "chancepay.rabbitmqHost" .ctx) .ctx.Release.Namespace .ctx.Values.clusterDomain }}
+{{- end }}
+
 {{- define "chancepay.orchestratorURL" -}}
 {{- printf "http://%s:%v" (include "chancepay.componentName" (dict "ctx" . "component" "orchestrator")) .Values.orchestrator.service.port }}
 {{- end }}
@@ -145,7 +151,17 @@ first upgrade). Empty ("{}") with secrets.existingSecret.
 {{- if .Values.rabbitmq.enabled }}
 {{- $mqPw := include "chancepay.secretValue" (dict "ctx" . "key" "rabbitmq-password" "value" $s.rabbitmqPassword "length" 24) }}
 {{- $_ := set $data "rabbitmq-password" $mqPw }}
+{{- if gt (int .Values.rabbitmq.replicas) 1 }}
+{{- /* A cluster: every node's URL, comma-separated; the roles try them in turn. */}}
+{{- $urls := list }}
+{{- range $i := until (int .Values.rabbitmq.replicas) }}
+{{- $urls = append $urls (printf "%s://chancepay:%s@%s:%v/%%2F%s" $mqScheme $mqPw (include "chancepay.rabbitmqPodHost" (dict "ctx" $ "i" $i)) $.Values.rabbitmq.service.port $mqTls) }}
+{{- end }}
+{{- $_ := set $data "amqp-url" (join "," $urls) }}
+{{- else }}
 {{- $_ := set $data "amqp-url" (printf "%s://chancepay:%s@%s:%v/%%2F%s" $mqScheme $mqPw (include "chancepay.rabbitmqHost" .) .Values.rabbitmq.service.port $mqTls) }}
+{{- end }}
+{{- $_ := set $data "rabbitmq-erlang-cookie" (include "chancepay.secretValue" (dict "ctx" . "key" "rabbitmq-erlang-cookie" "value" "" "length" 32)) }}
 {{- /* Imported by RabbitMQ at every boot: creates (or re-passwords) the chancepay user. */}}
 {{- $defs := dict "users" (list (dict "name" "chancepay" "password" $mqPw "tags" (list))) "vhosts" (list (dict "name" "/")) "permissions" (list (dict "user" "chancepay" "vhost" "/" "configure" ".*" "write" ".*" "read" ".*")) }}
 {{- $_ := set $data "rabbitmq-definitions.json" (toJson $defs) }}
