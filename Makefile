@@ -7,7 +7,7 @@ PYTHON ?= $(shell scripts/find-python.sh)
 # admin URL (MariaDB's root over its unix socket, as Debian installs it).
 export CHANCEPAY_ADMIN_DB ?= mysql://root@localhost/?unix_socket=/run/mysqld/mysqld.sock
 
-.PHONY: run test test-debian12 test-chart services venv migrate bench soak lint clean help
+.PHONY: run test test-debian12 test-chart checkov services venv migrate bench soak lint clean help
 .DEFAULT_GOAL := help
 
 help: ## list targets
@@ -40,12 +40,25 @@ PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 # this 2-core machine instead of ~21. TEST_JOBS=1 runs them one after the other. Each pass's
 # output is printed when it ends (--output-sync).
 TEST_JOBS ?= 2
+# checkov (the security scan of the rendered chart) lives in a venv of its own: its dependency pins
+# would fight the project's. Kept under ~/.cache across clones, keyed by its version.
+CHECKOV_VERSION := 3.3.30
+CHECKOV_VENV ?= $(HOME)/.cache/chancepay/checkov-$(CHECKOV_VERSION)
+export CHANCEPAY_CHECKOV := $(CHECKOV_VENV)/bin/checkov
 
-test: services venv test-tools ## everything, in two passes side by side (PYTEST_ARGS applies to both); installs test tools first
+$(CHECKOV_VENV)/.installed:
+	@echo "installing checkov $(CHECKOV_VERSION) into $(CHECKOV_VENV) (once)"
+	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install -q "checkov==$(CHECKOV_VERSION)"
+	touch $@
+
+checkov: $(CHECKOV_VENV)/.installed ## install checkov (security scan of the rendered chart) in a venv of its own
+
+test: services venv test-tools checkov ## everything, in two passes side by side (PYTEST_ARGS applies to both); installs test tools first
 	@echo "make test: pass test-debian12 and pass test-chart run side by side; each prints its output when it ends"
 	$(MAKE) --no-print-directory -j$(TEST_JOBS) --output-sync=target test-debian12 test-chart
 
-test-debian12: services venv test-tools ## pass 1: unit, deploy, integration, faults on Debian 12's MariaDB 10.11 + RabbitMQ 3.10
+test-debian12: services venv test-tools checkov ## pass 1: unit, deploy, integration, faults on Debian 12's MariaDB 10.11 + RabbitMQ 3.10
 	CHANCEPAY_TEST_SERVERS=debian12 $(PYTEST) tests/unit tests/deploy $(TIERS) $(PYTEST_ARGS)
 
 test-chart: services venv test-tools ## pass 2: the chart run with podman (tests/chart), then integration, faults on its MariaDB 11.8 + RabbitMQ 4.0

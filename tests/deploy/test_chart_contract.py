@@ -144,6 +144,10 @@ def test_network_policies_restrict_internal_and_broker_access():
     assert components(policies["chancepay-orchestrator"]) == {"wallet", "reconcile", "test"}
     assert components(policies["chancepay-scanner"]) == set()
     assert components(policies["chancepay-mariadb"]) == {"orchestrator", "scanner", "wallet", "migrate", "reconcile"}
+    # the batch pods (migrate, reconcile, helm test) accept no ingress at all
+    batch = policies.pop("chancepay-batch")
+    assert batch["spec"]["ingress"] == [] and batch["spec"]["policyTypes"] == ["Ingress"]
+    assert batch["spec"]["podSelector"]["matchExpressions"][0]["values"] == ["migrate", "reconcile", "test"]
     # every policy selects pods that exist, by their real labels
     pods = {o["metadata"]["name"]: pod_spec and o for o in rendered.objects if o["kind"] in ("Deployment", "StatefulSet")}
     for name, policy in policies.items():
