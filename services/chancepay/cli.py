@@ -33,6 +33,29 @@ def _parser() -> argparse.ArgumentParser:
                       help="HTTP connections (requests beyond them queue, and their wait counts as latency)")
     load.add_argument("--target", action="append", default=None, metavar="URL",
                       help="orchestrator base URL; repeat to spread arrivals round-robin (default CHANCEPAY_ORCHESTRATOR_URL)")
+    outbox = sub.add_parser("outbox", help="outbox rows: list the exhausted ones, put them back into rotation")
+    outbox_sub = outbox.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = outbox_sub.add_parser("list", help="rows at the attempt limit (--all: every row), one JSON line each")
+    listing.add_argument("--all", action="store_true", help="every outbox row, not only the exhausted ones")
+    retry = outbox_sub.add_parser("retry", help="exhausted rows back into rotation (attempts 0, due now)")
+    retry.add_argument("uuids", nargs="*", metavar="UUID")
+    retry.add_argument("--all-exhausted", action="store_true", help="every row at the attempt limit")
+    dlq = sub.add_parser("dlq", help="the dead-letter queue: list, show, replay through the outbox, purge")
+    dlq_sub = dlq.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, text in (("list", "messages in the DLQ, one JSON line each, with why they are there"),
+                       ("show", "one message in full (ID: its message id / uuid, or #position)"),
+                       ("replay", "pending payments back into the outbox (the DLQ copy removed)"),
+                       ("purge", "remove messages from the DLQ")):
+        p_ = dlq_sub.add_parser(name, help=text)
+        if name == "show":
+            p_.add_argument("ids", nargs=1, metavar="ID")
+        elif name in ("replay", "purge"):
+            p_.add_argument("ids", nargs="*", metavar="ID")
+            p_.add_argument("--all", action="store_true", help="every message in the DLQ")
+        p_.add_argument("--limit", type=int, default=10000, help="look at most at this many messages")
+    trace = sub.add_parser("trace", help="one payment's whole story: request, outbox, inbox, parked callback, DLQ")
+    trace.add_argument("uuid", metavar="UUID")
+    trace.add_argument("--limit", type=int, default=10000, help="DLQ messages to look through")
     dev = sub.add_parser("dev", help="run the three roles under a restarting supervisor (what `make run` uses)")
     dev.add_argument("--roles", default=",".join(ROLES), help="comma-separated roles to run")
     return p
@@ -54,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chancepay: configuration error: {exc}", file=sys.stderr)
         return 2
     role = args.command
-    report_on_stdout = role in ("load", "audit")
+    report_on_stdout = role in ("load", "audit", "outbox", "dlq", "trace")
     chancelog.configure(role, settings.log_level, stream=sys.stderr if report_on_stdout else sys.stdout)
     log = chancelog.get_logger()
     try:
@@ -99,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
                     targets=args.target,
                 )
             )
+        if role in ("outbox", "dlq", "trace"):
+            from chancepay.ops import ops_main
+
+            return _run(lambda: ops_main(settings, args))
         if role == "dev":
             from chancepay.devrun import supervise
 

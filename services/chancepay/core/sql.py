@@ -160,6 +160,28 @@ PENDING_CALLBACK_STATS = (
     "SELECT COUNT(*), COALESCE(TIMESTAMPDIFF(MICROSECOND, MIN(created_at), NOW(6)), 0) FROM pending_callback"
 )
 
+# --------------------------------------------------------------------------- operator commands
+_OUTBOX_COLUMNS = (
+    "SELECT uuid, attempts, TIMESTAMPDIFF(MICROSECOND, created_at, NOW(6)), "
+    "GREATEST(0, TIMESTAMPDIFF(MICROSECOND, NOW(6), next_attempt_at)), last_error FROM outbox"
+)
+LIST_OUTBOX = _OUTBOX_COLUMNS + " ORDER BY created_at LIMIT 1000"
+LIST_OUTBOX_EXHAUSTED = _OUTBOX_COLUMNS + " WHERE attempts >= %s ORDER BY created_at LIMIT 1000"
+# Back into rotation: only rows at the limit (a row still being retried keeps its schedule).
+RETRY_EXHAUSTED_OUTBOX = (
+    "UPDATE outbox SET attempts = 0, next_attempt_at = NOW(6), claimed_by = NULL "
+    "WHERE attempts >= %s AND uuid IN ({placeholders})"
+)
+RETRY_ALL_EXHAUSTED_OUTBOX = (
+    "UPDATE outbox SET attempts = 0, next_attempt_at = NOW(6), claimed_by = NULL WHERE attempts >= %s"
+)
+TRACE_OUTBOX = (
+    "SELECT attempts, GREATEST(0, TIMESTAMPDIFF(MICROSECOND, NOW(6), next_attempt_at)), last_error "
+    "FROM outbox WHERE uuid = %s"
+)
+TRACE_INBOX = "SELECT succeed, deliveries, created_at, finalized_at FROM inbox WHERE uuid = %s"
+TRACE_PENDING_CALLBACK = "SELECT attempts, last_error FROM pending_callback WHERE uuid = %s"
+
 # --------------------------------------------------------------------------- reconcile
 SELECT_STALE_PENDING = (
     "SELECT r.uuid, r.cus_id, r.amount, (o.uuid IS NOT NULL) AS in_outbox "
