@@ -1,25 +1,57 @@
 # ChancePay — the two commands a newcomer needs: `make run` and `make test`.
 SHELL := /bin/bash
+# Two virtualenvs: .venv runs ChancePay (`make run`: runtime dependencies only, any Python >= 3.11,
+# Debian 12's own included), .venv-test runs the suite (runtime + test tools; Python 3.12 when the
+# machine has one, which helm-sdkpy needs, else the tests that need it skip and say so).
 VENV ?= .venv
-PY := $(VENV)/bin/python
-PYTHON ?= $(shell scripts/find-python.sh)
-# Local defaults (CONTRACT.md). `make run` provisions the databases and users through the
-# admin URL (MariaDB's root over its unix socket, as Debian installs it).
+TEST_VENV ?= .venv-test
+RUN_PYTHON ?= $(shell scripts/find-python.sh 3.11)
+TEST_PYTHON ?= $(shell scripts/find-python.sh 3.12 2>/dev/null || scripts/find-python.sh 3.11)
+PY := $(TEST_VENV)/bin/python
+# Local defaults (CONTRACT.md), with one least-privilege user per schema. `make run` provisions the
+# databases and users through the admin URL (MariaDB's root over its unix socket, as Debian
+# installs it). Override any of them (and the ports) on the command line or in the environment.
 export CHANCEPAY_ADMIN_DB ?= mysql://root@localhost/?unix_socket=/run/mysqld/mysqld.sock
+export CHANCEPAY_ORCHESTRATOR_DB ?= mysql://chancepay_orchestrator:chancepay_orchestrator@127.0.0.1:3306/chancepay_orchestrator
+export CHANCEPAY_WALLET_DB ?= mysql://chancepay_wallet:chancepay_wallet@127.0.0.1:3306/chancepay_wallet
+ORCHESTRATOR_PORT ?= 8000
+SCANNER_PORT ?= 8001
+WALLET_PORT ?= 8002
 
-.PHONY: run test test-debian12 test-chart checkov services venv migrate bench soak lint clean help
+.PHONY: run test test-debian12 test-chart checkov services venv test-venv migrate bench soak lint clean help
 .DEFAULT_GOAL := help
 
-help: ## list targets
+help: ## list targets (PYTEST_ARGS="-k x" passes pytest arguments to the test targets)
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z0-9-]+):.*## /\1\t/' | sort
+	@echo
+	@echo "make test installs from Debian what it needs and is missing (podman, runc, debootstrap, promtool,"
+	@echo "shellcheck: make test-tools), checkov into ~/.cache (make checkov), and .venv-test."
+	@echo "make run installs from Debian MariaDB, RabbitMQ and python3-venv when missing, and .venv."
+	@echo "Variables: PYTEST_ARGS, TEST_JOBS (1 = passes one after the other), ORCHESTRATOR_PORT, SCANNER_PORT,"
+	@echo "WALLET_PORT, RUN_PYTHON, TEST_PYTHON, and every CHANCEPAY_* variable of the README."
 
+# The runtime venv: ChancePay and its runtime dependencies, nothing else (pip and setuptools are
+# removed after the install, and the C sources some wheels ship): rebuilt when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -n "$(RUN_PYTHON)" || { echo "error: no Python >= 3.11 found (Debian 12: apt-get install python3)" >&2; exit 1; }
+	scripts/ensure-venv-support.sh "$(RUN_PYTHON)"
+	$(RUN_PYTHON) -m venv --clear $(VENV)
+	$(VENV)/bin/python -m pip install -q --no-compile -e .
+	$(VENV)/bin/python -m pip uninstall -q -y pip setuptools
+	find $(VENV) -path '*/site-packages/*' -name '*.c' -delete
+	touch $@
+
+venv: $(VENV)/.installed ## the runtime virtualenv (.venv): ChancePay with its runtime dependencies only
+
+$(TEST_VENV)/.installed: pyproject.toml
+	@test -n "$(TEST_PYTHON)" || { echo "error: no Python >= 3.11 found" >&2; exit 1; }
+	scripts/ensure-venv-support.sh "$(TEST_PYTHON)"
+	test -x $(PY) || $(TEST_PYTHON) -m venv $(TEST_VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-venv: $(VENV)/.installed ## create the virtualenv and install ChancePay with its test dependencies
+test-venv: $(TEST_VENV)/.installed ## the test virtualenv (.venv-test): ChancePay and the test tools
 
 services: ## install (Debian packages) and start MariaDB and RabbitMQ if nothing listens on 3306/5672
 	scripts/ensure-services.sh
@@ -28,8 +60,8 @@ migrate: services venv ## create databases, users and both schemas (idempotent)
 	$(VENV)/bin/chancepay migrate
 
 run: migrate ## everything a fresh machine needs, then the three roles in the foreground (Ctrl-C stops all)
-	@echo "ChancePay: API on http://127.0.0.1:8000 (scanner :8001, wallet :8002). Ctrl-C stops all."
-	exec $(VENV)/bin/chancepay dev
+	@echo "ChancePay: API on http://127.0.0.1:$(ORCHESTRATOR_PORT) (scanner :$(SCANNER_PORT), wallet :$(WALLET_PORT)). Ctrl-C stops all."
+	exec $(VENV)/bin/chancepay dev --ports orchestrator=$(ORCHESTRATOR_PORT),scanner=$(SCANNER_PORT),wallet=$(WALLET_PORT)
 
 # The integration and fault tiers run twice: against Debian 12's servers, and against the servers
 # the Helm chart ships, started from its rendered StatefulSets (tests/support/servers.py).
@@ -48,29 +80,33 @@ export CHANCEPAY_CHECKOV := $(CHECKOV_VENV)/bin/checkov
 
 $(CHECKOV_VENV)/.installed:
 	@echo "installing checkov $(CHECKOV_VERSION) into $(CHECKOV_VENV) (once)"
-	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	test -x $(CHECKOV_VENV)/bin/python || $(TEST_PYTHON) -m venv $(CHECKOV_VENV)
 	$(CHECKOV_VENV)/bin/python -m pip install -q "checkov==$(CHECKOV_VERSION)"
 	touch $@
 
 checkov: $(CHECKOV_VENV)/.installed ## install checkov (security scan of the rendered chart) in a venv of its own
 
-test: services venv test-tools checkov ## everything, in two passes side by side (PYTEST_ARGS applies to both); installs test tools first
+test: services test-venv test-tools checkov ## everything, in two passes side by side (PYTEST_ARGS applies to both); installs test tools first
 	@echo "make test: pass test-debian12 and pass test-chart run side by side; each prints its output when it ends"
 	$(MAKE) --no-print-directory -j$(TEST_JOBS) --output-sync=target test-debian12 test-chart
 
-test-debian12: services venv test-tools checkov ## pass 1: unit, deploy, integration, faults on Debian 12's MariaDB 10.11 + RabbitMQ 3.10
+test-debian12: services test-venv test-tools checkov ## pass 1: unit, deploy, integration, faults on Debian 12's MariaDB 10.11 + RabbitMQ 3.10
 	CHANCEPAY_TEST_SERVERS=debian12 $(PYTEST) tests/unit tests/deploy $(TIERS) $(PYTEST_ARGS)
 
-test-chart: services venv test-tools ## pass 2: the chart run with podman (tests/chart), then integration, faults on its MariaDB 11.8 + RabbitMQ 4.0
+test-chart: services test-venv test-tools ## pass 2: the chart run with podman (tests/chart), then integration, faults on its MariaDB 11.8 + RabbitMQ 4.0
 	CHANCEPAY_TEST_SERVERS=chart $(PYTEST) tests/chart $(TIERS) $(PYTEST_ARGS)
 
-bench: services venv ## throughput/latency benchmark; JSON results in .bench/
+bench: services test-venv ## throughput/latency benchmark; JSON results in .bench/
 	$(PY) -m bench.run
 
 include mk/deploy.mk
 
-soak: services venv ## opt-in: seeded random faults during load (CHANCEPAY_SOAK_SEED=n replays, CHANCEPAY_SOAK_SECONDS)
+soak: services test-venv ## opt-in: seeded random faults during load (CHANCEPAY_SOAK_SEED=n replays, CHANCEPAY_SOAK_SECONDS)
 	CHANCEPAY_SOAK=1 $(PY) -m pytest -q -s -p no:cacheprovider tests/soak
 
-clean: ## remove the virtualenv and caches
-	rm -rf $(VENV) .pytest_cache build *.egg-info services/*.egg-info
+lint: test-venv ## ruff (style, imports, bugbear, pyupgrade) and mypy over services/; make test runs both too
+	$(PY) -m ruff check services/
+	$(PY) -m mypy services/chancepay
+
+clean: ## remove the virtualenvs and caches
+	rm -rf $(VENV) $(TEST_VENV) .pytest_cache build *.egg-info services/*.egg-info

@@ -32,7 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("--concurrency", type=int, default=64,
                       help="HTTP connections (requests beyond them queue, and their wait counts as latency)")
     load.add_argument("--target", action="append", default=None, metavar="URL",
-                      help="orchestrator base URL; repeat to spread arrivals round-robin (default CHANCEPAY_ORCHESTRATOR_URL)")
+                      help="orchestrator base URL; repeat to spread arrivals round-robin "
+                           "(default CHANCEPAY_ORCHESTRATOR_URL)")
     outbox = sub.add_parser("outbox", help="outbox rows: list the exhausted ones, put them back into rotation")
     outbox_sub = outbox.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = outbox_sub.add_parser("list", help="rows at the attempt limit (--all: every row), one JSON line each")
@@ -58,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     trace.add_argument("--limit", type=int, default=10000, help="DLQ messages to look through")
     dev = sub.add_parser("dev", help="run the three roles under a restarting supervisor (what `make run` uses)")
     dev.add_argument("--roles", default=",".join(ROLES), help="comma-separated roles to run")
+    dev.add_argument("--ports", default="", metavar="ROLE=PORT,...",
+                     help="move roles, e.g. orchestrator=18000,wallet=18002 "
+                          "(also points the wallet at the orchestrator)")
     return p
 
 
@@ -129,7 +133,13 @@ def main(argv: list[str] | None = None) -> int:
         if role == "dev":
             from chancepay.devrun import supervise
 
-            return supervise([r for r in args.roles.split(",") if r])
+            try:
+                ports = {k.strip(): int(v) for k, v in (p.split("=", 1) for p in args.ports.split(",") if p.strip())}
+            except ValueError:
+                raise ConfigError(
+                    f"--ports must look like orchestrator=8000,scanner=8001, got {args.ports!r}"
+                ) from None
+            return supervise([r for r in args.roles.split(",") if r], ports=ports)
     except ConfigError as exc:
         log.error("[FAILED TO START]", error=str(exc))
         return 2

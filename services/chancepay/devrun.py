@@ -3,23 +3,39 @@
 Used by `make run`. Children inherit stdout/stderr, so their JSON log lines (which carry
 `role`) interleave in the terminal. Ctrl-C (or SIGTERM) stops every child with SIGTERM and
 waits for them. A child that keeps dying is restarted with capped exponential back-off
-(CrashLoopBackOff in miniature).
+(CrashLoopBackOff in miniature); a child that exits with EXIT_CANNOT_START (bad configuration,
+port in use) is not: the supervisor stops everything and says why, since a restart would fail
+the same way. `ports` moves the roles (and points the wallet and reconciler URLs at them).
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import time
 
 from chancepay.core.logging import get_logger
+from chancepay.core.runner import EXIT_CANNOT_START
 
 ALLOWED = ("orchestrator", "scanner", "wallet")
 
 
-def supervise(roles: list[str], max_backoff: float = 30.0) -> int:
+def role_environ(role: str, ports: dict[str, int]) -> dict[str, str]:
+    env = dict(os.environ)
+    if role in ports:
+        env["CHANCEPAY_PORT"] = str(ports[role])
+    if "orchestrator" in ports:
+        env["CHANCEPAY_ORCHESTRATOR_URL"] = f"http://127.0.0.1:{ports['orchestrator']}"
+    if "wallet" in ports:
+        env["CHANCEPAY_WALLET_URL"] = f"http://127.0.0.1:{ports['wallet']}"
+    return env
+
+
+def supervise(roles: list[str], max_backoff: float = 30.0, ports: dict[str, int] | None = None) -> int:
     log = get_logger()
+    ports = ports or {}
     unknown = [r for r in roles if r not in ALLOWED]
     if unknown:
         log.error("[FAILED TO START]", error=f"unknown roles {unknown}; choose from {ALLOWED}")
@@ -39,12 +55,13 @@ def supervise(roles: list[str], max_backoff: float = 30.0) -> int:
     started_at = {r: 0.0 for r in roles}
 
     def spawn(role: str) -> None:
-        children[role] = subprocess.Popen([sys.executable, "-m", "chancepay", role])
+        children[role] = subprocess.Popen([sys.executable, "-m", "chancepay", role], env=role_environ(role, ports))
         started_at[role] = time.monotonic()
         log.info("supervisor started role", child=role, pid=children[role].pid, restarts=restarts[role])
 
     for role in roles:
         spawn(role)
+    fatal = 0
     while not stopping:
         now = time.monotonic()
         for role in roles:
@@ -52,6 +69,12 @@ def supervise(roles: list[str], max_backoff: float = 30.0) -> int:
             if child is not None and child.poll() is not None:
                 code = child.returncode
                 del children[role]
+                if code == EXIT_CANNOT_START:
+                    log.error("[FAILED TO START]", child=role, exit_code=code,
+                              reason="the role cannot start as configured (see its line above); not restarting it, "
+                                     "stopping the others")
+                    stopping, fatal = True, code
+                    break
                 if now - started_at[role] > 60:
                     restarts[role] = 0  # it ran a good while: forget earlier crashes
                 delay = min(max_backoff, 0.5 * 2 ** restarts[role])
@@ -73,4 +96,4 @@ def supervise(roles: list[str], max_backoff: float = 30.0) -> int:
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()
-    return 0
+    return fatal

@@ -87,8 +87,8 @@ class Ops:
         rows = await self.orch.fetchall(statement, (self.settings.scanner_max_attempts,) if not all_rows else None)
         for uuid, attempts, age_us, next_in_us, last_error in rows:
             _out({"uuid": uuid, "attempts": attempts, "exhausted": attempts >= self.settings.scanner_max_attempts,
-                  "age_seconds": round(int(age_us) / 1e6, 3), "next_attempt_in_seconds": round(int(next_in_us) / 1e6, 3),
-                  "last_error": last_error})
+                  "age_seconds": round(int(age_us) / 1e6, 3),
+                  "next_attempt_in_seconds": round(int(next_in_us) / 1e6, 3), "last_error": last_error})
         self.count("outbox_list")
         return 0
 
@@ -227,6 +227,7 @@ class Ops:
                                reason="no payment with this uuid: left in the DLQ (see `chancepay dlq show`)")
                 return "keep"
             _, cus_id, amount, succeed, _, _ = row
+            assert uuid is not None
             if succeed is not None:
                 summary["already_final"] += 1
                 self.log.info("dlq replay: payment already final; DLQ copy removed", uuid=uuid, succeed=bool(succeed))

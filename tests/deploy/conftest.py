@@ -67,10 +67,16 @@ def _render_cached(values_json: str, monitoring_crds: bool) -> helm_render.Rende
 
 def render(values: dict[str, Any] | None = None, *, monitoring_crds: bool = False) -> helm_render.Rendered:
     """Render the chart (cached: the result must not be mutated)."""
+    from tests.support.chart import require_helm
+
+    require_helm()
     return _render_cached(json.dumps(values or {}, sort_keys=True), monitoring_crds)
 
 
 def lint(chart_dir: Path) -> dict[str, Any]:
+    from tests.support.chart import require_helm
+
+    require_helm()
     import helm_sdkpy
 
     return asyncio.run(helm_sdkpy.Lint(helm_sdkpy.Configuration()).run(str(chart_dir)))

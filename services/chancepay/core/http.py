@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from chancepay.core.logging import get_logger
 from chancepay.core.metrics import CONTENT_TYPE, Metrics
 
 
@@ -45,8 +46,27 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
+AUTH_TAG = "[FAILED TO AUTHORIZE REQUEST]"
+
+
+def _count_refusal(request: Request, status: int, code: str) -> None:
+    """Every 4xx is countable by route and code; a 401/403 also leaves a tagged log line (who,
+    where; never the token)."""
+    metrics = getattr(request.app.state, "metrics", None)
+    route = getattr(request.scope.get("route"), "path", "unmatched")
+    if metrics is not None and 400 <= status < 500:
+        metrics.http_client_errors.labels(route=route, code=code).inc()
+    if status in (401, 403):
+        if metrics is not None:
+            metrics.http_auth_failures.labels(route=route).inc()
+        client = request.client.host if request.client else None
+        get_logger().error(AUTH_TAG, status=status, route=route, method=request.method, client=client,
+                           reason="missing bearer token" if "authorization" not in request.headers else "wrong token")
+
+
 async def _api_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
+    _count_refusal(request, exc.status, exc.code)
     return error_response(exc.status, exc.code, exc.message, exc.headers)
 
 
@@ -56,6 +76,7 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
 async def _http_exception_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
+    _count_refusal(request, exc.status_code, code)
     return error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}) or None)
 
 
@@ -75,7 +96,8 @@ def health_routes(
     async def readyz(request: Request) -> Response:
         checks = await ready()
         ok = all(checks.values())
-        return JSONResponse({"status": "ready" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
+        body = {"status": "ready" if ok else "unavailable", "checks": checks}
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     async def metrics_endpoint(request: Request) -> Response:
         if refresh is not None:

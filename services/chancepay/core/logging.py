@@ -42,6 +42,7 @@ def configure(role: str, level: str = "INFO", stream: Any = None) -> None:
     structlog.contextvars.bind_contextvars(role=role)
 
     handler = logging.StreamHandler(stream)
+    handler.addFilter(_rename_uvicorn)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
@@ -65,6 +66,14 @@ def configure(role: str, level: str = "INFO", stream: Any = None) -> None:
     logging.getLogger("asyncmy").setLevel(logging.ERROR)
     # httpx logs every request at INFO: at hundreds of callbacks a second that is noise.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def _rename_uvicorn(record: logging.LogRecord) -> bool:
+    """uvicorn logs its server messages (startup, shutdown) under "uvicorn.error", whatever their
+    level: `grep error` would find "Started server process". They are the server's: "uvicorn"."""
+    if record.name == "uvicorn.error":
+        record.name = "uvicorn"
+    return True
 
 
 def get_logger() -> Any:

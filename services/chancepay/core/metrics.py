@@ -6,8 +6,8 @@ import time. One process per pod, so no multiprocess mode. No uuid labels, ever.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE  # noqa: F401  (re-exported)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -18,14 +18,16 @@ ROLE_METRICS: dict[str, tuple[str, ...]] = {
     "orchestrator": (
         "outbox_depth", "outbox_oldest_age", "outbox_exhausted", "payments_pending", "payments_pending_oldest_age",
         "payments_created", "payments_finalized", "payment_e2e_seconds", "http_request_seconds", "db_unavailable",
+        "http_client_errors", "http_auth_failures",
     ),
     "scanner": (
         "outbox_depth", "outbox_oldest_age", "outbox_exhausted", "payments_pending", "payments_pending_oldest_age",
         "outbox_published", "outbox_publish_failures", "outbox_publish_seconds", "db_unavailable",
+        "http_client_errors", "http_auth_failures",
     ),
     "wallet": (
         "wallet_messages", "wallet_callback_failures", "wallet_callbacks", "dlq_messages", "db_unavailable",
-        "wallet_callbacks_pending", "wallet_callbacks_pending_oldest_age",
+        "wallet_callbacks_pending", "wallet_callbacks_pending_oldest_age", "http_client_errors", "http_auth_failures",
     ),
     "reconcile": ("reconcile_repairs", "reconcile_failures"),
 }
@@ -83,6 +85,18 @@ class Metrics:
             "chancepay_payment_e2e_seconds",
             "Create to finalization of a request (database clock).",
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.http_client_errors = Counter(
+            "chancepay_http_client_errors_total",
+            "Requests answered 4xx, by route template and error code (no uuid labels).",
+            ["route", "code"],
+            registry=r,
+        )
+        self.http_auth_failures = Counter(
+            "chancepay_http_auth_failures_total",
+            "Requests to /internal/* refused for a missing or wrong bearer token ([FAILED TO AUTHORIZE REQUEST]).",
+            ["route"],
             registry=r,
         )
         self.http_request_seconds = Histogram(

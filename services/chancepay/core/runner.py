@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Awaitable, Callable, Iterator
+import socket
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 import uvicorn
@@ -18,7 +19,24 @@ import uvicorn
 from chancepay.core.config import Settings
 from chancepay.core.logging import get_logger
 
-Worker = Callable[[asyncio.Event], Awaitable[None]]
+Worker = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
+# A process that cannot start because of how it is set up (bad configuration, port in use) exits
+# with this code; `chancepay dev` does not restart it (it would fail the same way forever).
+EXIT_CANNOT_START = 2
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """The listening socket, bound here (not by uvicorn, which would sys.exit(3) with its own
+    traceback on "address already in use")."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 class _Server(uvicorn.Server):
@@ -67,16 +85,24 @@ async def serve(
             server_header=False,
         )
     )
-    server_task = asyncio.create_task(server.serve(), name="http")
+    try:
+        sock = bind_socket(host, port)
+    except OSError as exc:
+        log.error("[FAILED TO START HTTP SERVER]", host=host, port=port, error=str(exc),
+                  hint="another process holds the port: stop it or set CHANCEPAY_PORT")
+        return EXIT_CANNOT_START
+    server_task = asyncio.create_task(server.serve(sockets=[sock]), name="http")
     while not server.started:
         if server_task.done():
-            exc = server_task.exception()
-            log.error("[FAILED TO START HTTP SERVER]", host=host, port=port, error=repr(exc))
+            failure = server_task.exception()
+            log.error("[FAILED TO START HTTP SERVER]", host=host, port=port, error=repr(failure))
             return 1
         await asyncio.sleep(0.01)
     log.info("listening", host=host, port=port)
 
-    worker_task = asyncio.create_task(worker(stop), name="worker") if worker else None
+    worker_task: asyncio.Task[None] | None = None
+    if worker is not None:
+        worker_task = asyncio.ensure_future(worker(stop))
     stop_task = asyncio.create_task(stop.wait(), name="stop")
     waiting = {t for t in (server_task, worker_task, stop_task) if t is not None}
     await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)

@@ -12,11 +12,10 @@ it, up to CHANCEPAY_MIGRATE_WAIT_SECONDS, logging every attempt.
 
 from __future__ import annotations
 
-import re
-
 import asyncio
 import dataclasses
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable
 

@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from chancepay.core import sql
 from chancepay.core.codec import (
     InvalidField,
     InvalidPayload,
@@ -17,7 +18,6 @@ from chancepay.core.codec import (
     parse_uuid,
     strict_json_loads,
 )
-from chancepay.core import sql
 from chancepay.core.config import Settings
 from chancepay.core.crash import CrashPoints
 from chancepay.core.db import Database, DatabaseUnavailable
@@ -194,5 +194,6 @@ def build_app(settings: Settings, db: Database, metrics: Metrics, crash: CrashPo
         *health_routes(metrics, ready, refresh),
     ]
     app = Starlette(routes=routes, exception_handlers={**EXCEPTION_HANDLERS, DatabaseUnavailable: db_unavailable})
+    app.state.metrics = metrics
     app.add_middleware(LatencyMiddleware, metrics=metrics)
     return app

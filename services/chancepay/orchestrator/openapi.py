@@ -39,7 +39,8 @@ OPENAPI: dict[str, Any] = {
                         "in": "header",
                         "required": False,
                         "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
-                        "description": "Same key and same body: the original payment again (Idempotent-Replayed: true).",
+                        "description": "Same key and same body: the original payment again "
+                                       "(Idempotent-Replayed: true).",
                     }
                 ],
                 "requestBody": {
@@ -164,7 +165,10 @@ OPENAPI: dict[str, Any] = {
             "ResultApplied": {
                 "type": "object",
                 "required": ["uuid", "status"],
-                "properties": {"uuid": {"type": "string"}, "status": {"type": "string", "enum": ["SUCCEEDED", "FAILED"]}},
+                "properties": {
+                    "uuid": {"type": "string"},
+                    "status": {"type": "string", "enum": ["SUCCEEDED", "FAILED"]},
+                },
             },
             "Error": {
                 "type": "object",

@@ -33,6 +33,7 @@ async def run(settings: Settings) -> int:
         await refresh_orchestrator_gauges(db, metrics, settings.scanner_max_attempts)
 
     app = Starlette(routes=health_routes(metrics, ready, refresh), exception_handlers=EXCEPTION_HANDLERS)
+    app.state.metrics = metrics
     get_logger().info("scanner starting", db=settings.orchestrator_db_url.redacted())
     try:
         return await serve(app=app, settings=settings, role="scanner", worker=scanner.scan_forever)

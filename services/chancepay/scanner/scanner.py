@@ -104,7 +104,12 @@ class Scanner:
         self.connection, self.channel = connection, channel
 
     def broker_ready(self) -> bool:
-        return self.connection is not None and not self.connection.is_closed and self.channel is not None and not self.channel.is_closed
+        return (
+            self.connection is not None
+            and not self.connection.is_closed
+            and self.channel is not None
+            and not self.channel.is_closed
+        )
 
     async def close(self) -> None:
         await close_quietly(self.connection)
@@ -171,7 +176,7 @@ class Scanner:
 
         acked: list[str] = []
         failures: list[Failure] = []
-        for row, result in zip(rows, results):
+        for row, result in zip(rows, results, strict=True):
             if isinstance(result, BaseException):
                 failures.append(Failure(row, classify_publish_error(result), repr(result)[:300]))
             elif isinstance(result, spec.Basic.Ack):

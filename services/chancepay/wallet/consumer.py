@@ -29,7 +29,6 @@ from decimal import Decimal
 from typing import Any
 
 import aiohttp
-import aiormq
 import orjson
 
 from chancepay.core import signing, sql, topology
@@ -212,7 +211,8 @@ class Wallet:
                 if self.db_down_since is None:
                     self.db_down_since = now
                 delay = half_jitter(db_retry_delay(now - self.db_down_since), self.rng)
-                self.log.error("[FAILED TO DEDUCT IN WALLET]", error=str(exc) or repr(exc), retry_in_seconds=round(delay, 2))
+                self.log.error("[FAILED TO DEDUCT IN WALLET]", error=str(exc) or repr(exc),
+                               retry_in_seconds=round(delay, 2))
                 await asyncio.sleep(delay)
                 await self.channel.basic_nack(tag, requeue=True)
                 return
@@ -220,7 +220,10 @@ class Wallet:
             if decision.kind is Deduction.CONFLICT:
                 await self._dead_letter(message, "uuid already in the inbox with a different cusId or amount")
                 return
-            outcome = "duplicate" if decision.kind is Deduction.DUPLICATE else ("succeeded" if decision.succeed else "failed")
+            if decision.kind is Deduction.DUPLICATE:
+                outcome = "duplicate"
+            else:
+                outcome = "succeeded" if decision.succeed else "failed"
             self.metrics.wallet_messages.labels(outcome=outcome).inc()
             self.log.info("deduction decided", outcome=outcome, succeed=decision.succeed)
             self.crash.hit("wallet.after_finalize")
@@ -239,7 +242,8 @@ class Wallet:
             elif result is CallbackResult.REJECTED:
                 self.log.error(
                     CALLBACK_TAG,
-                    reason="the orchestrator rejected the result (unknown payment or a different stored result); acked, needs an operator",
+                    reason="the orchestrator rejected the result (unknown payment or a different stored result); "
+                           "acked, needs an operator",
                     succeed=decision.succeed,
                 )
             await self.channel.basic_ack(tag)
@@ -274,15 +278,15 @@ class Wallet:
                 return await self.callback(uuid, succeed, tries=1)
 
         results = await asyncio.gather(*(one(u, s) for u, s, _ in rows))
-        done = [u for (u, _, _), r in zip(rows, results) if r is not CallbackResult.RETRYABLE]
-        for (u, succeed, _), r in zip(rows, results):
+        done = [u for (u, _, _), r in zip(rows, results, strict=True) if r is not CallbackResult.RETRYABLE]
+        for (u, succeed, _), r in zip(rows, results, strict=True):
             if r is CallbackResult.REJECTED:
                 self.log.error(CALLBACK_TAG, uuid=u, succeed=succeed, reason="the orchestrator rejected the "
                                "result (unknown payment or a different stored result); dropped, needs an operator")
         if done:
             placeholders = ",".join(["%s"] * len(done))
             await self.db.execute(sql.DELETE_CALLBACKS.format(placeholders=placeholders), done)
-        again = [(u, a) for (u, _, a), r in zip(rows, results) if r is CallbackResult.RETRYABLE]
+        again = [(u, a) for (u, _, a), r in zip(rows, results, strict=True) if r is CallbackResult.RETRYABLE]
         if again:
             s = self.settings
 
@@ -304,7 +308,8 @@ class Wallet:
             except Exception as exc:  # database down: parked rows wait, the next pass tries again
                 failures += 1
                 delay = half_jitter(capped_exponential(failures, 0.5, 10.0), self.rng)
-                self.log.error(CALLBACK_TAG, reason=f"cannot read parked callbacks: {exc}", retry_in_seconds=round(delay, 2))
+                self.log.error(CALLBACK_TAG, reason=f"cannot read parked callbacks: {exc}",
+                               retry_in_seconds=round(delay, 2))
                 await sleep_or_stop(stop, delay)
                 continue
             if claimed < RETRY_BATCH:

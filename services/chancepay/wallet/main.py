@@ -50,10 +50,12 @@ def build_app(settings: Settings, db: Database, metrics: Metrics, wallet: Wallet
         metrics.wallet_callbacks_pending.set(int(pending))
         metrics.wallet_callbacks_pending_oldest_age.set(int(oldest_us) / 1e6)
 
-    return Starlette(
+    app = Starlette(
         routes=[Route("/internal/inbox/{uuid}", get_inbox, methods=["GET"]), *health_routes(metrics, ready, refresh)],
         exception_handlers=EXCEPTION_HANDLERS,
     )
+    app.state.metrics = metrics
+    return app
 
 
 async def run(settings: Settings) -> int:
@@ -70,7 +72,8 @@ async def run(settings: Settings) -> int:
     )
     wallet = Wallet(settings, db, metrics, CrashPoints(settings.crash_point_set()), http)
     app = build_app(settings, db, metrics, wallet)
-    get_logger().info("wallet starting", db=settings.wallet_db_url.redacted(), success_rate=settings.wallet_success_rate)
+    get_logger().info("wallet starting", db=settings.wallet_db_url.redacted(),
+                      success_rate=settings.wallet_success_rate)
     try:
         return await serve(app=app, settings=settings, role="wallet", worker=wallet.run_forever)
     finally:
