@@ -28,6 +28,7 @@ async def open_with_retry(
     log: Any,
     tag: str,
     rng: random.Random | None = None,
+    on_failure: Callable[[], None] | None = None,
 ) -> bool:
     """Call `open_once` until it succeeds (True) or `stop` is set (False)."""
     rng = rng or random.Random()
@@ -40,6 +41,8 @@ async def open_with_retry(
             return True
         except Exception as exc:
             attempt += 1
+            if on_failure is not None:
+                on_failure()
             delay = half_jitter(capped_exponential(attempt, FIRST_RETRY_SECONDS, MAX_RETRY_SECONDS), rng)
             log.error(
                 tag,

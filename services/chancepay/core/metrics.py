@@ -23,11 +23,12 @@ ROLE_METRICS: dict[str, tuple[str, ...]] = {
     "scanner": (
         "outbox_depth", "outbox_oldest_age", "outbox_exhausted", "payments_pending", "payments_pending_oldest_age",
         "outbox_published", "outbox_publish_failures", "outbox_publish_seconds", "db_unavailable",
-        "http_client_errors", "http_auth_failures",
+        "http_client_errors", "http_auth_failures", "broker_connect_failures",
     ),
     "wallet": (
         "wallet_messages", "wallet_callback_failures", "wallet_callbacks", "dlq_messages", "db_unavailable",
         "wallet_callbacks_pending", "wallet_callbacks_pending_oldest_age", "http_client_errors", "http_auth_failures",
+        "broker_connect_failures",
     ),
     "reconcile": ("reconcile_repairs", "reconcile_failures"),
 }
@@ -85,6 +86,11 @@ class Metrics:
             "chancepay_payment_e2e_seconds",
             "Create to finalization of a request (database clock).",
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.broker_connect_failures = Counter(
+            "chancepay_broker_connect_failures_total",
+            "Attempts to open the broker connection that failed (broker not reachable yet, or gone).",
             registry=r,
         )
         self.http_client_errors = Counter(

@@ -209,7 +209,8 @@ class Scanner:
         return len(rows)
 
     async def scan_forever(self, stop: asyncio.Event) -> None:
-        if not await open_with_retry(stop, self.connect, log=self.log, tag=SEND_TAG):
+        if not await open_with_retry(stop, self.connect, log=self.log, tag=SEND_TAG,
+                                     on_failure=self.metrics.broker_connect_failures.inc):
             return
         self.log.info("scanner started", scanner=self.name, batch_size=self.settings.scanner_batch_size)
         db_backoff = 0.0

@@ -387,7 +387,8 @@ class Wallet:
             return None
 
     async def consume_forever(self, stop: asyncio.Event) -> None:
-        if not await open_with_retry(stop, self.connect, log=self.log, tag=CONSUME_TAG):
+        if not await open_with_retry(stop, self.connect, log=self.log, tag=CONSUME_TAG,
+                                     on_failure=self.metrics.broker_connect_failures.inc):
             return
         ok = await self.channel.basic_consume(topology.QUEUE, self.on_message, no_ack=False)
         self.consumer_tag = ok.consumer_tag
