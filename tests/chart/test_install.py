@@ -53,8 +53,9 @@ def test_default_install_starts_migrates_and_moves_a_payment(chart_install) -> N
 
     # Nothing logged a failure tag but the expected waiting before migrate.
     for role in roles.values():
-        tagged = [e for e in role.events("[FAILED TO") if "migrate" not in str(e.get("error", ""))
-                  and "not reachable yet" not in str(e.get("error", ""))]
+        waiting = ("chancepay migrate", "not reachable yet")
+        tagged = [e for e in role.events("[FAILED TO")
+                  if not any(w in str(e.get("error", "")) + str(e.get("reason", "")) for w in waiting)]
         assert not tagged, (role.name, tagged[:3])
 
 

@@ -308,7 +308,7 @@ class Wallet:
             except Exception as exc:  # database down: parked rows wait, the next pass tries again
                 failures += 1
                 delay = half_jitter(capped_exponential(failures, 0.5, 10.0), self.rng)
-                self.log.error(CALLBACK_TAG, reason=f"cannot read parked callbacks: {exc}",
+                self.log.error("[FAILED TO REACH DATABASE]", step="read parked callbacks", error=str(exc),
                                retry_in_seconds=round(delay, 2))
                 await sleep_or_stop(stop, delay)
                 continue
