@@ -10,6 +10,7 @@ from typing import Any
 
 from chancepay.core import logging as chancelog
 from chancepay.core.config import ConfigError, Settings
+from chancepay.core.migrations import SchemaTooNew
 from chancepay.core.runner import install_event_loop
 
 ROLES = ("orchestrator", "scanner", "wallet")
@@ -73,6 +74,88 @@ def _run(coro_factory: Callable[[], Coroutine[Any, Any, int | None]]) -> int:
         return 130
 
 
+# --------------------------------------------------------------------------- the commands
+# Each imports what it runs when it runs (a role does not load the others' dependencies).
+def _orchestrator(settings: Settings, args: argparse.Namespace) -> int:
+    from chancepay.orchestrator.main import run
+
+    return _run(lambda: run(settings))
+
+
+def _scanner(settings: Settings, args: argparse.Namespace) -> int:
+    from chancepay.scanner.main import run
+
+    return _run(lambda: run(settings))
+
+
+def _wallet(settings: Settings, args: argparse.Namespace) -> int:
+    from chancepay.wallet.main import run
+
+    return _run(lambda: run(settings))
+
+
+def _migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from chancepay.core.schema import migrate
+
+    async def go() -> int:
+        await migrate(settings)
+        return 0
+
+    return _run(go)
+
+
+def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
+    from chancepay.reconcile import reconcile_main
+
+    return _run(lambda: reconcile_main(settings, age=args.age))
+
+
+def _audit(settings: Settings, args: argparse.Namespace) -> int:
+    from chancepay.audit import audit_main
+
+    return _run(lambda: audit_main(settings))
+
+
+def _load(settings: Settings, args: argparse.Namespace) -> int:
+    from chancepay.load import load_main
+
+    return _run(lambda: load_main(settings, rate=args.rate, duration=args.duration,
+                                  converge_timeout=args.converge_timeout, concurrency=args.concurrency,
+                                  targets=args.target))
+
+
+def _ops(settings: Settings, args: argparse.Namespace) -> int:
+    from chancepay.ops import ops_main
+
+    return _run(lambda: ops_main(settings, args))
+
+
+def _dev(settings: Settings, args: argparse.Namespace) -> int:
+    from chancepay.devrun import supervise
+
+    try:
+        ports = {k.strip(): int(v) for k, v in (p.split("=", 1) for p in args.ports.split(",") if p.strip())}
+    except ValueError:
+        raise ConfigError(f"--ports must look like orchestrator=8000,scanner=8001, got {args.ports!r}") from None
+    return supervise([r for r in args.roles.split(",") if r], ports=ports)
+
+
+# command -> (what runs it, whether its report goes to stdout (then its logs go to stderr))
+COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], int], bool]] = {
+    "orchestrator": (_orchestrator, False),
+    "scanner": (_scanner, False),
+    "wallet": (_wallet, False),
+    "migrate": (_migrate, False),
+    "reconcile": (_reconcile, False),
+    "audit": (_audit, True),
+    "load": (_load, True),
+    "outbox": (_ops, True),
+    "dlq": (_ops, True),
+    "trace": (_ops, True),
+    "dev": (_dev, False),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -80,70 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"chancepay: configuration error: {exc}", file=sys.stderr)
         return 2
-    role = args.command
-    report_on_stdout = role in ("load", "audit", "outbox", "dlq", "trace")
-    chancelog.configure(role, settings.log_level, stream=sys.stderr if report_on_stdout else sys.stdout)
+    command, report_on_stdout = COMMANDS[args.command]
+    chancelog.configure(args.command, settings.log_level, stream=sys.stderr if report_on_stdout else sys.stdout)
     log = chancelog.get_logger()
     try:
-        if role == "orchestrator":
-            from chancepay.orchestrator.main import run
-
-            return _run(lambda: run(settings))
-        if role == "scanner":
-            from chancepay.scanner.main import run as run_scanner
-
-            return _run(lambda: run_scanner(settings))
-        if role == "wallet":
-            from chancepay.wallet.main import run as run_wallet
-
-            return _run(lambda: run_wallet(settings))
-        if role == "migrate":
-            from chancepay.core.schema import migrate
-
-            async def _migrate() -> int:
-                await migrate(settings)
-                return 0
-
-            return _run(_migrate)
-        if role == "reconcile":
-            from chancepay.reconcile import reconcile_main
-
-            return _run(lambda: reconcile_main(settings, age=args.age))
-        if role == "audit":
-            from chancepay.audit import audit_main
-
-            return _run(lambda: audit_main(settings))
-        if role == "load":
-            from chancepay.load import load_main
-
-            return _run(
-                lambda: load_main(
-                    settings,
-                    rate=args.rate,
-                    duration=args.duration,
-                    converge_timeout=args.converge_timeout,
-                    concurrency=args.concurrency,
-                    targets=args.target,
-                )
-            )
-        if role in ("outbox", "dlq", "trace"):
-            from chancepay.ops import ops_main
-
-            return _run(lambda: ops_main(settings, args))
-        if role == "dev":
-            from chancepay.devrun import supervise
-
-            try:
-                ports = {k.strip(): int(v) for k, v in (p.split("=", 1) for p in args.ports.split(",") if p.strip())}
-            except ValueError:
-                raise ConfigError(
-                    f"--ports must look like orchestrator=8000,scanner=8001, got {args.ports!r}"
-                ) from None
-            return supervise([r for r in args.roles.split(",") if r], ports=ports)
-    except ConfigError as exc:
+        return command(settings, args)
+    except (ConfigError, SchemaTooNew) as exc:
         log.error("[FAILED TO START]", error=str(exc))
         return 2
     except Exception as exc:
         log.exception("[FAILED TO START]", error=str(exc))
         return 1
-    return 2

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 
+from chancepay.core.backoff import capped_exponential
 from chancepay.core.logging import get_logger
 from chancepay.core.runner import EXIT_CANNOT_START
 
@@ -77,7 +78,7 @@ def supervise(roles: list[str], max_backoff: float = 30.0, ports: dict[str, int]
                     break
                 if now - started_at[role] > 60:
                     restarts[role] = 0  # it ran a good while: forget earlier crashes
-                delay = min(max_backoff, 0.5 * 2 ** restarts[role])
+                delay = capped_exponential(restarts[role] + 1, 0.5, max_backoff)
                 restarts[role] += 1
                 next_start[role] = now + delay
                 log.warning("supervisor: role exited, restarting", child=role, exit_code=code, restart_in_seconds=delay)

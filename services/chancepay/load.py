@@ -24,6 +24,7 @@ import aiohttp
 import orjson
 
 from chancepay.audit import check_uuids
+from chancepay.core import sql
 from chancepay.core.config import Settings
 from chancepay.core.db import Database
 
@@ -133,12 +134,10 @@ async def _converge(orch: Database, uuids: list[str], timeout: float) -> tuple[b
         for i in range(0, len(pending_set), 1000):
             chunk = pending_set[i : i + 1000]
             placeholders = ",".join(["%s"] * len(chunk))
-            rows = await orch.fetchall(
-                f"SELECT uuid FROM request WHERE succeed IS NULL AND uuid IN ({placeholders})", chunk
-            )
+            rows = await orch.fetchall(sql.PENDING_AMONG.format(placeholders=placeholders), chunk)
             still.extend(r[0] for r in rows)
         pending_set = still
-        (depth,) = await orch.fetchone("SELECT COUNT(*) FROM outbox")
+        (depth,) = await orch.fetchone(sql.OUTBOX_DEPTH)
         waited = time.perf_counter() - start
         if not pending_set and depth == 0:
             return True, waited, 0, 0
@@ -153,11 +152,7 @@ async def _results(orch: Database, uuids: list[str]) -> tuple[int, int, list[flo
     for i in range(0, len(uuids), 1000):
         chunk = uuids[i : i + 1000]
         placeholders = ",".join(["%s"] * len(chunk))
-        rows = await orch.fetchall(
-            "SELECT succeed, TIMESTAMPDIFF(MICROSECOND, created_at, finalized_at) FROM request "
-            f"WHERE uuid IN ({placeholders})",
-            chunk,
-        )
+        rows = await orch.fetchall(sql.RESULTS_AMONG.format(placeholders=placeholders), chunk)
         for succeed, micros in rows:
             if succeed is None:
                 continue

@@ -25,7 +25,6 @@ from __future__ import annotations
 import base64
 import sys
 from collections.abc import Awaitable, Callable
-from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -33,10 +32,11 @@ from prometheus_client import CollectorRegistry, Counter, push_to_gateway
 
 from chancepay.core import signing, sql, topology
 from chancepay.core.broker import close_quietly, connect_any
-from chancepay.core.codec import InvalidPayload, PaymentMessage, decode_message, parse_uuid, readable_uuid
+from chancepay.core.codec import InvalidPayload, parse_uuid, readable_uuid
 from chancepay.core.config import Settings
 from chancepay.core.db import Database
 from chancepay.core.logging import get_logger
+from chancepay.core.payment import Payment, PaymentMessage, dump_details
 
 OPS_TAG = "[FAILED TO OPERATE]"
 
@@ -123,7 +123,7 @@ class Ops:
         headers = props.headers or {}
         unsigned = signing.verify(body, headers, self.settings.message_keys)
         try:
-            decode_message(body)
+            PaymentMessage.decode(body)
             parse_error = None
         except InvalidPayload as exc:
             parse_error = str(exc)
@@ -220,19 +220,19 @@ class Ops:
             if not replay_all and not any(self._matches(m, i, ident) for ident in idents):
                 return "keep"
             uuid = readable_uuid(bytes(m.body), m.header.properties.message_id)
-            row = await self.orch.fetchone(sql.SELECT_REQUEST, (uuid,)) if uuid else None
+            row = await self.orch.fetchrow(sql.SELECT_REQUEST, (uuid,)) if uuid else None
             if row is None:
                 summary["not_a_payment"] += 1
                 self.log.error(OPS_TAG, action="dlq replay", uuid=uuid, message_id=m.header.properties.message_id,
                                reason="no payment with this uuid: left in the DLQ (see `chancepay dlq show`)")
                 return "keep"
-            _, cus_id, amount, succeed, _, _ = row
-            assert uuid is not None
-            if succeed is not None:
+            payment = Payment.from_row(row)
+            if payment.succeed is not None:
                 summary["already_final"] += 1
-                self.log.info("dlq replay: payment already final; DLQ copy removed", uuid=uuid, succeed=bool(succeed))
+                self.log.info("dlq replay: payment already final; DLQ copy removed", uuid=uuid,
+                              succeed=payment.succeed)
                 return "remove"
-            payload = PaymentMessage(uuid, cus_id, Decimal(amount)).encode()
+            payload = payment.message().encode()
             await self.orch.execute(sql.REENQUEUE_OUTBOX, (uuid, payload))
             summary["replayed"] += 1
             self.log.warning("dlq replay: payment put back into the outbox from its request row", uuid=uuid)
@@ -268,11 +268,11 @@ class Ops:
     async def trace(self, uuid: str, limit: int) -> int:
         uuid = parse_uuid(uuid)
         story: dict[str, Any] = {"uuid": uuid}
-        request = await self.orch.fetchone(sql.SELECT_REQUEST, (uuid,))
+        row = await self.orch.fetchrow(sql.SELECT_REQUEST, (uuid,))
+        request = None if row is None else Payment.from_row(row)
         story["request"] = None if request is None else {
-            "cusId": request[1], "amount": f"{request[2]:.2f}",
-            "status": "PENDING" if request[3] is None else ("SUCCEEDED" if request[3] else "FAILED"),
-            "createdAt": request[4], "finalizedAt": request[5]}
+            **dump_details(request.details), "status": request.status.value,
+            "createdAt": request.created_at, "finalizedAt": request.finalized_at}
         outbox = await self.orch.fetchone(sql.TRACE_OUTBOX, (uuid,))
         story["outbox"] = None if outbox is None else {
             "attempts": outbox[0], "next_attempt_in_seconds": round(int(outbox[1]) / 1e6, 3), "last_error": outbox[2],

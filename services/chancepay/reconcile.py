@@ -17,18 +17,17 @@ when CHANCEPAY_PUSHGATEWAY_URL is set, and always summarized in the last log lin
 from __future__ import annotations
 
 import dataclasses
-from decimal import Decimal
 from typing import Any
 
 import httpx
 from prometheus_client import push_to_gateway
 
 from chancepay.core import sql
-from chancepay.core.codec import PaymentMessage
 from chancepay.core.config import Settings
 from chancepay.core.db import Database
 from chancepay.core.logging import bound, get_logger
 from chancepay.core.metrics import Metrics
+from chancepay.core.payment import PaymentMessage
 
 RECONCILE_TAG = "[FAILED TO RECONCILE]"
 
@@ -56,28 +55,28 @@ class Reconciler:
 
     async def run_pass(self, age_seconds: float) -> PassSummary:
         summary = PassSummary()
-        rows = await self.db.fetchall(
+        rows = await self.db.fetchrows(
             sql.SELECT_STALE_PENDING, (int(age_seconds * 1e6), self.settings.reconcile_batch)
         )
-        for uuid, cus_id, amount, in_outbox in rows:
+        for row in rows:
             summary.examined += 1
-            with bound(uuid=uuid):
+            with bound(uuid=row["uuid"]):
                 try:
-                    await self._one(uuid, cus_id, Decimal(amount), bool(in_outbox), summary)
+                    await self._one(PaymentMessage.from_row(row), bool(row["in_outbox"]), summary)
                 except Exception as exc:
                     summary.failures += 1
                     self.metrics.reconcile_failures.inc()
                     self.log.error(RECONCILE_TAG, error=repr(exc))
         return summary
 
-    async def _one(self, uuid: str, cus_id: str, amount: Decimal, in_outbox: bool, summary: PassSummary) -> None:
+    async def _one(self, message: PaymentMessage, in_outbox: bool, summary: PassSummary) -> None:
+        uuid = message.uuid
         if in_outbox:
             summary.left_in_outbox += 1
             return
         response = await self.wallet.get(f"/internal/inbox/{uuid}")
         if response.status_code == 404:
-            payload = PaymentMessage(uuid, cus_id, amount).encode()
-            await self.db.execute(sql.REENQUEUE_OUTBOX, (uuid, payload))
+            await self.db.execute(sql.REENQUEUE_OUTBOX, (uuid, message.encode()))
             summary.reenqueued += 1
             self.metrics.reconcile_repairs.labels(kind="reenqueued").inc()
             self.log.warning("reconcile: message lost before the wallet; put back into the outbox")

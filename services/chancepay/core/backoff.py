@@ -7,6 +7,7 @@ spread many processes apart so they do not retry in lockstep after a shared outa
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 
 def capped_exponential(attempt: int, base: float, cap: float) -> float:
@@ -22,3 +23,29 @@ def full_jitter(delay: float, rng: random.Random) -> float:
 def half_jitter(delay: float, rng: random.Random) -> float:
     """Uniform in [delay/2, delay]: keeps a floor, so a waiting process never spins."""
     return delay * (0.5 + 0.5 * rng.random())
+
+
+class Backoff:
+    """The delay before the next try of something that keeps failing: capped exponential in the
+    number of consecutive failures, jittered (half jitter by default, None for none), forgotten on
+    success. The one retry schedule of every loop that waits for a dependency."""
+
+    def __init__(self, base: float, cap: float, *, jitter: Callable[[float, random.Random], float] | None = None,
+                 rng: random.Random | None = None, exact: bool = False) -> None:
+        self.base, self.cap = base, cap
+        self.jitter = None if exact else (jitter or half_jitter)
+        self.rng = rng or random.Random()
+        self.failures = 0
+
+    def failed(self) -> float:
+        """Count one more failure; the delay to wait before the next try."""
+        self.failures += 1
+        return self.delay(self.failures)
+
+    def delay(self, failures: int) -> float:
+        """The delay after `failures` consecutive failures (pure apart from the jitter)."""
+        delay = capped_exponential(failures, self.base, self.cap)
+        return delay if self.jitter is None else self.jitter(delay, self.rng)
+
+    def succeeded(self) -> None:
+        self.failures = 0

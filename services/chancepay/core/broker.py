@@ -14,7 +14,7 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from chancepay.core.backoff import capped_exponential, half_jitter
+from chancepay.core.backoff import Backoff
 from chancepay.core.runner import sleep_or_stop
 
 FIRST_RETRY_SECONDS = 0.5
@@ -31,19 +31,18 @@ async def open_with_retry(
     on_failure: Callable[[], None] | None = None,
 ) -> bool:
     """Call `open_once` until it succeeds (True) or `stop` is set (False)."""
-    rng = rng or random.Random()
-    attempt = 0
+    backoff = Backoff(FIRST_RETRY_SECONDS, MAX_RETRY_SECONDS, rng=rng)
     while not stop.is_set():
         try:
             await open_once()
-            if attempt:
-                log.info("broker reachable", attempts=attempt + 1)
+            if backoff.failures:
+                log.info("broker reachable", attempts=backoff.failures + 1)
             return True
         except Exception as exc:
-            attempt += 1
             if on_failure is not None:
                 on_failure()
-            delay = half_jitter(capped_exponential(attempt, FIRST_RETRY_SECONDS, MAX_RETRY_SECONDS), rng)
+            delay = backoff.failed()
+            attempt = backoff.failures
             log.error(
                 tag,
                 reason="connection",

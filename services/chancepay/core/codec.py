@@ -1,12 +1,11 @@
-"""Validation of payment fields and the wire format of the payment message.
+"""The rules of single values (amount, cusId, uuid) and strict JSON parsing.
 
-Pure functions, no I/O: the orchestrator validates what clients send with them, and the
-wallet validates what it consumes with the very same rules.
+Pure functions, no I/O. core/payment.py declares which field uses which rule; the orchestrator
+validates what clients send and the wallet what it consumes with the very same rules.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import decimal
 import json
 import re
@@ -113,19 +112,6 @@ def format_amount(amount: Decimal) -> str:
     return f"{amount:.2f}"
 
 
-@dataclasses.dataclass(frozen=True)
-class PaymentMessage:
-    uuid: str
-    cus_id: str
-    amount: Decimal
-
-    def encode(self) -> bytes:
-        return json.dumps(
-            {"uuid": self.uuid, "cusId": self.cus_id, "amount": format_amount(self.amount)},
-            separators=(",", ":"),
-        ).encode()
-
-
 def readable_uuid(body: bytes, message_id: Any = None) -> str | None:
     """For a message that is not valid as a whole: its uuid, if the body's "uuid" field or the
     message_id is one (so the corruption alert can be found by uuid). None otherwise."""
@@ -138,20 +124,3 @@ def readable_uuid(body: bytes, message_id: Any = None) -> str | None:
         if isinstance(candidate, str) and UUID_RE.fullmatch(candidate):
             return candidate
     return None
-
-
-def decode_message(body: bytes) -> PaymentMessage:
-    """The wallet's parser: anything but exactly {uuid, cusId, amount}, valid, is corrupt."""
-    doc = strict_json_loads(body)
-    if not isinstance(doc, dict):
-        raise InvalidPayload("message is not a JSON object")
-    if set(doc) != {"uuid", "cusId", "amount"}:
-        raise InvalidPayload(f"message fields are {sorted(doc)}, expected amount, cusId, uuid")
-    try:
-        return PaymentMessage(
-            uuid=parse_uuid(doc["uuid"]),
-            cus_id=parse_cus_id(doc["cusId"]),
-            amount=parse_amount(doc["amount"]),
-        )
-    except InvalidField as exc:
-        raise InvalidPayload(str(exc)) from None

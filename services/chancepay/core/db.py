@@ -17,6 +17,7 @@ import asyncmy
 import asyncmy.errors
 
 from chancepay.core import sql
+from chancepay.core.backoff import capped_exponential
 from chancepay.core.config import DatabaseURL
 
 # Forced on every session, whatever the server's global default, and verified at start-up.
@@ -60,6 +61,19 @@ def is_duplicate_key(exc: BaseException) -> bool:
     return isinstance(exc, IntegrityError) and bool(exc.args) and exc.args[0] == ER_DUP_ENTRY
 
 
+def named(cur: Any, row: Any) -> dict[str, Any] | None:
+    """A row as {column name: value}, from the cursor that read it. Rows that carry a payment are
+    read by name (core/payment.py), so a column added or reordered cannot shift the others."""
+    if row is None:
+        return None
+    return dict(zip((d[0] for d in cur.description), row, strict=True))
+
+
+async def fetchrow(cur: Any) -> dict[str, Any] | None:
+    """The next row of `cur`, by column name."""
+    return named(cur, await cur.fetchone())
+
+
 class Database:
     def __init__(self, url: DatabaseURL, *, pool_size: int = 10, timeout: float = 5.0) -> None:
         self.url = url
@@ -80,9 +94,7 @@ class Database:
                         autocommit=False,
                         # asyncmy sends "SET sql_mode=<value>" verbatim: the quotes are ours.
                         sql_mode=f"'{STRICT_SQL_MODE}'",
-                        # READ COMMITTED: the scanner's FOR UPDATE SKIP LOCKED range scan takes no
-                        # gap locks, so it cannot deadlock with the API's outbox inserts.
-                        init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+                        init_command=sql.SESSION_ISOLATION,
                         charset="utf8mb4",
                         pool_recycle=300,
                         **self.url.connect_kwargs(),
@@ -137,13 +149,30 @@ class Database:
             except DatabaseBusy:
                 if attempt == attempts:
                     raise
-                await asyncio.sleep(0.005 * attempt)
+                await asyncio.sleep(capped_exponential(attempt, 0.005, 0.05))
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def fetchone(self, statement: str, args: Any = None) -> Any:
         async def work(cur: Any) -> Any:
             await cur.execute(statement, args)
             return await cur.fetchone()
+
+        return await self.run(work)
+
+    async def fetchrow(self, statement: str, args: Any = None) -> dict[str, Any] | None:
+        """One row by column name, or None."""
+        async def work(cur: Any) -> dict[str, Any] | None:
+            await cur.execute(statement, args)
+            return await fetchrow(cur)
+
+        return await self.run(work)
+
+    async def fetchrows(self, statement: str, args: Any = None) -> list[dict[str, Any]]:
+        """Every row by column name."""
+        async def work(cur: Any) -> list[dict[str, Any]]:
+            await cur.execute(statement, args)
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row, strict=True)) for row in await cur.fetchall()]
 
         return await self.run(work)
 
@@ -165,20 +194,23 @@ class Database:
     async def ping(self) -> bool:
         try:
             async with self.transaction(timeout=min(self.timeout, 2.0)) as cur:
-                await cur.execute("SELECT 1")
+                await cur.execute(sql.PING)
                 await cur.fetchone()
             return True
         except Exception:
             return False
 
-    async def schema_ready(self, tables: tuple[str, ...]) -> bool:
-        """Readiness: the server answers as this role's user and every table the role uses exists.
-        A pod is not Ready (no traffic, a rolling update waits) until `chancepay migrate` ran."""
+    async def schema_version(self) -> int:
+        """The schema's version (core/migrations.py); SchemaNotReady before any migrate ran."""
+        row = await self.fetchone(sql.SCHEMA_VERSION)
+        return int(row[0])
+
+    async def schema_ready(self, required: int) -> bool:
+        """Readiness: the server answers as this role's user and the schema is at least at the
+        version this code needs. A pod is not Ready (no traffic; a rolling update waits) until
+        `chancepay migrate` brought it there."""
         try:
-            async with self.transaction(timeout=min(self.timeout, 2.0)) as cur:
-                await cur.execute(sql.COUNT_TABLES.format(placeholders=",".join(["%s"] * len(tables))), tables)
-                (found,) = await cur.fetchone()
-            return int(found) == len(tables)
+            return await self.schema_version() >= required
         except Exception:
             return False
 

@@ -1,4 +1,5 @@
-"""`chancepay migrate`: create (idempotently) both schemas, each through its own role's user.
+"""`chancepay migrate`: bring both schemas to their latest version (core/migrations.py), each
+through its own role's user, idempotently and safely from several pods at once.
 
 With CHANCEPAY_ADMIN_DB set, first create both databases and the two users with least
 privilege (the orchestrator's user gets its schema only, the wallet's user its schema only) and
@@ -14,16 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import random
 import re
 import time
 from collections.abc import Awaitable, Callable
 
-from chancepay.core import sql
-from chancepay.core.backoff import capped_exponential, half_jitter
+from chancepay.core import migrations, sql
+from chancepay.core.backoff import Backoff
 from chancepay.core.config import DatabaseURL, Settings
 from chancepay.core.db import Database, DatabaseUnavailable
 from chancepay.core.logging import get_logger
+from chancepay.core.migrations import Migration, latest, pending
 
 IDENTIFIER = re.compile(r"[A-Za-z0-9_]{1,64}")
 
@@ -63,20 +64,52 @@ async def waiting_for_database(step: Callable[[], Awaitable[None]], what: str, w
     a capped, jittered back-off until `wait_seconds` have passed, then give up with the last error."""
     log = get_logger()
     deadline = time.monotonic() + wait_seconds
-    rng = random.Random()
-    attempt = 0
+    backoff = Backoff(0.5, 5.0)
     while True:
         try:
             await step()
             return
         except DatabaseUnavailable as exc:
-            attempt += 1
-            delay = half_jitter(capped_exponential(attempt, 0.5, 5.0), rng)
+            delay = backoff.failed()
+            attempt = backoff.failures
             if time.monotonic() + delay > deadline:
                 raise
             log.error("[FAILED TO REACH DATABASE]", step=what, error=str(exc), attempt=attempt,
                       retry_in_seconds=round(delay, 2))
             await asyncio.sleep(delay)
+
+
+async def apply(db: Database, migrations: tuple[Migration, ...], *, lock_seconds: float = 300) -> list[int]:
+    """Bring one schema to the latest of `migrations`, under a named lock (several pods may run
+    migrate at once: they take turns, and the later ones find nothing to do). Returns the
+    versions applied here."""
+    log = get_logger()
+    applied: list[int] = []
+    async with db.transaction(timeout=max(db.timeout, lock_seconds + 600)) as cur:
+        await cur.execute(sql.MIGRATE_LOCK, (int(lock_seconds),))
+        (locked,) = await cur.fetchone()
+        if locked != 1:
+            raise RuntimeError(f"another migrate held the lock for more than {lock_seconds} s")
+        try:
+            await cur.execute(sql.CREATE_SCHEMA_VERSION)
+            await cur.execute(sql.SCHEMA_VERSION)
+            (current,) = await cur.fetchone()
+            for m in pending(int(current), migrations):
+                skip = False
+                if m.unless_column is not None:
+                    await cur.execute(sql.COLUMN_EXISTS, m.unless_column)
+                    skip = (await cur.fetchone())[0] > 0
+                if not skip:
+                    for statement in m.statements:
+                        await cur.execute(statement)
+                await cur.execute(sql.RECORD_SCHEMA_VERSION, (m.version, m.description))
+                await cur.connection.commit()
+                applied.append(m.version)
+                log.info("migration applied", version=m.version, description=m.description)
+        finally:
+            await cur.execute(sql.MIGRATE_UNLOCK)
+            await cur.fetchone()
+    return applied
 
 
 async def migrate(settings: Settings) -> None:
@@ -88,17 +121,15 @@ async def migrate(settings: Settings) -> None:
             lambda: provision(admin, [orchestrator, wallet], settings.db_timeout),
             "provision databases and users", settings.migrate_wait,
         )
-    for url, ddl in ((orchestrator, sql.ORCHESTRATOR_DDL), (wallet, sql.WALLET_DDL)):
+    for url, steps in ((orchestrator, migrations.ORCHESTRATOR), (wallet, migrations.WALLET)):
         db = Database(url, pool_size=1, timeout=max(settings.db_timeout, 30))
 
-        async def create_tables(db: Database = db, ddl: tuple[str, ...] = ddl) -> None:
+        async def bring_up(db: Database = db, steps: tuple[Migration, ...] = steps) -> None:
             await db.check_strict()
-            async with db.transaction() as cur:
-                for statement in ddl:
-                    await cur.execute(statement)
+            await apply(db, steps)
 
         try:
-            await waiting_for_database(create_tables, f"create tables in {url.database}", settings.migrate_wait)
-            log.info("schema up to date", database=url.database, user=url.user)
+            await waiting_for_database(bring_up, f"migrate {url.database}", settings.migrate_wait)
+            log.info("schema up to date", database=url.database, user=url.user, version=latest(steps))
         finally:
             await db.close()

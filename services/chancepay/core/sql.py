@@ -2,10 +2,24 @@
 
 Ages are always computed by the database clock (NOW(6)), never a process clock,
 so two processes on two machines agree on what "older than 60 s" means.
+
+The statements that carry a payment's fields take their column lists from core/payment.py
+(COLUMNS), so a field declared there is written and read everywhere; rows are read by column
+name (core/db.py named), never by position. The migrations' DDL is history and stays literal.
 """
 
+from chancepay.core.payment import COLUMNS
+
+# A payment's declared columns, for the statements below: "cus_id, amount" and "%s, %s" today.
+_FIELDS = ", ".join(COLUMNS)
+_FIELD_PLACEHOLDERS = ", ".join(["%s"] * len(COLUMNS))
+_R_FIELDS = ", ".join(f"r.{c}" for c in COLUMNS)
+
 # --------------------------------------------------------------------------- schema
-ORCHESTRATOR_DDL = (
+# The statements of each schema's versioned migrations (core/migrations.py says which version
+# runs which). Every statement is idempotent: a migrate interrupted between a statement and its
+# version row runs it again harmlessly.
+ORCHESTRATOR_V1 = (
     """
     CREATE TABLE IF NOT EXISTS request (
         uuid CHAR(36) CHARACTER SET ascii NOT NULL PRIMARY KEY,
@@ -34,7 +48,7 @@ ORCHESTRATOR_DDL = (
     """,
 )
 
-WALLET_DDL = (
+WALLET_V1 = (
     """
     CREATE TABLE IF NOT EXISTS inbox (
         uuid CHAR(36) CHARACTER SET ascii NOT NULL PRIMARY KEY,
@@ -46,8 +60,10 @@ WALLET_DDL = (
         deliveries INT NOT NULL DEFAULT 1
     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
     """,
-    # Results the wallet decided but could not deliver yet: retried in the background until the
-    # orchestrator takes them (durable, so a wallet restart does not hand them to the reconciler).
+)
+# Results the wallet decided but could not deliver yet: retried in the background until the
+# orchestrator takes them (durable, so a wallet restart does not hand them to the reconciler).
+WALLET_V2 = (
     """
     CREATE TABLE IF NOT EXISTS pending_callback (
         uuid CHAR(36) CHARACTER SET ascii NOT NULL PRIMARY KEY,
@@ -61,14 +77,30 @@ WALLET_DDL = (
     """,
 )
 
-STRICT_MODE_CHECK = "SELECT @@SESSION.sql_mode"
-
-# The tables each schema must hold before its roles are ready (readiness probe).
-ORCHESTRATOR_TABLES = ("request", "outbox")
-WALLET_TABLES = ("inbox", "pending_callback")
-COUNT_TABLES = (
-    "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name IN ({placeholders})"
+# The migrations' own bookkeeping, one table per schema.
+CREATE_SCHEMA_VERSION = """
+    CREATE TABLE IF NOT EXISTS schema_version (
+        version INT NOT NULL PRIMARY KEY,
+        description VARCHAR(200) NOT NULL,
+        applied_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
+"""
+SCHEMA_VERSION = "SELECT COALESCE(MAX(version), 0) FROM schema_version"
+RECORD_SCHEMA_VERSION = "INSERT IGNORE INTO schema_version (version, description) VALUES (%s, %s)"
+# One migrate at a time per database, whatever the number of pods running it (a session lock).
+MIGRATE_LOCK = "SELECT GET_LOCK(CONCAT('chancepay-migrate:', DATABASE()), %s)"
+MIGRATE_UNLOCK = "SELECT RELEASE_LOCK(CONCAT('chancepay-migrate:', DATABASE()))"
+COLUMN_EXISTS = (
+    "SELECT COUNT(*) FROM information_schema.columns "
+    "WHERE table_schema = DATABASE() AND table_name = %s AND column_name = %s"
 )
+
+STRICT_MODE_CHECK = "SELECT @@SESSION.sql_mode"
+PING = "SELECT 1"
+# Every new connection (core/db.py): READ COMMITTED, so the scanner's FOR UPDATE SKIP LOCKED range
+# scan takes no gap locks and cannot deadlock with the API's outbox inserts.
+SESSION_ISOLATION = "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"
+
 
 # Admin-only statements (migrate with CHANCEPAY_ADMIN_DB). Identifiers are validated by the caller.
 CREATE_DATABASE = "CREATE DATABASE IF NOT EXISTS `{db}` CHARACTER SET utf8mb4"
@@ -78,14 +110,13 @@ GRANT_ALL_ON_DB = "GRANT ALL PRIVILEGES ON `{db}`.* TO %s@'%%'"
 
 # --------------------------------------------------------------------------- orchestrator
 INSERT_REQUEST = (
-    "INSERT INTO request (uuid, cus_id, amount, idempotency_key, request_hash) VALUES (%s, %s, %s, %s, %s)"
+    f"INSERT INTO request (uuid, {_FIELDS}, idempotency_key, request_hash) "
+    f"VALUES (%s, {_FIELD_PLACEHOLDERS}, %s, %s)"
 )
 INSERT_OUTBOX = "INSERT INTO outbox (uuid, payload) VALUES (%s, %s)"
-SELECT_REQUEST = (
-    "SELECT uuid, cus_id, amount, succeed, created_at, finalized_at FROM request WHERE uuid = %s"
-)
+SELECT_REQUEST = f"SELECT uuid, {_FIELDS}, succeed, created_at, finalized_at FROM request WHERE uuid = %s"
 SELECT_REQUEST_BY_IDEMPOTENCY_KEY = (
-    "SELECT uuid, cus_id, amount, succeed, created_at, finalized_at, request_hash "
+    f"SELECT uuid, {_FIELDS}, succeed, created_at, finalized_at, request_hash "
     "FROM request WHERE idempotency_key = %s"
 )
 # Write-once finalization: a row that is already final is never touched again.
@@ -130,9 +161,10 @@ RECORD_OUTBOX_RETRY = (
 # The common path is one statement: the coin was flipped in memory and the row is inserted
 # already final. Only if the uuid exists (a redelivery) does the wallet lock and read it.
 INSERT_INBOX_DECIDED = (
-    "INSERT IGNORE INTO inbox (uuid, cus_id, amount, succeed, finalized_at) VALUES (%s, %s, %s, %s, NOW(6))"
+    f"INSERT IGNORE INTO inbox (uuid, {_FIELDS}, succeed, finalized_at) "
+    f"VALUES (%s, {_FIELD_PLACEHOLDERS}, %s, NOW(6))"
 )
-LOCK_INBOX = "SELECT cus_id, amount, succeed, deliveries FROM inbox WHERE uuid = %s FOR UPDATE"
+LOCK_INBOX = f"SELECT {_FIELDS}, succeed, deliveries FROM inbox WHERE uuid = %s FOR UPDATE"
 FINALIZE_INBOX = (
     "UPDATE inbox SET succeed = %s, finalized_at = NOW(6) WHERE uuid = %s AND succeed IS NULL"
 )
@@ -184,9 +216,40 @@ TRACE_PENDING_CALLBACK = "SELECT attempts, last_error FROM pending_callback WHER
 
 # --------------------------------------------------------------------------- reconcile
 SELECT_STALE_PENDING = (
-    "SELECT r.uuid, r.cus_id, r.amount, (o.uuid IS NOT NULL) AS in_outbox "
+    f"SELECT r.uuid, {_R_FIELDS}, (o.uuid IS NOT NULL) AS in_outbox "
     "FROM request r LEFT JOIN outbox o ON o.uuid = r.uuid "
     "WHERE r.succeed IS NULL AND r.created_at < NOW(6) - INTERVAL %s MICROSECOND "
     "ORDER BY r.created_at LIMIT %s"
 )
 REENQUEUE_OUTBOX = "INSERT IGNORE INTO outbox (uuid, payload) VALUES (%s, %s)"
+
+# --------------------------------------------------------------------------- audit and load
+# The invariant check (audit.py) reads (uuid, succeed) from each schema through its own user.
+SUCCEED_BY_UUID = "SELECT uuid, succeed FROM {table} WHERE uuid IN ({placeholders})"  # table: request|inbox
+RECENT_REQUESTS = "SELECT uuid, succeed FROM request WHERE created_at >= NOW(6) - INTERVAL %s MICROSECOND"
+RECENT_INBOX = "SELECT uuid, succeed FROM inbox WHERE created_at >= NOW(6) - INTERVAL %s MICROSECOND"
+STALE_OUTBOX = "SELECT uuid, attempts FROM outbox WHERE created_at < NOW(6) - INTERVAL %s MICROSECOND"
+STALE_PENDING_IN_WINDOW = (
+    "SELECT uuid FROM request WHERE succeed IS NULL AND created_at < NOW(6) - INTERVAL %s MICROSECOND "
+    "AND created_at >= NOW(6) - INTERVAL %s MICROSECOND"
+)
+# Every payment of a small database (the test suite's invariant check).
+ALL_REQUEST_UUIDS = "SELECT uuid FROM request"
+ALL_INBOX_UUIDS = "SELECT uuid FROM inbox"
+PENDING_AMONG = "SELECT uuid FROM request WHERE succeed IS NULL AND uuid IN ({placeholders})"
+OUTBOX_DEPTH = "SELECT COUNT(*) FROM outbox"
+RESULTS_AMONG = (
+    "SELECT succeed, TIMESTAMPDIFF(MICROSECOND, created_at, finalized_at) FROM request WHERE uuid IN ({placeholders})"
+)
+
+# --------------------------------------------------------------------------- benchmarks (bench/)
+PENDING_COUNT = "SELECT COUNT(*) FROM request WHERE succeed IS NULL"
+SERVER_FACTS = (
+    "SELECT VERSION(), @@innodb_flush_log_at_trx_commit, @@sync_binlog, @@log_bin, "
+    "@@innodb_doublewrite, @@innodb_flush_method, @@innodb_buffer_pool_size, "
+    "@@innodb_log_file_size, @@max_connections"
+)
+USE_DATABASE = "USE `{db}`"  # identifiers validated by the caller
+DROP_DATABASE = "DROP DATABASE IF EXISTS `{db}`"
+DROP_USER = "DROP USER IF EXISTS %s@'%%'"
+DATABASE_EXISTS = "SHOW DATABASES LIKE %s"

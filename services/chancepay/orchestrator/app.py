@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from starlette.applications import Starlette
@@ -9,15 +10,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from chancepay.core import sql
-from chancepay.core.codec import (
-    InvalidField,
-    InvalidPayload,
-    parse_amount,
-    parse_cus_id,
-    parse_uuid,
-    strict_json_loads,
-)
+from chancepay.core import migrations
+from chancepay.core.codec import InvalidField, InvalidPayload, parse_uuid, strict_json_loads
 from chancepay.core.config import Settings
 from chancepay.core.crash import CrashPoints
 from chancepay.core.db import Database, DatabaseUnavailable
@@ -32,11 +26,11 @@ from chancepay.core.http import (
 )
 from chancepay.core.logging import bound, get_logger
 from chancepay.core.metrics import Metrics
+from chancepay.core.payment import MissingFields, UnknownFields, parse_details
 from chancepay.orchestrator.openapi import OPENAPI
 from chancepay.orchestrator.service import FinalizeOutcome, IdempotencyKeyReused, PaymentService
 
 MAX_BODY_BYTES = 16 * 1024
-PAYMENT_FIELDS = {"cusId", "amount"}
 
 
 def _check_json_content_type(request: Request) -> None:
@@ -90,110 +84,127 @@ def _idempotency_key(request: Request) -> str | None:
     return key
 
 
-def build_app(settings: Settings, db: Database, metrics: Metrics, crash: CrashPoints) -> Starlette:
-    service = PaymentService(db)
+@dataclasses.dataclass(frozen=True)
+class Resources:
+    """What the handlers use, on app.state.orchestrator (built once per process by build_app)."""
+
+    settings: Settings
+    db: Database
+    service: PaymentService
+    metrics: Metrics
+    crash: CrashPoints
+
+
+def _resources(request: Request) -> Resources:
+    resources: Resources = request.app.state.orchestrator
+    return resources
+
+
+async def create_payment(request: Request) -> Response:
+    r = _resources(request)
+    key = _idempotency_key(request)
+    doc = await _read_json_object(request)
+    try:
+        details = parse_details(doc)
+    except MissingFields as exc:
+        raise ApiError(422, "missing_field", exc.message) from None
+    except UnknownFields as exc:
+        raise ApiError(422, "unknown_field", exc.message) from None
+    except InvalidField as exc:
+        raise ApiError(422, "invalid_field", str(exc)) from None
+    try:
+        payment, replayed = await r.service.create(details, key)
+    except IdempotencyKeyReused:
+        raise ApiError(422, "idempotency_key_reused", "this Idempotency-Key was used with a different body") from None
     log = get_logger()
-
-    async def create_payment(request: Request) -> Response:
-        key = _idempotency_key(request)
-        doc = await _read_json_object(request)
-        missing = PAYMENT_FIELDS - doc.keys()
-        if missing:
-            raise ApiError(422, "missing_field", f"missing field(s): {', '.join(sorted(missing))}")
-        unknown = doc.keys() - PAYMENT_FIELDS
-        if unknown:
-            raise ApiError(422, "unknown_field", f"unknown field(s): {', '.join(sorted(unknown))}")
-        try:
-            cus_id = parse_cus_id(doc["cusId"])
-            amount = parse_amount(doc["amount"])
-        except InvalidField as exc:
-            raise ApiError(422, "invalid_field", str(exc)) from None
-        try:
-            payment, replayed = await service.create(cus_id, amount, key)
-        except IdempotencyKeyReused:
-            raise ApiError(
-                422, "idempotency_key_reused", "this Idempotency-Key was used with a different body"
-            ) from None
-        with bound(uuid=payment.uuid):
-            if replayed:
-                log.info("idempotent replay", idempotency_key=key)
-            else:
-                metrics.payments_created.inc()
-                log.info("payment accepted", cus_id=cus_id, amount=str(amount))
-                crash.hit("orchestrator.after_commit")
-        body = payment.as_json()
-        headers = {"Location": f"/payments/{payment.uuid}"}
+    with bound(uuid=payment.uuid):
         if replayed:
-            headers["Idempotent-Replayed"] = "true"
-        body = {k: body[k] for k in ("uuid", "cusId", "amount", "status")}
-        return JSONResponse(body, status_code=202, headers=headers)
+            log.info("idempotent replay", idempotency_key=key)
+        else:
+            r.metrics.payments_created.inc()
+            log.info("payment accepted", **{k: str(v) for k, v in details.items()})
+            r.crash.hit("orchestrator.after_commit")
+    headers = {"Location": f"/payments/{payment.uuid}"}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(payment.accepted_json(), status_code=202, headers=headers)
 
-    async def get_payment(request: Request) -> Response:
-        uuid = _path_uuid(request)
-        payment = await service.get(uuid)
-        if payment is None:
+
+async def get_payment(request: Request) -> Response:
+    uuid = _path_uuid(request)
+    payment = await _resources(request).service.get(uuid)
+    if payment is None:
+        raise ApiError(404, "not_found", f"no payment {uuid}")
+    return JSONResponse(payment.as_json())
+
+
+async def post_result(request: Request) -> Response:
+    r = _resources(request)
+    require_bearer(request, r.settings.internal_token)
+    uuid = _path_uuid(request)
+    doc = await _read_json_object(request)
+    if set(doc) != {"succeed"} or not isinstance(doc["succeed"], bool):
+        raise ApiError(422, "invalid_field", 'the body must be exactly {"succeed": true|false}')
+    succeed: bool = doc["succeed"]
+    log = get_logger()
+    with bound(uuid=uuid):
+        outcome, payment, latency = await r.service.finalize(uuid, succeed)
+        if outcome is FinalizeOutcome.UNKNOWN:
+            log.warning("result for an unknown payment", succeed=succeed)
             raise ApiError(404, "not_found", f"no payment {uuid}")
-        return JSONResponse(payment.as_json())
+        assert payment is not None
+        if outcome is FinalizeOutcome.CONFLICT:
+            log.error("[FAILED TO FINALIZE: RESULT CONFLICT]", stored=payment.succeed, received=succeed)
+            raise ApiError(
+                409, "result_conflict", f"payment {uuid} is already {payment.status.value}; the row is unchanged"
+            )
+        if outcome is FinalizeOutcome.APPLIED:
+            r.metrics.payments_finalized.labels(result="succeeded" if succeed else "failed").inc()
+            if latency is not None:
+                r.metrics.payment_e2e_seconds.observe(latency)
+            log.info("payment finalized", status=payment.status.value)
+    return JSONResponse({"uuid": uuid, "status": payment.status.value})
 
-    async def post_result(request: Request) -> Response:
-        require_bearer(request, settings.internal_token)
-        uuid = _path_uuid(request)
-        doc = await _read_json_object(request)
-        if set(doc) != {"succeed"} or not isinstance(doc["succeed"], bool):
-            raise ApiError(422, "invalid_field", 'the body must be exactly {"succeed": true|false}')
-        succeed: bool = doc["succeed"]
-        with bound(uuid=uuid):
-            outcome, payment, latency = await service.finalize(uuid, succeed)
-            if outcome is FinalizeOutcome.UNKNOWN:
-                log.warning("result for an unknown payment", succeed=succeed)
-                raise ApiError(404, "not_found", f"no payment {uuid}")
-            assert payment is not None
-            if outcome is FinalizeOutcome.CONFLICT:
-                log.error(
-                    "[FAILED TO FINALIZE: RESULT CONFLICT]", stored=payment.succeed, received=succeed
-                )
-                raise ApiError(
-                    409, "result_conflict", f"payment {uuid} is already {payment.status}; the row is unchanged"
-                )
-            if outcome is FinalizeOutcome.APPLIED:
-                metrics.payments_finalized.labels(result="succeeded" if succeed else "failed").inc()
-                if latency is not None:
-                    metrics.payment_e2e_seconds.observe(latency)
-                log.info("payment finalized", status=payment.status)
-        return JSONResponse({"uuid": uuid, "status": payment.status})
 
-    async def openapi(request: Request) -> Response:
-        return JSONResponse(OPENAPI)
+async def openapi(request: Request) -> Response:
+    return JSONResponse(OPENAPI)
 
+
+async def db_unavailable(request: Request, exc: Exception) -> Response:
+    _resources(request).metrics.db_unavailable.inc()
+    get_logger().error("[FAILED TO REACH DATABASE]", path=request.url.path, error=str(exc))
+    return JSONResponse(
+        {
+            "error": {
+                "code": "database_unavailable",
+                # Honest: if the connection died during COMMIT the outcome is unknown here.
+                "message": "the database is unavailable; retry later with the same Idempotency-Key",
+            }
+        },
+        status_code=503,
+        headers={"Retry-After": "1"},
+    )
+
+
+ROUTES = [
+    Route("/payments", create_payment, methods=["POST"]),
+    Route("/payments/{uuid}", get_payment, methods=["GET"]),
+    Route("/internal/payments/{uuid}/result", post_result, methods=["POST"]),
+    Route("/openapi.json", openapi, methods=["GET"]),
+]
+
+
+def build_app(settings: Settings, db: Database, metrics: Metrics, crash: CrashPoints) -> Starlette:
     async def ready() -> dict[str, bool]:
-        return {"database": await db.ping(), "schema": await db.schema_ready(sql.ORCHESTRATOR_TABLES)}
+        required = migrations.latest(migrations.ORCHESTRATOR)
+        return {"database": await db.ping(), "schema": await db.schema_ready(required)}
 
     async def refresh() -> None:
         await refresh_orchestrator_gauges(db, metrics, settings.scanner_max_attempts)
 
-    async def db_unavailable(request: Request, exc: Exception) -> Response:
-        metrics.db_unavailable.inc()
-        log.error("[FAILED TO REACH DATABASE]", path=request.url.path, error=str(exc))
-        return JSONResponse(
-            {
-                "error": {
-                    "code": "database_unavailable",
-                    # Honest: if the connection died during COMMIT the outcome is unknown here.
-                    "message": "the database is unavailable; retry later with the same Idempotency-Key",
-                }
-            },
-            status_code=503,
-            headers={"Retry-After": "1"},
-        )
-
-    routes = [
-        Route("/payments", create_payment, methods=["POST"]),
-        Route("/payments/{uuid}", get_payment, methods=["GET"]),
-        Route("/internal/payments/{uuid}/result", post_result, methods=["POST"]),
-        Route("/openapi.json", openapi, methods=["GET"]),
-        *health_routes(metrics, ready, refresh),
-    ]
-    app = Starlette(routes=routes, exception_handlers={**EXCEPTION_HANDLERS, DatabaseUnavailable: db_unavailable})
+    app = Starlette(routes=[*ROUTES, *health_routes(metrics, ready, refresh)],
+                    exception_handlers={**EXCEPTION_HANDLERS, DatabaseUnavailable: db_unavailable})
+    app.state.orchestrator = Resources(settings, db, PaymentService(db), metrics, crash)
     app.state.metrics = metrics
     app.add_middleware(LatencyMiddleware, metrics=metrics)
     return app

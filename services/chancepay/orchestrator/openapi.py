@@ -1,20 +1,19 @@
 """The orchestrator's OpenAPI 3.1 document, served at /openapi.json.
 
-Written by hand because it *is* the contract (CONTRACT.md "HTTP API"): schemathesis fuzzes the
-API from it, so every status code the API can answer is listed.
+The paths and status codes are written here because they *are* the contract (CONTRACT.md "HTTP
+API"): schemathesis fuzzes the API from this document, so every status code the API can answer is
+listed. The payment's schemas come from its declaration (core/payment.py), so a declared field
+shows here with the same rule the API enforces.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from chancepay.core import payment
+
 _ERROR = {"$ref": "#/components/schemas/Error"}
-_UUID_PARAM = {
-    "name": "uuid",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string", "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"},
-}
+_UUID_PARAM = {"name": "uuid", "in": "path", "required": True, "schema": payment.UUID_SCHEMA}
 
 
 def _err(description: str) -> dict[str, Any]:
@@ -119,43 +118,9 @@ OPENAPI: dict[str, Any] = {
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         "schemas": {
-            "PaymentRequest": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["cusId", "amount"],
-                "properties": {
-                    "cusId": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,64}$"},
-                    "amount": {
-                        "oneOf": [
-                            {"type": "string", "pattern": "^[0-9]{1,16}(\\.[0-9]{1,2})?$"},
-                            {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1e16, "multipleOf": 0.01},
-                        ],
-                        "description": "Exact decimal > 0, at most two fraction digits, below 10^16",
-                    },
-                },
-            },
-            "PaymentAccepted": {
-                "type": "object",
-                "required": ["uuid", "cusId", "amount", "status"],
-                "properties": {
-                    "uuid": {"type": "string", "format": "uuid"},
-                    "cusId": {"type": "string"},
-                    "amount": {"type": "string"},
-                    "status": {"type": "string", "enum": ["PENDING", "SUCCEEDED", "FAILED"]},
-                },
-            },
-            "Payment": {
-                "type": "object",
-                "required": ["uuid", "cusId", "amount", "status", "createdAt", "finalizedAt"],
-                "properties": {
-                    "uuid": {"type": "string", "format": "uuid"},
-                    "cusId": {"type": "string"},
-                    "amount": {"type": "string"},
-                    "status": {"type": "string", "enum": ["PENDING", "SUCCEEDED", "FAILED"]},
-                    "createdAt": {"type": "string", "format": "date-time"},
-                    "finalizedAt": {"type": ["string", "null"], "format": "date-time"},
-                },
-            },
+            "PaymentRequest": payment.request_schema(),
+            "PaymentAccepted": payment.accepted_schema(),
+            "Payment": payment.payment_schema(),
             "Result": {
                 "type": "object",
                 "additionalProperties": False,
@@ -167,7 +132,7 @@ OPENAPI: dict[str, Any] = {
                 "required": ["uuid", "status"],
                 "properties": {
                     "uuid": {"type": "string"},
-                    "status": {"type": "string", "enum": ["SUCCEEDED", "FAILED"]},
+                    "status": {"type": "string", "enum": [payment.Status.SUCCEEDED.value, payment.Status.FAILED.value]},
                 },
             },
             "Error": {

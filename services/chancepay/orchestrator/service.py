@@ -3,49 +3,14 @@ read it, finalize it write-once. Receives its Database; knows nothing of HTTP.""
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as dt
 import enum
 import hashlib
-from decimal import Decimal
 from typing import Any
 
 from chancepay.core import sql
-from chancepay.core.codec import PaymentMessage, format_amount, new_uuid
-from chancepay.core.db import Database, is_duplicate_key
-
-
-@dataclasses.dataclass(frozen=True)
-class Payment:
-    uuid: str
-    cus_id: str
-    amount: Decimal
-    succeed: bool | None
-    created_at: dt.datetime | None  # None only in the 202 answer, which does not show it
-    finalized_at: dt.datetime | None
-
-    @property
-    def status(self) -> str:
-        return {None: "PENDING", True: "SUCCEEDED", False: "FAILED"}[self.succeed]
-
-    @classmethod
-    def from_row(cls, row: tuple) -> Payment:
-        succeed = None if row[3] is None else bool(row[3])
-        return cls(row[0], row[1], row[2], succeed, row[4], row[5])
-
-    def as_json(self) -> dict:
-        return {
-            "uuid": self.uuid,
-            "cusId": self.cus_id,
-            "amount": format_amount(self.amount),
-            "status": self.status,
-            "createdAt": _iso(self.created_at) if self.created_at else None,
-            "finalizedAt": _iso(self.finalized_at) if self.finalized_at else None,
-        }
-
-
-def _iso(value: dt.datetime) -> str:
-    return value.replace(tzinfo=dt.UTC).isoformat().replace("+00:00", "Z")
+from chancepay.core.codec import new_uuid
+from chancepay.core.db import Database, fetchrow, is_duplicate_key
+from chancepay.core.payment import Details, Payment, PaymentMessage, column_values, dump_details
 
 
 class IdempotencyKeyReused(Exception):
@@ -59,22 +24,25 @@ class FinalizeOutcome(enum.Enum):
     UNKNOWN = "unknown"  # no such request
 
 
-def request_fingerprint(cus_id: str, amount: Decimal) -> str:
-    """What "the same body" means for an Idempotency-Key: the same payment, whatever its JSON spelling."""
-    return hashlib.sha256(f"{cus_id}\n{format_amount(amount)}".encode()).hexdigest()
+def request_fingerprint(details: Details) -> str:
+    """What "the same body" means for an Idempotency-Key: the same payment, whatever its JSON
+    spelling (each field's canonical form, in declaration order, one per line)."""
+    canonical = "\n".join(str(v) for v in dump_details(details).values())
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 class PaymentService:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def create(self, cus_id: str, amount: Decimal, idempotency_key: str | None) -> tuple[Payment, bool]:
+    async def create(self, details: Details, idempotency_key: str | None) -> tuple[Payment, bool]:
         """Returns (payment, replayed). The request row and its outbox row commit together or not at all."""
         uuid = new_uuid()
-        fingerprint = request_fingerprint(cus_id, amount) if idempotency_key else None
-        payload = PaymentMessage(uuid, cus_id, amount).encode()
+        fingerprint = request_fingerprint(details) if idempotency_key else None
+        payload = PaymentMessage(uuid, details).encode()
+
         async def insert_both(cur: Any) -> None:
-            await cur.execute(sql.INSERT_REQUEST, (uuid, cus_id, amount, idempotency_key, fingerprint))
+            await cur.execute(sql.INSERT_REQUEST, (uuid, *column_values(details), idempotency_key, fingerprint))
             await cur.execute(sql.INSERT_OUTBOX, (uuid, payload))
 
         try:
@@ -84,17 +52,17 @@ class PaymentService:
                 raise
             # Another request with this key committed first (possibly concurrently: InnoDB made
             # this insert wait for it). Answer with that payment, never create a second one.
-            found = await self.db.fetchone(sql.SELECT_REQUEST_BY_IDEMPOTENCY_KEY, (idempotency_key,))
+            found = await self.db.fetchrow(sql.SELECT_REQUEST_BY_IDEMPOTENCY_KEY, (idempotency_key,))
             if found is None:  # the other transaction rolled back between our insert and select
-                return await self.create(cus_id, amount, idempotency_key)
-            if found[6] != fingerprint:
+                return await self.create(details, idempotency_key)
+            if found["request_hash"] != fingerprint:
                 raise IdempotencyKeyReused(idempotency_key) from None
-            return Payment.from_row(found[:6]), True
+            return Payment.from_row(found), True
         # The 202 body needs no timestamps: no read-back round trip.
-        return Payment(uuid, cus_id, amount, None, None, None), False
+        return Payment(uuid, dict(details), None, None, None), False
 
     async def get(self, uuid: str) -> Payment | None:
-        row = await self.db.fetchone(sql.SELECT_REQUEST, (uuid,))
+        row = await self.db.fetchrow(sql.SELECT_REQUEST, (uuid,))
         return Payment.from_row(row) if row else None
 
     async def finalize(self, uuid: str, succeed: bool) -> tuple[FinalizeOutcome, Payment | None, float | None]:
@@ -104,7 +72,7 @@ class PaymentService:
             await cur.execute(sql.FINALIZE_REQUEST, (succeed, uuid))
             applied = cur.rowcount == 1
             await cur.execute(sql.SELECT_REQUEST, (uuid,))
-            return applied, await cur.fetchone()
+            return applied, await fetchrow(cur)
 
         applied, row = await self.db.run(finalize_once)
         if row is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.applications import Starlette
 
-from chancepay.core import sql
+from chancepay.core import migrations
 from chancepay.core.config import Settings
 from chancepay.core.crash import CrashPoints
 from chancepay.core.db import Database
@@ -25,7 +25,7 @@ async def run(settings: Settings) -> int:
     async def ready() -> dict[str, bool]:
         return {
             "database": await db.ping(),
-            "schema": await db.schema_ready(sql.ORCHESTRATOR_TABLES),
+            "schema": await db.schema_ready(migrations.latest(migrations.ORCHESTRATOR)),
             "broker": scanner.broker_ready(),
         }
 

@@ -17,87 +17,51 @@ For each delivery:
    is requeued.
 
 Nothing here reads the broker's x-delivery-count (RabbitMQ 4.3 changed what it counts).
+
+This module is the AMQP side and the order of the steps; the decisions are wallet/policy.py (pure,
+unit-tested), the SQL wallet/inbox.py, the HTTP call wallet/callback.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import enum
 import random
-from decimal import Decimal
 from typing import Any
 
 import aiohttp
-import orjson
 
-from chancepay.core import signing, sql, topology
-from chancepay.core.backoff import capped_exponential, half_jitter
+from chancepay.core import signing, topology
+from chancepay.core.backoff import Backoff, half_jitter
 from chancepay.core.broker import close_quietly, connect_any, open_with_retry
-from chancepay.core.codec import InvalidPayload, PaymentMessage, decode_message, readable_uuid
+from chancepay.core.codec import InvalidPayload, readable_uuid
 from chancepay.core.config import Settings
 from chancepay.core.crash import CrashPoints
 from chancepay.core.db import Database
 from chancepay.core.logging import bound, get_logger
 from chancepay.core.metrics import Metrics
+from chancepay.core.payment import PaymentMessage
 from chancepay.core.runner import FatalError, sleep_or_stop
+from chancepay.wallet.callback import CALLBACK_TAG, CallbackClient
+from chancepay.wallet.inbox import Inbox
+from chancepay.wallet.policy import (
+    Action,
+    CallbackResult,
+    Decision,
+    after_callback,
+    after_deduction,
+    after_park,
+    db_retry_delay,
+    parked_retry_delay,
+)
 
 CORRUPTION_TAG = "[PAYLOAD_CORRUPTION_ALERT]"
-CALLBACK_TAG = "[FAILED TO CALLBACK FROM WALLET]"
 CONSUME_TAG = "[FAILED TO CONSUME FROM MQ]"
+REJECTED_REASON = "the orchestrator rejected the result (unknown payment or a different stored result)"
 # The background retrier: rows claimed per pass, how long a claim hides them from other wallets,
 # and the pause when nothing is due.
 RETRY_BATCH = 100
 RETRY_LEASE_SECONDS = 30.0
 RETRY_IDLE_SECONDS = 0.5
-# Back-off before requeueing a message the database could not take (see db_retry_delay).
-DB_RETRY_MIN_SECONDS = 0.5
-DB_RETRY_MAX_SECONDS = 15.0
-
-
-class Deduction(enum.Enum):
-    NEW = "new"  # this delivery decided the result
-    DUPLICATE = "duplicate"  # decided by an earlier delivery; not deducted again
-    CONFLICT = "conflict"  # same uuid, different cusId/amount: corrupt
-
-
-@dataclasses.dataclass(frozen=True)
-class Decision:
-    kind: Deduction
-    succeed: bool | None
-    deliveries: int = 1  # deliveries of this uuid the inbox has seen, this one included
-
-
-class CallbackResult(enum.Enum):
-    DELIVERED = "delivered"
-    RETRYABLE = "retryable"  # network, timeout, 5xx, 401: a later delivery may succeed
-    REJECTED = "rejected"  # 404/409/422: retrying cannot help
-
-
-def db_retry_delay(outage_seconds: float) -> float:
-    """How long to hold a message the database could not take before requeueing it: as long as
-    the outage has lasted so far, within [0.5 s, 15 s]. A blip costs half a second; a long
-    outage is probed every 15 s instead of spinning every message through the queue."""
-    return min(DB_RETRY_MAX_SECONDS, max(DB_RETRY_MIN_SECONDS, outage_seconds))
-
-
-def after_callback(result: CallbackResult) -> str:
-    """What the delivery does once its quick tries are over: "ack", or "park" (store the result
-    for the background retrier, then ack)."""
-    return "park" if result is CallbackResult.RETRYABLE else "ack"
-
-
-def parked_retry_delay(attempts: int, base: float, cap: float, rng: random.Random) -> float:
-    """Back-off before the next background try of a parked callback after `attempts` failed ones:
-    capped exponential with a floor of half the delay (half jitter), so a fleet of wallets
-    spreads its retries out but none spins."""
-    return half_jitter(capped_exponential(attempts, base, cap), rng)
-
-
-def backoff_delays(attempts: int, base: float, cap: float = 5.0, rng: random.Random | None = None) -> list[float]:
-    """Full-jitter capped exponential back-off between `attempts` tries (attempts - 1 sleeps)."""
-    rng = rng or random.Random()
-    return [rng.uniform(0, min(cap, base * 2**i)) for i in range(max(0, attempts - 1))]
 
 
 class Wallet:
@@ -105,13 +69,13 @@ class Wallet:
         self, settings: Settings, db: Database, metrics: Metrics, crash: CrashPoints, http: aiohttp.ClientSession
     ) -> None:
         self.settings = settings
-        self.db = db
         self.metrics = metrics
         self.crash = crash
-        self.http = http
-        self.callback_base = settings.orchestrator_url.rstrip("/")
         self.log = get_logger()
         self.rng = random.Random()
+        self.inbox = Inbox(db, on_inserted=lambda: crash.hit("wallet.after_inbox_insert"))
+        self.callbacks = CallbackClient(http, settings.orchestrator_url, metrics, tries=settings.callback_attempts,
+                                        backoff=settings.callback_backoff, rng=self.rng)
         self.connection: Any = None
         self.channel: Any = None
         self.stats_channel: Any = None
@@ -122,72 +86,13 @@ class Wallet:
         self.in_flight: set[asyncio.Task[Any]] = set()
         # Start of the current database outage (monotonic seconds), None while deductions succeed.
         self.db_down_since: float | None = None
-        self.callback_errors: dict[str, str] = {}  # uuid -> the last failed try's reason
 
-    # ------------------------------------------------------------------ deduction
     def flip(self) -> bool:
         return self.rng.random() < self.settings.wallet_success_rate
 
-    async def deduct(self, msg: PaymentMessage) -> Decision:
-        """Decide once, durably. The coin is flipped first and the inbox row inserted already
-        final, in one statement; the flip only counts if that insert creates the row. If the uuid
-        is already there (a redelivery), the stored decision wins and nothing is deducted again."""
-        decided = self.flip()
-
-        async def decide(cur: Any) -> Decision:
-            await cur.execute(sql.INSERT_INBOX_DECIDED, (msg.uuid, msg.cus_id, msg.amount, decided))
-            self.crash.hit("wallet.after_inbox_insert")
-            if cur.rowcount == 1:
-                return Decision(Deduction.NEW, decided, 1)
-            await cur.execute(sql.LOCK_INBOX, (msg.uuid,))
-            cus_id, amount, succeed, deliveries = await cur.fetchone()
-            if cus_id != msg.cus_id or Decimal(amount) != msg.amount:
-                return Decision(Deduction.CONFLICT, None if succeed is None else bool(succeed), int(deliveries))
-            await cur.execute(sql.COUNT_INBOX_DELIVERY, (msg.uuid,))
-            if succeed is not None:
-                return Decision(Deduction.DUPLICATE, bool(succeed), int(deliveries) + 1)
-            # A pending row (written by an older version, or by hand): finalize it now.
-            await cur.execute(sql.FINALIZE_INBOX, (decided, msg.uuid))
-            return Decision(Deduction.NEW, decided, int(deliveries) + 1)
-
-        return await self.db.run(decide)
-
-    # ------------------------------------------------------------------ callback
-    async def callback(self, uuid: str, succeed: bool, tries: int | None = None) -> CallbackResult:
-        tries = tries or self.settings.callback_attempts
-        delays = backoff_delays(tries, self.settings.callback_backoff, rng=self.rng)
-        for attempt in range(1, tries + 1):
-            try:
-                async with self.http.post(
-                    f"{self.callback_base}/internal/payments/{uuid}/result",
-                    data=orjson.dumps({"succeed": succeed}),
-                    headers={"Content-Type": "application/json"},
-                ) as response:
-                    status = response.status
-                    body = await response.read()
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                result, reason = CallbackResult.RETRYABLE, f"{type(exc).__name__}: {exc}"
-            else:
-                if status == 200:
-                    self.metrics.wallet_callbacks.inc()
-                    return CallbackResult.DELIVERED
-                reason = f"HTTP {status}: {body[:200].decode('utf-8', 'replace')}"
-                retryable = status >= 500 or status in (401, 408, 429)
-                result = CallbackResult.RETRYABLE if retryable else CallbackResult.REJECTED
-            self.metrics.wallet_callback_failures.inc()
-            final = result is CallbackResult.REJECTED or attempt == tries
-            self.callback_errors[uuid] = reason
-            self.log.error(CALLBACK_TAG, reason=reason, attempt=attempt, succeed=succeed,
-                           will_retry=result is CallbackResult.RETRYABLE)
-            if final:
-                if result is not CallbackResult.RETRYABLE:
-                    self.callback_errors.pop(uuid, None)
-                return result
-            await asyncio.sleep(delays[attempt - 1])
-        return CallbackResult.RETRYABLE  # pragma: no cover - the loop always returns
-
     # ------------------------------------------------------------------ one delivery
     async def handle(self, message: Any) -> None:
+        """The steps of one delivery; each ends in the Action the policy names."""
         tag = message.delivery.delivery_tag
         body = bytes(message.body)
         unsigned = signing.verify(body, message.header.properties.headers, self.settings.message_keys)
@@ -195,137 +100,65 @@ class Wallet:
             await self._dead_letter(message, f"signature: {unsigned}")
             return
         try:
-            msg = decode_message(body)
+            msg = PaymentMessage.decode(body)
         except InvalidPayload as exc:
             await self._dead_letter(message, str(exc))
             return
         with bound(uuid=msg.uuid):
+            decision: Decision | None
+            error = ""
             try:
-                decision = await self.deduct(msg)
+                decision = await self.inbox.deduct(msg, self.flip())
             except Exception as exc:
-                # Database down, timing out or not migrated yet: nothing was decided. Hold the
-                # message, then requeue it. The hold grows with the outage (not with the broker's
-                # delivery count), so a long outage neither spins nor dead-letters valid payments.
-                self.metrics.db_unavailable.inc()
-                now = asyncio.get_running_loop().time()
-                if self.db_down_since is None:
-                    self.db_down_since = now
-                delay = half_jitter(db_retry_delay(now - self.db_down_since), self.rng)
-                self.log.error("[FAILED TO DEDUCT IN WALLET]", error=str(exc) or repr(exc),
-                               retry_in_seconds=round(delay, 2))
-                await asyncio.sleep(delay)
-                await self.channel.basic_nack(tag, requeue=True)
+                decision, error = None, str(exc) or repr(exc)
+            action = after_deduction(decision)
+            if action is Action.REQUEUE:
+                await self._hold_and_requeue(tag, error)
                 return
+            assert decision is not None
             self.db_down_since = None
-            if decision.kind is Deduction.CONFLICT:
-                await self._dead_letter(message, "uuid already in the inbox with a different cusId or amount")
+            if action is Action.DEAD_LETTER:
+                await self._dead_letter(message, "uuid already in the inbox with a different payment")
                 return
-            if decision.kind is Deduction.DUPLICATE:
-                outcome = "duplicate"
-            else:
-                outcome = "succeeded" if decision.succeed else "failed"
-            self.metrics.wallet_messages.labels(outcome=outcome).inc()
-            self.log.info("deduction decided", outcome=outcome, succeed=decision.succeed)
+            self.metrics.wallet_messages.labels(outcome=decision.outcome).inc()
+            self.log.info("deduction decided", outcome=decision.outcome, succeed=decision.succeed)
             self.crash.hit("wallet.after_finalize")
             assert decision.succeed is not None
-            result = await self.callback(msg.uuid, decision.succeed)
+            result = await self.callbacks.deliver(msg.uuid, decision.succeed)
             self.crash.hit("wallet.after_callback")
-            if after_callback(result) == "park":
-                try:
-                    await self.park(msg.uuid, decision.succeed)
-                except Exception as exc:
-                    # Not even parked (database down): the broker keeps the message; a redelivery
-                    # finds the inbox row and tries the callback again.
-                    self.log.error(CALLBACK_TAG, reason=f"could not park the result: {exc}", will_retry=True)
+            action = after_callback(result)
+            if action is Action.PARK:
+                action = after_park(await self._park(msg.uuid, decision.succeed))
+                if action is Action.REQUEUE:
                     await self.channel.basic_nack(tag, requeue=True)
                     return
             elif result is CallbackResult.REJECTED:
-                self.log.error(
-                    CALLBACK_TAG,
-                    reason="the orchestrator rejected the result (unknown payment or a different stored result); "
-                           "acked, needs an operator",
-                    succeed=decision.succeed,
-                )
+                self.log.error(CALLBACK_TAG, reason=f"{REJECTED_REASON}; acked, needs an operator",
+                               succeed=decision.succeed)
             await self.channel.basic_ack(tag)
 
-    # ------------------------------------------------------------------ parked callbacks
-    async def park(self, uuid: str, succeed: bool) -> None:
+    async def _hold_and_requeue(self, tag: Any, error: str) -> None:
+        """Database down, timing out or not migrated yet: nothing was decided. Hold the message,
+        then requeue it. The hold grows with the outage (not with the broker's delivery count), so
+        a long outage neither spins nor dead-letters valid payments."""
+        self.metrics.db_unavailable.inc()
+        now = asyncio.get_running_loop().time()
+        if self.db_down_since is None:
+            self.db_down_since = now
+        delay = half_jitter(db_retry_delay(now - self.db_down_since), self.rng)
+        self.log.error("[FAILED TO DEDUCT IN WALLET]", error=error, retry_in_seconds=round(delay, 2))
+        await asyncio.sleep(delay)
+        await self.channel.basic_nack(tag, requeue=True)
+
+    async def _park(self, uuid: str, succeed: bool) -> bool:
         delay = parked_retry_delay(1, self.settings.callback_backoff, self.settings.callback_retry_max, self.rng)
-        reason = self.callback_errors.pop(uuid, "")
-        await self.db.execute(sql.PARK_CALLBACK, (uuid, succeed, int(delay * 1e6), reason[:512]))
-        self.log.info("result parked for background retries", succeed=succeed, retry_in_seconds=round(delay, 2))
-
-    async def retry_parked_once(self) -> int:
-        """Claim due parked callbacks (SKIP LOCKED + a lease, like the scanner), try each once,
-        delete the delivered and rejected ones, reschedule the rest. Returns rows claimed."""
-        lease_us = int(RETRY_LEASE_SECONDS * 1e6)
-
-        async def claim(cur: Any) -> list[tuple[str, bool, int]]:
-            await cur.execute(sql.CLAIM_CALLBACKS, (RETRY_BATCH,))
-            rows = [(r[0], bool(r[1]), int(r[2])) for r in await cur.fetchall()]
-            if rows:
-                placeholders = ",".join(["%s"] * len(rows))
-                await cur.execute(sql.LEASE_CALLBACKS.format(placeholders=placeholders),
-                                  (lease_us, *[r[0] for r in rows]))
-            return rows
-
-        rows = await self.db.run(claim)
-        if not rows:
-            return 0
-
-        async def one(uuid: str, succeed: bool) -> CallbackResult:
-            with bound(uuid=uuid):
-                return await self.callback(uuid, succeed, tries=1)
-
-        results = await asyncio.gather(*(one(u, s) for u, s, _ in rows))
-        done = [u for (u, _, _), r in zip(rows, results, strict=True) if r is not CallbackResult.RETRYABLE]
-        for (u, succeed, _), r in zip(rows, results, strict=True):
-            if r is CallbackResult.REJECTED:
-                self.log.error(CALLBACK_TAG, uuid=u, succeed=succeed, reason="the orchestrator rejected the "
-                               "result (unknown payment or a different stored result); dropped, needs an operator")
-        if done:
-            placeholders = ",".join(["%s"] * len(done))
-            await self.db.execute(sql.DELETE_CALLBACKS.format(placeholders=placeholders), done)
-        again = [(u, a) for (u, _, a), r in zip(rows, results, strict=True) if r is CallbackResult.RETRYABLE]
-        if again:
-            s = self.settings
-
-            async def reschedule(cur: Any) -> None:
-                for uuid, attempts in again:
-                    delay = parked_retry_delay(attempts + 1, s.callback_backoff, s.callback_retry_max, self.rng)
-                    reason = self.callback_errors.pop(uuid, "")[:512]
-                    await cur.execute(sql.RESCHEDULE_CALLBACK, (reason, int(delay * 1e6), uuid))
-
-            await self.db.run(reschedule)
-        return len(rows)
-
-    async def retry_forever(self, stop: asyncio.Event) -> None:
-        failures = 0
-        while not stop.is_set():
-            try:
-                claimed = await self.retry_parked_once()
-                failures = 0
-            except Exception as exc:  # database down: parked rows wait, the next pass tries again
-                failures += 1
-                delay = half_jitter(capped_exponential(failures, 0.5, 10.0), self.rng)
-                self.log.error("[FAILED TO REACH DATABASE]", step="read parked callbacks", error=str(exc),
-                               retry_in_seconds=round(delay, 2))
-                await sleep_or_stop(stop, delay)
-                continue
-            if claimed < RETRY_BATCH:
-                await sleep_or_stop(stop, RETRY_IDLE_SECONDS)
-
-    async def run_forever(self, stop: asyncio.Event) -> None:
-        """The consumer and the background retrier; either one's fatal error ends both."""
-        retrier = asyncio.ensure_future(self.retry_forever(stop))
         try:
-            await self.consume_forever(stop)
-        finally:
-            stop.set()
-            try:
-                await asyncio.wait_for(retrier, timeout=max(1.0, self.settings.shutdown_grace - 2))
-            except Exception:
-                retrier.cancel()
+            await self.inbox.park(uuid, succeed, delay, self.callbacks.take_error(uuid))
+        except Exception as exc:
+            self.log.error(CALLBACK_TAG, reason=f"could not park the result: {exc}", will_retry=True)
+            return False
+        self.log.info("result parked for background retries", succeed=succeed, retry_in_seconds=round(delay, 2))
+        return True
 
     async def _dead_letter(self, message: Any, reason: str) -> None:
         self.metrics.wallet_messages.labels(outcome="corrupt").inc()
@@ -352,6 +185,60 @@ class Wallet:
             self.log.error("[FAILED TO PROCESS MESSAGE]", error=repr(exc))
         finally:
             self.in_flight.discard(task)
+
+    # ------------------------------------------------------------------ parked callbacks
+    async def retry_parked_once(self) -> int:
+        """Claim due parked callbacks, try each once, forget the delivered and rejected ones,
+        reschedule the rest. Returns rows claimed."""
+        rows = await self.inbox.claim_parked(RETRY_BATCH, RETRY_LEASE_SECONDS)
+        if not rows:
+            return 0
+
+        async def one(uuid: str, succeed: bool) -> CallbackResult:
+            with bound(uuid=uuid):
+                return await self.callbacks.deliver(uuid, succeed, tries=1)
+
+        results = await asyncio.gather(*(one(r.uuid, r.succeed) for r in rows))
+        for row, result in zip(rows, results, strict=True):
+            if result is CallbackResult.REJECTED:
+                self.log.error(CALLBACK_TAG, uuid=row.uuid, succeed=row.succeed,
+                               reason=f"{REJECTED_REASON}; dropped, needs an operator")
+        await self.inbox.forget_parked([r.uuid for r, res in zip(rows, results, strict=True)
+                                        if after_callback(res) is Action.ACK])
+        s = self.settings
+        await self.inbox.reschedule_parked([
+            (r.uuid, parked_retry_delay(r.attempts + 1, s.callback_backoff, s.callback_retry_max, self.rng),
+             self.callbacks.take_error(r.uuid))
+            for r, res in zip(rows, results, strict=True) if after_callback(res) is Action.PARK
+        ])
+        return len(rows)
+
+    async def retry_forever(self, stop: asyncio.Event) -> None:
+        backoff = Backoff(0.5, 10.0, rng=self.rng)
+        while not stop.is_set():
+            try:
+                claimed = await self.retry_parked_once()
+                backoff.succeeded()
+            except Exception as exc:  # database down: parked rows wait, the next pass tries again
+                delay = backoff.failed()
+                self.log.error("[FAILED TO REACH DATABASE]", step="read parked callbacks", error=str(exc),
+                               retry_in_seconds=round(delay, 2))
+                await sleep_or_stop(stop, delay)
+                continue
+            if claimed < RETRY_BATCH:
+                await sleep_or_stop(stop, RETRY_IDLE_SECONDS)
+
+    async def run_forever(self, stop: asyncio.Event) -> None:
+        """The consumer and the background retrier; either one's fatal error ends both."""
+        retrier = asyncio.ensure_future(self.retry_forever(stop))
+        try:
+            await self.consume_forever(stop)
+        finally:
+            stop.set()
+            try:
+                await asyncio.wait_for(retrier, timeout=max(1.0, self.settings.shutdown_grace - 2))
+            except Exception:
+                retrier.cancel()
 
     # ------------------------------------------------------------------ lifecycle
     async def connect(self) -> None:

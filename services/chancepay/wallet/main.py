@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from chancepay.core import sql
+from chancepay.core import migrations, sql
 from chancepay.core.codec import InvalidField, parse_uuid
 from chancepay.core.config import Settings
 from chancepay.core.crash import CrashPoints
@@ -20,22 +20,29 @@ from chancepay.core.runner import serve
 from chancepay.wallet.consumer import Wallet
 
 
-def build_app(settings: Settings, db: Database, metrics: Metrics, wallet: Wallet) -> Starlette:
-    async def get_inbox(request: Request) -> Response:
-        require_bearer(request, settings.internal_token)
-        try:
-            uuid = parse_uuid(request.path_params["uuid"])
-        except InvalidField:
-            raise ApiError(400, "invalid_uuid", "the path must hold a canonical lowercase UUID") from None
-        row = await db.fetchone(sql.SELECT_INBOX, (uuid,))
-        if row is None:
-            raise ApiError(404, "not_found", f"no inbox row {uuid}")
-        return JSONResponse({"uuid": row[0], "succeed": None if row[1] is None else bool(row[1])})
+async def get_inbox(request: Request) -> Response:
+    """GET /internal/inbox/{uuid}: what the wallet decided for a payment (the reconciler asks)."""
+    settings: Settings = request.app.state.settings
+    require_bearer(request, settings.internal_token)
+    try:
+        uuid = parse_uuid(request.path_params["uuid"])
+    except InvalidField:
+        raise ApiError(400, "invalid_uuid", "the path must hold a canonical lowercase UUID") from None
+    db: Database = request.app.state.db
+    row = await db.fetchrow(sql.SELECT_INBOX, (uuid,))
+    if row is None:
+        raise ApiError(404, "not_found", f"no inbox row {uuid}")
+    return JSONResponse({"uuid": row["uuid"], "succeed": None if row["succeed"] is None else bool(row["succeed"])})
 
+
+ROUTES = [Route("/internal/inbox/{uuid}", get_inbox, methods=["GET"])]
+
+
+def build_app(settings: Settings, db: Database, metrics: Metrics, wallet: Wallet) -> Starlette:
     async def ready() -> dict[str, bool]:
         return {
             "database": await db.ping(),
-            "schema": await db.schema_ready(sql.WALLET_TABLES),
+            "schema": await db.schema_ready(migrations.latest(migrations.WALLET)),
             "broker": wallet.broker_ready(),
         }
 
@@ -44,16 +51,15 @@ def build_app(settings: Settings, db: Database, metrics: Metrics, wallet: Wallet
         if depth is not None:
             metrics.dlq_messages.set(depth)
         try:
-            pending, oldest_us = await db.fetchone(sql.PENDING_CALLBACK_STATS)
+            pending, oldest = await wallet.inbox.parked_stats()
         except Exception:  # a scrape must not fail because the database is down; readyz says so
             return
-        metrics.wallet_callbacks_pending.set(int(pending))
-        metrics.wallet_callbacks_pending_oldest_age.set(int(oldest_us) / 1e6)
+        metrics.wallet_callbacks_pending.set(pending)
+        metrics.wallet_callbacks_pending_oldest_age.set(oldest)
 
-    app = Starlette(
-        routes=[Route("/internal/inbox/{uuid}", get_inbox, methods=["GET"]), *health_routes(metrics, ready, refresh)],
-        exception_handlers=EXCEPTION_HANDLERS,
-    )
+    app = Starlette(routes=[*ROUTES, *health_routes(metrics, ready, refresh)], exception_handlers=EXCEPTION_HANDLERS)
+    app.state.settings = settings
+    app.state.db = db
     app.state.metrics = metrics
     return app
 

@@ -1,0 +1,57 @@
+"""Versioned schema migrations: what each version of each schema is. Declarations only; the
+runner is core/schema.py (`chancepay migrate`).
+
+Rules for a new migration (README "Changing the schema"):
+- append it with the next version number; never edit or reorder a released one;
+- expand first, contract later: a migration must keep the previous release's code working (add a
+  nullable column or a new table; drop or rename only in a later release, once no running code
+  uses the old shape), because during a rolling update both run against the same schema;
+- make each statement idempotent (IF NOT EXISTS, or an `unless` check): a migrate killed between
+  a statement and its version row runs it again.
+Roles report not-ready until their schema is at LATEST (core/db.py schema_ready), so a rolling
+update waits for the migrate Job instead of serving with a schema it does not know.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from chancepay.core import sql
+
+
+@dataclasses.dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    statements: tuple[str, ...]
+    # (table, column): skip the statements when this column already exists (ALTER TABLE ... ADD
+    # COLUMN has no IF NOT EXISTS on MySQL 8.4).
+    unless_column: tuple[str, str] | None = None
+
+
+ORCHESTRATOR: tuple[Migration, ...] = (
+    Migration(1, "request and outbox", sql.ORCHESTRATOR_V1),
+)
+WALLET: tuple[Migration, ...] = (
+    Migration(1, "inbox", sql.WALLET_V1),
+    Migration(2, "pending_callback: results the wallet still has to deliver", sql.WALLET_V2),
+)
+
+
+class SchemaTooNew(RuntimeError):
+    """The database is at a version this code does not know: a newer release migrated it."""
+
+
+def latest(migrations: tuple[Migration, ...]) -> int:
+    return max(m.version for m in migrations)
+
+
+def pending(current: int, migrations: tuple[Migration, ...]) -> list[Migration]:
+    """The migrations to apply to a schema at `current`, in order. Pure."""
+    versions = [m.version for m in migrations]
+    if versions != list(range(1, len(versions) + 1)):
+        raise ValueError(f"migration versions must be 1, 2, 3, ... in order: {versions}")
+    if current > latest(migrations):
+        raise SchemaTooNew(f"the schema is at version {current}, newer than this code knows ({latest(migrations)}): "
+                           "run the newer release's migrate, or roll this release forward")
+    return [m for m in migrations if m.version > current]

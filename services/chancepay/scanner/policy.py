@@ -1,0 +1,65 @@
+"""The scanner's decisions, as pure functions (no I/O): what a failed publish was, whether it
+uses up an attempt, and when the row is tried again."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import aiormq.exceptions
+from pamqp import commands as spec
+
+from chancepay.core.backoff import capped_exponential
+
+
+@dataclasses.dataclass(frozen=True)
+class OutboxRow:
+    uuid: str
+    payload: bytes
+    attempts: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Failure:
+    row: OutboxRow
+    reason: str  # nack | returned | timeout | connection
+    detail: str
+
+
+def classify_publish_error(exc: BaseException) -> str:
+    if isinstance(exc, aiormq.exceptions.PublishError):
+        return "returned"
+    if isinstance(exc, aiormq.exceptions.DeliveryError):
+        return "nack"
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+        return "timeout"
+    return "connection"
+
+
+def sort_results(rows: list[OutboxRow], results: list[object]) -> tuple[list[str], list[Failure]]:
+    """Each claimed row's publish outcome -> (uuids the broker acked, failures). Only a
+    Basic.Ack is an ack; an exception is classified; anything else is a returned message
+    (what a publish resolves to when returns do not raise)."""
+    acked: list[str] = []
+    failures: list[Failure] = []
+    for row, result in zip(rows, results, strict=True):
+        if isinstance(result, BaseException):
+            failures.append(Failure(row, classify_publish_error(result), repr(result)[:300]))
+        elif isinstance(result, spec.Basic.Ack):
+            acked.append(row.uuid)
+        else:
+            failures.append(Failure(row, "returned", repr(result)[:300]))
+    return acked, failures
+
+
+def counts_as_attempt(reason: str) -> bool:
+    """Whether a failed publish uses up one of CHANCEPAY_SCANNER_MAX_ATTEMPTS. A confirm timeout
+    does not: the broker is slow or blocking publishers (a memory or disk alarm) and the message
+    may well have been stored; a long alarm must not exhaust rows that will go through once it
+    clears. A nack, a return (unroutable) or a lost connection do count."""
+    return reason != "timeout"
+
+
+def retry_delay(attempts: int, base: float, cap: float) -> float:
+    """Back-off after the n-th failed attempt (n >= 1): base * 2^(n-1), capped."""
+    return capped_exponential(attempts, base, cap)
