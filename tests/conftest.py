@@ -1,4 +1,5 @@
-"""Fixtures shared by the integration, fault and deploy tests (see tests/support/stack.py)."""
+"""Fixtures shared by the integration, fault and deploy tests (tests/support: env, roles, faults,
+payer, invariants)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.support import servers as servers_mod
-from tests.support.stack import VHOSTS, Env, Stack
+from tests.support.env import Env, VHOSTS
+from tests.support.roles import Stack
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -24,7 +24,7 @@ import pytest
 
 from tests.support import chart, podman
 from tests.support.servers import ChartServers, chart_values, local_url
-from tests.support.stack import Role
+from tests.support.roles import Role
 
 CHANCEPAY_ROLES = ("orchestrator", "scanner", "wallet")
 

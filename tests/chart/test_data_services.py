@@ -13,7 +13,7 @@ import pytest
 from tests.support import chart
 from tests.support.pods import Pod
 from tests.support.servers import chart_values
-from tests.support.stack import wait_until
+from tests.support.env import wait_until
 
 
 def _move_a_payment(install) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import httpx
 
-from tests.support.stack import wait_until
+from tests.support.env import wait_until
 
 
 def _grants(install, user: str) -> list[str]:

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from tests.support.release import ROLES, PlayedRelease
-from tests.support.stack import wait_until
+from tests.support.env import wait_until
 
 
 @pytest.fixture

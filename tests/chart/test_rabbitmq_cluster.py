@@ -23,7 +23,8 @@ from urllib.parse import urlsplit
 
 from tests.support.podman import podman
 from tests.support.release import ROLES, PlayedRelease
-from tests.support.stack import Payer, wait_until
+from tests.support.env import wait_until
+from tests.support.payer import Payer
 
 
 def _rabbitmqctl(pod, *args: str) -> str:

@@ -19,7 +19,10 @@ import pytest
 import yaml
 
 from tests.support.faultproxy import FaultProxy
-from tests.support.stack import Payer, Supervisor, assert_converged, free_port, wait_until
+from tests.support.env import free_port, wait_until
+from tests.support.invariants import assert_converged
+from tests.support.payer import Payer
+from tests.support.roles import Supervisor
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "charts" / "chancepay" / "files" / "chancepay-rules.yaml"

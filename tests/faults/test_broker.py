@@ -6,16 +6,11 @@ import time
 
 from chancepay.core import topology
 from tests.support.faultproxy import FaultProxy
-from tests.support.stack import (
-    Payer,
-    Supervisor,
-    assert_converged,
-    delete_queue,
-    outbox_depth,
-    port_answers,
-    rabbitmq_app_stopped,
-    wait_until,
-)
+from tests.support.env import delete_queue, outbox_depth, port_answers, wait_until
+from tests.support.faults import rabbitmq_app_stopped
+from tests.support.invariants import assert_converged
+from tests.support.payer import Payer
+from tests.support.roles import Supervisor
 
 FAST = {
     "CHANCEPAY_SCANNER_RETRY_BASE_SECONDS": "0.2",

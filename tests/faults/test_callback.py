@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import time
 
-from tests.support.stack import (
-    CallbackStub,
-    Payer,
-    assert_converged,
-    pending_count,
-    run_reconcile,
-    wait_until,
-)
+from tests.support.env import pending_count, run_reconcile, wait_until
+from tests.support.faults import CallbackStub
+from tests.support.invariants import assert_converged
+from tests.support.payer import Payer
 
 OUTAGE_SECONDS = 30
 CALLBACK_TAG = "[FAILED TO CALLBACK FROM WALLET]"

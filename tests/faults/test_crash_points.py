@@ -7,13 +7,9 @@ import signal
 
 import pytest
 
-from tests.support.stack import (
-    Stack,
-    assert_converged,
-    restart_role,
-    wait_exit_code,
-    wait_until,
-)
+from tests.support.env import wait_until
+from tests.support.invariants import assert_converged
+from tests.support.roles import Stack, restart_role, wait_exit_code
 
 FAST = {
     "CHANCEPAY_SCANNER_LEASE_SECONDS": "2",

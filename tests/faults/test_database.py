@@ -10,7 +10,8 @@ import httpx
 import pytest
 
 from tests.support.faultproxy import FaultProxy
-from tests.support.stack import assert_converged, outbox_depth, wait_until
+from tests.support.env import outbox_depth, wait_until
+from tests.support.invariants import assert_converged
 
 OUTAGE_SECONDS = 30
 HANG_BOUND = 10.0  # only a hang detector: the DB timeout below is 2 s

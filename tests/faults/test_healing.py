@@ -7,15 +7,10 @@ import time
 
 import pytest
 
-from tests.support.stack import (
-    Payer,
-    Role,
-    assert_converged,
-    free_port,
-    outbox_depth,
-    rabbitmqctl,
-    wait_until,
-)
+from tests.support.env import free_port, outbox_depth, rabbitmqctl, wait_until
+from tests.support.invariants import assert_converged
+from tests.support.payer import Payer
+from tests.support.roles import Role
 
 
 @pytest.mark.parametrize("seconds", [5, 30])

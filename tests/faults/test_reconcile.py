@@ -6,15 +6,9 @@ from __future__ import annotations
 import uuid as uuidlib
 
 from chancepay.core import topology
-from tests.support.stack import (
-    assert_converged,
-    outbox_depth,
-    purge_queue,
-    restart_role,
-    run_audit,
-    run_reconcile,
-    wait_until,
-)
+from tests.support.env import outbox_depth, purge_queue, run_audit, run_reconcile, wait_until
+from tests.support.invariants import assert_converged
+from tests.support.roles import restart_role
 
 
 def test_reconcile_finalizes_from_inbox_and_reenqueues_lost_messages_audit_detects_violation(make_stack, env) -> None:

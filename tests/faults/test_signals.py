@@ -10,7 +10,9 @@ import time
 
 import pytest
 
-from tests.support.stack import Payer, assert_converged, env_count, wait_until
+from tests.support.env import env_count, wait_until
+from tests.support.invariants import assert_converged
+from tests.support.payer import Payer
 
 PAUSE_SECONDS = 10
 SHORT = {

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.support.stack import TOKEN, Env, Stack
+from tests.support.env import Env, TOKEN
+from tests.support.roles import Stack
 
 ORCH_ONLY = ("orchestrator",)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.stack import ROLES, free_port, wait_until
+from tests.support.env import ROLES, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 DEBIAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

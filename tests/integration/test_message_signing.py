@@ -9,7 +9,9 @@ import json
 import pytest
 
 from chancepay.core import topology
-from tests.support.stack import MESSAGE_KEY, Stack, publish_raw, wait_until
+from tests.support.env import MESSAGE_KEY, wait_until
+from tests.support.faults import publish_raw
+from tests.support.roles import Stack
 
 OTHER_KEY = "an-attacker-or-misconfigured-key-" + "z" * 16
 

@@ -8,7 +8,9 @@ import json
 from pamqp import commands as spec
 
 from chancepay.core import signing, topology
-from tests.support.stack import MESSAGE_KEY, Stack, publish_raw, wait_until
+from tests.support.env import MESSAGE_KEY, wait_until
+from tests.support.faults import publish_raw
+from tests.support.roles import Stack
 
 
 def run(env, *args: str, **environ: str) -> tuple[int, list[dict]]:

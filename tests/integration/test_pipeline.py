@@ -14,7 +14,10 @@ import pymysql
 import pytest
 
 from chancepay.core import topology
-from tests.support.stack import TOKEN, Role, Stack, free_port, publish_raw, wait_until
+from tests.support.env import TOKEN, free_port, wait_until
+from tests.support.faults import publish_raw
+from tests.support.invariants import assert_invariants
+from tests.support.roles import Role, Stack
 
 
 def test_happy_path_50_payments_all_final_and_mirrored(stack: Stack) -> None:
@@ -98,7 +101,7 @@ def test_callback_failure_keeps_request_pending_then_heals(make_stack) -> None:
                what="the parked row deleted once delivered")
     assert s.env.orch_sql("SELECT succeed FROM request WHERE uuid=%s", (uuid,))[0][0] == inbox[0][0]
     assert s.env.wallet_sql("SELECT COUNT(*) FROM inbox")[0][0] == 1
-    s.assert_invariants()
+    assert_invariants(s.env)
 
 
 def test_same_message_twice_is_deducted_once(stack: Stack) -> None:
@@ -133,7 +136,7 @@ def test_scanner_stopped_outbox_grows_then_drains(make_stack) -> None:
     wait_until(lambda: s.orchestrator.metric("chancepay_outbox_depth") == 0, 30, what="outbox drained")
     s.wait_final(uuids)
     assert s.scanner.metric("chancepay_outbox_depth") == 0
-    s.assert_invariants()
+    assert_invariants(s.env)
 
 
 def test_two_scanners_publish_each_row_once(make_stack) -> None:
@@ -179,8 +182,8 @@ def test_migrate_is_idempotent_and_requires_strict_mode(env) -> None:
     again = env.chancepay("migrate")
     assert again.returncode == 0, again.stdout + again.stderr
     tables = {r[0] for r in env.orch_sql("SHOW TABLES")}
-    assert tables == {"request", "outbox"}
-    assert {r[0] for r in env.wallet_sql("SHOW TABLES")} == {"inbox", "pending_callback"}
+    assert tables == {"request", "outbox", "schema_version"}
+    assert {r[0] for r in env.wallet_sql("SHOW TABLES")} == {"inbox", "pending_callback", "schema_version"}
     # The server's global sql_mode may be anything: every session of the roles forces strict mode,
     # so an amount that does not fit is an error, never a silently clamped value.
     import asyncio

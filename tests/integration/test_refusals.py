@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import httpx
 
-from tests.support.stack import TOKEN, Stack, wait_until
+from tests.support.env import TOKEN, wait_until
+from tests.support.roles import Stack
 
 
 def test_unauthorized_internal_calls_are_logged_and_counted(stack: Stack) -> None:

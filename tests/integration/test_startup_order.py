@@ -9,7 +9,8 @@ import httpx
 import pytest
 
 from tests.support.faultproxy import FaultProxy
-from tests.support.stack import admin_connect, assert_converged, wait_until
+from tests.support.env import admin_connect, wait_until
+from tests.support.invariants import assert_converged
 
 ROLES = ("orchestrator", "scanner", "wallet")
 

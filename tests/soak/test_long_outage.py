@@ -9,7 +9,8 @@ import time
 
 from chancepay.core import topology
 from tests.support.faultproxy import FaultProxy
-from tests.support.stack import assert_converged, outbox_depth, wait_until
+from tests.support.env import outbox_depth, wait_until
+from tests.support.invariants import assert_converged
 
 OUTAGE_SECONDS = 75  # > DELIVERY_LIMIT (50) deliveries at the old ~1 s cadence
 

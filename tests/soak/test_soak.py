@@ -17,15 +17,10 @@ import pytest
 
 from chancepay.core import topology
 from tests.support.faultproxy import FaultProxy
-from tests.support.stack import (
-    CallbackStub,
-    Supervisor,
-    assert_converged,
-    delete_queue,
-    run_reconcile,
-    seeded_random,
-    wait_until,
-)
+from tests.support.env import delete_queue, run_reconcile, wait_until
+from tests.support.faults import CallbackStub, seeded_random
+from tests.support.invariants import assert_converged
+from tests.support.roles import Supervisor
 
 FAULTS = (
     "amqp_refuse", "amqp_blackhole", "db_refuse", "db_blackhole", "callback_500",

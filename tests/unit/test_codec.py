@@ -6,11 +6,10 @@ from decimal import Decimal
 
 import pytest
 
+from chancepay.core.payment import PaymentMessage
 from chancepay.core.codec import (
     InvalidField,
     InvalidPayload,
-    PaymentMessage,
-    decode_message,
     parse_amount,
     parse_cus_id,
     parse_uuid,
@@ -73,9 +72,9 @@ def test_uuid_must_be_canonical_lowercase() -> None:
 
 
 def test_message_round_trip() -> None:
-    msg = PaymentMessage(UUID, "alice", Decimal("12.50"))
+    msg = PaymentMessage(UUID, {"cus_id": "alice", "amount": Decimal("12.50")})
     assert msg.encode() == b'{"uuid":"' + UUID.encode() + b'","cusId":"alice","amount":"12.50"}'
-    assert decode_message(msg.encode()) == msg
+    assert PaymentMessage.decode(msg.encode()) == msg
 
 
 @pytest.mark.parametrize("body", [
@@ -86,4 +85,4 @@ def test_message_round_trip() -> None:
 ])
 def test_corrupt_messages(body) -> None:
     with pytest.raises(InvalidPayload):
-        decode_message(body)
+        PaymentMessage.decode(body)

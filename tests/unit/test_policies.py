@@ -8,7 +8,7 @@ import random
 from chancepay.core.backoff import capped_exponential, full_jitter, half_jitter
 from chancepay.core import broker
 from chancepay.core.broker import open_with_retry
-from chancepay.wallet.consumer import CallbackResult, after_callback, db_retry_delay, parked_retry_delay
+from chancepay.wallet.policy import Action, CallbackResult, after_callback, db_retry_delay, parked_retry_delay
 
 
 def test_capped_exponential_and_jitter_bounds() -> None:
@@ -22,9 +22,9 @@ def test_capped_exponential_and_jitter_bounds() -> None:
 def test_an_undelivered_result_is_parked_not_requeued() -> None:
     """A failing callback no longer loops the message through the broker (whose x-delivery-count
     RabbitMQ 4.3 redefined): the result is parked in the wallet's own table and the message acked."""
-    assert after_callback(CallbackResult.RETRYABLE) == "park"
-    assert after_callback(CallbackResult.DELIVERED) == "ack"
-    assert after_callback(CallbackResult.REJECTED) == "ack"  # 404/409: retrying cannot help
+    assert after_callback(CallbackResult.RETRYABLE) is Action.PARK
+    assert after_callback(CallbackResult.DELIVERED) is Action.ACK
+    assert after_callback(CallbackResult.REJECTED) is Action.ACK  # 404/409: retrying cannot help
 
 
 def test_parked_retries_back_off_within_bounds() -> None:

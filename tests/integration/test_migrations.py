@@ -1,0 +1,157 @@
+"""Versioned schema migrations (issue 12) on the real database: from empty; from what the previous
+release's own `chancepay migrate` created (its code taken from git), with its roles running under
+load through a rolling upgrade; two migrates at once; a schema newer than the code; and a column
+added under live load without losing a payment."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+from chancepay.core import migrations, sql
+from chancepay.core.config import DatabaseURL
+from chancepay.core.db import Database
+from chancepay.core.migrations import Migration
+from chancepay.core.schema import apply
+from tests.support.env import wait_until
+from tests.support.invariants import assert_converged
+from tests.support.payer import Payer
+from tests.support.roles import restart_role
+
+# The last commit whose migrate predates versioned migrations (CREATE TABLE IF NOT EXISTS only).
+PREVIOUS_RELEASE = "6989ec1a8842bee013a31acb0ed3c8f071fdd4e0"
+LATEST = {"orchestrator": migrations.latest(migrations.ORCHESTRATOR), "wallet": migrations.latest(migrations.WALLET)}
+
+
+def versions(env) -> dict[str, list[int]]:
+    return {"orchestrator": [v for (v,) in env.orch_sql("SELECT version FROM schema_version ORDER BY version")],
+            "wallet": [v for (v,) in env.wallet_sql("SELECT version FROM schema_version ORDER BY version")]}
+
+
+def test_from_empty_and_idempotent(env) -> None:
+    assert versions(env) == {k: list(range(1, v + 1)) for k, v in LATEST.items()}
+    again = env.migrate()
+    assert "migration applied" not in again.stdout, "a second migrate changes nothing"
+    assert versions(env) == {k: list(range(1, v + 1)) for k, v in LATEST.items()}
+
+
+def previous_release(tmp_path: Path) -> str:
+    """The package as the last release before versioned migrations shipped it (from git), for
+    PYTHONPATH: its `chancepay migrate` makes the database "today's main" created, and its roles
+    are the ones running when the new migrate arrives."""
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "previous-release"
+    out.mkdir()
+    archive = subprocess.run(["git", "-C", str(root), "archive", PREVIOUS_RELEASE, "services/chancepay"],
+                             capture_output=True, check=True, timeout=60).stdout
+    subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True, timeout=60)
+    return str(out / "services")
+
+
+def test_upgrades_what_the_previous_release_created(env_factory, tmp_path) -> None:
+    """Its migrate created request, outbox, inbox and pending_callback with CREATE TABLE IF NOT
+    EXISTS and no schema_version. The rows survive; the versions are recorded."""
+    env = env_factory(migrate=False)
+    old = env.chancepay("migrate", CHANCEPAY_ADMIN_DB=env.servers.admin_url, PYTHONPATH=previous_release(tmp_path))
+    assert old.returncode == 0, old.stdout + old.stderr
+    assert "schema_version" not in {t for (t,) in env.orch_sql("SHOW TABLES")}, "the old code made it"
+    uuid = "7b1e2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
+    env.orch_sql("INSERT INTO request (uuid, cus_id, amount, succeed) VALUES (%s, 'old', 5.00, 1)", (uuid,))
+    env.wallet_sql("INSERT INTO inbox (uuid, cus_id, amount, succeed) VALUES (%s, 'old', 5.00, 1)", (uuid,))
+    result = env.migrate()
+    assert result.stdout.count('"migration applied"') == sum(LATEST.values())
+    assert versions(env) == {k: list(range(1, v + 1)) for k, v in LATEST.items()}
+    assert env.orch_sql("SELECT cus_id, succeed FROM request WHERE uuid = %s", (uuid,)) == [("old", 1)]
+    assert env.wallet_sql("SELECT cus_id FROM inbox WHERE uuid = %s", (uuid,)) == [("old",)]
+
+
+def test_rolling_upgrade_from_the_previous_release_under_load(env_factory, make_stack, tmp_path) -> None:
+    """The previous release's migrate and roles, payments flowing; two new migrates at once; the
+    scanner and the wallet replaced by the new code while payments flow, then the orchestrator;
+    more payments through the new code. Every payment accepted, final, invariants clean."""
+    env = env_factory(migrate=False)
+    old_code = previous_release(tmp_path)
+    old = env.chancepay("migrate", CHANCEPAY_ADMIN_DB=env.servers.admin_url, PYTHONPATH=old_code)
+    assert old.returncode == 0, old.stdout + old.stderr
+    s = make_stack(PYTHONPATH=old_code).start()
+    accepted: list[str] = []
+    with Payer(s, rate=20, prefix="upgrade") as payer:
+        wait_until(lambda: len(payer.accepted) >= 40, 30, what="payments through the old release")
+        procs = [subprocess.Popen([sys.executable, "-m", "chancepay", "migrate"],
+                                  env=env.environ(CHANCEPAY_ADMIN_DB=env.servers.admin_url),
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+        outputs = [p.communicate(timeout=180)[0] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], outputs
+        assert sum(o.count('"migration applied"') for o in outputs) == sum(LATEST.values()), outputs
+        for name in ("scanner", "wallet"):
+            assert s.roles[name].stop(timeout=25) == 0
+            restart_role(s, name, PYTHONPATH="")
+        before = len(payer.accepted)
+        wait_until(lambda: len(payer.accepted) >= before + 40, 30, what="payments after the upgrade")
+    assert all(r["status"] == 202 for r in payer.snapshot()), [r for r in payer.snapshot() if r["status"] != 202][:3]
+    accepted += payer.accepted
+    assert s.roles["orchestrator"].stop(timeout=25) == 0
+    restart_role(s, "orchestrator", PYTHONPATH="")
+    accepted += s.pay_many(20, prefix="new")
+    assert versions(env) == {k: list(range(1, v + 1)) for k, v in LATEST.items()}
+    assert_converged(s, accepted)
+    for name, role in s.roles.items():
+        failures = role.events("[FAILED TO")
+        if name == "wallet":
+            # The orchestrator was down for its restart: callbacks in that window fail and are retried.
+            failures = [f for f in failures if not ("CALLBACK" in f["event"] and f.get("will_retry"))]
+        assert role.running and not failures, failures
+
+
+def test_two_migrates_at_once_take_turns(env_factory) -> None:
+    env = env_factory(migrate=False)
+    procs = [subprocess.Popen([sys.executable, "-m", "chancepay", "migrate"],
+                              env=env.environ(CHANCEPAY_ADMIN_DB=env.servers.admin_url),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=180)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert versions(env) == {k: list(range(1, v + 1)) for k, v in LATEST.items()}
+    applied = sum(o.count('"migration applied"') for o in outputs)
+    assert applied == sum(LATEST.values()), f"each version applied exactly once, by either process: {applied}"
+
+
+def test_a_schema_newer_than_the_code_is_refused(env) -> None:
+    env.wallet_sql("INSERT INTO schema_version (version, description) VALUES (999, 'from the future')")
+    result = env.chancepay("migrate", CHANCEPAY_ADMIN_DB=env.servers.admin_url)
+    assert result.returncode != 0
+    assert "newer than this code knows" in result.stdout + result.stderr
+
+
+def test_a_column_added_under_live_load_loses_no_payment(make_stack, env) -> None:
+    """The example of an expand-only migration: a nullable column on the busiest table, applied
+    with the runner `chancepay migrate` uses while payments flow through all three roles."""
+    s = make_stack().start()
+    example = migrations.ORCHESTRATOR + (
+        Migration(LATEST["orchestrator"] + 1, "example: request.note (nullable)",
+                  ("ALTER TABLE request ADD COLUMN note VARCHAR(64) NULL",), unless_column=("request", "note")),
+    )
+
+    async def migrate_now() -> list[int]:
+        db = Database(DatabaseURL.parse(env.orch_url()), pool_size=1, timeout=30)
+        try:
+            return await apply(db, example)
+        finally:
+            await db.close()
+
+    with Payer(s, rate=20, prefix="ddl") as payer:
+        wait_until(lambda: len(payer.accepted) >= 40, 20, what="payments flowing")
+        assert asyncio.run(migrate_now()) == [LATEST["orchestrator"] + 1]
+        before = len(payer.accepted)
+        wait_until(lambda: len(payer.accepted) >= before + 40, 20, what="payments flowing after the migration")
+    assert all(r["status"] == 202 for r in payer.snapshot()), [r for r in payer.snapshot() if r["status"] != 202][:3]
+    assert env.orch_sql(sql.COLUMN_EXISTS, ("request", "note")) == [(1,)]
+    assert asyncio.run(migrate_now()) == [], "applied once"
+    assert_converged(s, payer.accepted)
+    for name, role in s.roles.items():
+        failures = role.events("[FAILED TO")
+        if name == "wallet":
+            # The orchestrator was down for its restart: callbacks in that window fail and are retried.
+            failures = [f for f in failures if not ("CALLBACK" in f["event"] and f.get("will_retry"))]
+        assert role.running and not failures, failures

@@ -1,0 +1,64 @@
+"""The contract's invariants after a test: the product's own checker (chancepay.audit), the one
+`chancepay audit` and `chancepay load` use, over this Env's tables."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from chancepay.audit import InvariantReport, check_uuids
+from chancepay.core import sql
+from chancepay.core.config import DatabaseURL
+from chancepay.core.db import Database
+
+from tests.support.env import Env, outbox_depth, pending_count, run_audit, wait_until
+from tests.support.roles import Stack
+
+
+def check(env: Env, accepted: list[str] | None = None) -> InvariantReport:
+    """The invariants over every payment in this Env (and the `accepted` ones, which must all have
+    a request row), by chancepay.audit.check_uuids: the checker `chancepay load` uses, reading each
+    schema through its own role's user."""
+    async def go() -> InvariantReport:
+        orch = Database(DatabaseURL.parse(env.orch_url()), pool_size=1, timeout=30)
+        wallet = Database(DatabaseURL.parse(env.wallet_url()), pool_size=1, timeout=30)
+        try:
+            everything = {u for (u,) in await orch.fetchall(sql.ALL_REQUEST_UUIDS)}
+            everything |= {u for (u,) in await wallet.fetchall(sql.ALL_INBOX_UUIDS)}
+            return await check_uuids(orch, wallet, accepted or [], also=sorted(everything))
+        finally:
+            await orch.close()
+            await wallet.close()
+
+    return asyncio.run(go())
+
+
+def assert_invariants(env: Env, accepted: list[str] | None = None, *, converged: bool = True) -> InvariantReport:
+    """No violation (lost, duplicated, mismatched, orphan inbox row); once converged, also no
+    inbox result still waiting to be mirrored into its request."""
+    report = check(env, accepted)
+    assert report.violations == 0, f"invariants: {report.as_json()}"
+    if converged:
+        assert not report.awaiting_mirror, f"inbox decided, request still pending: {report.awaiting_mirror[:5]}"
+    return report
+
+
+def assert_converged(stack: Stack, accepted: list[str] | None = None, timeout: float = 90) -> dict[str, Any]:
+    """After the faults stopped: wait until the outbox is empty and no request is pending, then check
+    the contract's invariants twice over: on every payment of this Env (check above) and as a live
+    system (`chancepay audit`, which also flags outbox rows stuck without a recorded failure)."""
+    env = stack.env
+    wait_until(lambda: outbox_depth(env) == 0 and pending_count(env) == 0, timeout, interval=0.25,
+               what=f"convergence (outbox={_safe(outbox_depth, env)}, pending={_safe(pending_count, env)})")
+    assert_invariants(env, accepted)
+    code, report = run_audit(env)
+    assert code == 0 and report["ok"], f"chancepay audit: {report}"
+    return report
+
+
+def _safe(fn: Callable[[Env], Any], env: Env) -> Any:
+    try:
+        return fn(env)
+    except Exception as exc:  # only for messages
+        return repr(exc)
