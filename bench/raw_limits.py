@@ -44,7 +44,7 @@ from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 
 from chancepay.core import sql, topology
-from chancepay.core.codec import PaymentMessage
+from chancepay.core.payment import PaymentMessage
 
 SCHEMA = "chancepay.raw_limits/1"
 HOST = "127.0.0.1"  # everything talks to the local machine only
@@ -243,11 +243,7 @@ async def db_facts(port: int) -> dict[str, Any]:
     conn = await mysql_connect(None, port, autocommit=True)
     try:
         async with conn.cursor() as cur:
-            await cur.execute(
-                "SELECT VERSION(), @@innodb_flush_log_at_trx_commit, @@sync_binlog, @@log_bin, "
-                "@@innodb_doublewrite, @@innodb_flush_method, @@innodb_buffer_pool_size, "
-                "@@innodb_log_file_size, @@max_connections"
-            )
+            await cur.execute(sql.SERVER_FACTS)
             row = await cur.fetchone()
     finally:
         conn.close()
@@ -267,8 +263,8 @@ async def create_scratch_db(name: str, port: int) -> None:
     try:
         async with conn.cursor() as cur:
             await cur.execute(sql.CREATE_DATABASE.format(db=name))
-            await cur.execute(f"USE `{name}`")
-            for ddl in sql.ORCHESTRATOR_DDL:
+            await cur.execute(sql.USE_DATABASE.format(db=name))
+            for ddl in sql.ORCHESTRATOR_V1:
                 await cur.execute(ddl)
     finally:
         conn.close()
@@ -280,9 +276,9 @@ async def drop_scratch_db(name: str, port: int) -> None:
     try:
         async with conn.cursor() as cur:
             for attempt in range(3):
-                await cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+                await cur.execute(sql.DROP_DATABASE.format(db=name))
                 await asyncio.sleep(0.2 * attempt)
-                await cur.execute("SHOW DATABASES LIKE %s", (name,))
+                await cur.execute(sql.DATABASE_EXISTS, (name,))
                 if not await cur.fetchall():
                     return
         raise RuntimeError(f"database {name} still exists")
@@ -303,7 +299,7 @@ async def bench_db(args: argparse.Namespace, db: str, meter: CpuMeter) -> dict[s
                 conn = conns[i]
                 uuid = str(uuidlib.uuid4())
                 cus_id = f"bench-{i}"
-                payload = PaymentMessage(uuid=uuid, cus_id=cus_id, amount=AMOUNT).encode()
+                payload = PaymentMessage(uuid, {"cus_id": cus_id, "amount": AMOUNT}).encode()
                 t0 = time.perf_counter()
                 try:
                     await conn.begin()
@@ -367,7 +363,7 @@ def make_publish(channel: Any) -> Callable[[], Awaitable[tuple[bool, str | None]
 
     async def publish() -> tuple[bool, str | None]:
         uuid = str(uuidlib.uuid4())
-        body = PaymentMessage(uuid=uuid, cus_id="bench-cus", amount=AMOUNT).encode()
+        body = PaymentMessage(uuid, {"cus_id": "bench-cus", "amount": AMOUNT}).encode()
         confirmation = await channel.basic_publish(
             body,
             exchange=topology.EXCHANGE,
@@ -430,7 +426,7 @@ async def bench_mq(args: argparse.Namespace, vhost: str, meter: CpuMeter) -> tup
         pub_channel = await conn.channel(publisher_confirms=True)
         await topology.declare(pub_channel)
         publish = make_publish(pub_channel)
-        payload_bytes = len(PaymentMessage(uuid=str(uuidlib.uuid4()), cus_id="bench-cus", amount=AMOUNT).encode())
+        payload_bytes = len(PaymentMessage(str(uuidlib.uuid4()), {"cus_id": "bench-cus", "amount": AMOUNT}).encode())
 
         # ---- stage 2: publish with confirm
         points = []

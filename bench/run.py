@@ -5,7 +5,7 @@
 
 1. Physical limits (bench.raw_limits): the API's request+outbox commit straight against MariaDB,
    publish-with-confirm to the same quorum queue, consume+ack from it.
-2. Step-up: real roles (tests.support.stack: per-run databases, users and vhost), then
+2. Step-up: real roles (bench.deployment: per-run databases, users and vhost), then
    `chancepay load --rate R` at each step. A step is *sustained* when every payment was
    accepted, the run converged with no invariant violation, the backlog drained within
    5 s of the last arrival, the generator kept up (achieved >= 97 % of R), and latency did not
@@ -34,7 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.support.stack import Env, Role, Stack, free_port
+from bench.deployment import Deployment
+from chancepay.core import sql
 
 ROOT = Path(__file__).resolve().parents[1]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -94,7 +95,7 @@ def wait_quiet(max_cores: float = 0.15, deadline_s: float = 90.0) -> float:
 class DepthSampler(threading.Thread):
     """Polls the outbox depth and pending count while a step runs (max seen)."""
 
-    def __init__(self, env: Env) -> None:
+    def __init__(self, env: Deployment) -> None:
         super().__init__(daemon=True)
         self.env = env
         self.stop_flag = threading.Event()
@@ -105,15 +106,15 @@ class DepthSampler(threading.Thread):
         deadline = time.monotonic() + 3600
         while not self.stop_flag.is_set() and time.monotonic() < deadline:
             try:
-                self.max_outbox = max(self.max_outbox, self.env.orch_sql("SELECT COUNT(*) FROM outbox")[0][0])
-                pending = self.env.orch_sql("SELECT COUNT(*) FROM request WHERE succeed IS NULL")[0][0]
+                self.max_outbox = max(self.max_outbox, self.env.orch_sql(sql.OUTBOX_DEPTH)[0][0])
+                pending = self.env.orch_sql(sql.PENDING_COUNT)[0][0]
                 self.max_pending = max(self.max_pending, pending)
             except Exception:
                 pass
             self.stop_flag.wait(0.5)
 
 
-def run_load(env: Env, rate: float, seconds: float, targets: list[str]) -> tuple[dict[str, Any], float]:
+def run_load(env: Deployment, rate: float, seconds: float, targets: list[str]) -> tuple[dict[str, Any], float]:
     """One `chancepay load` subprocess; returns its summary and its own CPU seconds."""
     args = [sys.executable, "-m", "chancepay", "load", "--rate", str(rate), "--duration", str(seconds),
             "--converge-timeout", "60"]
@@ -147,34 +148,34 @@ def sustained(summary: dict[str, Any], rate: float) -> tuple[bool, str]:
     return True, "sustained"
 
 
-def role_pids(stack: Stack) -> dict[str, list[int]]:
+def role_pids(deployment: Deployment) -> dict[str, list[int]]:
     pids: dict[str, list[int]] = {}
-    for name, role in stack.roles.items():
-        key = name.split("-")[0]
-        if role.proc is not None:
-            pids.setdefault(key, []).append(role.proc.pid)
+    for process in deployment.processes.values():
+        if process.proc is not None:
+            pids.setdefault(process.role, []).append(process.proc.pid)
     pids["mariadb"] = pids_named("mariadbd")
     pids["rabbitmq"] = pids_named("beam.smp")
     return pids
 
 
 def step_up(steps: list[float], seconds: float, tmp: Path) -> dict[str, Any]:
-    (tmp / "stepup").mkdir(parents=True, exist_ok=True)
-    env = Env(tmp / "stepup")
-    env.create()
-    stack = Stack(env, parse_logs=False).start()
+    env = Deployment(tmp / "stepup")
     results: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     try:
+        env.create()
+        for role in ("orchestrator", "scanner", "wallet"):
+            env.add(role)
+        env.start_all()
         for rate in steps:
             quiet = wait_quiet()
             log(f"step {rate:g}/s for {seconds:g} s (servers idle after {quiet} s)")
-            meter = CpuMeter(role_pids(stack))
+            meter = CpuMeter(role_pids(env))
             sampler = DepthSampler(env)
             meter.start()
             sampler.start()
             began = time.monotonic()
-            summary, load_cpu = run_load(env, rate, seconds, [stack.orchestrator.url])
+            summary, load_cpu = run_load(env, rate, seconds, [env.processes["orchestrator"].url])
             wall = time.monotonic() - began
             sampler.stop_flag.set()
             sampler.join(timeout=5)
@@ -204,53 +205,39 @@ def step_up(steps: list[float], seconds: float, tmp: Path) -> dict[str, Any]:
             if not ok:
                 break
             best = step
-            if any(not r.running for r in stack.roles.values()):
+            if any(not p.running for p in env.processes.values()):
                 log("  a role exited during the step; stopping")
                 break
     finally:
-        stack.stop_all()
         env.destroy()
     return {"steps": results, "best": best}
 
 
 def scale_out(rate: float, seconds: float, tmp: Path) -> dict[str, Any]:
     """2 orchestrators + 2 scanners + 2 wallets; each wallet calls back its own orchestrator."""
-    (tmp / "scaleout").mkdir(parents=True, exist_ok=True)
-    env = Env(tmp / "scaleout")
-    env.create()
-    stack = Stack(env, parse_logs=False)
+    env = Deployment(tmp / "scaleout")
     try:
-        orchestrators = []
+        env.create()
+        orchestrators = [env.add("orchestrator", f"orchestrator-{i}") for i in range(2)]
         for i in range(2):
-            port = env.ports["orchestrator"] if i == 0 else free_port()
-            role = Role("orchestrator", env, env.environ(), port, parse_logs=False)
-            stack.roles[f"orchestrator-{i}"] = role
-            orchestrators.append(role)
-        for i in range(2):
-            stack.roles[f"scanner-{i}"] = Role("scanner", env, env.environ(), free_port(), parse_logs=False)
-            stack.roles[f"wallet-{i}"] = Role(
-                "wallet", env, env.environ(CHANCEPAY_ORCHESTRATOR_URL=orchestrators[i].url), free_port(),
-                parse_logs=False,
-            )
-        for role in stack.roles.values():
-            role.start()
-        for role in stack.roles.values():
-            role.wait_ready()
+            env.add("scanner", f"scanner-{i}")
+            env.add("wallet", f"wallet-{i}", CHANCEPAY_ORCHESTRATOR_URL=orchestrators[i].url)
+        env.start_all()
         wait_quiet()
         log(f"scale-out: 2+2+2 roles at {rate:g}/s for {seconds:g} s")
-        meter = CpuMeter(role_pids(stack))
+        meter = CpuMeter(role_pids(env))
         meter.start()
         began = time.monotonic()
         summary, load_cpu = run_load(env, rate, seconds, [o.url for o in orchestrators])
         wall = time.monotonic() - began
         cpu = meter.stop()
-        published = sum(stack.roles[f"scanner-{i}"].metric("chancepay_outbox_published_total") for i in range(2))
+        published = sum(env.processes[f"scanner-{i}"].metric("chancepay_outbox_published_total") for i in range(2))
         duplicates = sum(
-            stack.roles[f"wallet-{i}"].metric("chancepay_wallet_messages_total", outcome="duplicate") for i in range(2)
+            env.processes[f"wallet-{i}"].metric("chancepay_wallet_messages_total", outcome="duplicate") for i in range(2)
         )
-        per_scanner = [stack.roles[f"scanner-{i}"].metric("chancepay_outbox_published_total") for i in range(2)]
+        per_scanner = [env.processes[f"scanner-{i}"].metric("chancepay_outbox_published_total") for i in range(2)]
         per_wallet = [
-            sum(stack.roles[f"wallet-{i}"].metric("chancepay_wallet_messages_total", outcome=o)
+            sum(env.processes[f"wallet-{i}"].metric("chancepay_wallet_messages_total", outcome=o)
                 for o in ("succeeded", "failed"))
             for i in range(2)
         ]
@@ -271,7 +258,6 @@ def scale_out(rate: float, seconds: float, tmp: Path) -> dict[str, Any]:
             "cpu_cores_busy": round((sum(cpu.values()) + load_cpu) / max(wall, 1e-9), 2),
         }
     finally:
-        stack.stop_all()
         env.destroy()
 
 
