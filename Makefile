@@ -24,7 +24,7 @@ WALLET_PORT ?= 8002
 help: ## list targets (PYTEST_ARGS="-k x" passes pytest arguments to the test targets)
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z0-9-]+):.*## /\1\t/' | sort
 	@echo
-	@echo "make test installs from Debian what it needs and is missing (podman, runc, debootstrap, promtool,"
+	@echo "make test installs from Debian what it needs and is missing (podman, catatonit, runc, debootstrap, promtool,"
 	@echo "shellcheck: make test-tools), checkov into ~/.cache (make checkov), and .venv-test."
 	@echo "make run installs from Debian MariaDB, RabbitMQ and python3-venv when missing, and .venv."
 	@echo "Variables: PYTEST_ARGS, TEST_JOBS (1 = passes one after the other), ORCHESTRATOR_PORT, SCANNER_PORT,"

@@ -1,5 +1,5 @@
 # Kubernetes packaging targets; included from the main Makefile, which defines VENV and PY.
-#   make test-tools    install what the tests need from Debian (promtool, shellcheck, podman, runc, debootstrap)
+#   make test-tools    install what the tests need from Debian (promtool, shellcheck, podman, catatonit, runc, debootstrap)
 #   make render-k8s    regenerate k8s/manifests/ and deploy/ copies from the chart
 #   make kind-up       kind cluster + images + helm install + smoke payment + helm test
 #   make kind-down     delete that kind cluster
@@ -7,7 +7,7 @@
 
 .PHONY: test-tools render-k8s kind-up kind-down test-deploy
 
-test-tools: ## apt-get install what the tests need and is missing: promtool, shellcheck, podman, runc, debootstrap
+test-tools: ## apt-get install what the tests need and is missing: promtool, shellcheck, podman, catatonit, runc, debootstrap
 	bash scripts/install-test-tools.sh
 
 render-k8s: ## regenerate k8s/manifests/ and deploy/ copies from the chart

@@ -4,6 +4,9 @@
 #   ShellCheck (package "shellcheck")   lints the deploy scripts
 #   podman, runc                        run the chart's MariaDB/RabbitMQ pods (tests/chart, the
 #                                       `chart` pass of the integration and fault tiers)
+#   catatonit                           the pause process of a podman pod (`podman pod create`,
+#                                       `kube play`); podman only recommends it, so apt-get
+#                                       --no-install-recommends leaves it out
 #   debootstrap                         builds the stand-in image of those servers (Debian 13)
 # Idempotent: installs only what is missing, and says what it installs.
 #
@@ -13,13 +16,13 @@
 set -euo pipefail
 
 declare -A package_of=([promtool]=prometheus [shellcheck]=shellcheck [podman]=podman [runc]=runc
-                       [debootstrap]=debootstrap)
+                       [debootstrap]=debootstrap [catatonit]=catatonit)
 missing=()
-for tool in promtool shellcheck podman runc debootstrap; do
+for tool in promtool shellcheck podman runc debootstrap catatonit; do
     command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || missing+=("${package_of[$tool]}")
 done
 if [ "${#missing[@]}" -eq 0 ]; then
-    echo "test tools present: promtool shellcheck podman runc debootstrap"
+    echo "test tools present: promtool shellcheck podman runc debootstrap catatonit"
     exit 0
 fi
 
