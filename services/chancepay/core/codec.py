@@ -9,9 +9,10 @@ from __future__ import annotations
 import decimal
 import json
 import re
-import uuid as uuidlib
 from decimal import Decimal
 from typing import Any
+
+import uuid6
 
 CUS_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 AMOUNT_STR_RE = re.compile(r"[0-9]{1,16}(\.[0-9]{1,2})?")
@@ -105,7 +106,12 @@ def parse_uuid(value: Any) -> str:
 
 
 def new_uuid() -> str:
-    return str(uuidlib.uuid4())
+    """A new payment's uuid: a UUIDv7 (RFC 9562), whose first 48 bits are the Unix time in
+    milliseconds. Keys that grow with time append to the right edge of the `request` and `inbox`
+    primary keys instead of landing on a random page of an index that outgrows the buffer pool
+    (README "Performance": a cost that does not grow with history). Still 36 canonical characters:
+    no schema change, and older uuids (v4) stay valid everywhere."""
+    return str(uuid6.uuid7())
 
 
 def format_amount(amount: Decimal) -> str:
