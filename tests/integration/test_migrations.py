@@ -8,20 +8,17 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from pathlib import Path
 
 from chancepay.core import migrations, sql
 from chancepay.core.config import DatabaseURL
 from chancepay.core.db import Database
 from chancepay.core.migrations import Migration
 from chancepay.core.schema import apply
-from tests.support.env import wait_until
+from tests.support.env import previous_release, wait_until
 from tests.support.invariants import assert_converged
 from tests.support.payer import Payer
 from tests.support.roles import restart_role
 
-# The last commit whose migrate predates versioned migrations (CREATE TABLE IF NOT EXISTS only).
-PREVIOUS_RELEASE = "6989ec1a8842bee013a31acb0ed3c8f071fdd4e0"
 LATEST = {"orchestrator": migrations.latest(migrations.ORCHESTRATOR), "wallet": migrations.latest(migrations.WALLET)}
 
 
@@ -35,19 +32,6 @@ def test_from_empty_and_idempotent(env) -> None:
     again = env.migrate()
     assert "migration applied" not in again.stdout, "a second migrate changes nothing"
     assert versions(env) == {k: list(range(1, v + 1)) for k, v in LATEST.items()}
-
-
-def previous_release(tmp_path: Path) -> str:
-    """The package as the last release before versioned migrations shipped it (from git), for
-    PYTHONPATH: its `chancepay migrate` makes the database "today's main" created, and its roles
-    are the ones running when the new migrate arrives."""
-    root = Path(__file__).resolve().parents[2]
-    out = tmp_path / "previous-release"
-    out.mkdir()
-    archive = subprocess.run(["git", "-C", str(root), "archive", PREVIOUS_RELEASE, "services/chancepay"],
-                             capture_output=True, check=True, timeout=60).stdout
-    subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True, timeout=60)
-    return str(out / "services")
 
 
 def test_upgrades_what_the_previous_release_created(env_factory, tmp_path) -> None:

@@ -300,3 +300,21 @@ def run_reconcile(env: Env, age: float = 0, **overrides: str) -> tuple[int, dict
             pass
     assert lines, f"reconcile logged nothing: {result.stdout}\n{result.stderr[-2000:]}"
     return result.returncode, lines[-1]
+
+
+# The last commit before versioned migrations and batched result callbacks (its migrate made
+# tables with CREATE TABLE IF NOT EXISTS only; its orchestrator serves single-result callbacks only).
+PREVIOUS_RELEASE = "6989ec1a8842bee013a31acb0ed3c8f071fdd4e0"
+
+
+def previous_release(tmp_path: Path) -> str:
+    """The package as the previous release shipped it (from git), for a role's PYTHONPATH: what
+    is running when the new code arrives during a rolling update."""
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "previous-release"
+    if not out.exists():
+        out.mkdir()
+        archive = subprocess.run(["git", "-C", str(root), "archive", PREVIOUS_RELEASE, "services/chancepay"],
+                                 capture_output=True, check=True, timeout=60).stdout
+        subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True, timeout=60)
+    return str(out / "services")

@@ -203,6 +203,11 @@ VARIABLES: tuple[Var, ...] = (
     Var("CHANCEPAY_CALLBACK_BACKOFF_SECONDS", "callback_backoff", _float, "0.2", "first callback back-off"),
     Var("CHANCEPAY_CALLBACK_RETRY_MAX_SECONDS", "callback_retry_max", _float, "30",
         "a result still undelivered after a delivery's tries is retried in the background; cap of that back-off"),
+    Var("CHANCEPAY_CALLBACK_BATCH_SIZE", "callback_batch_size", _int, "32",
+        "results per batched callback (POST /internal/payments/results, at most 200); 1 = one request per "
+        "result on the single-result endpoint"),
+    Var("CHANCEPAY_CALLBACK_BATCH_LINGER_SECONDS", "callback_batch_linger", _float, "0.002",
+        "a batch is sent when full or this long after its first result"),
     Var("CHANCEPAY_RECONCILE_AGE_SECONDS", "reconcile_age", _float, "60",
         "reconcile only requests pending longer than this (database clock)"),
     Var("CHANCEPAY_RECONCILE_BATCH", "reconcile_batch", _int, "500", "requests examined per reconcile pass"),
@@ -247,6 +252,8 @@ class Settings:
     callback_attempts: int
     callback_backoff: float
     callback_retry_max: float
+    callback_batch_size: int
+    callback_batch_linger: float
     reconcile_age: float
     reconcile_batch: int
     pushgateway_url: str
@@ -295,6 +302,10 @@ class Settings:
             "CHANCEPAY_CALLBACK_ATTEMPTS": self.callback_attempts,
             "CHANCEPAY_RECONCILE_BATCH": self.reconcile_batch,
         }
+        if not 1 <= self.callback_batch_size <= 200:
+            raise ConfigError(f"CHANCEPAY_CALLBACK_BATCH_SIZE must be 1 to 200, got {self.callback_batch_size}")
+        if self.callback_batch_linger < 0:
+            raise ConfigError(f"CHANCEPAY_CALLBACK_BATCH_LINGER_SECONDS must be >= 0, got {self.callback_batch_linger}")
         if self.migrate_wait < 0:
             raise ConfigError(f"CHANCEPAY_MIGRATE_WAIT_SECONDS must be >= 0, got {self.migrate_wait}")
         for name, value in positive.items():

@@ -18,7 +18,7 @@ ROLE_METRICS: dict[str, tuple[str, ...]] = {
     "orchestrator": (
         "outbox_depth", "outbox_oldest_age", "outbox_exhausted", "payments_pending", "payments_pending_oldest_age",
         "payments_created", "payments_finalized", "payment_e2e_seconds", "http_request_seconds", "db_unavailable",
-        "http_client_errors", "http_auth_failures",
+        "http_client_errors", "http_auth_failures", "result_batch_size",
     ),
     "scanner": (
         "outbox_depth", "outbox_oldest_age", "outbox_exhausted", "payments_pending", "payments_pending_oldest_age",
@@ -86,6 +86,12 @@ class Metrics:
             "chancepay_payment_e2e_seconds",
             "Create to finalization of a request (database clock).",
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.result_batch_size = Histogram(
+            "chancepay_result_batch_size",
+            "Results per POST /internal/payments/results (the wallet's batched callbacks).",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 200),
             registry=r,
         )
         self.broker_connect_failures = Counter(

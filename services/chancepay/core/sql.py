@@ -123,6 +123,16 @@ SELECT_REQUEST_BY_IDEMPOTENCY_KEY = (
 FINALIZE_REQUEST = (
     "UPDATE request SET succeed = %s, finalized_at = NOW(6) WHERE uuid = %s AND succeed IS NULL"
 )
+# Batched finalization (POST /internal/payments/results), one transaction: lock the batch's rows
+# (primary-key order, so two batches cannot deadlock), finalize the pending ones per value with the
+# same write-once guard, read the stored rows back.
+LOCK_REQUESTS = "SELECT uuid, succeed FROM request WHERE uuid IN ({placeholders}) FOR UPDATE"
+FINALIZE_REQUESTS = (
+    "UPDATE request SET succeed = %s, finalized_at = NOW(6) WHERE uuid IN ({placeholders}) AND succeed IS NULL"
+)
+SELECT_REQUESTS = (
+    f"SELECT uuid, {_FIELDS}, succeed, created_at, finalized_at FROM request WHERE uuid IN ({{placeholders}})"
+)
 
 OUTBOX_STATS = (
     "SELECT COUNT(*), COALESCE(TIMESTAMPDIFF(MICROSECOND, MIN(created_at), NOW(6)), 0), "

@@ -28,9 +28,11 @@ from chancepay.core.logging import bound, get_logger
 from chancepay.core.metrics import Metrics
 from chancepay.core.payment import MissingFields, UnknownFields, parse_details
 from chancepay.orchestrator.openapi import OPENAPI
-from chancepay.orchestrator.service import FinalizeOutcome, IdempotencyKeyReused, PaymentService
+from chancepay.orchestrator.service import Finalized, FinalizeOutcome, IdempotencyKeyReused, PaymentService
 
 MAX_BODY_BYTES = 16 * 1024
+# Items in one POST /internal/payments/results (about 62 bytes each: 200 fit the body limit).
+MAX_RESULTS = 200
 
 
 def _check_json_content_type(request: Request) -> None:
@@ -138,6 +140,23 @@ async def get_payment(request: Request) -> Response:
     return JSONResponse(payment.as_json())
 
 
+def _record_finalized(r: Resources, item: Finalized, succeed: bool) -> None:
+    """Log and count one finalization outcome (single or batched callback alike)."""
+    log = get_logger()
+    with bound(uuid=item.uuid):
+        if item.outcome is FinalizeOutcome.UNKNOWN:
+            log.warning("result for an unknown payment", succeed=succeed)
+        elif item.outcome is FinalizeOutcome.CONFLICT:
+            assert item.payment is not None
+            log.error("[FAILED TO FINALIZE: RESULT CONFLICT]", stored=item.payment.succeed, received=succeed)
+        elif item.outcome is FinalizeOutcome.APPLIED:
+            assert item.payment is not None
+            r.metrics.payments_finalized.labels(result="succeeded" if succeed else "failed").inc()
+            if item.latency is not None:
+                r.metrics.payment_e2e_seconds.observe(item.latency)
+            log.info("payment finalized", status=item.payment.status.value)
+
+
 async def post_result(request: Request) -> Response:
     r = _resources(request)
     require_bearer(request, r.settings.internal_token)
@@ -146,24 +165,57 @@ async def post_result(request: Request) -> Response:
     if set(doc) != {"succeed"} or not isinstance(doc["succeed"], bool):
         raise ApiError(422, "invalid_field", 'the body must be exactly {"succeed": true|false}')
     succeed: bool = doc["succeed"]
-    log = get_logger()
-    with bound(uuid=uuid):
-        outcome, payment, latency = await r.service.finalize(uuid, succeed)
-        if outcome is FinalizeOutcome.UNKNOWN:
-            log.warning("result for an unknown payment", succeed=succeed)
-            raise ApiError(404, "not_found", f"no payment {uuid}")
-        assert payment is not None
-        if outcome is FinalizeOutcome.CONFLICT:
-            log.error("[FAILED TO FINALIZE: RESULT CONFLICT]", stored=payment.succeed, received=succeed)
-            raise ApiError(
-                409, "result_conflict", f"payment {uuid} is already {payment.status.value}; the row is unchanged"
-            )
-        if outcome is FinalizeOutcome.APPLIED:
-            r.metrics.payments_finalized.labels(result="succeeded" if succeed else "failed").inc()
-            if latency is not None:
-                r.metrics.payment_e2e_seconds.observe(latency)
-            log.info("payment finalized", status=payment.status.value)
+    outcome, payment, latency = await r.service.finalize(uuid, succeed)
+    _record_finalized(r, Finalized(uuid, outcome, payment, latency), succeed)
+    if outcome is FinalizeOutcome.UNKNOWN:
+        raise ApiError(404, "not_found", f"no payment {uuid}")
+    assert payment is not None
+    if outcome is FinalizeOutcome.CONFLICT:
+        raise ApiError(
+            409, "result_conflict", f"payment {uuid} is already {payment.status.value}; the row is unchanged"
+        )
     return JSONResponse({"uuid": uuid, "status": payment.status.value})
+
+
+def parse_results(doc: dict[str, Any]) -> list[tuple[str, bool]]:
+    """The body of POST /internal/payments/results: {"results": [{"uuid", "succeed"}, ...]},
+    1..MAX_RESULTS items, each uuid once. Raises ApiError 422 naming the first bad item."""
+    items = doc.get("results")
+    if set(doc) != {"results"} or not isinstance(items, list) or not 1 <= len(items) <= MAX_RESULTS:
+        raise ApiError(422, "invalid_field",
+                       f'the body must be exactly {{"results": [...]}} with 1 to {MAX_RESULTS} items')
+    results: list[tuple[str, bool]] = []
+    seen: set[str] = set()
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or set(item) != {"uuid", "succeed"} or not isinstance(item["succeed"], bool):
+            raise ApiError(422, "invalid_field",
+                           f'results[{i}] must be exactly {{"uuid": "...", "succeed": true|false}}')
+        try:
+            uuid = parse_uuid(item["uuid"])
+        except InvalidField:
+            raise ApiError(422, "invalid_field", f"results[{i}].uuid must be a canonical lowercase UUID") from None
+        if uuid in seen:
+            raise ApiError(422, "duplicate_uuid", f"results[{i}]: {uuid} appears twice in one batch")
+        seen.add(uuid)
+        results.append((uuid, item["succeed"]))
+    return results
+
+
+async def post_results(request: Request) -> Response:
+    """Batched result callbacks: every item finalized in one transaction, write-once, each with
+    its own outcome (applied, repeated, conflict, unknown). The batch as a whole answers 200; a
+    conflict or an unknown uuid is an item's outcome, not an error of the request."""
+    r = _resources(request)
+    require_bearer(request, r.settings.internal_token)
+    results = parse_results(await _read_json_object(request))
+    finalized = await r.service.finalize_many(results)
+    r.metrics.result_batch_size.observe(len(results))
+    answer = []
+    for item, (_, succeed) in zip(finalized, results, strict=True):
+        _record_finalized(r, item, succeed)
+        answer.append({"uuid": item.uuid, "outcome": item.outcome.value,
+                       "status": item.payment.status.value if item.payment else None})
+    return JSONResponse({"results": answer})
 
 
 async def openapi(request: Request) -> Response:
@@ -190,6 +242,7 @@ ROUTES = [
     Route("/payments", create_payment, methods=["POST"]),
     Route("/payments/{uuid}", get_payment, methods=["GET"]),
     Route("/internal/payments/{uuid}/result", post_result, methods=["POST"]),
+    Route("/internal/payments/results", post_results, methods=["POST"]),
     Route("/openapi.json", openapi, methods=["GET"]),
 ]
 

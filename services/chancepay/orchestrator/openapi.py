@@ -101,6 +101,34 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
+        "/internal/payments/results": {
+            "post": {
+                "operationId": "postResults",
+                "summary": "The wallet's batched result callbacks: every item finalized write-once in one "
+                           "transaction, each with its own outcome",
+                "security": [{"bearer": []}],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ResultBatch"}}},
+                },
+                "responses": {
+                    "200": {
+                        "description": "One outcome per item, in the order sent: applied (finalized now), repeated "
+                                       "(already final with this value), conflict (already final with the other "
+                                       "value; unchanged), unknown (no such payment)",
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/ResultBatchOutcomes"}}
+                        },
+                    },
+                    "400": _err("Malformed JSON"),
+                    "401": _err("Missing or wrong bearer token"),
+                    "413": _err("Body over 16 KiB"),
+                    "415": _err("Content-Type is not application/json"),
+                    "422": _err("Not {results: [{uuid, succeed}]} with 1 to 200 items, or a uuid twice"),
+                    "503": _err("Database unavailable; nothing was finalized"),
+                },
+            }
+        },
         "/healthz": {"get": {"operationId": "healthz", "responses": {"200": {"description": "Process alive"}}}},
         "/readyz": {
             "get": {
@@ -133,6 +161,45 @@ OPENAPI: dict[str, Any] = {
                 "properties": {
                     "uuid": {"type": "string"},
                     "status": {"type": "string", "enum": [payment.Status.SUCCEEDED.value, payment.Status.FAILED.value]},
+                },
+            },
+            "ResultBatch": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["results"],
+                "properties": {
+                    "results": {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": 200,
+                        "items": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["uuid", "succeed"],
+                            "properties": {"uuid": payment.UUID_SCHEMA, "succeed": {"type": "boolean"}},
+                        },
+                    }
+                },
+            },
+            "ResultBatchOutcomes": {
+                "type": "object",
+                "required": ["results"],
+                "properties": {
+                    "results": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["uuid", "outcome", "status"],
+                            "properties": {
+                                "uuid": {"type": "string"},
+                                "outcome": {"type": "string", "enum": ["applied", "repeated", "conflict", "unknown"]},
+                                "status": {
+                                    "type": ["string", "null"],
+                                    "enum": [payment.Status.SUCCEEDED.value, payment.Status.FAILED.value, None],
+                                },
+                            },
+                        },
+                    }
                 },
             },
             "Error": {

@@ -3,13 +3,14 @@ read it, finalize it write-once. Receives its Database; knows nothing of HTTP.""
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
 from typing import Any
 
 from chancepay.core import sql
 from chancepay.core.codec import new_uuid
-from chancepay.core.db import Database, fetchrow, is_duplicate_key
+from chancepay.core.db import Database, fetchrow, is_duplicate_key, named
 from chancepay.core.payment import Details, Payment, PaymentMessage, column_values, dump_details
 
 
@@ -79,10 +80,61 @@ class PaymentService:
             return FinalizeOutcome.UNKNOWN, None, None
         payment = Payment.from_row(row)
         if applied:
-            latency = None
-            if payment.finalized_at and payment.created_at:
-                latency = (payment.finalized_at - payment.created_at).total_seconds()
-            return FinalizeOutcome.APPLIED, payment, latency
+            return FinalizeOutcome.APPLIED, payment, _latency(payment)
         if payment.succeed is succeed:
             return FinalizeOutcome.REPEATED, payment, None
         return FinalizeOutcome.CONFLICT, payment, None
+
+    async def finalize_many(self, results: list[tuple[str, bool]]) -> list[Finalized]:
+        """The batched form of finalize(), in one transaction with the same write-once guard: the
+        batch's rows are locked, the pending ones finalized (one UPDATE per value), the stored rows
+        read back. One Finalized per item, in the order given; uuids must be distinct."""
+        uuids = [uuid for uuid, _ in results]
+        marks = ", ".join(["%s"] * len(uuids))
+
+        async def finalize_batch(cur: Any) -> tuple[set[str], dict[str, Any]]:
+            await cur.execute(sql.LOCK_REQUESTS.format(placeholders=marks), uuids)
+            pending = {uuid for uuid, stored in await cur.fetchall() if stored is None}
+            applied: set[str] = set()
+            for value in (True, False):
+                chosen = [uuid for uuid, succeed in results if succeed is value and uuid in pending]
+                if chosen:
+                    await cur.execute(
+                        sql.FINALIZE_REQUESTS.format(placeholders=", ".join(["%s"] * len(chosen))), (value, *chosen)
+                    )
+                    applied.update(chosen)
+            await cur.execute(sql.SELECT_REQUESTS.format(placeholders=marks), uuids)
+            rows = {row["uuid"]: row for row in (named(cur, r) for r in await cur.fetchall()) if row}
+            return applied, rows
+
+        applied, rows = await self.db.run(finalize_batch)
+        out: list[Finalized] = []
+        for uuid, succeed in results:
+            row = rows.get(uuid)
+            if row is None:
+                out.append(Finalized(uuid, FinalizeOutcome.UNKNOWN, None, None))
+                continue
+            payment = Payment.from_row(row)
+            if uuid in applied:
+                out.append(Finalized(uuid, FinalizeOutcome.APPLIED, payment, _latency(payment)))
+            elif payment.succeed is succeed:
+                out.append(Finalized(uuid, FinalizeOutcome.REPEATED, payment, None))
+            else:
+                out.append(Finalized(uuid, FinalizeOutcome.CONFLICT, payment, None))
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Finalized:
+    """One item of a batched finalization."""
+
+    uuid: str
+    outcome: FinalizeOutcome
+    payment: Payment | None  # the row as stored; None when unknown
+    latency: float | None  # create-to-final seconds (database clock) when applied here
+
+
+def _latency(payment: Payment) -> float | None:
+    if payment.finalized_at and payment.created_at:
+        return (payment.finalized_at - payment.created_at).total_seconds()
+    return None

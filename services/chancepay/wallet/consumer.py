@@ -75,7 +75,9 @@ class Wallet:
         self.rng = random.Random()
         self.inbox = Inbox(db, on_inserted=lambda: crash.hit("wallet.after_inbox_insert"))
         self.callbacks = CallbackClient(http, settings.orchestrator_url, metrics, tries=settings.callback_attempts,
-                                        backoff=settings.callback_backoff, rng=self.rng)
+                                        backoff=settings.callback_backoff, rng=self.rng,
+                                        batch_size=settings.callback_batch_size,
+                                        batch_linger=settings.callback_batch_linger)
         self.connection: Any = None
         self.channel: Any = None
         self.stats_channel: Any = None
