@@ -18,7 +18,7 @@ ORCHESTRATOR_PORT ?= 8000
 SCANNER_PORT ?= 8001
 WALLET_PORT ?= 8002
 
-.PHONY: run test test-debian12 test-chart checkov services venv test-venv migrate bench soak lint clean help
+.PHONY: run test test-debian12 test-chart checkov services venv test-venv migrate bench bench-history soak lint clean help
 .DEFAULT_GOAL := help
 
 help: ## list targets (PYTEST_ARGS="-k x" passes pytest arguments to the test targets)
@@ -98,6 +98,9 @@ test-chart: services test-venv test-tools ## pass 2: the chart run with podman (
 
 bench: services test-venv ## throughput/latency benchmark; JSON results in .bench/
 	$(PY) -m bench.run
+
+bench-history: services test-venv ## the benchmark again on tables pre-filled with 10 million finalized payments, compared with empty ones (~40 min)
+	$(PY) -m bench.run --history-rows 10000000 --skip-scaleout
 
 include mk/deploy.mk
 

@@ -176,6 +176,30 @@ class Deployment:
             cur.execute(statement, args)
             return list(cur.fetchall())
 
+    def prefill_history(self, rows: int, chunk: int = 250_000) -> dict[str, Any]:
+        """`rows` finalized payments (request and inbox rows with UUIDv7 keys older than any new
+        payment's), inserted by the server itself in chunks of `chunk` rows per transaction.
+        Returns the seconds it took and the tables' sizes afterwards."""
+        began = time.monotonic()
+        first_ms = int(time.time() * 1000) - rows - 60_000  # one payment per millisecond, ending a minute ago
+        for db in (self.orch_db, self.wallet_db):
+            statement = sql.PREFILL_REQUESTS if db == self.orch_db else sql.PREFILL_INBOX
+            with pymysql.connect(host=HOST, port=MYSQL_PORT, user="root", password="", database=db,
+                                 autocommit=True) as conn, conn.cursor() as cur:
+                for first in range(1, rows + 1, chunk):
+                    last = min(rows, first + chunk - 1)
+                    cur.execute(statement.format(first=int(first), last=int(last)), (first_ms, first_ms))
+        seconds = time.monotonic() - began
+        sizes: dict[str, int] = {}
+        for db in (self.orch_db, self.wallet_db):
+            with pymysql.connect(host=HOST, port=MYSQL_PORT, user="root", password="", database=db,
+                                 autocommit=True) as conn, conn.cursor() as cur:
+                cur.execute(sql.ANALYZE_TABLE.format(table="request" if db == self.orch_db else "inbox"))
+                cur.fetchall()
+                cur.execute(sql.TABLE_BYTES)
+                sizes.update({name: int(size) for name, size in cur.fetchall()})
+        return {"rows": rows, "prefill_seconds": round(seconds, 1), "table_bytes": sizes}
+
     def destroy(self) -> None:
         for p in self.processes.values():
             p.stop()

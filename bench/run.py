@@ -31,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,49 +46,82 @@ def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """utime + stime of one process (and its reaped children), from /proc."""
+def process_cpu(pid: int) -> tuple[int, float] | None:
+    """(start time in clock ticks since boot, utime + stime + reaped children's) of one process,
+    from /proc; None once it is gone. The start time tells a restarted process from the one that
+    had its pid before."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return sum(int(fields[i]) for i in (11, 12, 13, 14)) / CLK_TCK
+    return int(fields[19]), sum(int(fields[i]) for i in (11, 12, 13, 14)) / CLK_TCK
 
 
-def pids_named(name: str) -> list[int]:
+def pids_named(name: str, cmdline_contains: str = "") -> list[int]:
     out = subprocess.run(["pgrep", "-x", name], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
+    pids = [int(p) for p in out.split()]
+    if cmdline_contains:
+        def matches(pid: int) -> bool:
+            try:
+                return cmdline_contains in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                return False
+        pids = [p for p in pids if matches(p)]
+    return pids
+
+
+def server_pids() -> dict[str, list[int]]:
+    """The database and broker *servers*: not the short-lived beam.smp of a rabbitmqctl call,
+    whose exit during a step once made RabbitMQ's share negative."""
+    return {"mariadb": pids_named("mariadbd"), "rabbitmq": pids_named("beam.smp", "rabbit boot")}
 
 
 class CpuMeter:
-    """CPU seconds consumed between start() and stop() by named processes."""
+    """CPU seconds used between start() and stop() by groups of processes, per process: the pids
+    are looked up again at stop(), so a process that started (or restarted) during the window
+    counts from its start; one that exited during it cannot be read any more and is reported in
+    `exited` instead of silently lowering its group's total. Never negative."""
 
-    def __init__(self, processes: dict[str, list[int]]) -> None:
-        self.processes = processes
-        self.before: dict[str, float] = {}
+    def __init__(self, find: Callable[[], dict[str, list[int]]]) -> None:
+        self.find = find
+        self.before: dict[str, dict[tuple[int, int], float]] = {}
+        self.exited: dict[str, int] = {}
 
-    def _read(self) -> dict[str, float]:
-        return {name: sum(cpu_seconds(p) or 0.0 for p in pids) for name, pids in self.processes.items()}
+    def _read(self) -> dict[str, dict[tuple[int, int], float]]:
+        groups: dict[str, dict[tuple[int, int], float]] = {}
+        for group, pids in self.find().items():
+            found = groups.setdefault(group, {})
+            for pid in pids:
+                read = process_cpu(pid)
+                if read is not None:
+                    found[(pid, read[0])] = read[1]
+        return groups
 
     def start(self) -> None:
         self.before = self._read()
 
     def stop(self) -> dict[str, float]:
         after = self._read()
-        return {name: after[name] - self.before.get(name, 0.0) for name in after}
+        used: dict[str, float] = {}
+        for group in after.keys() | self.before.keys():
+            now, then = after.get(group, {}), self.before.get(group, {})
+            used[group] = sum(max(0.0, cpu - then.get(key, 0.0)) for key, cpu in now.items())
+            gone = len(then.keys() - now.keys())
+            if gone:
+                self.exited[group] = gone
+        return used
 
 
 def wait_quiet(max_cores: float = 0.15, deadline_s: float = 90.0) -> float:
     """Wait (bounded) until MariaDB and RabbitMQ are idle, so a step does not pay for the previous
     one's background work (InnoDB purge and page flushing after the raw-limit runs, quorum-queue
     log compaction). Returns the seconds waited."""
-    servers = {"servers": pids_named("mariadbd") + pids_named("beam.smp")}
     start = time.monotonic()
     while time.monotonic() - start < deadline_s:
-        meter = CpuMeter(servers)
+        meter = CpuMeter(server_pids)
         meter.start()
         time.sleep(1.0)
-        if meter.stop()["servers"] < max_cores:
+        if sum(meter.stop().values()) < max_cores:
             break
     return round(time.monotonic() - start, 1)
 
@@ -148,22 +182,29 @@ def sustained(summary: dict[str, Any], rate: float) -> tuple[bool, str]:
     return True, "sustained"
 
 
-def role_pids(deployment: Deployment) -> dict[str, list[int]]:
-    pids: dict[str, list[int]] = {}
-    for process in deployment.processes.values():
-        if process.proc is not None:
-            pids.setdefault(process.role, []).append(process.proc.pid)
-    pids["mariadb"] = pids_named("mariadbd")
-    pids["rabbitmq"] = pids_named("beam.smp")
-    return pids
+def role_pids(deployment: Deployment) -> Callable[[], dict[str, list[int]]]:
+    """The deployment's processes as they are *now* (a restarted role has a new pid), by role,
+    and the servers."""
+    def find() -> dict[str, list[int]]:
+        pids: dict[str, list[int]] = {p.role: [] for p in deployment.processes.values()}
+        for process in deployment.processes.values():
+            if process.proc is not None and process.proc.poll() is None:
+                pids[process.role].append(process.proc.pid)
+        return {**pids, **server_pids()}
+    return find
 
 
-def step_up(steps: list[float], seconds: float, tmp: Path) -> dict[str, Any]:
-    env = Deployment(tmp / "stepup")
+def step_up(steps: list[float], seconds: float, tmp: Path, history_rows: int = 0) -> dict[str, Any]:
+    env = Deployment(tmp / ("stepup-history" if history_rows else "stepup"))
     results: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
+    history: dict[str, Any] | None = None
     try:
         env.create()
+        if history_rows:
+            log(f"history: pre-filling {history_rows:,} finalized payments (request and inbox rows)")
+            history = env.prefill_history(history_rows)
+            log(f"  -> {history}")
         for role in ("orchestrator", "scanner", "wallet"):
             env.add(role)
         env.start_all()
@@ -197,6 +238,8 @@ def step_up(steps: list[float], seconds: float, tmp: Path) -> dict[str, Any]:
                 "cpu_ms_per_payment": {k: round(v * 1000 / accepted, 3) for k, v in cpu.items()},
                 # average over the step's whole wall time (load + convergence)
                 "cpu_cores_busy": round(sum(cpu.values()) / max(wall, 1e-9), 2),
+                # processes that exited during the step (their CPU after start() is not counted)
+                "cpu_process_exits": dict(meter.exited),
                 "invariants": summary.get("invariants"),
             }
             results.append(step)
@@ -210,7 +253,30 @@ def step_up(steps: list[float], seconds: float, tmp: Path) -> dict[str, Any]:
                 break
     finally:
         env.destroy()
-    return {"steps": results, "best": best}
+    return {"steps": results, "best": best, **({"history": history} if history else {})}
+
+
+def compare_history(empty: dict[str, Any], full: dict[str, Any]) -> dict[str, Any]:
+    """The history run against the empty-table run of the same invocation: best rate, and at each
+    rate both sustained, the API and end-to-end p99 (ratio > 1 = slower with history)."""
+    full_steps = {s["rate"]: s for s in full["steps"] if s["sustained"]}
+    per_rate = []
+    for step in empty["steps"]:
+        other = full_steps.get(step["rate"])
+        if not step["sustained"] or other is None:
+            continue
+        row: dict[str, Any] = {"rate": step["rate"]}
+        for key in ("api_latency_ms", "e2e_latency_ms"):
+            a, b = (step[key] or {}).get("p99"), (other[key] or {}).get("p99")
+            row[f"{key[:-11]}_p99_ms"] = [a, b]
+            row[f"{key[:-11]}_p99_ratio"] = round(b / a, 3) if a and b else None
+        per_rate.append(row)
+    best_empty, best_full = (empty["best"] or {}).get("rate"), (full["best"] or {}).get("rate")
+    return {
+        "best_rate": [best_empty, best_full],
+        "best_rate_ratio": round(best_full / best_empty, 3) if best_empty and best_full else None,
+        "per_rate": per_rate,
+    }
 
 
 def scale_out(rate: float, seconds: float, tmp: Path) -> dict[str, Any]:
@@ -273,21 +339,50 @@ def raw_limits(seconds: float) -> dict[str, Any] | None:
     return json.loads(result.stdout)
 
 
-def table(doc: dict[str, Any]) -> str:
+def recorded_raw_limits(seconds: float, *, reuse: bool, store: Path) -> dict[str, Any] | None:
+    """The machine's raw limits for this result: measured now (and kept in `store`), or with
+    reuse=True the last measurement from `store`, marked as reused with its time, so every JSON
+    result carries the limits its ratios were computed from."""
+    if reuse and store.exists():
+        raw: dict[str, Any] = json.loads(store.read_text())
+        raw["reused_from_earlier_run"] = True
+        return raw
+    measured = raw_limits(seconds)
+    if measured is not None:
+        measured["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        store.parent.mkdir(parents=True, exist_ok=True)
+        store.write_text(json.dumps(measured, indent=2))
+    return measured
+
+
+def _step_lines(steps: list[dict[str, Any]]) -> list[str]:
     lines = [f"{'rate/s':>7} {'achieved':>8} {'api p50/p99 ms':>16} {'e2e p50/p99 ms':>16} "
              f"{'max outbox':>10} {'cores':>5}  verdict"]
-    for s in doc["stepup"]["steps"]:
+    for s in steps:
         api, e2e = s["api_latency_ms"] or {}, s["e2e_latency_ms"] or {}
         lines.append(
             f"{s['rate']:>7g} {s['achieved_rate'] or 0:>8} {api.get('p50')!s:>7}/{api.get('p99')!s:<8} "
             f"{e2e.get('p50')!s:>7}/{e2e.get('p99')!s:<8} {s['max_outbox_depth']:>10} {s['cpu_cores_busy']:>5}  "
             f"{s['verdict']}"
         )
+    return lines
+
+
+def table(doc: dict[str, Any]) -> str:
+    lines = _step_lines(doc["stepup"]["steps"])
     best = doc["stepup"]["best"]
     lines.append(f"best sustained rate: {best['rate'] if best else None}/s")
     if doc.get("ratio_to_smallest_limit") is not None:
         lines.append(f"ratio to the smallest physical limit ({doc['smallest_limit']['stage']}, "
                      f"{doc['smallest_limit']['rate_per_s']}/s): {doc['ratio_to_smallest_limit']}")
+    if doc.get("ratio_to_all_stages_sharing_machine") is not None:
+        lines.append(f"ratio to the all-stages-sharing limit: {doc['ratio_to_all_stages_sharing_machine']}")
+    if doc.get("history"):
+        h = doc["history"]
+        lines.append(f"with {h['history']['rows']:,} finalized payments of history "
+                     f"({h['history']['table_bytes']} bytes, pre-filled in {h['history']['prefill_seconds']} s):")
+        lines += _step_lines(h["steps"])
+        lines.append(f"history vs empty: {json.dumps(doc['history_vs_empty'])}")
     if doc.get("scaleout"):
         so = doc["scaleout"]
         lines.append(f"scale-out 2+2+2 at {so['rate']}/s: {so['verdict']}, published {so['published']} for "
@@ -305,7 +400,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="default: 80%% of the best sustained rate (six processes on the same cores cost more "
                         "than three: at the knee itself scale-out measures overload, not correctness)")
     p.add_argument("--scaleout-seconds", type=float, default=20.0)
-    p.add_argument("--skip-raw", action="store_true")
+    p.add_argument("--skip-raw", action="store_true",
+                   help="reuse the raw limits last measured (.bench/raw-limits.json) instead of measuring")
+    p.add_argument("--history-rows", type=int, default=0,
+                   help="also run the step-up on tables pre-filled with this many finalized payments "
+                        "(make bench-history: 10,000,000) and compare with the empty run")
     p.add_argument("--skip-scaleout", action="store_true")
     p.add_argument("--output", default=str(ROOT / ".bench" / "latest.json"))
     args = p.parse_args(argv)
@@ -319,10 +418,12 @@ def main(argv: list[str] | None = None) -> int:
     # Role logs stay in .bench/logs/<start time>/ for a post-mortem of a failed step.
     logs = Path(args.output).parent / "logs" / doc["started_at"].replace(":", "")
     tmp = logs
-    if not args.skip_raw:
-        raw = raw_limits(args.raw_seconds)
-        doc["raw_limits"] = raw
+    doc["raw_limits"] = recorded_raw_limits(args.raw_seconds, reuse=args.skip_raw,
+                                            store=Path(args.output).parent / "raw-limits.json")
     doc["stepup"] = step_up(steps, args.step_seconds, tmp)
+    if args.history_rows:
+        doc["history"] = step_up(steps, args.step_seconds, tmp, history_rows=args.history_rows)
+        doc["history_vs_empty"] = compare_history(doc["stepup"], doc["history"])
     best = doc["stepup"]["best"]
     smallest = (doc.get("raw_limits") or {}).get("smallest_limit")
     if smallest:
