@@ -52,7 +52,7 @@ def podman(*args: str, check: bool = True, timeout: float = 300, input: bytes | 
 
 def available() -> str | None:
     """None if podman, runc and debootstrap are usable; else why not (and the fix)."""
-    for tool in ("podman", "runc", "debootstrap"):
+    for tool in ("podman", "runc", "debootstrap", "catatonit"):
         if shutil.which(tool) is None:
             return f"{tool} is not installed (make test installs it: scripts/install-test-tools.sh)"
     return None

@@ -236,7 +236,12 @@ class PlayedRelease:
 
     def destroy(self) -> None:
         for name in self.played:
-            podman("pod", "rm", "-f", "-t", "5", name, check=False, timeout=120)
+            # A pod still starting can make one `pod rm` fail (a leaked pod was seen once): retry,
+            # bounded, until it is gone.
+            for _ in range(3):
+                podman("pod", "rm", "-f", "-t", "5", name, check=False, timeout=120)
+                if podman("pod", "exists", name, check=False).returncode != 0:
+                    break
         for pod in self.servers.values():
             pod.destroy()
         podman("secret", "rm", self.secret_name, check=False)
