@@ -64,7 +64,7 @@ def test_callback_times_out_after_the_orchestrator_committed_retry_gets_200(make
         wait_until(lambda: s.wallet.metric("chancepay_wallet_callbacks_total") == 3, 30, what="3 delivered callbacks")
         calls = stub.snapshot()
         for uuid in uuids:
-            mine = [c for c in calls if f"/{uuid}/" in c["path"]]
+            mine = [c for c in calls if uuid in c["uuids"]]
             assert len(mine) == 2, mine
             assert mine[0]["action"] == "forward_then_delay" and mine[0]["upstream_status"] == 200
             assert mine[1]["upstream_status"] == 200 and mine[1]["answered"] == 200, "the retry is a 200 repeat"
@@ -89,7 +89,7 @@ def test_a_parked_result_outlives_the_wallet_process(make_stack, env) -> None:
         s.start_wallet_with(CHANCEPAY_ORCHESTRATOR_URL=stub.url)
         (uuid,) = s.pay_many(1, "outlives")
         s.wallet.wait_for_event("result parked", uuid=uuid)
-        wait_until(lambda: len([c for c in stub.snapshot() if uuid in c["path"]]) >= 3, 30,
+        wait_until(lambda: len([c for c in stub.snapshot() if uuid in c["uuids"]]) >= 3, 30,
                    what="background retries")
         s.wallet.kill()
         assert pending_count(env) == 1 and env.queue_depth("chancepay.payments") == 0

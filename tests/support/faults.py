@@ -4,6 +4,7 @@ front of the orchestrator, a stopped RabbitMQ application, the soak's seeded ran
 from __future__ import annotations
 
 import contextlib as _contextlib
+import json
 import os
 import random as _random
 import threading
@@ -41,10 +42,25 @@ def publish_raw(stack: Stack, body: bytes, message_id: str = "raw", key: str | N
     assert isinstance(stack.env.amqp(publish), spec.Basic.Ack)
 
 
+def _callback_uuids(path: str, body: bytes) -> list[str]:
+    """The payments one result callback carries: the uuid in a single-result path, or every
+    item's uuid in a batch body."""
+    parts = path.strip("/").split("/")
+    if len(parts) == 4 and parts[:2] == ["internal", "payments"] and parts[3] == "result":
+        return [parts[2]]
+    try:
+        return [str(item["uuid"]) for item in json.loads(body)["results"]]
+    except (ValueError, KeyError, TypeError):
+        return []
+
+
 class CallbackStub:
     """A tiny HTTP server on 127.0.0.1 standing between the wallet and the orchestrator.
 
-    `behaviour(path, calls_for_path) -> action` decides each POST:
+    It serves both result endpoints: one result per request (/internal/payments/{uuid}/result) and
+    the wallet's batches (/internal/payments/results); each call records the payments it carried
+    (`uuids`). `behaviour(path, n) -> action` decides each POST, `n` being how many earlier calls
+    carried the same payment (for a batch, the most among its payments):
       ("status", code)            answer `code` without forwarding;
       ("forward",)                forward to the orchestrator and answer what it answered;
       ("forward_then_delay", s)   forward (so the orchestrator commits), then hold the answer s seconds.
@@ -65,9 +81,11 @@ class CallbackStub:
             def do_POST(self) -> None:  # noqa: N802
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length)
+                uuids = _callback_uuids(self.path, body)
                 with stub._lock:
-                    n = sum(1 for c in stub.calls if c["path"] == self.path)
-                    record: dict[str, Any] = {"path": self.path, "n": n, "at": time.monotonic()}
+                    # per payment: how many earlier calls carried it (the most among a batch's)
+                    n = max((sum(1 for c in stub.calls if u in c["uuids"]) for u in uuids), default=0)
+                    record: dict[str, Any] = {"path": self.path, "uuids": uuids, "n": n, "at": time.monotonic()}
                     stub.calls.append(record)
                 action = stub.behaviour(self.path, n)
                 record["action"] = action[0]
