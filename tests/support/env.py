@@ -50,10 +50,7 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: fl
         time.sleep(interval)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+free_port = servers_mod.free_port  # one registry of handed-out ports per process
 
 
 def admin_connect(database: str | None = None) -> pymysql.connections.Connection:

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import re
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -92,10 +94,33 @@ def debian12() -> Servers:
     )
 
 
+_HANDED_OUT: set[int] = set()
+_HANDED_OUT_LOCK = threading.Lock()
+# Each pass of `make test` picks listening ports from a range of its own, below the kernel's
+# ephemeral range (32768-60999): the two passes run side by side and pick ports in batches before
+# anything binds them, so neither can be handed a port the other just picked, and no outgoing
+# connection's source port can take one either. (RabbitMQ's distribution port 25672 is avoided.)
+_PORT_RANGES = {"debian12": (20000, 25599), "chart": (26000, 31999)}
+_PORT_RNG = random.Random()  # its own: a test seeding the global generator must not make picks repeat
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on now, from this pass's range, and never one this process handed
+    out before (seen once with the kernel's own choice: a wallet given its database's port)."""
+    low, high = _PORT_RANGES.get(os.environ.get(SERVERS_VAR, "debian12"), _PORT_RANGES["debian12"])
+    with _HANDED_OUT_LOCK:
+        for _ in range(1000):
+            port = _PORT_RNG.randint(low, high)
+            if port in _HANDED_OUT:
+                continue
+            try:
+                with socket.socket() as s:
+                    s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError(f"no free port in {low}-{high} after 1000 tries")
 
 
 # --------------------------------------------------------------------------- the chart's servers
