@@ -56,8 +56,7 @@ async def _succeed_by_uuid(db: Database, table: str, uuids: Sequence[str]) -> di
     assert table in ("request", "inbox")
     found: dict[str, bool | None] = {}
     for chunk in _chunks(uuids):
-        placeholders = ",".join(["%s"] * len(chunk))
-        rows = await db.fetchall(sql.SUCCEED_BY_UUID.format(table=table, placeholders=placeholders), list(chunk))
+        rows = await db.fetchall(sql.among(sql.SUCCEED_BY_UUID, len(chunk), table=table), list(chunk))
         for uuid, succeed in rows:
             found[uuid] = None if succeed is None else bool(succeed)
     return found

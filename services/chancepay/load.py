@@ -133,8 +133,7 @@ async def _converge(orch: Database, uuids: list[str], timeout: float) -> tuple[b
         still: list[str] = []
         for i in range(0, len(pending_set), 1000):
             chunk = pending_set[i : i + 1000]
-            placeholders = ",".join(["%s"] * len(chunk))
-            rows = await orch.fetchall(sql.PENDING_AMONG.format(placeholders=placeholders), chunk)
+            rows = await orch.fetchall(sql.among(sql.PENDING_AMONG, len(chunk)), chunk)
             still.extend(r[0] for r in rows)
         pending_set = still
         (depth,) = await orch.fetchone(sql.OUTBOX_DEPTH)
@@ -151,8 +150,7 @@ async def _results(orch: Database, uuids: list[str]) -> tuple[int, int, list[flo
     e2e: list[float] = []
     for i in range(0, len(uuids), 1000):
         chunk = uuids[i : i + 1000]
-        placeholders = ",".join(["%s"] * len(chunk))
-        rows = await orch.fetchall(sql.RESULTS_AMONG.format(placeholders=placeholders), chunk)
+        rows = await orch.fetchall(sql.among(sql.RESULTS_AMONG, len(chunk)), chunk)
         for succeed, micros in rows:
             if succeed is None:
                 continue

@@ -99,8 +99,7 @@ class Ops:
         else:
             for u in uuids:
                 parse_uuid(u)
-            placeholders = ",".join(["%s"] * len(uuids))
-            changed = await self.orch.execute(sql.RETRY_EXHAUSTED_OUTBOX.format(placeholders=placeholders),
+            changed = await self.orch.execute(sql.among(sql.RETRY_EXHAUSTED_OUTBOX, len(uuids)),
                                               (max_attempts, *uuids))
         self.log.info("outbox rows back into rotation", rows=changed, uuids=uuids or "all exhausted")
         self.count("outbox_retry", changed)

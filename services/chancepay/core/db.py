@@ -74,6 +74,12 @@ async def fetchrow(cur: Any) -> dict[str, Any] | None:
     return named(cur, await cur.fetchone())
 
 
+async def fetchrows(cur: Any) -> list[dict[str, Any]]:
+    """Every remaining row of `cur`, by column name."""
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, row, strict=True)) for row in await cur.fetchall()]
+
+
 class Database:
     def __init__(self, url: DatabaseURL, *, pool_size: int = 10, timeout: float = 5.0) -> None:
         self.url = url
@@ -171,8 +177,7 @@ class Database:
         """Every row by column name."""
         async def work(cur: Any) -> list[dict[str, Any]]:
             await cur.execute(statement, args)
-            names = [d[0] for d in cur.description]
-            return [dict(zip(names, row, strict=True)) for row in await cur.fetchall()]
+            return await fetchrows(cur)
 
         return await self.run(work)
 

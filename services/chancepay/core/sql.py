@@ -13,6 +13,12 @@ from chancepay.core.payment import COLUMNS
 # A payment's declared columns, for the statements below: "cus_id, amount" and "%s, %s" today.
 _FIELDS = ", ".join(COLUMNS)
 _FIELD_PLACEHOLDERS = ", ".join(["%s"] * len(COLUMNS))
+
+
+def among(statement: str, count: int, **identifiers: str) -> str:
+    """`statement` with its `IN ({placeholders})` list written for `count` values (and any other
+    identifier it names, validated by the caller)."""
+    return statement.format(placeholders=", ".join(["%s"] * count), **identifiers)
 _R_FIELDS = ", ".join(f"r.{c}" for c in COLUMNS)
 
 # --------------------------------------------------------------------------- schema

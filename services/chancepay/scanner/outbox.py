@@ -26,16 +26,14 @@ class Outbox:
             await cur.execute(sql.CLAIM_OUTBOX, (self.max_attempts, limit))
             rows = [OutboxRow(r[0], bytes(r[1]), int(r[2])) for r in await cur.fetchall()]
             if rows:
-                placeholders = ",".join(["%s"] * len(rows))
-                await cur.execute(sql.LEASE_OUTBOX.format(placeholders=placeholders),
+                await cur.execute(sql.among(sql.LEASE_OUTBOX, len(rows)),
                                   (self.lease_us, self.owner, *[r.uuid for r in rows]))
             return rows
 
         return await self.db.run(claim_and_lease)
 
     async def delete(self, uuids: list[str]) -> None:
-        placeholders = ",".join(["%s"] * len(uuids))
-        await self.db.execute(sql.DELETE_OUTBOX.format(placeholders=placeholders), uuids)
+        await self.db.execute(sql.among(sql.DELETE_OUTBOX, len(uuids)), uuids)
 
     async def record_failures(self, failures: list[Failure]) -> None:
         async def record(cur: Any) -> None:

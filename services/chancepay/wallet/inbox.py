@@ -58,8 +58,7 @@ class Inbox:
             await cur.execute(sql.CLAIM_CALLBACKS, (limit,))
             rows = [ParkedCallback(r[0], bool(r[1]), int(r[2])) for r in await cur.fetchall()]
             if rows:
-                placeholders = ",".join(["%s"] * len(rows))
-                await cur.execute(sql.LEASE_CALLBACKS.format(placeholders=placeholders),
+                await cur.execute(sql.among(sql.LEASE_CALLBACKS, len(rows)),
                                   (int(lease_seconds * 1e6), *[r.uuid for r in rows]))
             return rows
 
@@ -67,8 +66,7 @@ class Inbox:
 
     async def forget_parked(self, uuids: list[str]) -> None:
         if uuids:
-            placeholders = ",".join(["%s"] * len(uuids))
-            await self.db.execute(sql.DELETE_CALLBACKS.format(placeholders=placeholders), uuids)
+            await self.db.execute(sql.among(sql.DELETE_CALLBACKS, len(uuids)), uuids)
 
     async def reschedule_parked(self, retries: list[tuple[str, float, str]]) -> None:
         """(uuid, delay in seconds, reason) for each parked callback that failed again."""
