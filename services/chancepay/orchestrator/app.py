@@ -165,12 +165,13 @@ async def post_result(request: Request) -> Response:
     if set(doc) != {"succeed"} or not isinstance(doc["succeed"], bool):
         raise ApiError(422, "invalid_field", 'the body must be exactly {"succeed": true|false}')
     succeed: bool = doc["succeed"]
-    outcome, payment, latency = await r.service.finalize(uuid, succeed)
-    _record_finalized(r, Finalized(uuid, outcome, payment, latency), succeed)
-    if outcome is FinalizeOutcome.UNKNOWN:
+    item = await r.service.finalize(uuid, succeed)
+    _record_finalized(r, item, succeed)
+    if item.outcome is FinalizeOutcome.UNKNOWN:
         raise ApiError(404, "not_found", f"no payment {uuid}")
+    payment = item.payment
     assert payment is not None
-    if outcome is FinalizeOutcome.CONFLICT:
+    if item.outcome is FinalizeOutcome.CONFLICT:
         raise ApiError(
             409, "result_conflict", f"payment {uuid} is already {payment.status.value}; the row is unchanged"
         )

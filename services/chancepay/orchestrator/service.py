@@ -10,7 +10,7 @@ from typing import Any
 
 from chancepay.core import sql
 from chancepay.core.codec import new_uuid
-from chancepay.core.db import Database, fetchrow, is_duplicate_key, named
+from chancepay.core.db import Database, fetchrow, fetchrows, is_duplicate_key
 from chancepay.core.payment import Details, Payment, PaymentMessage, column_values, dump_details
 
 
@@ -66,7 +66,7 @@ class PaymentService:
         row = await self.db.fetchrow(sql.SELECT_REQUEST, (uuid,))
         return Payment.from_row(row) if row else None
 
-    async def finalize(self, uuid: str, succeed: bool) -> tuple[FinalizeOutcome, Payment | None, float | None]:
+    async def finalize(self, uuid: str, succeed: bool) -> Finalized:
         """Write-once: UPDATE ... AND succeed IS NULL. Returns the outcome, the row as stored, and
         for an applied finalization the create-to-final latency in seconds (database clock)."""
         async def finalize_once(cur: Any) -> tuple[bool, Any]:
@@ -76,57 +76,34 @@ class PaymentService:
             return applied, await fetchrow(cur)
 
         applied, row = await self.db.run(finalize_once)
-        if row is None:
-            return FinalizeOutcome.UNKNOWN, None, None
-        payment = Payment.from_row(row)
-        if applied:
-            return FinalizeOutcome.APPLIED, payment, _latency(payment)
-        if payment.succeed is succeed:
-            return FinalizeOutcome.REPEATED, payment, None
-        return FinalizeOutcome.CONFLICT, payment, None
+        return _finalized(uuid, succeed, row, applied)
 
     async def finalize_many(self, results: list[tuple[str, bool]]) -> list[Finalized]:
         """The batched form of finalize(), in one transaction with the same write-once guard: the
         batch's rows are locked, the pending ones finalized (one UPDATE per value), the stored rows
         read back. One Finalized per item, in the order given; uuids must be distinct."""
         uuids = [uuid for uuid, _ in results]
-        marks = ", ".join(["%s"] * len(uuids))
 
         async def finalize_batch(cur: Any) -> tuple[set[str], dict[str, Any]]:
-            await cur.execute(sql.LOCK_REQUESTS.format(placeholders=marks), uuids)
+            await cur.execute(sql.among(sql.LOCK_REQUESTS, len(uuids)), uuids)
             pending = {uuid for uuid, stored in await cur.fetchall() if stored is None}
             applied: set[str] = set()
             for value in (True, False):
                 chosen = [uuid for uuid, succeed in results if succeed is value and uuid in pending]
                 if chosen:
-                    await cur.execute(
-                        sql.FINALIZE_REQUESTS.format(placeholders=", ".join(["%s"] * len(chosen))), (value, *chosen)
-                    )
+                    await cur.execute(sql.among(sql.FINALIZE_REQUESTS, len(chosen)), (value, *chosen))
                     applied.update(chosen)
-            await cur.execute(sql.SELECT_REQUESTS.format(placeholders=marks), uuids)
-            rows = {row["uuid"]: row for row in (named(cur, r) for r in await cur.fetchall()) if row}
+            await cur.execute(sql.among(sql.SELECT_REQUESTS, len(uuids)), uuids)
+            rows = {row["uuid"]: row for row in await fetchrows(cur)}
             return applied, rows
 
         applied, rows = await self.db.run(finalize_batch)
-        out: list[Finalized] = []
-        for uuid, succeed in results:
-            row = rows.get(uuid)
-            if row is None:
-                out.append(Finalized(uuid, FinalizeOutcome.UNKNOWN, None, None))
-                continue
-            payment = Payment.from_row(row)
-            if uuid in applied:
-                out.append(Finalized(uuid, FinalizeOutcome.APPLIED, payment, _latency(payment)))
-            elif payment.succeed is succeed:
-                out.append(Finalized(uuid, FinalizeOutcome.REPEATED, payment, None))
-            else:
-                out.append(Finalized(uuid, FinalizeOutcome.CONFLICT, payment, None))
-        return out
+        return [_finalized(uuid, succeed, rows.get(uuid), uuid in applied) for uuid, succeed in results]
 
 
 @dataclasses.dataclass(frozen=True)
 class Finalized:
-    """One item of a batched finalization."""
+    """What one finalization did (single or one item of a batch)."""
 
     uuid: str
     outcome: FinalizeOutcome
@@ -134,7 +111,17 @@ class Finalized:
     latency: float | None  # create-to-final seconds (database clock) when applied here
 
 
-def _latency(payment: Payment) -> float | None:
-    if payment.finalized_at and payment.created_at:
-        return (payment.finalized_at - payment.created_at).total_seconds()
-    return None
+def _finalized(uuid: str, succeed: bool, row: dict[str, Any] | None, applied: bool) -> Finalized:
+    """The outcome of finalizing `uuid` with `succeed`, from the row as stored afterwards and
+    whether this transaction's write-once UPDATE changed it."""
+    if row is None:
+        return Finalized(uuid, FinalizeOutcome.UNKNOWN, None, None)
+    payment = Payment.from_row(row)
+    if applied:
+        latency = None
+        if payment.finalized_at and payment.created_at:
+            latency = (payment.finalized_at - payment.created_at).total_seconds()
+        return Finalized(uuid, FinalizeOutcome.APPLIED, payment, latency)
+    if payment.succeed is succeed:
+        return Finalized(uuid, FinalizeOutcome.REPEATED, payment, None)
+    return Finalized(uuid, FinalizeOutcome.CONFLICT, payment, None)
