@@ -23,33 +23,44 @@ import helm_render  # noqa: E402
 
 helm_render.isolate_helm_home()
 
-EXTERNAL = {
-    "mariadb": {"enabled": False},
-    "external": {
-        "orchestratorDbUrl": "mysql://chancepay_orchestrator:pw@db.example:3306/chancepay_orchestrator",
-        "walletDbUrl": "mysql://chancepay_wallet:pw@db.example:3306/chancepay_wallet",
-    },
-}
+# The test scenarios are the chart's CI values files, shared with `helm lint -f` and chart-testing
+# (.github/workflows/kind.yaml): charts/chancepay/ci/*-values.yaml are the ones `ct install`
+# installs on the workflow's bare kind cluster; charts/chancepay/ci/render-only/*-values.yaml are
+# linted and rendered only (external servers that do not exist there, CRDs kind lacks, a Secret
+# nobody made, or a switch that only removes objects). Each file names its switch on a
+# "# switch: <name>" line.
+CI_VALUES_DIR = CHART / "ci"
+CT_INSTALLED_DIR = CI_VALUES_DIR
+RENDER_ONLY_DIR = CI_VALUES_DIR / "render-only"
+
+
+def ci_values_files() -> list[Path]:
+    """Every scenario file: the ones ct installs, then the render-only ones."""
+    return sorted(CT_INSTALLED_DIR.glob("*-values.yaml")) + sorted(RENDER_ONLY_DIR.glob("*-values.yaml"))
+
+
+def switch_name(path: Path) -> str:
+    for line in path.read_text().splitlines():
+        if line.startswith("# switch:"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError(f"{path.relative_to(ROOT)} has no '# switch: <name>' line")
+
+
+def _load_switches() -> tuple[dict[str, dict[str, Any]], dict[str, Path]]:
+    switches: dict[str, dict[str, Any]] = {}
+    files: dict[str, Path] = {}
+    for path in ci_values_files():
+        name = switch_name(path)
+        assert name not in switches, f"switch {name} appears in {files.get(name)} and {path}"
+        values = yaml.safe_load(path.read_text())
+        assert isinstance(values, dict) and values, f"{path} holds no values"
+        switches[name], files[name] = values, path
+    return switches, files
+
 
 # Every on/off switch of values.yaml, flipped from its default (plus what the flip needs).
-SWITCHES: dict[str, dict[str, Any]] = {
-    "mariadb.enabled=false": EXTERNAL,
-    "rabbitmq.enabled=false": {"rabbitmq": {"enabled": False},
-                               "external": {"amqpUrl": "amqp://chancepay:pw@mq.example:5672/%2F"}},
-    "networkPolicy.enabled=false": {"networkPolicy": {"enabled": False}},
-    "ingress.enabled=true": {"ingress": {"enabled": True, "className": "nginx", "tls": [
-        {"hosts": ["chancepay.local"], "secretName": "chancepay-tls"}]}},
-    "metrics.podAnnotations=false": {"metrics": {"podAnnotations": False}},
-    "metrics.serviceMonitor.enabled=true": {"metrics": {"serviceMonitor": {"enabled": True}}},
-    "metrics.prometheusRule.enabled=true": {"metrics": {"prometheusRule": {"enabled": True}}},
-    "grafana.dashboard.enabled=false": {"grafana": {"dashboard": {"enabled": False}}},
-    "migrate.enabled=false": {"migrate": {"enabled": False}},
-    "reconcile.enabled=false": {"reconcile": {"enabled": False}},
-    "serviceAccount.create=false": {"serviceAccount": {"create": False}},
-    "secrets.existingSecret=set": {"secrets": {"existingSecret": "my-secrets"}},
-    "rabbitmq.replicas=3": {"rabbitmq": {"replicas": 3}},
-    "tls.enabled=true": {"tls": {"enabled": True, "secretName": "chancepay-tls"}},
-}
+SWITCHES, SWITCH_FILES = _load_switches()
+EXTERNAL = SWITCHES["mariadb.enabled=false"]
 NEEDS_MONITORING_CRDS = {"metrics.serviceMonitor.enabled=true", "metrics.prometheusRule.enabled=true"}
 
 
