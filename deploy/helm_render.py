@@ -26,6 +26,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
+import kube_rules
+
 KUBE_VERSION = {"major": "1", "minor": "33", "gitVersion": "v1.33.1", "platform": "linux/amd64"}
 
 # group/version -> [(plural, kind, namespaced)]
@@ -122,7 +124,7 @@ class FakeKubeAPI:
     """A recording Kubernetes API stand-in, good enough for `helm install` (no wait)."""
 
     def __init__(self, *, monitoring_crds: bool = False, existing: list[dict[str, Any]] | None = None,
-                 namespace: str = "default") -> None:
+                 namespace: str = "default", strict: bool = True) -> None:
         self.resources = dict(RESOURCES)
         if monitoring_crds:
             self.resources[MONITORING_GV] = MONITORING_RESOURCES
@@ -133,6 +135,10 @@ class FakeKubeAPI:
             ns = obj["metadata"].get("namespace", namespace)
             self.objects[(gv, plural, ns, obj["metadata"]["name"])] = obj
         self.log: list[tuple[str, str]] = []
+        self.strict = strict
+        self.updates: list[tuple[str, str, str]] = []  # (kind, name, PUT|PATCH) accepted
+        self.refused: list[tuple[str, str, list[str]]] = []  # (kind, name, errors) refused with 422
+        self._version = 1
         self.lock = threading.Lock()
         self._stopping = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -218,8 +224,11 @@ class FakeKubeAPI:
             def _body(self) -> dict[str, Any]:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
-                if (self.headers.get("Content-Type") or "").startswith("application/vnd.kubernetes.protobuf"):
+                content_type = self.headers.get("Content-Type") or ""
+                if content_type.startswith("application/vnd.kubernetes.protobuf"):
                     return _secret_from_protobuf(raw)
+                if content_type.startswith("application/apply-patch+yaml"):
+                    return yaml.safe_load(raw or b"{}") or {}
                 return json.loads(raw or b"{}")
 
             def do_GET(self) -> None:  # noqa: N802
@@ -302,6 +311,10 @@ class FakeKubeAPI:
             obj = h._body()
             obj_name = obj.get("metadata", {}).get("name")
             key = (gv, plural, ns or "", obj_name)
+            obj.setdefault("kind", kind)
+            errors = kube_rules.validate_create(obj) if self.strict else []
+            if errors:
+                return self._invalid(h, kind, gv, obj_name, errors)
             with self.lock:
                 if key in self.objects:
                     return h._status(409, "AlreadyExists", f'{plural} "{obj_name}" already exists')
@@ -309,15 +322,30 @@ class FakeKubeAPI:
                 stored = self.objects[key]
             return h._send(201, stored)
         if method in ("PUT", "PATCH"):
+            content_type = h.headers.get("Content-Type") or ""
+            body = h._body()
             with self.lock:
-                if key not in self.objects:
+                live = self.objects.get(key)
+                if live is None:
                     return h._status(404, "NotFound", f'{plural} "{name}" not found')
                 if method == "PUT":
-                    self.objects[key] = self._complete(h._body(), kind, gv, ns)
+                    updated = body
                 else:
-                    h._body()
-                stored = self.objects[key]
-            return h._send(200, stored)
+                    try:
+                        updated = kube_rules.apply_patch(live, body, content_type, kind)
+                    except ValueError as exc:
+                        return h._status(415, "UnsupportedMediaType", str(exc))
+                updated.setdefault("kind", kind)
+                updated.setdefault("apiVersion", gv)
+                updated = self._complete(updated, kind, gv, ns, previous=live)
+                errors = kube_rules.validate_update(live, updated) if self.strict else []
+                if not errors:
+                    self.objects[key] = updated
+                    self.updates.append((kind, name or "", method))
+            if errors:
+                self.refused.append((kind, name or "", errors))
+                return self._invalid(h, kind, gv, name or "", errors)
+            return h._send(200, updated)
         if method == "DELETE":
             with self.lock:
                 obj = self.objects.pop(key, None)
@@ -370,16 +398,43 @@ class FakeKubeAPI:
             pass
 
     @staticmethod
-    def _complete(obj: dict[str, Any], kind: str, gv: str, ns: str | None) -> dict[str, Any]:
+    def _invalid(h: Any, kind: str, gv: str, name: str, errors: list[str]) -> None:
+        """422 Invalid, worded as the API server words it (what Helm then prints)."""
+        group = gv.split("/")[0] if "/" in gv else ""
+        what = f"{kind}.{group}" if group else kind
+        return h._status(422, "Invalid", f'{what} "{name}" is invalid: {"; ".join(errors)}')
+
+    def _complete(self, obj: dict[str, Any], kind: str, gv: str, ns: str | None,
+                  previous: dict[str, Any] | None = None) -> dict[str, Any]:
         """What the API server and controllers would add: identity, and a finished status."""
-        obj = json.loads(json.dumps(obj))
+        obj = _drop_nulls(json.loads(json.dumps(obj)))  # a null field decodes as absent
         meta = obj.setdefault("metadata", {})
+        old_meta = (previous or {}).get("metadata") or {}
+        for k in ("uid", "creationTimestamp"):
+            if k in old_meta:
+                meta[k] = old_meta[k]
         meta.setdefault("uid", str(uuidlib.uuid4()))
-        meta["resourceVersion"] = "2"
+        self._version += 1
+        meta["resourceVersion"] = str(self._version)
         meta.setdefault("creationTimestamp", "2025-01-01T00:00:00Z")
-        meta["generation"] = 1
+        spec_changed = previous is None or json.dumps(previous.get("spec"), sort_keys=True) != json.dumps(
+            obj.get("spec"), sort_keys=True)
+        meta["generation"] = int(old_meta.get("generation") or 0) + (1 if spec_changed else 0)
         if ns:
             meta.setdefault("namespace", ns)
+        if kind == "Secret" and "stringData" in obj:
+            # The API server folds stringData into data (base64) and never stores stringData.
+            data = obj.setdefault("data", {}) or {}
+            for k, v in (obj.pop("stringData") or {}).items():
+                data[k] = base64.b64encode(str(v).encode()).decode()
+            obj["data"] = data
+        if kind == "Service" and (obj.get("spec") or {}).get("type") != "ExternalName":
+            # The API server allocates a cluster IP (kept across updates, immutable after).
+            spec = obj.setdefault("spec", {})
+            if spec.get("clusterIP") in (None, "") and (previous or {}).get("spec", {}).get("clusterIP"):
+                spec["clusterIP"] = previous["spec"]["clusterIP"]  # type: ignore[index]
+            elif spec.get("clusterIP") in (None, ""):
+                spec["clusterIP"] = f"10.96.0.{len(self.objects) % 250 + 2}"
         if kind == "Job":
             obj["status"] = {"succeeded": 1, "startTime": "2025-01-01T00:00:00Z",
                              "completionTime": "2025-01-01T00:00:01Z",
@@ -388,6 +443,14 @@ class FakeKubeAPI:
         if kind == "Pod":
             obj["status"] = {"phase": "Succeeded"}
         return obj
+
+
+def _drop_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_nulls(v) for v in value]
+    return value
 
 
 _HELM_DIRS = ("~/.cache/helm", "~/.config/helm", "~/.local/share/helm")
@@ -448,6 +511,94 @@ def _docs(manifest: str) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(manifest) if d]
 
 
+def _release_records(api: FakeKubeAPI, release: str) -> list[dict[str, Any]]:
+    found = []
+    for (gv, p, ns, n), o in api.objects.items():
+        labels = o["metadata"].get("labels") or {}
+        if p == "secrets" and labels.get("owner") == "helm" and labels.get("name") == release:
+            found.append(_decode_release(o))
+    return sorted(found, key=lambda r: r.get("version", 0))
+
+
+class HelmError(RuntimeError):
+    """An action Helm refused or that failed; the message is Helm's (with the API's refusal)."""
+
+
+class Cluster:
+    """A fake cluster that lives across Helm actions: install, upgrade (Helm's own Upgrade
+    action, client-side three-way strategic merge patches, as `helm upgrade` sends them),
+    uninstall, install again. The API refuses what a real API server refuses for the kinds the
+    chart renders (deploy/kube_rules.py); it is not a cluster: nothing runs, nothing is defaulted.
+
+        with Cluster(namespace="chancepay") as c:
+            c.install("chancepay", chart)
+            c.upgrade("chancepay", chart, {"config": {"logLevel": "DEBUG"}})
+    """
+
+    def __init__(self, *, namespace: str = "chancepay", monitoring_crds: bool = False,
+                 existing: list[dict[str, Any]] | None = None, strict: bool = True) -> None:
+        isolate_helm_home()
+        self.namespace = namespace
+        self.api = FakeKubeAPI(monitoring_crds=monitoring_crds, existing=existing, namespace=namespace,
+                               strict=strict)
+
+    def __enter__(self) -> Cluster:
+        self.api.__enter__()
+        import helm_sdkpy
+
+        self._helm = helm_sdkpy
+        self._config = helm_sdkpy.Configuration(namespace=self.namespace,
+                                                kubeconfig=self.api.kubeconfig(self.namespace))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.api.__exit__(*exc)
+
+    def _run(self, coro: Any) -> Any:
+        try:
+            return asyncio.run(coro)
+        except self._helm.HelmError as exc:
+            raise HelmError(str(exc)) from exc
+
+    def install(self, release: str, chart: str, values: dict[str, Any] | None = None,
+                timeout: int = 60) -> Rendered:
+        self._run(self._helm.Install(self._config).run(release, chart, values=values or {}, wait=False,
+                                                       timeout=timeout))
+        return self.rendered(release)
+
+    def upgrade(self, release: str, chart: str, values: dict[str, Any] | None = None, *,
+                reuse_values: bool = False, timeout: int = 60) -> Rendered:
+        """`helm upgrade RELEASE CHART` (values as `-f`; reuse_values as `--reuse-values`)."""
+        self._run(self._helm.Upgrade(self._config).run(release, chart, values=values or {}, wait=False,
+                                                       timeout=timeout, reuse_values=reuse_values))
+        return self.rendered(release)
+
+    def uninstall(self, release: str, timeout: int = 60) -> None:
+        self._run(self._helm.Uninstall(self._config).run(release, wait=False, timeout=timeout))
+
+    def rendered(self, release: str) -> Rendered:
+        """The release's current revision as Helm stored it."""
+        records = _release_records(self.api, release)
+        if not records:
+            raise RuntimeError(f"no Helm release record for {release}")
+        rel = records[-1]
+        hooks = [{"events": h.get("events", []), "object": yaml.safe_load(h["manifest"])}
+                 for h in rel.get("hooks") or []]
+        return Rendered(manifests=_docs(rel.get("manifest", "")), hooks=hooks,
+                        notes=(rel.get("info") or {}).get("notes", ""), api_log=list(self.api.log))
+
+    def live(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """The objects the API holds now (release records excluded)."""
+        out = []
+        for (gv, p, ns, n), o in self.api.objects.items():
+            if p == "secrets" and (o["metadata"].get("labels") or {}).get("owner") == "helm":
+                continue
+            k = self.api._kind(gv, p)
+            if kind is None or k == kind:
+                out.append({**o, "kind": k, "apiVersion": gv})
+        return out
+
+
 def render(
     chart: str,
     values: dict[str, Any] | None = None,
@@ -463,19 +614,5 @@ def render(
     monitoring_crds: serve the Prometheus Operator API group (ServiceMonitor, PrometheusRule).
     existing: objects already in the cluster (what Helm's `lookup` then finds).
     """
-    isolate_helm_home()
-    import helm_sdkpy
-
-    with FakeKubeAPI(monitoring_crds=monitoring_crds, existing=existing, namespace=namespace) as api:
-        config = helm_sdkpy.Configuration(namespace=namespace, kubeconfig=api.kubeconfig(namespace))
-        asyncio.run(helm_sdkpy.Install(config).run(release, chart, values=values or {}, wait=False, timeout=timeout))
-        secrets = [o for (gv, p, ns, n), o in api.objects.items()
-                   if p == "secrets" and (o["metadata"].get("labels") or {}).get("owner") == "helm"
-                   and (o["metadata"].get("labels") or {}).get("name") == release]
-        if len(secrets) != 1:
-            raise RuntimeError(f"expected one Helm release record, found {len(secrets)}")
-        rel = _decode_release(secrets[0])
-        hooks = [{"events": h.get("events", []), "object": yaml.safe_load(h["manifest"])}
-                 for h in rel.get("hooks") or []]
-        return Rendered(manifests=_docs(rel.get("manifest", "")), hooks=hooks,
-                        notes=(rel.get("info") or {}).get("notes", ""), api_log=list(api.log))
+    with Cluster(namespace=namespace, monitoring_crds=monitoring_crds, existing=existing) as cluster:
+        return cluster.install(release, chart, values, timeout=timeout)

@@ -44,15 +44,24 @@ def render(values: dict[str, Any] | None = None) -> helm_render.Rendered:
 
 def render_upgrade(values: dict[str, Any], secret: dict[str, str]) -> helm_render.Rendered:
     """What Helm renders when a release's Secret already exists (its `lookup` finds `secret`)."""
+    return render_with_secret({**values, "fullnameOverride": "chancepay"}, secret, secret_name="chancepay-secrets",
+                              release="other")
+
+
+def render_with_secret(values: dict[str, Any], secret: dict[str, str], *, secret_name: str,
+                       release: str = "chancepay") -> helm_render.Rendered:
+    """`helm install` of `release` into a namespace that still holds its Secret `secret_name`
+    (Helm's ownership annotations of that release, as `helm uninstall` leaves a resource-policy:
+    keep object): the chart's `lookup` finds `secret`. What a reinstall renders, and the objects
+    an upgrade to these values renders (Helm's upgrade sees the same lookup)."""
     require_helm()
     existing = {"apiVersion": "v1", "kind": "Secret",
-                "metadata": {"name": "chancepay-secrets", "namespace": "chancepay",
+                "metadata": {"name": secret_name, "namespace": "chancepay",
                              "labels": {"app.kubernetes.io/managed-by": "Helm"},
-                             "annotations": {"meta.helm.sh/release-name": "other",
+                             "annotations": {"meta.helm.sh/release-name": release,
                                              "meta.helm.sh/release-namespace": "chancepay"}},
                 "data": {k: base64.b64encode(v.encode()).decode() for k, v in secret.items()}}
-    return helm_render.render(str(CHART), {**values, "fullnameOverride": "chancepay"}, release="other",
-                              existing=[existing])
+    return helm_render.render(str(CHART), values, release=release, existing=[existing])
 
 
 def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
@@ -110,3 +119,28 @@ def container_env(container: dict[str, Any], secrets: dict[str, str], maps: dict
         elif not optional:
             raise KeyError(f"{container['name']}: {e['name']} refers to missing key {key!r}")
     return env
+
+
+def previous_release(dest: Path) -> tuple[str, Path]:
+    """The chart's previous release, from git: the chart as of the newest commit that changed it
+    and whose Chart.yaml carries another version than the working tree's, extracted under `dest`.
+    Returns (its version, its chart dir). Needs the repository's history (a full clone; CI clones
+    main whole)."""
+    import subprocess
+
+    import yaml
+
+    current = yaml.safe_load((CHART / "Chart.yaml").read_text())["version"]
+    commits = subprocess.run(["git", "-C", str(ROOT), "rev-list", "HEAD", "--", "charts/chancepay"],
+                             check=True, capture_output=True, text=True).stdout.split()
+    for commit in commits:
+        text = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:charts/chancepay/Chart.yaml"],
+                              check=True, capture_output=True, text=True).stdout
+        version = yaml.safe_load(text)["version"]
+        if version != current:
+            archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "charts/chancepay"],
+                                     check=True, capture_output=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+            return version, dest / "charts" / "chancepay"
+    raise RuntimeError(f"no commit of charts/chancepay/Chart.yaml with a version other than {current} "
+                       "(a shallow clone? the upgrade tests need the history: git fetch --unshallow)")

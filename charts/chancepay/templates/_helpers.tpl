@@ -24,9 +24,13 @@ releases can share a namespace.
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
-{{/* Name of one component's resources: chancepay.componentName (dict "ctx" $ "component" "wallet") */}}
+{{/* Name of one component's resources: chancepay.componentName (dict "ctx" $ "component" "wallet")
+and optionally "max" (default 63). The release part is cut, never the component: two components
+of a long release name stay distinct. */}}
 {{- define "chancepay.componentName" -}}
-{{- printf "%s-%s" (include "chancepay.fullname" .ctx) .component | trunc 63 | trimSuffix "-" }}
+{{- $max := int (.max | default 63) }}
+{{- $base := include "chancepay.fullname" .ctx | trunc (int (sub $max (add1 (len .component)))) | trimSuffix "-" }}
+{{- printf "%s-%s" $base .component }}
 {{- end }}
 
 {{- define "chancepay.selectorLabels" -}}
@@ -54,24 +58,68 @@ app.kubernetes.io/part-of: chancepay
 {{- end }}
 {{- end }}
 
+{{/*
+Registry prefix of an image ("" or "registry.example/"): the chart's own setting for that image
+if set, else global.imageRegistry (what a parent chart or `--set global.imageRegistry=` sets for
+every image), else none. chancepay.registryPrefix (dict "ctx" $ "registry" .Values.image.registry)
+*/}}
+{{- define "chancepay.registryPrefix" -}}
+{{- $global := .ctx.Values.global | default dict }}
+{{- $registry := .registry | default $global.imageRegistry | default "" }}
+{{- if $registry }}{{ trimSuffix "/" $registry }}/{{ end }}
+{{- end }}
+
 {{/* Image reference of a role: chancepay.image (dict "ctx" $ "role" "scanner") */}}
 {{- define "chancepay.image" -}}
 {{- $img := index .ctx.Values.image .role }}
-{{- $prefix := ternary "" (printf "%s/" .ctx.Values.image.registry) (empty .ctx.Values.image.registry) }}
+{{- $prefix := include "chancepay.registryPrefix" (dict "ctx" .ctx "registry" .ctx.Values.image.registry) }}
 {{- printf "%s%s:%s" $prefix $img.repository (default .ctx.Chart.AppVersion $img.tag) }}
 {{- with $img.digest }}@{{ . }}{{ end }}
+{{- end }}
+
+{{/* Image of an in-chart server: chancepay.serverImage (dict "ctx" $ "image" .Values.mariadb.image) */}}
+{{- define "chancepay.serverImage" -}}
+{{- include "chancepay.registryPrefix" (dict "ctx" .ctx "registry" .image.registry) }}{{ .image.repository }}:{{ .image.tag }}
+{{- end }}
+
+{{/*
+Bytes of a Kubernetes memory quantity, printed as an integer: 512Mi, 1Gi, 1.5Gi, 1024Ki, 500M,
+2G, 64k, 536870912 (a YAML number too). Other forms Kubernetes accepts (exponents such as 5e8,
+milli-bytes such as 500m) and typos fail the render, naming the value.
+chancepay.memoryBytes (dict "value" "512Mi" "what" "rabbitmq.resources.limits.memory")
+*/}}
+{{- define "chancepay.memoryBytes" -}}
+{{- $v := .value }}
+{{- if not (kindIs "string" $v) }}
+{{- $v = printf "%d" (int64 $v) }}
+{{- end }}
+{{- if not (regexMatch "^[0-9]+(\\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$" $v) }}
+{{- fail (printf "%s: cannot read %q as a memory quantity; write it as a whole or decimal number with one of the suffixes Ki, Mi, Gi, Ti, k, M, G, T (or plain bytes), e.g. 512Mi" .what $v) }}
+{{- end }}
+{{- $num := regexReplaceAll "^([0-9.]+).*$" $v "${1}" }}
+{{- $unit := regexReplaceAll "^[0-9.]+" $v "" }}
+{{- $mult := dict "" 1 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 "P" 1000000000000000 "E" 1000000000000000000
+    "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 "Pi" 1125899906842624 "Ei" 1152921504606846976 }}
+{{- if contains "." $num }}
+{{- /* A decimal: rounded up to a whole byte, as Kubernetes does. */}}
+{{- printf "%d" (int64 (ceil (mulf (float64 $num) (index $mult $unit)))) }}
+{{- else }}
+{{- printf "%d" (mul (int64 $num) (index $mult $unit)) }}
+{{- end }}
 {{- end }}
 
 {{- define "chancepay.secretName" -}}
 {{- default (printf "%s-secrets" (include "chancepay.fullname" .)) .Values.secrets.existingSecret }}
 {{- end }}
 
+{{/* The in-chart servers' StatefulSet (and Service) names: at most 52 characters, since each pod
+gets the label controller-revision-hash=<name>-<10 characters>, and a label value is at most 63. */}}
 {{- define "chancepay.mariadbHost" -}}
-{{- include "chancepay.componentName" (dict "ctx" . "component" "mariadb") }}
+{{- include "chancepay.componentName" (dict "ctx" . "component" "mariadb" "max" 52) }}
 {{- end }}
 
 {{- define "chancepay.rabbitmqHost" -}}
-{{- include "chancepay.componentName" (dict "ctx" . "component" "rabbitmq") }}
+{{- include "chancepay.componentName" (dict "ctx" . "component" "rabbitmq" "max" 52) }}
 {{- end }}
 
 {{/* The in-chart broker's node names and their stable DNS names (StatefulSet pod + headless
@@ -172,6 +220,57 @@ first upgrade). Empty ("{}") with secrets.existingSecret.
 {{- $_ := set .Values "_chancepayGenerated" $data }}
 {{- end }}
 {{- toJson (index .Values "_chancepayGenerated") }}
+{{- end }}
+
+{{/*
+The keys a secrets.existingSecret must hold with these values, as a JSON list: every key a
+template reads with a secretKeyRef or a secret volume, except the optional ones
+(message-key-previous; admin-db-url with an external database). admin-db-url is required with the
+in-chart MariaDB: nothing but migrate creates the role users there.
+*/}}
+{{- define "chancepay.existingSecretKeys" -}}
+{{- $keys := list "orchestrator-db-url" "wallet-db-url" "amqp-url" "internal-token" "message-key" }}
+{{- if .Values.mariadb.enabled }}
+{{- $keys = append $keys "mariadb-init.sql" }}
+{{- if .Values.migrate.enabled }}
+{{- $keys = append $keys "admin-db-url" }}
+{{- end }}
+{{- end }}
+{{- if .Values.rabbitmq.enabled }}
+{{- $keys = concat $keys (list "rabbitmq-definitions.json" "rabbitmq-erlang-cookie") }}
+{{- end }}
+{{- toJson $keys }}
+{{- end }}
+
+{{/*
+With secrets.existingSecret: read the Secret (lookup) and fail the render naming every key it
+lacks (or holds empty), rather than let pods wait in CreateContainerConfigError for a key.
+`lookup` answers {} both when the Secret does not exist and when there is no cluster to ask
+(`helm template`, client-side --dry-run, Argo CD): those cannot be told apart from the Secret
+alone. So an absent Secret fails only when the cluster demonstrably answers: the ConfigMap
+kube-root-ca.crt, which Kubernetes publishes in every namespace, is found. Offline renders check
+nothing (the pods then report the missing Secret); an install into a namespace created by
+--create-namespace finds no such ConfigMap either, but then the Secret cannot exist yet and
+Kubernetes names it in the pods' events.
+*/}}
+{{- define "chancepay.checkExistingSecret" -}}
+{{- $name := .Values.secrets.existingSecret }}
+{{- $secret := lookup "v1" "Secret" .Release.Namespace $name }}
+{{- $required := include "chancepay.existingSecretKeys" . | fromJsonArray }}
+{{- if $secret }}
+{{- $data := $secret.data | default dict }}
+{{- $missing := list }}
+{{- range $required }}
+{{- if not (index $data .) }}
+{{- $missing = append $missing . }}
+{{- end }}
+{{- end }}
+{{- if $missing }}
+{{- fail (printf "secrets.existingSecret %q lacks key(s): %s (needed with these values; see secrets.existingSecret in values.yaml, or scripts/plain-secret.sh for every key in the chart's formats)" $name (join ", " $missing)) }}
+{{- end }}
+{{- else if lookup "v1" "ConfigMap" .Release.Namespace "kube-root-ca.crt" }}
+{{- fail (printf "secrets.existingSecret %q: no such Secret in namespace %q; create it first, with the keys %s" $name .Release.Namespace (join ", " $required)) }}
+{{- end }}
 {{- end }}
 
 {{/*

@@ -1,0 +1,419 @@
+"""Day 2 of the chart: `helm upgrade`, `helm uninstall` and a reinstall, run by Helm's own engine.
+
+Helm's real Install, Upgrade and Uninstall actions (helm-sdkpy) run against the fake API server of
+deploy/helm_render.py, which applies Helm's patches as an API server does and refuses what a real
+one refuses for the kinds this chart renders (deploy/kube_rules.py, each rule with its source in
+Kubernetes' validation code). It is Helm's engine against a strict fake, not a cluster: nothing
+runs, nothing is defaulted, no admission webhook answers. The first tests plant each forbidden
+change and show the fake refuses it, so every later "the upgrade passed" can fail.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.support.chart import previous_release, require_helm
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = str(ROOT / "charts" / "chancepay")
+sys.path.insert(0, str(ROOT / "deploy"))
+
+import helm_render  # noqa: E402
+import kube_rules  # noqa: E402
+
+NS = "chancepay"
+RELEASE = "chancepay"
+
+
+@pytest.fixture(autouse=True)
+def _helm() -> None:
+    require_helm()
+
+
+# ------------------------------------------------------------------------------------------------
+# The strict fake: every rule refuses a planted violation (and allows what the real API allows).
+
+def _request(api: helm_render.FakeKubeAPI, method: str, path: str, body: Any,
+             content_type: str = "application/strategic-merge-patch+json") -> tuple[int, dict[str, Any]]:
+    req = urllib.request.Request(api.url + path, method=method, data=json.dumps(body).encode(),
+                                 headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def _path(kind: str, name: str) -> str:
+    gv, plural = {
+        "Job": ("apis/batch/v1", "jobs"), "CronJob": ("apis/batch/v1", "cronjobs"),
+        "StatefulSet": ("apis/apps/v1", "statefulsets"), "Deployment": ("apis/apps/v1", "deployments"),
+        "Service": ("api/v1", "services"), "PersistentVolumeClaim": ("api/v1", "persistentvolumeclaims"),
+        "Secret": ("api/v1", "secrets"), "Pod": ("api/v1", "pods"),
+    }[kind]
+    return f"/{gv}/namespaces/{NS}/{plural}" + (f"/{name}" if name else "")
+
+
+def _pvc(name: str = "data-x-0") -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name},
+            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "standard",
+                     "resources": {"requests": {"storage": "1Gi"}}}}
+
+
+@pytest.fixture(scope="module")
+def installed() -> Any:
+    """One default install, kept for the planted-violation tests (each patches a copy)."""
+    with helm_render.Cluster(namespace=NS) as cluster:
+        cluster.install(RELEASE, CHART)
+        yield cluster
+
+
+def _live(cluster: helm_render.Cluster, kind: str, suffix: str = "") -> dict[str, Any]:
+    found = [o for o in cluster.live(kind) if o["metadata"]["name"].endswith(suffix)]
+    assert found, f"no live {kind} *{suffix}"
+    return found[0]
+
+
+# (kind, object suffix, patch, the words of the refusal)
+FORBIDDEN = {
+    "job-template": ("Job", "", {"spec": {"template": {"metadata": {"labels": {"x": "y"}}}}},
+                     "spec.template: Invalid value: field is immutable"),
+    "job-selector": ("Job", "", {"spec": {"selector": {"matchLabels": {"x": "y"}}}}, "spec.selector"),
+    "statefulset-volumeclaimtemplates": (
+        "StatefulSet", "-mariadb",
+        {"spec": {"volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {
+            "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "9Gi"}}}}]}},
+        "updates to statefulset spec for fields other than"),
+    "statefulset-servicename": ("StatefulSet", "-rabbitmq", {"spec": {"serviceName": "other"}},
+                                "(changed: serviceName)"),
+    "statefulset-selector": ("StatefulSet", "-mariadb", {"spec": {"selector": {"matchLabels": {"x": "y"}}}},
+                             "(changed: selector)"),
+    "deployment-selector": ("Deployment", "-orchestrator",
+                            {"spec": {"selector": {"matchLabels": {"x": "y"}}}}, "spec.selector"),
+    "service-clusterip": ("Service", "-orchestrator", {"spec": {"clusterIP": "10.96.9.9"}},
+                          "spec.clusterIP: Invalid value: field is immutable"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FORBIDDEN))
+def test_strict_api_refuses_a_planted_forbidden_update(installed, case) -> None:
+    kind, suffix, patch, words = FORBIDDEN[case]
+    obj = _live(installed, kind, suffix)
+    before = copy.deepcopy(obj)
+    code, body = _request(installed.api, "PATCH", _path(kind, obj["metadata"]["name"]), patch)
+    assert code == 422, (code, body)
+    assert body["reason"] == "Invalid" and words in body["message"], body["message"]
+    assert _live(installed, kind, suffix)["spec"] == before["spec"], "a refused update changed the object"
+
+
+def test_strict_api_allows_what_the_real_api_allows(installed) -> None:
+    """StatefulSet replicas/template/updateStrategy, Deployment template, a PVC's requested size."""
+    sts = _live(installed, "StatefulSet", "-rabbitmq")
+    for patch in ({"spec": {"replicas": 3}}, {"spec": {"updateStrategy": {"type": "OnDelete"}}},
+                  {"spec": {"template": {"metadata": {"annotations": {"a": "b"}}}}}):
+        code, body = _request(installed.api, "PATCH", _path("StatefulSet", sts["metadata"]["name"]), patch)
+        assert code == 200, body
+    assert _live(installed, "StatefulSet", "-rabbitmq")["spec"]["replicas"] == 3
+    dep = _live(installed, "Deployment", "-wallet")
+    code, body = _request(installed.api, "PATCH", _path("Deployment", dep["metadata"]["name"]),
+                          {"spec": {"replicas": 4, "template": {"spec": {"containers": [
+                              {"name": "wallet", "image": "x:1"}]}}}})
+    assert code == 200, body
+    live = _live(installed, "Deployment", "-wallet")
+    assert live["spec"]["replicas"] == 4
+    (container,) = live["spec"]["template"]["spec"]["containers"]  # merged by name, not appended
+    assert container["image"] == "x:1" and container["env"], container
+    # Undo what the module's later tests should not see.
+    _request(installed.api, "PATCH", _path("StatefulSet", sts["metadata"]["name"]), {"spec": {"replicas": 1}})
+
+
+def test_strict_api_refuses_a_pvc_spec_change_but_not_a_resize(installed) -> None:
+    code, body = _request(installed.api, "POST", _path("PersistentVolumeClaim", ""), _pvc())
+    assert code == 201, body
+    code, body = _request(installed.api, "PATCH", _path("PersistentVolumeClaim", "data-x-0"),
+                          {"spec": {"storageClassName": "fast"}})
+    assert code == 422 and "spec is immutable after creation" in body["message"], body
+    code, body = _request(installed.api, "PATCH", _path("PersistentVolumeClaim", "data-x-0"),
+                          {"spec": {"resources": {"requests": {"storage": "5Gi"}}}})
+    assert code == 200, body
+
+
+def test_strict_api_refuses_immutable_secret_data_and_pod_spec_changes(installed) -> None:
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "frozen"}, "immutable": True,
+              "data": {"k": base64.b64encode(b"v").decode()}}
+    assert _request(installed.api, "POST", _path("Secret", ""), secret)[0] == 201
+    code, body = _request(installed.api, "PATCH", _path("Secret", "frozen"), {"data": {"k": "eA=="}})
+    assert code == 422 and "data: Invalid value: field is immutable" in body["message"], body
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+           "spec": {"containers": [{"name": "c", "image": "a:1"}]}}
+    assert _request(installed.api, "POST", _path("Pod", ""), pod)[0] == 201
+    assert _request(installed.api, "PATCH", _path("Pod", "p"),
+                    {"spec": {"containers": [{"name": "c", "image": "a:2"}]}})[0] == 200
+    code, body = _request(installed.api, "PATCH", _path("Pod", "p"),
+                          {"spec": {"containers": [{"name": "c", "command": ["x"]}]}})
+    assert code == 422 and "pod updates may not change fields" in body["message"], body
+
+
+@pytest.mark.parametrize(("kind", "name", "words"), [
+    ("CronJob", "c" * 53, "at most 52 characters"),
+    ("Job", "j" * 64, "at most 63 characters"),
+    ("Service", "1-starts-with-a-digit", "a DNS-1035 label"),
+])
+def test_strict_api_refuses_names_the_real_api_refuses(installed, kind, name, words) -> None:
+    obj = {"apiVersion": "batch/v1" if "Job" in kind else "v1", "kind": kind, "metadata": {"name": name},
+           "spec": {}}
+    code, body = _request(installed.api, "POST", _path(kind, ""), obj)
+    assert code == 422 and words in body["message"], body
+
+
+def test_strategic_merge_patch_follows_the_directives() -> None:
+    """The patch semantics Helm relies on: merge by key, $setElementOrder, $patch: delete,
+    $retainKeys, null deletes, lists without a merge key replaced."""
+    live = {"spec": {"template": {"spec": {
+        "containers": [{"name": "a", "env": [{"name": "X", "value": "1"}, {"name": "Y", "value": "2"}],
+                        "args": ["--one"]}],
+        "volumes": [{"name": "v", "emptyDir": {}}, {"name": "w", "emptyDir": {}}]}}}}
+    patch = {"spec": {"template": {"spec": {
+        "$setElementOrder/containers": [{"name": "a"}],
+        "containers": [{"name": "a", "$setElementOrder/env": [{"name": "Y"}, {"name": "Z"}],
+                        "env": [{"name": "X", "$patch": "delete"}, {"name": "Z", "value": "3"}],
+                        "args": ["--two"]}],
+        "volumes": [{"name": "v", "$retainKeys": ["name", "secret"], "secret": {"secretName": "s"}},
+                    {"name": "w", "$patch": "delete"}],
+        "nodeSelector": None}}}}
+    out = kube_rules.apply_patch(live, patch, "application/strategic-merge-patch+json", "Deployment")
+    spec = out["spec"]["template"]["spec"]
+    assert spec["containers"] == [{"name": "a", "env": [{"name": "Y", "value": "2"}, {"name": "Z", "value": "3"}],
+                                   "args": ["--two"]}]
+    assert spec["volumes"] == [{"name": "v", "secret": {"secretName": "s"}}]
+
+
+# ------------------------------------------------------------------------------------------------
+# Helm's Upgrade action, one ordinary change at a time.
+
+def _no_nulls(value: Any) -> Any:
+    """`annotations:` with nothing under it renders as null, which the API stores as absent."""
+    if isinstance(value, dict):
+        return {k: _no_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_no_nulls(v) for v in value]
+    return value
+
+
+def _strip(obj: dict[str, Any]) -> dict[str, Any]:
+    """An object as the chart rendered it, from the live copy: what the fake API added removed,
+    a Secret's stringData compared as the data the API server stores."""
+    obj = _no_nulls(copy.deepcopy(obj))
+    obj.pop("status", None)
+    meta = obj.get("metadata", {})
+    for k in ("uid", "resourceVersion", "creationTimestamp", "generation", "namespace"):
+        meta.pop(k, None)
+    # Helm's ownership annotations, which it adds to what it creates
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if not k.startswith("meta.helm.sh/")}
+    if annotations:
+        meta["annotations"] = annotations
+    else:
+        meta.pop("annotations", None)
+    if obj.get("kind") == "Service":
+        obj.get("spec", {}).pop("clusterIP", None)
+    if obj.get("kind") == "Secret" and "stringData" in obj:
+        data = obj.setdefault("data", {})
+        for k, v in obj.pop("stringData").items():
+            data[k] = base64.b64encode(str(v).encode()).decode()
+    return obj
+
+
+def assert_live_is_rendered(cluster: helm_render.Cluster, rendered: helm_render.Rendered) -> None:
+    """After the upgrade the cluster holds exactly what this revision rendered: every patch was
+    applied as an API server applies it, nothing of the previous revision is left over."""
+    live = {(o["kind"], o["metadata"]["name"]): _strip(o) for o in cluster.live()}
+    for obj in rendered.manifests:
+        key = (obj["kind"], obj["metadata"]["name"])
+        assert key in live, f"{key} rendered but not in the cluster"
+        want = _strip(obj)
+        got = {k: v for k, v in live[key].items() if k in want}
+        got["metadata"] = {k: v for k, v in got["metadata"].items() if k in want["metadata"]}
+        assert json.dumps(got, sort_keys=True) == json.dumps(want, sort_keys=True), f"{key} differs from its manifest"
+    ours = {(o["kind"], o["metadata"]["name"]) for o in rendered.manifests}
+    leftovers = {k for k, o in live.items() if (o["metadata"].get("annotations") or {}).get(
+        "meta.helm.sh/release-name") == RELEASE and k not in ours
+        and (o["metadata"].get("annotations") or {}).get("helm.sh/resource-policy") != "keep"}
+    assert not leftovers, f"objects of an earlier revision left behind: {leftovers}"
+
+
+def _migrate_job(rendered: helm_render.Rendered) -> str:
+    (job,) = [o["metadata"]["name"] for o in rendered.manifests if o["kind"] == "Job"]
+    return job
+
+
+def _existing_secret(cluster: helm_render.Cluster, name: str) -> None:
+    """A Secret made by the operator with every key the chart's own Secret holds."""
+    generated = _live(cluster, "Secret", "-secrets")
+    body = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "data": generated["data"]}
+    code, resp = _request(cluster.api, "POST", _path("Secret", ""), body)
+    assert code == 201, resp
+
+
+# name -> (values, does the migrate Job run again)
+ORDINARY_CHANGES: dict[str, tuple[dict[str, Any], bool]] = {
+    "config.logLevel": ({"config": {"logLevel": "DEBUG"}}, True),
+    "config.extraEnv": ({"config": {"extraEnv": {"CHANCEPAY_CALLBACK_BATCH_SIZE": "16"}}}, True),
+    "podSecurityContext": ({"podSecurityContext": {"runAsNonRoot": True, "runAsUser": 10002, "runAsGroup": 10002,
+                                                   "fsGroup": 10002, "seccompProfile": {"type": "RuntimeDefault"}}},
+                           True),
+    "containerSecurityContext": ({"containerSecurityContext": {
+        "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "Localhost",
+                                                              "localhostProfile": "chancepay.json"}}}, True),
+    "image.pullPolicy": ({"image": {"pullPolicy": "Always"}}, True),
+    "image.tag": ({"image": {"orchestrator": {"tag": "0.3.1"}, "scanner": {"tag": "0.3.1"},
+                             "wallet": {"tag": "0.3.1"}}}, True),
+    "image.digest": ({"image": {"orchestrator": {"digest": "sha256:" + "a" * 64}}}, True),
+    "replicas": ({"orchestrator": {"replicas": 3}, "wallet": {"replicas": 2}, "scanner": {"replicas": 2}}, False),
+    "tls.enabled": ({"tls": {"enabled": True, "secretName": "chancepay-tls"}}, True),
+    "secrets.existingSecret": ({"secrets": {"existingSecret": "my-secrets"}}, True),
+    "nothing": ({}, False),
+}
+
+
+@pytest.mark.parametrize("change", sorted(ORDINARY_CHANGES))
+def test_helm_upgrade_with_an_ordinary_change(change) -> None:
+    values, migrate_reruns = ORDINARY_CHANGES[change]
+    with helm_render.Cluster(namespace=NS) as cluster:
+        first = cluster.install(RELEASE, CHART)
+        if change == "secrets.existingSecret":
+            _existing_secret(cluster, "my-secrets")
+        n_updates = len(cluster.api.updates)
+        second = cluster.upgrade(RELEASE, CHART, values)
+        assert not cluster.api.refused, cluster.api.refused
+        assert_live_is_rendered(cluster, second)
+        assert (_migrate_job(second) != _migrate_job(first)) is migrate_reruns, (
+            "the migrate Job must run again exactly when what it runs changed")
+        if change != "nothing":
+            assert cluster.api.updates[n_updates:], "the upgrade patched nothing"
+        # The same upgrade again is a no-op for every workload (no pod would restart).
+        n_updates = len(cluster.api.updates)
+        third = cluster.upgrade(RELEASE, CHART, values)
+        assert _migrate_job(third) == _migrate_job(second)
+        patched = {(k, n) for k, n, _ in cluster.api.updates[n_updates:] if k in helm_render_workloads()}
+        assert not patched, f"a repeated upgrade changed {patched}"
+
+
+def helm_render_workloads() -> set[str]:
+    return {"Deployment", "StatefulSet", "Job", "CronJob"}
+
+
+def test_log_level_upgrade_reaches_every_role_and_migrate() -> None:
+    with helm_render.Cluster(namespace=NS) as cluster:
+        cluster.install(RELEASE, CHART)
+        cluster.upgrade(RELEASE, CHART, {"config": {"logLevel": "DEBUG"}})
+        for kind in ("Deployment", "Job"):
+            for obj in cluster.live(kind):
+                spec = obj["spec"]["template"]["spec"]
+                env = {e["name"]: e.get("value") for c in spec["containers"] for e in c.get("env", [])}
+                assert env["CHANCEPAY_LOG_LEVEL"] == "DEBUG", obj["metadata"]["name"]
+
+
+def test_a_failed_migrate_job_runs_again_with_a_new_run_id() -> None:
+    with helm_render.Cluster(namespace=NS) as cluster:
+        first = _migrate_job(cluster.install(RELEASE, CHART))
+        same = _migrate_job(cluster.upgrade(RELEASE, CHART, {}))
+        again = _migrate_job(cluster.upgrade(RELEASE, CHART, {"migrate": {"runId": "2"}}))
+        assert first == same != again
+        assert [o["metadata"]["name"] for o in cluster.live("Job")] == [again]
+
+
+def test_the_previous_chart_release_upgrades_to_this_one(tmp_path) -> None:
+    version, old_chart = previous_release(tmp_path)
+    current = yaml.safe_load((Path(CHART) / "Chart.yaml").read_text())["version"]
+    assert version != current
+    with helm_render.Cluster(namespace=NS) as cluster:
+        old = cluster.install(RELEASE, str(old_chart), {"orchestrator": {"replicas": 2}})
+        old_secret = _live(cluster, "Secret", "-secrets")["data"]
+        new = cluster.upgrade(RELEASE, CHART, {"orchestrator": {"replicas": 2}})
+        assert not cluster.api.refused, cluster.api.refused
+        assert_live_is_rendered(cluster, new)
+        assert _live(cluster, "Secret", "-secrets")["data"] == old_secret, "the upgrade changed a password"
+        assert {o["metadata"]["name"] for o in old.manifests if o["kind"] == "StatefulSet"} == {
+            o["metadata"]["name"] for o in new.manifests if o["kind"] == "StatefulSet"}
+        # and an ordinary change right after
+        cluster.upgrade(RELEASE, CHART, {"orchestrator": {"replicas": 2}, "config": {"logLevel": "DEBUG"}})
+        assert not cluster.api.refused, cluster.api.refused
+
+
+@pytest.mark.parametrize(("values", "named"), [
+    ({"mariadb": {"persistence": {"size": "20Gi"}}}, "mariadb.persistence.size"),
+    ({"mariadb": {"persistence": {"storageClass": "fast"}}}, "mariadb.persistence.storageClass"),
+    ({"rabbitmq": {"persistence": {"size": "5Gi"}}}, "rabbitmq.persistence.size"),
+    ({"rabbitmq": {"persistence": {"storageClass": "fast"}}}, "rabbitmq.persistence.storageClass"),
+    ({"rabbitmq": {"replicas": 3}}, "rabbitmq.replicas: 1 -> 3 is refused"),
+    ({"mariadb": {"image": {"tag": "12.0.2"}}}, "mariadb.image.tag: the running MariaDB is series 11.8"),
+])
+def test_an_install_time_value_changed_on_upgrade_is_refused_naming_it(values, named) -> None:
+    with helm_render.Cluster(namespace=NS) as cluster:
+        cluster.install(RELEASE, CHART)
+        before = {(o["kind"], o["metadata"]["name"]): o for o in cluster.live()}
+        with pytest.raises(helm_render.HelmError) as refused:
+            cluster.upgrade(RELEASE, CHART, values)
+        assert named in str(refused.value), str(refused.value)
+        assert "CHANGELOG.md" in str(refused.value)
+        after = {(o["kind"], o["metadata"]["name"]): o for o in cluster.live()}
+        assert after == before, "a refused upgrade changed the cluster"
+
+
+def test_a_mariadb_series_change_goes_through_when_acknowledged() -> None:
+    with helm_render.Cluster(namespace=NS) as cluster:
+        cluster.install(RELEASE, CHART)
+        cluster.upgrade(RELEASE, CHART, {"mariadb": {"image": {"tag": "12.0.2"}, "allowSeriesChange": True}})
+        assert not cluster.api.refused
+        # a patch release of the same series needs nothing
+        cluster.upgrade(RELEASE, CHART, {"mariadb": {"image": {"tag": "12.0.3"}}})
+
+
+def test_a_rabbitmq_cluster_grows_by_odd_sizes_and_two_is_refused_by_the_schema() -> None:
+    with helm_render.Cluster(namespace=NS) as cluster:
+        cluster.install(RELEASE, CHART, {"rabbitmq": {"replicas": 3}})
+        new = cluster.upgrade(RELEASE, CHART, {"rabbitmq": {"replicas": 5}})
+        assert not cluster.api.refused
+        assert_live_is_rendered(cluster, new)
+        with pytest.raises(helm_render.HelmError, match="replicas"):
+            cluster.upgrade(RELEASE, CHART, {"rabbitmq": {"replicas": 2}})
+        with pytest.raises(helm_render.HelmError, match="rabbitmq.replicas: 5 -> 1 is refused"):
+            cluster.upgrade(RELEASE, CHART, {"rabbitmq": {"replicas": 1}})
+
+
+def test_a_long_release_name_keeps_the_hash_and_the_api_name_limits() -> None:
+    release = "payments-eu-west-1-production-blue-2026-rel-ab"  # 46 characters
+    assert len(release) == 46
+    with helm_render.Cluster(namespace=NS) as cluster:
+        rendered = cluster.install(release, CHART)
+        job = _migrate_job(rendered)
+        assert len(job) <= 63 and job.rsplit("-", 1)[1].isalnum() and len(job.rsplit("-", 1)[1]) == 8, job
+        (cron,) = [o["metadata"]["name"] for o in rendered.manifests if o["kind"] == "CronJob"]
+        assert len(cron) <= 52
+        for sts in (o for o in rendered.manifests if o["kind"] == "StatefulSet"):
+            assert len(sts["metadata"]["name"]) <= 52, sts["metadata"]["name"]
+        upgraded = cluster.upgrade(release, CHART, {"config": {"logLevel": "DEBUG"}})
+        assert _migrate_job(upgraded) != job and not cluster.api.refused
+
+
+def test_uninstall_keeps_the_secret_and_a_reinstall_reuses_it() -> None:
+    with helm_render.Cluster(namespace=NS) as cluster:
+        cluster.install(RELEASE, CHART)
+        secret = _live(cluster, "Secret", "-secrets")
+        cluster.uninstall(RELEASE)
+        left = cluster.live()
+        assert [(o["kind"], o["metadata"]["name"]) for o in left] == [("Secret", secret["metadata"]["name"])], left
+        again = cluster.install(RELEASE, CHART)
+        assert _live(cluster, "Secret", "-secrets")["data"] == secret["data"], "the reinstall made new passwords"
+        assert_live_is_rendered(cluster, again)
