@@ -380,7 +380,7 @@ def test_a_mariadb_series_change_goes_through_when_acknowledged() -> None:
         cluster.upgrade(RELEASE, CHART, {"mariadb": {"image": {"tag": "12.0.3"}}})
 
 
-def test_a_rabbitmq_cluster_grows_by_odd_sizes_and_two_is_refused_by_the_schema() -> None:
+def test_a_rabbitmq_cluster_grows_by_odd_sizes_shrinks_only_when_allowed_and_two_is_refused() -> None:
     with helm_render.Cluster(namespace=NS) as cluster:
         cluster.install(RELEASE, CHART, {"rabbitmq": {"replicas": 3}})
         new = cluster.upgrade(RELEASE, CHART, {"rabbitmq": {"replicas": 5}})
@@ -390,6 +390,10 @@ def test_a_rabbitmq_cluster_grows_by_odd_sizes_and_two_is_refused_by_the_schema(
             cluster.upgrade(RELEASE, CHART, {"rabbitmq": {"replicas": 2}})
         with pytest.raises(helm_render.HelmError, match="rabbitmq.replicas: 5 -> 1 is refused"):
             cluster.upgrade(RELEASE, CHART, {"rabbitmq": {"replicas": 1}})
+        with pytest.raises(helm_render.HelmError, match="5 -> 3 is refused unless rabbitmq.allowShrink=true"):
+            cluster.upgrade(RELEASE, CHART, {"rabbitmq": {"replicas": 3}})
+        cluster.upgrade(RELEASE, CHART, {"rabbitmq": {"replicas": 3, "allowShrink": True}})
+        assert not cluster.api.refused
 
 
 def test_a_long_release_name_keeps_the_hash_and_the_api_name_limits() -> None:
