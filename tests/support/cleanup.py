@@ -70,4 +70,12 @@ def sweep_podman() -> list[str]:
         if stale(name):
             podman("secret", "rm", name, check=False)
             removed.append(name)
+    # Extra tags a test put on the project's images (localhost/chancepay-wallet:<version>-cpp-<pid>-...).
+    images = podman("images", "--format", "{{.Repository}}:{{.Tag}}", check=False).stdout.decode().split()
+    for ref in images:
+        repo, _, tag = ref.rpartition(":")
+        extra = tag.partition("-cpp-")[2]
+        if repo.startswith("localhost/chancepay-") and extra and stale(f"cpp-{extra}"):
+            podman("untag", ref, ref, check=False)
+            removed.append(ref)
     return removed

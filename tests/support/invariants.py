@@ -20,9 +20,14 @@ def check(env: Env, accepted: list[str] | None = None) -> InvariantReport:
     """The invariants over every payment in this Env (and the `accepted` ones, which must all have
     a request row), by chancepay.audit.check_uuids: the checker `chancepay load` uses, reading each
     schema through its own role's user."""
+    return check_urls(env.orch_url(), env.wallet_url(), accepted)
+
+
+def check_urls(orch_url: str, wallet_url: str, accepted: list[str] | None = None) -> InvariantReport:
+    """`check` over the two schemas at these URLs (e.g. a played release's, from its Secret)."""
     async def go() -> InvariantReport:
-        orch = Database(DatabaseURL.parse(env.orch_url()), pool_size=1, timeout=30)
-        wallet = Database(DatabaseURL.parse(env.wallet_url()), pool_size=1, timeout=30)
+        orch = Database(DatabaseURL.parse(orch_url), pool_size=1, timeout=30)
+        wallet = Database(DatabaseURL.parse(wallet_url), pool_size=1, timeout=30)
         try:
             everything = {u for (u,) in await orch.fetchall(sql.ALL_REQUEST_UUIDS)}
             everything |= {u for (u,) in await wallet.fetchall(sql.ALL_INBOX_UUIDS)}
