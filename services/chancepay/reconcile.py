@@ -10,26 +10,38 @@ For each such request, in order:
   inbox deduplicates);
 - the inbox row is pending -> leave it, the wallet is deciding.
 Every repair is logged and counted (chancepay_reconcile_repairs_total{kind}); a failure logs
-[FAILED TO RECONCILE]. Counters of a one-shot process are pushed to a Prometheus Pushgateway
-when CHANCEPAY_PUSHGATEWAY_URL is set, and always summarized in the last log line.
+[FAILED TO RECONCILE]. A pass may start before its dependencies are up (a CronJob slot during a
+first install or a reinstall): it waits for the database, and for the wallet and the orchestrator
+when it first needs them, each failed try logged with `"waiting": true`, for at most
+RECONCILE_WAIT_SECONDS in all (core/waiting.py); then it gives up (exit 1, lines without
+`waiting`). Counters of a one-shot process are pushed to a Prometheus Pushgateway when
+CHANCEPAY_PUSHGATEWAY_URL is set, and always summarized in the last log line.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, cast
 
 import httpx
 from prometheus_client import push_to_gateway
 
 from chancepay.core import sql
+from chancepay.core.backoff import Backoff
 from chancepay.core.config import Settings
-from chancepay.core.db import Database
+from chancepay.core.db import Database, DatabaseUnavailable
 from chancepay.core.logging import bound, get_logger
 from chancepay.core.metrics import Metrics
 from chancepay.core.payment import PaymentMessage
+from chancepay.core.waiting import RECONCILE_WAIT_SECONDS, Dependency, retry_until_up
 
 RECONCILE_TAG = "[FAILED TO RECONCILE]"
+T = TypeVar("T")
+
+
+class NotUpYet(Exception):
+    """The wallet or the orchestrator answered 5xx: up, but its database not (yet)."""
 
 
 @dataclasses.dataclass
@@ -52,12 +64,41 @@ class Reconciler:
         self.wallet = wallet
         self.metrics = metrics
         self.log = get_logger()
+        # The wallet and the orchestrator, waited for like the database (db.dependency) until first reached.
+        # One budget for all three, from the pass's start.
+        budget, since = db.dependency.budget, db.dependency.since
+        self.wallet_up = Dependency("wallet", budget, since=since)
+        self.orchestrator_up = Dependency("orchestrator", budget, since=since)
+
+    async def _wait_for(self, dependency: Dependency, step: Callable[[], Awaitable[T]], what: str,
+                        retry_on: type[BaseException] | tuple[type[BaseException], ...]) -> T:
+        """`step`, waited for (core/waiting.py) while `dependency` was never reached in this pass;
+        a failure after that is the caller's to report."""
+        if dependency.reached:
+            return await step()
+        opened, result = await retry_until_up(
+            step, dependency, log=self.log, tag=RECONCILE_TAG, backoff=Backoff(0.5, 10.0), retry_on=retry_on,
+            describe=lambda exc: {"step": what, "error": repr(exc)[:500]},
+            give_up_after=max(0.0, dependency.budget - dependency.waited()),
+        )
+        assert opened  # no stop event: it returns only once `step` succeeded
+        return cast(T, result)
+
+    async def _http(self, dependency: Dependency, call: Callable[[], Awaitable[httpx.Response]],
+                    what: str) -> httpx.Response:
+        async def answered() -> httpx.Response:
+            response = await call()
+            if response.status_code >= 500:  # the role answers, its database does not yet
+                raise NotUpYet(f"HTTP {response.status_code} from {response.request.url}")
+            return response
+
+        return await self._wait_for(dependency, answered, what, (httpx.TransportError, NotUpYet))
 
     async def run_pass(self, age_seconds: float) -> PassSummary:
         summary = PassSummary()
-        rows = await self.db.fetchrows(
-            sql.SELECT_STALE_PENDING, (int(age_seconds * 1e6), self.settings.reconcile_batch)
-        )
+        stale = (int(age_seconds * 1e6), self.settings.reconcile_batch)
+        rows = await self._wait_for(self.db.dependency, lambda: self.db.fetchrows(sql.SELECT_STALE_PENDING, stale),
+                                    "read stale requests", DatabaseUnavailable)
         for row in rows:
             summary.examined += 1
             with bound(uuid=row["uuid"]):
@@ -74,7 +115,8 @@ class Reconciler:
         if in_outbox:
             summary.left_in_outbox += 1
             return
-        response = await self.wallet.get(f"/internal/inbox/{uuid}")
+        response = await self._http(self.wallet_up, lambda: self.wallet.get(f"/internal/inbox/{uuid}"),
+                                    "ask the wallet")
         if response.status_code == 404:
             await self.db.execute(sql.REENQUEUE_OUTBOX, (uuid, message.encode()))
             summary.reenqueued += 1
@@ -86,7 +128,11 @@ class Reconciler:
         if succeed is None:
             summary.left_inbox_pending += 1
             return
-        result = await self.orchestrator.post(f"/internal/payments/{uuid}/result", json={"succeed": succeed})
+        result = await self._http(
+            self.orchestrator_up,
+            lambda: self.orchestrator.post(f"/internal/payments/{uuid}/result", json={"succeed": succeed}),
+            "finalize in the orchestrator",
+        )
         if result.status_code == 409:
             summary.conflicts += 1
             summary.failures += 1
@@ -104,7 +150,8 @@ async def reconcile_main(settings: Settings, age: float | None = None) -> int:
     log = get_logger()
     metrics = Metrics("reconcile")
     headers = {"Authorization": f"Bearer {settings.internal_token}"}
-    db = Database(settings.orchestrator_db_url, pool_size=2, timeout=settings.db_timeout)
+    db = Database(settings.orchestrator_db_url, pool_size=2, timeout=settings.db_timeout,
+                  wait_budget=RECONCILE_WAIT_SECONDS)
     timeout = httpx.Timeout(settings.callback_timeout * 2)
     summary: PassSummary | Any = None
     try:

@@ -3,8 +3,9 @@
 On a first install the roles start before RabbitMQ answers (and, in the chart, before its
 definitions granted our user). A role that exited on that would be restarted by Kubernetes with
 a growing CrashLoopBackOff and come up minutes late; instead it retries here with a capped,
-jittered back-off and a tagged log line, and reports not-ready meanwhile. A connection that is
-lost *after* start-up still ends the process (seed design): the supervisor restarts it.
+jittered back-off and a tagged log line (`"waiting": true` within the start-up budget, see
+core/waiting.py), and reports not-ready meanwhile. A connection that is lost *after* start-up
+still ends the process (seed design): the supervisor restarts it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from chancepay.core.backoff import Backoff
-from chancepay.core.runner import sleep_or_stop
+from chancepay.core.waiting import STARTUP_WAIT_SECONDS, Dependency, retry_until_up
 
 FIRST_RETRY_SECONDS = 0.5
 MAX_RETRY_SECONDS = 10.0
@@ -27,31 +28,20 @@ async def open_with_retry(
     *,
     log: Any,
     tag: str,
+    broker: Dependency | None = None,
     rng: random.Random | None = None,
     on_failure: Callable[[], None] | None = None,
 ) -> bool:
-    """Call `open_once` until it succeeds (True) or `stop` is set (False)."""
-    backoff = Backoff(FIRST_RETRY_SECONDS, MAX_RETRY_SECONDS, rng=rng)
-    while not stop.is_set():
-        try:
-            await open_once()
-            if backoff.failures:
-                log.info("broker reachable", attempts=backoff.failures + 1)
-            return True
-        except Exception as exc:
-            if on_failure is not None:
-                on_failure()
-            delay = backoff.failed()
-            attempt = backoff.failures
-            log.error(
-                tag,
-                reason="connection",
-                error=f"broker not reachable yet: {exc!r}"[:500],
-                attempt=attempt,
-                retry_in_seconds=round(delay, 2),
-            )
-            await sleep_or_stop(stop, delay)
-    return False
+    """Call `open_once` until it succeeds (True) or `stop` is set (False). Each failure logs `tag`
+    with `"waiting": true` while `broker` (made now if not given) was never reached since the
+    process started and its start-up budget lasts (core/waiting.py); after that, without."""
+    broker = broker or Dependency("broker", STARTUP_WAIT_SECONDS)
+    opened, _ = await retry_until_up(
+        open_once, broker, log=log, tag=tag, backoff=Backoff(FIRST_RETRY_SECONDS, MAX_RETRY_SECONDS, rng=rng),
+        describe=lambda exc: {"reason": "connection", "error": f"broker not reachable yet: {exc!r}"[:500]},
+        stop=stop, on_failure=on_failure,
+    )
+    return opened
 
 
 async def connect_any(urls: list[str], *, timeout: float = 10.0, start: int = 0) -> Any:

@@ -19,6 +19,7 @@ import asyncmy.errors
 from chancepay.core import sql
 from chancepay.core.backoff import capped_exponential
 from chancepay.core.config import DatabaseURL
+from chancepay.core.waiting import STARTUP_WAIT_SECONDS, Dependency
 
 # Forced on every session, whatever the server's global default, and verified at start-up.
 STRICT_SQL_MODE = (
@@ -81,10 +82,14 @@ async def fetchrows(cur: Any) -> list[dict[str, Any]]:
 
 
 class Database:
-    def __init__(self, url: DatabaseURL, *, pool_size: int = 10, timeout: float = 5.0) -> None:
+    def __init__(self, url: DatabaseURL, *, pool_size: int = 10, timeout: float = 5.0,
+                 wait_budget: float = STARTUP_WAIT_SECONDS) -> None:
         self.url = url
         self.pool_size = pool_size
         self.timeout = timeout
+        # Reached once work on the tables succeeded (or readiness found the schema at this code's
+        # version); until then, within `wait_budget`, a failure to reach it is waiting (core/waiting.py).
+        self.dependency = Dependency("database", wait_budget)
         self._pool: Any = None
         self._pool_lock = asyncio.Lock()
 
@@ -108,12 +113,14 @@ class Database:
         return self._pool
 
     @contextlib.asynccontextmanager
-    async def transaction(self, timeout: float | None = None) -> AsyncIterator[Any]:
+    async def transaction(self, timeout: float | None = None, *, probe: bool = False) -> AsyncIterator[Any]:
         """Yield a cursor inside one transaction, committed on success.
 
         Any error or cancellation closes the connection instead of returning it to the pool
         (its transaction state is unknown). Reachability problems become DatabaseUnavailable;
-        SQL errors (duplicate key, ...) propagate unchanged.
+        SQL errors (duplicate key, ...) propagate unchanged. A committed transaction marks the
+        database reached, unless it is a `probe` (a readiness check that succeeds before the
+        tables exist).
         """
         pool = await self._get_pool()
         try:
@@ -123,6 +130,8 @@ class Database:
                     async with conn.cursor() as cur:
                         yield cur
                     await conn.commit()
+                    if not probe:
+                        self.dependency.up()
                 except BaseException:
                     conn.close()
                     raise
@@ -198,7 +207,7 @@ class Database:
 
     async def ping(self) -> bool:
         try:
-            async with self.transaction(timeout=min(self.timeout, 2.0)) as cur:
+            async with self.transaction(timeout=min(self.timeout, 2.0), probe=True) as cur:
                 await cur.execute(sql.PING)
                 await cur.fetchone()
             return True
@@ -207,7 +216,9 @@ class Database:
 
     async def schema_version(self) -> int:
         """The schema's version (core/migrations.py); SchemaNotReady before any migrate ran."""
-        row = await self.fetchone(sql.SCHEMA_VERSION)
+        async with self.transaction(probe=True) as cur:
+            await cur.execute(sql.SCHEMA_VERSION)
+            row = await cur.fetchone()
         return int(row[0])
 
     async def schema_ready(self, required: int) -> bool:
@@ -215,9 +226,12 @@ class Database:
         version this code needs. A pod is not Ready (no traffic; a rolling update waits) until
         `chancepay migrate` brought it there."""
         try:
-            return await self.schema_version() >= required
+            ready = await self.schema_version() >= required
         except Exception:
             return False
+        if ready:
+            self.dependency.up()
+        return ready
 
     async def check_strict(self) -> None:
         row = await self.fetchone(sql.STRICT_MODE_CHECK)

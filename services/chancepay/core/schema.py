@@ -8,15 +8,15 @@ initialisation: no entrypoint script, the same code the suite runs, and a regene
 heals on the next migrate instead of locking the roles out.
 
 The database may not answer yet (a first install starts everything at once): migrate waits for
-it, up to CHANCEPAY_MIGRATE_WAIT_SECONDS, logging every attempt.
+it, up to CHANCEPAY_MIGRATE_WAIT_SECONDS, logging every attempt as [FAILED TO REACH DATABASE]
+with `"waiting": true` until the database was first reached (core/waiting.py); past the budget it
+logs the tag without `waiting` (`gave_up: true`) and exits 1.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import re
-import time
 from collections.abc import Awaitable, Callable
 
 from chancepay.core import migrations, sql
@@ -25,7 +25,9 @@ from chancepay.core.config import DatabaseURL, Settings
 from chancepay.core.db import Database, DatabaseUnavailable
 from chancepay.core.logging import get_logger
 from chancepay.core.migrations import Migration, latest, pending
+from chancepay.core.waiting import Dependency, retry_until_up
 
+DATABASE_TAG = "[FAILED TO REACH DATABASE]"
 IDENTIFIER = re.compile(r"[A-Za-z0-9_]{1,64}")
 
 
@@ -59,24 +61,14 @@ async def provision(admin: DatabaseURL, targets: list[DatabaseURL], timeout: flo
         await db.close()
 
 
-async def waiting_for_database(step: Callable[[], Awaitable[None]], what: str, wait_seconds: float) -> None:
+async def waiting_for_database(step: Callable[[], Awaitable[None]], what: str, database: Dependency,
+                               wait_seconds: float) -> None:
     """Run `step`; while the database is unreachable (or the users are not there yet), retry with
-    a capped, jittered back-off until `wait_seconds` have passed, then give up with the last error."""
-    log = get_logger()
-    deadline = time.monotonic() + wait_seconds
-    backoff = Backoff(0.5, 5.0)
-    while True:
-        try:
-            await step()
-            return
-        except DatabaseUnavailable as exc:
-            delay = backoff.failed()
-            attempt = backoff.failures
-            if time.monotonic() + delay > deadline:
-                raise
-            log.error("[FAILED TO REACH DATABASE]", step=what, error=str(exc), attempt=attempt,
-                      retry_in_seconds=round(delay, 2))
-            await asyncio.sleep(delay)
+    a capped, jittered back-off (core/waiting.py: each line `"waiting": true` until the database
+    was reached) until `wait_seconds` have passed, then give up with the last error."""
+    await retry_until_up(step, database, log=get_logger(), tag=DATABASE_TAG, backoff=Backoff(0.5, 5.0),
+                         retry_on=DatabaseUnavailable, describe=lambda exc: {"step": what, "error": str(exc)},
+                         give_up_after=wait_seconds)
 
 
 async def apply(db: Database, migrations: tuple[Migration, ...], *, lock_seconds: float = 300) -> list[int]:
@@ -115,11 +107,13 @@ async def apply(db: Database, migrations: tuple[Migration, ...], *, lock_seconds
 async def migrate(settings: Settings) -> None:
     log = get_logger()
     orchestrator, wallet = settings.orchestrator_db_url, settings.wallet_db_url
+    # Waiting until the database was first reached, for at most CHANCEPAY_MIGRATE_WAIT_SECONDS.
+    database = Dependency("database", settings.migrate_wait)
     if settings.admin_db:
         admin = DatabaseURL.parse(settings.admin_db)
         await waiting_for_database(
             lambda: provision(admin, [orchestrator, wallet], settings.db_timeout),
-            "provision databases and users", settings.migrate_wait,
+            "provision databases and users", database, settings.migrate_wait,
         )
     for url, steps in ((orchestrator, migrations.ORCHESTRATOR), (wallet, migrations.WALLET)):
         db = Database(url, pool_size=1, timeout=max(settings.db_timeout, 30))
@@ -129,7 +123,7 @@ async def migrate(settings: Settings) -> None:
             await apply(db, steps)
 
         try:
-            await waiting_for_database(bring_up, f"migrate {url.database}", settings.migrate_wait)
+            await waiting_for_database(bring_up, f"migrate {url.database}", database, settings.migrate_wait)
             log.info("schema up to date", database=url.database, user=url.user, version=latest(steps))
         finally:
             await db.close()

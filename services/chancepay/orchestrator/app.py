@@ -224,8 +224,10 @@ async def openapi(request: Request) -> Response:
 
 
 async def db_unavailable(request: Request, exc: Exception) -> Response:
-    _resources(request).metrics.db_unavailable.inc()
-    get_logger().error("[FAILED TO REACH DATABASE]", path=request.url.path, error=str(exc))
+    r = _resources(request)
+    r.metrics.db_unavailable.inc()
+    # `"waiting": true` until the database was first reached since start (core/waiting.py).
+    get_logger().error("[FAILED TO REACH DATABASE]", path=request.url.path, error=str(exc), **r.db.dependency.fields())
     return JSONResponse(
         {
             "error": {

@@ -11,7 +11,8 @@ connection) logs [FAILED TO SEND TO MQ] and schedules a retry with capped expone
 all but a confirm timeout (a slow or alarmed broker) count an attempt, and at the attempt limit
 the row stays, no longer retried, and shows in chancepay_outbox_exhausted_rows. A
 connection-level failure is fatal (seed design): the process exits non-zero and its supervisor
-restarts it.
+restarts it. Until the broker, and then the outbox table, were first reached, within the start-up
+budget, the failure lines say `"waiting": true` (core/waiting.py).
 
 This module is the publisher and the cycle; the database side is scanner/outbox.py, the decisions
 scanner/policy.py (pure, unit-tested).
@@ -39,10 +40,12 @@ from chancepay.core.db import Database, DatabaseUnavailable
 from chancepay.core.logging import get_logger
 from chancepay.core.metrics import Metrics
 from chancepay.core.runner import FatalError, sleep_or_stop
+from chancepay.core.waiting import STARTUP_WAIT_SECONDS, Dependency
 from chancepay.scanner.outbox import Outbox
 from chancepay.scanner.policy import OutboxRow, counts_as_attempt, sort_results
 
 SEND_TAG = "[FAILED TO SEND TO MQ]"
+SCAN_TAG = "[FAILED TO SCAN OUTBOX]"
 
 
 class Publisher:
@@ -107,6 +110,9 @@ class Scanner:
         self.metrics = metrics
         self.crash = crash
         self.log = get_logger()
+        self.db = db
+        # Failures to reach the broker are "waiting" until it was first reached (core/waiting.py).
+        self.broker = Dependency("broker", STARTUP_WAIT_SECONDS)
         self.name = f"{socket.gethostname()}:{os.getpid()}"[:64]
         self.outbox = Outbox(db, owner=self.name, lease_seconds=settings.scanner_lease,
                              max_attempts=settings.scanner_max_attempts, retry_base=settings.scanner_retry_base,
@@ -153,7 +159,7 @@ class Scanner:
         return len(rows)
 
     async def scan_forever(self, stop: asyncio.Event) -> None:
-        if not await open_with_retry(stop, self.publisher.connect, log=self.log, tag=SEND_TAG,
+        if not await open_with_retry(stop, self.publisher.connect, log=self.log, tag=SEND_TAG, broker=self.broker,
                                      on_failure=self.metrics.broker_connect_failures.inc):
             return
         self.log.info("scanner started", scanner=self.name, batch_size=self.settings.scanner_batch_size)
@@ -166,7 +172,7 @@ class Scanner:
                 except DatabaseUnavailable as exc:
                     delay = db_backoff.failed()
                     self.metrics.db_unavailable.inc()
-                    self.log.error("[FAILED TO SCAN OUTBOX]", error=str(exc), retry_in_seconds=delay)
+                    self.log.error(SCAN_TAG, error=str(exc), retry_in_seconds=delay, **self.db.dependency.fields())
                     await sleep_or_stop(stop, delay)
                     continue
                 if self.publisher.connection.is_closed:

@@ -21,6 +21,7 @@ import orjson
 
 from chancepay.core.logging import get_logger
 from chancepay.core.metrics import Metrics
+from chancepay.core.waiting import STARTUP_WAIT_SECONDS, Dependency
 from chancepay.wallet.policy import CallbackResult, callback_delays, callback_result
 
 CALLBACK_TAG = "[FAILED TO CALLBACK FROM WALLET]"
@@ -50,6 +51,7 @@ class CallbackClient:
         self._flush_timer: asyncio.TimerHandle | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
         self._batch_off_until = 0.0  # monotonic; until then one request per result
+        self.orchestrator = Dependency("orchestrator", STARTUP_WAIT_SECONDS)
 
     def take_error(self, uuid: str) -> str:
         """The reason the last try for `uuid` failed ("" if none), forgotten once read."""
@@ -134,13 +136,19 @@ class CallbackClient:
         for attempt in range(1, tries + 1):
             status, reason = await self._send(uuid, succeed)
             result = callback_result(status)
+            if result is not CallbackResult.RETRYABLE:
+                self.orchestrator.up()
             if result is CallbackResult.DELIVERED:
                 self.metrics.wallet_callbacks.inc()
                 return result
             self.metrics.wallet_callback_failures.inc()
             self.last_errors[uuid] = reason
+            # No answer, or 5xx: the orchestrator (or its database) is not up; waiting until a
+            # callback was first taken since this wallet started (core/waiting.py).
+            unreachable = status is None or status >= 500
             self.log.error(CALLBACK_TAG, reason=reason, attempt=attempt, succeed=succeed,
-                           will_retry=result is CallbackResult.RETRYABLE)
+                           will_retry=result is CallbackResult.RETRYABLE,
+                           **(self.orchestrator.fields() if unreachable else {}))
             if result is CallbackResult.REJECTED:
                 self.last_errors.pop(uuid, None)
                 return result

@@ -36,11 +36,12 @@ from chancepay.core.broker import close_quietly, connect_any, open_with_retry
 from chancepay.core.codec import InvalidPayload, readable_uuid
 from chancepay.core.config import Settings
 from chancepay.core.crash import CrashPoints
-from chancepay.core.db import Database
+from chancepay.core.db import Database, DatabaseUnavailable
 from chancepay.core.logging import bound, get_logger
 from chancepay.core.metrics import Metrics
 from chancepay.core.payment import PaymentMessage
 from chancepay.core.runner import FatalError, sleep_or_stop
+from chancepay.core.waiting import STARTUP_WAIT_SECONDS, Dependency
 from chancepay.wallet.callback import CALLBACK_TAG, CallbackClient
 from chancepay.wallet.inbox import Inbox
 from chancepay.wallet.policy import (
@@ -73,6 +74,9 @@ class Wallet:
         self.crash = crash
         self.log = get_logger()
         self.rng = random.Random()
+        self.db = db
+        # Failures to reach the broker are "waiting" until it was first reached (core/waiting.py).
+        self.broker = Dependency("broker", STARTUP_WAIT_SECONDS)
         self.inbox = Inbox(db, on_inserted=lambda: crash.hit("wallet.after_inbox_insert"))
         self.callbacks = CallbackClient(http, settings.orchestrator_url, metrics, tries=settings.callback_attempts,
                                         backoff=settings.callback_backoff, rng=self.rng,
@@ -108,14 +112,14 @@ class Wallet:
             return
         with bound(uuid=msg.uuid):
             decision: Decision | None
-            error = ""
+            failure: Exception | None = None
             try:
                 decision = await self.inbox.deduct(msg, self.flip())
             except Exception as exc:
-                decision, error = None, str(exc) or repr(exc)
+                decision, failure = None, exc
             action = after_deduction(decision)
             if action is Action.REQUEUE:
-                await self._hold_and_requeue(tag, error)
+                await self._hold_and_requeue(tag, failure)
                 return
             assert decision is not None
             self.db_down_since = None
@@ -139,7 +143,7 @@ class Wallet:
                                succeed=decision.succeed)
             await self.channel.basic_ack(tag)
 
-    async def _hold_and_requeue(self, tag: Any, error: str) -> None:
+    async def _hold_and_requeue(self, tag: Any, failure: Exception | None) -> None:
         """Database down, timing out or not migrated yet: nothing was decided. Hold the message,
         then requeue it. The hold grows with the outage (not with the broker's delivery count), so
         a long outage neither spins nor dead-letters valid payments."""
@@ -148,9 +152,14 @@ class Wallet:
         if self.db_down_since is None:
             self.db_down_since = now
         delay = half_jitter(db_retry_delay(now - self.db_down_since), self.rng)
-        self.log.error("[FAILED TO DEDUCT IN WALLET]", error=error, retry_in_seconds=round(delay, 2))
+        self.log.error("[FAILED TO DEDUCT IN WALLET]", error=str(failure) or repr(failure),
+                       retry_in_seconds=round(delay, 2), **self._waiting(failure))
         await asyncio.sleep(delay)
         await self.channel.basic_nack(tag, requeue=True)
+
+    def _waiting(self, failure: BaseException | None) -> dict[str, Any]:
+        """`"waiting": true` for a database not reached yet since start (core/waiting.py)."""
+        return self.db.dependency.fields() if isinstance(failure, DatabaseUnavailable) else {}
 
     async def _park(self, uuid: str, succeed: bool) -> bool:
         delay = parked_retry_delay(1, self.settings.callback_backoff, self.settings.callback_retry_max, self.rng)
@@ -224,7 +233,7 @@ class Wallet:
             except Exception as exc:  # database down: parked rows wait, the next pass tries again
                 delay = backoff.failed()
                 self.log.error("[FAILED TO REACH DATABASE]", step="read parked callbacks", error=str(exc),
-                               retry_in_seconds=round(delay, 2))
+                               retry_in_seconds=round(delay, 2), **self._waiting(exc))
                 await sleep_or_stop(stop, delay)
                 continue
             if claimed < RETRY_BATCH:
@@ -276,7 +285,7 @@ class Wallet:
             return None
 
     async def consume_forever(self, stop: asyncio.Event) -> None:
-        if not await open_with_retry(stop, self.connect, log=self.log, tag=CONSUME_TAG,
+        if not await open_with_retry(stop, self.connect, log=self.log, tag=CONSUME_TAG, broker=self.broker,
                                      on_failure=self.metrics.broker_connect_failures.inc):
             return
         ok = await self.channel.basic_consume(topology.QUEUE, self.on_message, no_ack=False)
