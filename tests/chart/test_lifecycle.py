@@ -36,8 +36,8 @@ import httpx
 import pymysql
 import pytest
 import yaml
-
 from chancepay.core.config import DatabaseURL
+
 from tests.chart.test_played import releases  # noqa: F401  (the fixture: played releases, removed after)
 from tests.support import chart
 from tests.support.chart import helm_render
@@ -59,7 +59,7 @@ def upgrade_tag(images: dict[str, dict[str, Any]]) -> Iterator[str]:
     version = yaml.safe_load((chart.CHART / "Chart.yaml").read_text())["appVersion"]
     tag = f"{version}-cpp-{os.getpid()}-upgrade"
     refs = [f"{info['ref'].rsplit(':', 1)[0]}:{tag}" for info in images.values()]
-    for info, ref in zip(images.values(), refs):
+    for info, ref in zip(images.values(), refs, strict=True):
         podman("tag", info["ref"], ref)
     yield tag
     for ref in refs:
@@ -148,6 +148,24 @@ def _install(release: PlayedRelease) -> None:
             release.wait_ready(pod)
 
 
+def _failures_since(lines: list[str], since: float) -> list[str]:
+    """The `[FAILED TO ...]` lines logged at or after `since` (epoch seconds; the roles log JSON
+    with an ISO-8601 UTC timestamp)."""
+    from datetime import datetime
+
+    out = []
+    for line in lines:
+        if "[FAILED TO" not in line:
+            continue
+        try:
+            stamp = datetime.fromisoformat(json.loads(line)["timestamp"].replace("Z", "+00:00")).timestamp()
+        except (ValueError, KeyError, TypeError):
+            stamp = since  # not a JSON line with a timestamp: count it
+        if stamp >= since:
+            out.append(line)
+    return out
+
+
 def _env_of(release: PlayedRelease, pod: str) -> dict[str, str]:
     out = podman("inspect", "--format", "{{json .Config.Env}}", release.container(pod))
     return dict(e.split("=", 1) for e in json.loads(out.stdout))
@@ -179,7 +197,7 @@ def _lifecycle(release: PlayedRelease, upgrade_tag: str, figures: dict[str, Any]
     with payer:
         wait_until(lambda: len(payer.accepted) >= BEFORE_UPGRADE, 60, interval=0.2,
                    what=f"{BEFORE_UPGRADE} payments accepted before the upgrade")
-        upgrade_started = time.monotonic()
+        upgrade_started, upgrade_wall = time.monotonic(), time.time()
         values = {**release.values, "config": {"logLevel": "DEBUG"},
                   "image": {role: {"tag": upgrade_tag} for role in ROLES}}
         values.pop("fullnameOverride")
@@ -210,21 +228,26 @@ def _lifecycle(release: PlayedRelease, upgrade_tag: str, figures: dict[str, Any]
     first = payer.snapshot()
 
     # Every old pod drained and exited on its own (0) within its grace period; the new pods run
-    # the new image with the new value.
+    # the new image with the new value; with the servers up all along, no pod, old or new, logged
+    # a failure from the upgrade on.
     for role, records in rolled.items():
         for r in records:
             assert r["exit_code"] == 0, (role, r)
+            assert not _failures_since(r.get("failed_lines", []), upgrade_wall), (role, r)
         for pod in release.role_pods(role):
             image = podman("inspect", "--format", "{{.ImageName}}", release.container(pod)).stdout.decode().strip()
             assert image.endswith(f":{upgrade_tag}"), (pod, image)
             assert _env_of(release, pod)["CHANCEPAY_LOG_LEVEL"] == "DEBUG", pod
             assert release.state(pod)["RestartCount"] == 0, pod
+            failed = _failures_since(release.logs(pod).splitlines(), upgrade_wall)
+            assert not failed, (pod, failed[:5])
     during = [o for o in first if upgrade_started <= o["started"] <= upgrade_ended]
     figures["upgrade"] = {
         "payments_sent_during": len(during),
         "errors_during": sum(1 for o in during if o.get("first_failure") is not None or o.get("status") != 202),
         "first_failures": sorted({str(o["first_failure"]) for o in during if o.get("first_failure") is not None}),
         "max_latency_seconds": round(max(o["elapsed"] for o in during), 2),
+        "migrate_job": [old_job, new_job],
         "pods": rolled,
     }
     t = time.monotonic()
@@ -234,8 +257,10 @@ def _lifecycle(release: PlayedRelease, upgrade_tag: str, figures: dict[str, Any]
 
     # ---------------------------------------------------------------- uninstall: keep the Secret and the PVCs
     t = time.monotonic()
-    kept_by_helm = release.uninstall()
+    kept_by_helm, stopped = release.uninstall()
     seconds["uninstall"] = round(time.monotonic() - t, 1)
+    figures["uninstall"] = {"kept": kept_by_helm, "pods": stopped}
+    assert all(r["exit_code"] == 0 for r in stopped.values()), stopped
     assert kept_by_helm == [f"Secret/{release.secret_name}"], kept_by_helm
     left = podman("pod", "ps", "--format", "{{.Name}}").stdout.decode().split()
     assert not [p for p in left if release.name in p], f"pods of the release left after uninstall: {left}"

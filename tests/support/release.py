@@ -339,8 +339,11 @@ class PlayedRelease:
         container = self.container(pod_name)
         hook = ((spec["containers"][0].get("lifecycle") or {}).get("preStop") or {})
         start = time.monotonic()
+        record: dict[str, Any] = {}
         if "exec" in hook:
-            podman("exec", container, *hook["exec"]["command"], check=False, timeout=grace + 10)
+            result = podman("exec", container, *hook["exec"]["command"], check=False, timeout=grace + 10)
+            if result.returncode != 0:
+                record["prestop_failed"] = (result.stdout + result.stderr).decode(errors="replace")[-500:]
         elif "sleep" in hook:
             time.sleep(min(grace, float(hook["sleep"]["seconds"])))  # the hook itself is a sleep
         prestop = time.monotonic() - start
@@ -348,9 +351,15 @@ class PlayedRelease:
         podman("stop", "-t", str(remaining), container, check=False, timeout=remaining + 60)
         seconds = time.monotonic() - start
         code = int(self.state(pod_name)["ExitCode"])
+        log = self.logs(pod_name)
+        failed = [line for line in log.splitlines() if "[FAILED TO" in line]
+        if failed:
+            record["failed_lines"] = failed[-20:]
+        if code != 0:
+            record["log_tail"] = log[-3000:]
         podman("pod", "rm", "-f", "-t", "5", pod_name, check=False, timeout=120)
         self.played.remove(pod_name)
-        return {"prestop_seconds": round(prestop, 2), "seconds": round(seconds, 2), "exit_code": code}
+        return {"prestop_seconds": round(prestop, 2), "seconds": round(seconds, 2), "exit_code": code, **record}
 
     def remove(self, pod_name: str) -> None:
         """Delete a played pod that has finished (a Job's pod, when Helm deletes the Job)."""
@@ -384,20 +393,23 @@ class PlayedRelease:
                             "replace_seconds": round(time.monotonic() - started, 2), **stopped})
         return records
 
-    def uninstall(self) -> list[str]:
+    def uninstall(self) -> tuple[list[str], dict[str, dict[str, Any]]]:
         """`helm uninstall`: every object of the release deleted at once (pods terminated as the
         kubelet does, concurrently); kept: the Secret (resource-policy: keep) and the PVCs (made by
         the StatefulSet controller, never by Helm). With a `helm`, Helm's Uninstall action runs and
         the Secret is kept only if it is still in the API after it. Returns what Helm left
-        ("Kind/name")."""
+        ("Kind/name") and how each running role pod stopped (see `terminate`)."""
         kept = [f"Secret/{self.secret_name}"]
         if self.helm is not None:
             self.helm.uninstall(HELM_RELEASE)
             kept = sorted(f"{o['kind']}/{o['metadata']['name']}" for o in self.helm.live())
+        # The role pods are terminated together, then the servers' pods together: a kubelet does
+        # not restart a container of a terminating pod, podman (restart policy Always) would, so
+        # a role must not lose its servers while it terminates here.
         with ThreadPoolExecutor(max_workers=8) as pool:
-            done = [pool.submit(self.terminate, pod) for pod in list(self.played) if self._running(pod)]
-            done += [pool.submit(pod.stop) for pod in self.servers.values()]
-            for f in done:
+            stopping = {pod: pool.submit(self.terminate, pod) for pod in list(self.played) if self._running(pod)}
+            stopped = {pod: f.result() for pod, f in stopping.items()}
+            for f in [pool.submit(pod.stop) for pod in self.servers.values()]:
                 f.result()
         for pod in list(self.played):  # Job and test pods that had completed
             podman("pod", "rm", "-f", pod, check=False, timeout=120)
@@ -406,7 +418,7 @@ class PlayedRelease:
         self.live = {}
         if f"Secret/{self.secret_name}" not in kept:
             podman("secret", "rm", self.secret_name, check=False)
-        return kept
+        return kept, stopped
 
     def _running(self, pod_name: str) -> bool:
         try:
