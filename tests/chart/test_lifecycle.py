@@ -265,12 +265,10 @@ def _lifecycle(release: PlayedRelease, upgrade_tag: str, figures: dict[str, Any]
     left = podman("pod", "ps", "--format", "{{.Name}}").stdout.decode().split()
     assert not [p for p in left if release.name in p], f"pods of the release left after uninstall: {left}"
     assert podman("secret", "inspect", release.secret_name, check=False).returncode == 0, "the kept Secret is gone"
-    kept_secret = dict(release.secret)
 
     # ---------------------------------------------------------------- reinstall on what was kept
     t = time.monotonic()
-    release.reinstall()
-    assert release.secret == kept_secret
+    release.reinstall()  # Helm's Install; fails unless its `lookup` found the kept Secret's passwords
     _install(release)
     seconds["reinstall"] = round(time.monotonic() - t, 1)
     # The data survived: every payment of before is there, final, through the API.
