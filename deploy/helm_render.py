@@ -136,7 +136,7 @@ class FakeKubeAPI:
             self.objects[(gv, plural, ns, obj["metadata"]["name"])] = obj
         self.log: list[tuple[str, str]] = []
         self.strict = strict
-        self.updates: list[tuple[str, str, str]] = []  # (kind, name, PUT|PATCH) accepted
+        self.updates: list[tuple[str, str, str]] = []  # (kind, name, PUT|PATCH) that changed an object
         self.refused: list[tuple[str, str, list[str]]] = []  # (kind, name, errors) refused with 422
         self._version = 1
         self.lock = threading.Lock()
@@ -326,6 +326,14 @@ class FakeKubeAPI:
             body = h._body()
             with self.lock:
                 live = self.objects.get(key)
+                if live is None and content_type.startswith("application/apply-patch"):
+                    # Server-side apply creates what does not exist yet.
+                    body.setdefault("kind", kind)
+                    errors = kube_rules.validate_create(body) if self.strict else []
+                    if errors:
+                        return self._invalid(h, kind, gv, name or "", errors)
+                    self.objects[key] = self._complete(body, kind, gv, ns)
+                    return h._send(201, self.objects[key])
                 if live is None:
                     return h._status(404, "NotFound", f'{plural} "{name}" not found')
                 if method == "PUT":
@@ -341,7 +349,8 @@ class FakeKubeAPI:
                 errors = kube_rules.validate_update(live, updated) if self.strict else []
                 if not errors:
                     self.objects[key] = updated
-                    self.updates.append((kind, name or "", method))
+                    if _content(updated) != _content(live):
+                        self.updates.append((kind, name or "", method))
             if errors:
                 self.refused.append((kind, name or "", errors))
                 return self._invalid(h, kind, gv, name or "", errors)
@@ -442,7 +451,24 @@ class FakeKubeAPI:
                                             {"type": "Complete", "status": "True"}]}
         if kind == "Pod":
             obj["status"] = {"phase": "Succeeded"}
+        if kind == "PersistentVolumeClaim":
+            obj["status"] = {"phase": "Bound"}  # a provisioner bound it
+        if kind == "StatefulSet":
+            # The API server stores quantities in canonical form (2048Mi as 2Gi).
+            for tpl in (obj.get("spec") or {}).get("volumeClaimTemplates") or []:
+                req = ((tpl.get("spec") or {}).get("resources") or {}).get("requests") or {}
+                if "storage" in req:
+                    try:
+                        req["storage"] = kube_rules.canonical_quantity(req["storage"])
+                    except ValueError:
+                        pass
         return obj
+
+
+def _content(obj: dict[str, Any]) -> str:
+    """An object without what the server bumps on every write: did an update change anything?"""
+    meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k not in ("resourceVersion", "managedFields")}
+    return json.dumps({**obj, "metadata": meta}, sort_keys=True)
 
 
 def _drop_nulls(value: Any) -> Any:
@@ -536,8 +562,13 @@ class Cluster:
     """
 
     def __init__(self, *, namespace: str = "chancepay", monitoring_crds: bool = False,
-                 existing: list[dict[str, Any]] | None = None, strict: bool = True) -> None:
+                 existing: list[dict[str, Any]] | None = None, strict: bool = True,
+                 server_side: bool = False) -> None:
+        """server_side: install with server-side apply (the Helm 4 CLI's default for a new
+        release; its upgrades then keep it); False is client-side apply (Helm 3, helm-sdkpy's
+        default): three-way strategic merge patches."""
         isolate_helm_home()
+        self.server_side = server_side
         self.namespace = namespace
         self.api = FakeKubeAPI(monitoring_crds=monitoring_crds, existing=existing, namespace=namespace,
                                strict=strict)
@@ -563,7 +594,7 @@ class Cluster:
     def install(self, release: str, chart: str, values: dict[str, Any] | None = None,
                 timeout: int = 60) -> Rendered:
         self._run(self._helm.Install(self._config).run(release, chart, values=values or {}, wait=False,
-                                                       timeout=timeout))
+                                                       timeout=timeout, server_side_apply=self.server_side))
         return self.rendered(release)
 
     def upgrade(self, release: str, chart: str, values: dict[str, Any] | None = None, *,

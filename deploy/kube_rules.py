@@ -194,6 +194,8 @@ _NAME_RULES: dict[str, tuple[re.Pattern[str], int, str]] = {
     "Namespace": (_DNS1123_LABEL, 63, "a DNS-1123 label"),
     "CronJob": (_DNS1123_SUBDOMAIN, 52, "a DNS-1123 subdomain of at most 52 characters"),
     "Job": (_DNS1123_LABEL, 63, "usable as a label value (the pods' job-name label), at most 63 characters"),
+    # apps/validation ValidateStatefulSetName: a DNS-1123 label (its pods' hostnames).
+    "StatefulSet": (_DNS1123_LABEL, 63, "a DNS-1123 label"),
 }
 
 
@@ -310,17 +312,48 @@ def _service(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 def _pvc(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     # core/validation ValidatePersistentVolumeClaimUpdate: "spec is immutable after creation
-    # except resources.requests and volumeAttributesClassName for bound claims".
+    # except resources.requests and volumeAttributesClassName for bound claims", and the
+    # requested storage may not shrink ("field can not be less than previous value").
+    bound = (old.get("status") or {}).get("phase") == "Bound"
+
     def scrub(spec: dict[str, Any]) -> dict[str, Any]:
         spec = copy.deepcopy(spec or {})
-        (spec.get("resources") or {}).pop("requests", None)
-        spec.pop("volumeAttributesClassName", None)
+        if bound:
+            (spec.get("resources") or {}).pop("requests", None)
+            spec.pop("volumeAttributesClassName", None)
         return spec
 
     if _changed(scrub(old.get("spec")), scrub(new.get("spec"))):
         return ["spec: Forbidden: spec is immutable after creation except resources.requests and "
                 "volumeAttributesClassName for bound claims"]
+    before = (((old.get("spec") or {}).get("resources") or {}).get("requests") or {}).get("storage")
+    after = (((new.get("spec") or {}).get("resources") or {}).get("requests") or {}).get("storage")
+    if before and after and quantity_bytes(after) < quantity_bytes(before):
+        return ["spec.resources.requests.storage: Forbidden: field can not be less than previous value"]
     return []
+
+
+_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+          "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+
+
+def quantity_bytes(q: str | int) -> int:
+    """A Kubernetes quantity (binary or decimal suffix) in bytes, rounded up."""
+    m = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([KMGTPE]i|[kMGTPE])?", str(q))
+    if not m:
+        raise ValueError(f"not a quantity this fake reads: {q!r}")
+    value = float(m.group(1)) * _UNITS[m.group(2) or ""]
+    return int(-(-value // 1))
+
+
+def canonical_quantity(q: str | int) -> str:
+    """How the API server stores a quantity: the largest binary suffix that divides it (for the
+    binary forms), e.g. 2048Mi -> 2Gi."""
+    n = quantity_bytes(q)
+    for suffix in ("Ei", "Pi", "Ti", "Gi", "Mi", "Ki"):
+        if n and n % _UNITS[suffix] == 0:
+            return f"{n // _UNITS[suffix]}{suffix}"
+    return str(n)
 
 
 def _selector_only(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -331,7 +364,9 @@ def _selector_only(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 def _immutable_data(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     # core/validation ValidateSecretUpdate / ValidateConfigMapUpdate: `immutable: true` freezes
-    # data and cannot be unset.
+    # data and cannot be unset; a Secret's type never changes.
+    if old.get("kind") == "Secret" and (old.get("type") or "Opaque") != (new.get("type") or "Opaque"):
+        return ["type: Invalid value: field is immutable"]
     if not old.get("immutable"):
         return []
     errors = _immutable(old, new, "data") + _immutable(old, new, "immutable")

@@ -137,15 +137,25 @@ def test_strict_api_allows_what_the_real_api_allows(installed) -> None:
     _request(installed.api, "PATCH", _path("StatefulSet", sts["metadata"]["name"]), {"spec": {"replicas": 1}})
 
 
-def test_strict_api_refuses_a_pvc_spec_change_but_not_a_resize(installed) -> None:
+def test_strict_api_refuses_a_pvc_spec_change_and_a_shrink_but_not_a_growth(installed) -> None:
     code, body = _request(installed.api, "POST", _path("PersistentVolumeClaim", ""), _pvc())
-    assert code == 201, body
+    assert code == 201 and body["status"]["phase"] == "Bound", body
     code, body = _request(installed.api, "PATCH", _path("PersistentVolumeClaim", "data-x-0"),
                           {"spec": {"storageClassName": "fast"}})
     assert code == 422 and "spec is immutable after creation" in body["message"], body
     code, body = _request(installed.api, "PATCH", _path("PersistentVolumeClaim", "data-x-0"),
                           {"spec": {"resources": {"requests": {"storage": "5Gi"}}}})
     assert code == 200, body
+    code, body = _request(installed.api, "PATCH", _path("PersistentVolumeClaim", "data-x-0"),
+                          {"spec": {"resources": {"requests": {"storage": "2Gi"}}}})
+    assert code == 422 and "can not be less than previous value" in body["message"], body
+
+
+def test_strict_api_refuses_a_secret_type_change(installed) -> None:
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "typed"}, "type": "Opaque", "data": {}}
+    assert _request(installed.api, "POST", _path("Secret", ""), secret)[0] == 201
+    code, body = _request(installed.api, "PATCH", _path("Secret", "typed"), {"type": "kubernetes.io/tls"})
+    assert code == 422 and "type: Invalid value: field is immutable" in body["message"], body
 
 
 def test_strict_api_refuses_immutable_secret_data_and_pod_spec_changes(installed) -> None:
@@ -168,10 +178,11 @@ def test_strict_api_refuses_immutable_secret_data_and_pod_spec_changes(installed
     ("CronJob", "c" * 53, "at most 52 characters"),
     ("Job", "j" * 64, "at most 63 characters"),
     ("Service", "1-starts-with-a-digit", "a DNS-1035 label"),
+    ("StatefulSet", "s" * 64, "a DNS-1123 label"),
 ])
 def test_strict_api_refuses_names_the_real_api_refuses(installed, kind, name, words) -> None:
-    obj = {"apiVersion": "batch/v1" if "Job" in kind else "v1", "kind": kind, "metadata": {"name": name},
-           "spec": {}}
+    obj = {"apiVersion": {"CronJob": "batch/v1", "Job": "batch/v1", "StatefulSet": "apps/v1"}.get(kind, "v1"),
+           "kind": kind, "metadata": {"name": name}, "spec": {}}
     code, body = _request(installed.api, "POST", _path(kind, ""), obj)
     assert code == 422 and words in body["message"], body
 
@@ -180,12 +191,14 @@ def test_strategic_merge_patch_follows_the_directives() -> None:
     """The patch semantics Helm relies on: merge by key, $setElementOrder, $patch: delete,
     $retainKeys, null deletes, lists without a merge key replaced."""
     live = {"spec": {"template": {"spec": {
-        "containers": [{"name": "a", "env": [{"name": "X", "value": "1"}, {"name": "Y", "value": "2"}],
+        "containers": [{"name": "a", "env": [{"name": "X", "value": "1"}, {"name": "Y", "value": "2"},
+                                             {"name": "W", "value": "0"}],
                         "args": ["--one"]}],
+        "nodeSelector": {"disk": "ssd"},
         "volumes": [{"name": "v", "emptyDir": {}}, {"name": "w", "emptyDir": {}}]}}}}
     patch = {"spec": {"template": {"spec": {
         "$setElementOrder/containers": [{"name": "a"}],
-        "containers": [{"name": "a", "$setElementOrder/env": [{"name": "Y"}, {"name": "Z"}],
+        "containers": [{"name": "a", "$setElementOrder/env": [{"name": "Z"}, {"name": "W"}, {"name": "Y"}],
                         "env": [{"name": "X", "$patch": "delete"}, {"name": "Z", "value": "3"}],
                         "args": ["--two"]}],
         "volumes": [{"name": "v", "$retainKeys": ["name", "secret"], "secret": {"secretName": "s"}},
@@ -193,9 +206,11 @@ def test_strategic_merge_patch_follows_the_directives() -> None:
         "nodeSelector": None}}}}
     out = kube_rules.apply_patch(live, patch, "application/strategic-merge-patch+json", "Deployment")
     spec = out["spec"]["template"]["spec"]
-    assert spec["containers"] == [{"name": "a", "env": [{"name": "Y", "value": "2"}, {"name": "Z", "value": "3"}],
+    assert spec["containers"] == [{"name": "a", "env": [{"name": "Z", "value": "3"}, {"name": "W", "value": "0"},
+                                                        {"name": "Y", "value": "2"}],
                                    "args": ["--two"]}]
     assert spec["volumes"] == [{"name": "v", "secret": {"secretName": "s"}}]
+    assert "nodeSelector" not in spec
 
 
 # ------------------------------------------------------------------------------------------------
@@ -240,9 +255,11 @@ def assert_live_is_rendered(cluster: helm_render.Cluster, rendered: helm_render.
     for obj in rendered.manifests:
         key = (obj["kind"], obj["metadata"]["name"])
         assert key in live, f"{key} rendered but not in the cluster"
-        want = _strip(obj)
-        got = {k: v for k, v in live[key].items() if k in want}
-        got["metadata"] = {k: v for k, v in got["metadata"].items() if k in want["metadata"]}
+        want, got = _strip(obj), live[key]
+        if obj["kind"] == "StatefulSet":  # the API server's canonical quantities
+            for tpl in want["spec"].get("volumeClaimTemplates", []):
+                req = tpl["spec"]["resources"]["requests"]
+                req["storage"] = kube_rules.canonical_quantity(req["storage"])
         assert json.dumps(got, sort_keys=True) == json.dumps(want, sort_keys=True), f"{key} differs from its manifest"
     ours = {(o["kind"], o["metadata"]["name"]) for o in rendered.manifests}
     leftovers = {k for k, o in live.items() if (o["metadata"].get("annotations") or {}).get(
@@ -286,10 +303,13 @@ ORDINARY_CHANGES: dict[str, tuple[dict[str, Any], bool]] = {
 }
 
 
+@pytest.mark.parametrize("apply", ["client-side", "server-side"])
 @pytest.mark.parametrize("change", sorted(ORDINARY_CHANGES))
-def test_helm_upgrade_with_an_ordinary_change(change) -> None:
+def test_helm_upgrade_with_an_ordinary_change(change, apply) -> None:
+    """Client-side apply (Helm 3, and helm-sdkpy's default) sends three-way strategic merge
+    patches; server-side apply (the Helm 4 CLI's default for a new release) sends the object."""
     values, migrate_reruns = ORDINARY_CHANGES[change]
-    with helm_render.Cluster(namespace=NS) as cluster:
+    with helm_render.Cluster(namespace=NS, server_side=apply == "server-side") as cluster:
         first = cluster.install(RELEASE, CHART)
         if change == "secrets.existingSecret":
             _existing_secret(cluster, "my-secrets")
@@ -333,6 +353,29 @@ def test_a_failed_migrate_job_runs_again_with_a_new_run_id() -> None:
         assert [o["metadata"]["name"] for o in cluster.live("Job")] == [again]
 
 
+def test_the_previous_chart_release_could_not_take_an_ordinary_upgrade(tmp_path) -> None:
+    """The negative control of issue 19: 0.2.0's migrate Job kept its name when the log level
+    changed, and the API refused the patch of its template."""
+    _, old_chart = previous_release(tmp_path)
+    with helm_render.Cluster(namespace=NS) as cluster:
+        cluster.install(RELEASE, str(old_chart))
+        with pytest.raises(helm_render.HelmError, match="spec.template: Invalid value: field is immutable"):
+            cluster.upgrade(RELEASE, str(old_chart), {"config": {"logLevel": "DEBUG"}})
+
+
+def test_the_previous_release_upgrades_with_reuse_values(tmp_path) -> None:
+    """`--reuse-values` from the previous release keeps that release's defaults for every value
+    this chart added: the templates must fall back on their own."""
+    _, old_chart = previous_release(tmp_path)
+    with helm_render.Cluster(namespace=NS) as cluster:
+        cluster.install(RELEASE, str(old_chart))
+        new = cluster.upgrade(RELEASE, CHART, {"config": {"logLevel": "DEBUG"}}, reuse_values=True)
+        assert not cluster.api.refused, cluster.api.refused
+        (job,) = [o for o in new.manifests if o["kind"] == "Job"]
+        assert job["metadata"]["annotations"]["chancepay.io/migrate-run-id"] == "1"
+        assert "nil" not in json.dumps(new.manifests)
+
+
 def test_the_previous_chart_release_upgrades_to_this_one(tmp_path) -> None:
     version, old_chart = previous_release(tmp_path)
     current = yaml.safe_load((Path(CHART) / "Chart.yaml").read_text())["version"]
@@ -356,7 +399,7 @@ def test_the_previous_chart_release_upgrades_to_this_one(tmp_path) -> None:
     ({"mariadb": {"persistence": {"storageClass": "fast"}}}, "mariadb.persistence.storageClass"),
     ({"rabbitmq": {"persistence": {"size": "5Gi"}}}, "rabbitmq.persistence.size"),
     ({"rabbitmq": {"persistence": {"storageClass": "fast"}}}, "rabbitmq.persistence.storageClass"),
-    ({"rabbitmq": {"replicas": 3}}, "rabbitmq.replicas: 1 -> 3 is refused"),
+    ({"rabbitmq": {"replicas": 3}}, "rabbitmq.replicas: this upgrade would turn a single-node broker into a cluster"),
     ({"mariadb": {"image": {"tag": "12.0.2"}}}, "mariadb.image.tag: the running MariaDB is series 11.8"),
 ])
 def test_an_install_time_value_changed_on_upgrade_is_refused_naming_it(values, named) -> None:
@@ -369,6 +412,73 @@ def test_an_install_time_value_changed_on_upgrade_is_refused_naming_it(values, n
         assert "CHANGELOG.md" in str(refused.value)
         after = {(o["kind"], o["metadata"]["name"]): o for o in cluster.live()}
         assert after == before, "a refused upgrade changed the cluster"
+
+
+def test_a_size_the_api_stored_in_canonical_form_is_the_same_size() -> None:
+    """Installed as 2048Mi, stored by the API server as 2Gi: an ordinary upgrade is not a resize."""
+    values = {"mariadb": {"persistence": {"size": "2048Mi"}}, "rabbitmq": {"persistence": {"size": "1024Mi"}}}
+    with helm_render.Cluster(namespace=NS) as cluster:
+        cluster.install(RELEASE, CHART, values)
+        sizes = {o["metadata"]["name"]: o["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
+                 for o in cluster.live("StatefulSet")}
+        assert sorted(sizes.values()) == ["1Gi", "2Gi"], sizes
+        cluster.upgrade(RELEASE, CHART, {**values, "config": {"logLevel": "DEBUG"}})
+        assert not cluster.api.refused
+        with pytest.raises(helm_render.HelmError, match="mariadb.persistence.size: the installed data volume is 2Gi"):
+            cluster.upgrade(RELEASE, CHART, {**values, "mariadb": {"persistence": {"size": "3Gi"}}})
+
+
+def test_a_broker_scaled_by_hand_is_judged_by_its_node_names_not_its_replica_count() -> None:
+    with helm_render.Cluster(namespace=NS) as cluster:
+        cluster.install(RELEASE, CHART, {"rabbitmq": {"replicas": 3}})
+        sts = _live(cluster, "StatefulSet", "-rabbitmq")
+        code, body = _request(cluster.api, "PATCH", _path("StatefulSet", sts["metadata"]["name"]), {"spec": {"replicas": 0}})
+        assert code == 200, body  # kubectl scale --replicas=0, for maintenance
+        cluster.upgrade(RELEASE, CHART, {"rabbitmq": {"replicas": 3}, "config": {"logLevel": "DEBUG"}})
+        assert not cluster.api.refused
+
+
+def _claims_as_the_statefulset_controller_made_them(cluster: helm_render.Cluster) -> None:
+    for sts in cluster.live("StatefulSet"):
+        tpl = sts["spec"]["volumeClaimTemplates"][0]
+        for i in range(int(sts["spec"].get("replicas", 1))):
+            pvc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                   "metadata": {"name": f"{tpl['metadata']['name']}-{sts['metadata']['name']}-{i}"},
+                   "spec": {**tpl["spec"], "storageClassName": tpl["spec"].get("storageClassName", "standard")}}
+            code, body = _request(cluster.api, "POST", _path("PersistentVolumeClaim", ""), pvc)
+            assert code == 201, body
+
+
+@pytest.mark.parametrize(("first", "again", "named"), [
+    ({}, {"rabbitmq": {"replicas": 3}}, "a reinstall over the volumes kept by `helm uninstall` would turn a single-node"),
+    ({"rabbitmq": {"replicas": 3}}, {}, "would turn a clustered broker into a single node"),
+    ({}, {"mariadb": {"persistence": {"size": "5Gi"}}}, "mariadb.persistence.size: the volume claim data-chancepay-mariadb-0"),
+    ({}, {"rabbitmq": {"persistence": {"storageClass": "fast"}}}, 'rabbitmq.persistence.storageClass: the volume claim'),
+])
+def test_a_reinstall_over_kept_volumes_is_held_to_what_they_hold(first, again, named) -> None:
+    with helm_render.Cluster(namespace=NS) as cluster:
+        cluster.install(RELEASE, CHART, first)
+        _claims_as_the_statefulset_controller_made_them(cluster)
+        cluster.uninstall(RELEASE)
+        with pytest.raises(helm_render.HelmError) as refused:
+            cluster.install(RELEASE, CHART, again)
+        assert named in str(refused.value), str(refused.value)
+        cluster.install(RELEASE, CHART, first)  # the same values reuse the data
+        assert not cluster.api.refused
+
+
+def test_a_password_rotated_in_an_existing_secret_reruns_migrate() -> None:
+    values = {"secrets": {"existingSecret": "my-secrets"}}
+    with helm_render.Cluster(namespace=NS) as cluster:
+        cluster.install(RELEASE, CHART)
+        _existing_secret(cluster, "my-secrets")
+        first = _migrate_job(cluster.upgrade(RELEASE, CHART, values))
+        assert _migrate_job(cluster.upgrade(RELEASE, CHART, values)) == first
+        secret = _live(cluster, "Secret", "my-secrets")
+        data = {**secret["data"], "wallet-db-url": base64.b64encode(b"mysql://chancepay_wallet:new@h/w").decode()}
+        code, body = _request(cluster.api, "PATCH", _path("Secret", "my-secrets"), {"data": data})
+        assert code == 200, body
+        assert _migrate_job(cluster.upgrade(RELEASE, CHART, values)) != first
 
 
 def test_a_mariadb_series_change_goes_through_when_acknowledged() -> None:
@@ -388,7 +498,7 @@ def test_a_rabbitmq_cluster_grows_by_odd_sizes_shrinks_only_when_allowed_and_two
         assert_live_is_rendered(cluster, new)
         with pytest.raises(helm_render.HelmError, match="replicas"):
             cluster.upgrade(RELEASE, CHART, {"rabbitmq": {"replicas": 2}})
-        with pytest.raises(helm_render.HelmError, match="rabbitmq.replicas: 5 -> 1 is refused"):
+        with pytest.raises(helm_render.HelmError, match="would turn a clustered broker into a single node"):
             cluster.upgrade(RELEASE, CHART, {"rabbitmq": {"replicas": 1}})
         with pytest.raises(helm_render.HelmError, match="5 -> 3 is refused unless rabbitmq.allowShrink=true"):
             cluster.upgrade(RELEASE, CHART, {"rabbitmq": {"replicas": 3}})
@@ -531,3 +641,27 @@ def test_every_documented_helm_command_runs_as_written(doc, command) -> None:
             cluster.install(RELEASE, CHART)
         run_helm_command(cluster, command)
         assert not cluster.api.refused, cluster.api.refused
+
+
+def test_lint_every_documented_label_selector_selects_pods() -> None:
+    """A lint (nothing runs): each `kubectl ... -l SELECTOR` the README and NOTES show matches the
+    labels of at least one pod template the chart renders. A selector that matches nothing makes
+    `kubectl logs -l ... | grep` print nothing, which reads as "no failure"."""
+    import re
+
+    with helm_render.Cluster(namespace=NS) as cluster:
+        rendered = cluster.install(RELEASE, CHART)
+    pods = []
+    for obj in rendered.objects:
+        spec = obj.get("spec") or {}
+        tpl = (spec.get("jobTemplate") or {}).get("spec", {}).get("template") or spec.get("template")
+        if tpl:
+            pods.append((tpl.get("metadata") or {}).get("labels") or {})
+    text = (ROOT / "README.md").read_text() + (ROOT / "charts/chancepay/templates/NOTES.txt").read_text().replace(
+        "{{ .Release.Name }}", RELEASE)
+    selectors = set(re.findall(r"(?:kubectl|\$L)[^\n|]*? -l ([\w./-]+=[\w.,/=-]+)", text))
+    assert len(selectors) >= 3, selectors
+    for selector in selectors:
+        wanted = dict(term.split("=", 1) for term in selector.split(","))
+        assert any(all(labels.get(k) == v for k, v in wanted.items()) for labels in pods), (
+            f"`-l {selector}` selects no pod the chart renders")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import time
 from collections.abc import Awaitable, Callable
 
 from chancepay.core import migrations, sql
@@ -109,11 +110,17 @@ async def migrate(settings: Settings) -> None:
     orchestrator, wallet = settings.orchestrator_db_url, settings.wallet_db_url
     # Waiting until the database was first reached, for at most CHANCEPAY_MIGRATE_WAIT_SECONDS.
     database = Dependency("database", settings.migrate_wait)
+    # One budget for every phase (provision, then each schema), not one each.
+    deadline = time.monotonic() + settings.migrate_wait
+
+    def remaining() -> float:
+        return max(0.0, deadline - time.monotonic())
+
     if settings.admin_db:
         admin = DatabaseURL.parse(settings.admin_db)
         await waiting_for_database(
             lambda: provision(admin, [orchestrator, wallet], settings.db_timeout),
-            "provision databases and users", database, settings.migrate_wait,
+            "provision databases and users", database, remaining(),
         )
     for url, steps in ((orchestrator, migrations.ORCHESTRATOR), (wallet, migrations.WALLET)):
         db = Database(url, pool_size=1, timeout=max(settings.db_timeout, 30))
@@ -123,7 +130,7 @@ async def migrate(settings: Settings) -> None:
             await apply(db, steps)
 
         try:
-            await waiting_for_database(bring_up, f"migrate {url.database}", database, settings.migrate_wait)
+            await waiting_for_database(bring_up, f"migrate {url.database}", database, remaining())
             log.info("schema up to date", database=url.database, user=url.user, version=latest(steps))
         finally:
             await db.close()
