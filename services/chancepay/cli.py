@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
-import argparse
-import asyncio
+import signal
 import sys
-from collections.abc import Callable, Coroutine
-from typing import Any
 
-from chancepay.core import logging as chancelog
-from chancepay.core.config import ConfigError, Settings
-from chancepay.core.migrations import SchemaTooNew
-from chancepay.core.runner import install_event_loop
+# First thing, before the slow imports: in a container the role is PID 1, and the kernel drops a
+# SIGTERM sent to PID 1 while it has no handler. A pod deleted while its role was still starting
+# would then run on until the grace period's SIGKILL. Until the runner installs its own handler
+# (finish in-flight work, then exit), SIGTERM simply ends the process.
+if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+from collections.abc import Callable, Coroutine  # noqa: E402
+from typing import Any  # noqa: E402
+
+from chancepay.core import logging as chancelog  # noqa: E402
+from chancepay.core.config import ConfigError, Settings  # noqa: E402
+from chancepay.core.migrations import SchemaTooNew  # noqa: E402
+from chancepay.core.runner import install_event_loop  # noqa: E402
 
 ROLES = ("orchestrator", "scanner", "wallet")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -86,3 +87,51 @@ def test_sigterm_during_load_clean_exit_restart_converges(make_stack, env, name:
     else:
         assert summary["accepted"] == summary["sent"] == 240, summary
     assert_converged(s)
+
+
+def test_sigterm_is_handled_from_the_first_import_of_the_cli() -> None:
+    """In a container the role is PID 1, and the kernel drops a signal sent to PID 1 while it has
+    no handler: a SIGTERM during the imports (about half a second, before the runner installs its
+    own handler) was lost, and the pod ran on until the grace period's SIGKILL. The CLI module
+    installs a plain SIGTERM handler before anything else it imports."""
+    code = ("import signal, sys; import chancepay.cli; "
+            "print(signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == "True", "importing chancepay.cli leaves SIGTERM at its default (lost when PID 1)"
+
+
+def _sigterm_bit(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            caught = next(line for line in f if line.startswith("SigCgt:")).split()[1]
+    except (OSError, StopIteration):
+        return False
+    return bool(int(caught, 16) & (1 << (signal.SIGTERM - 1)))
+
+
+@pytest.mark.parametrize("name", ["orchestrator", "scanner", "wallet"])
+def test_sigterm_to_a_role_that_is_pid_1_and_still_starting_stops_it(env, name: str) -> None:
+    """Started as PID 1 of a PID namespace of its own (unshare, as a container runtime does) and
+    terminated as soon as it catches SIGTERM at all, i.e. while still starting: it exits within
+    the contract's 25 s (143 from the early handler, 0 when the runner's handler got it)."""
+    proc = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", sys.executable, "-m", "chancepay", name],
+                            env=env.environ(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        child: list[int] = []
+
+        def catching() -> bool:
+            out = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+            child[:] = [int(p) for p in out if _sigterm_bit(int(p))]
+            return bool(child)
+
+        wait_until(catching, 10, interval=0.002, what="the role (PID 1 of its namespace) catching SIGTERM")
+        signal_sent = time.monotonic()
+        for pid in child:
+            os.kill(pid, signal.SIGTERM)
+        proc.wait(timeout=25)
+        assert proc.returncode in (0, 143), (proc.returncode, proc.stderr.read()[-2000:] if proc.stderr else "")
+        assert time.monotonic() - signal_sent < 25
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
