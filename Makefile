@@ -69,7 +69,7 @@ TIERS := tests/integration tests/faults
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 
 # The two passes run side by side (each one mostly waits on its servers and timeouts): ~17 min on
-# this 2-core machine instead of ~35. TEST_JOBS=1 runs them one after the other. Each pass's
+# this 2-core machine instead of ~30. TEST_JOBS=1 runs them one after the other. Each pass's
 # output is printed when it ends (--output-sync).
 TEST_JOBS ?= 2
 # checkov (the security scan of the rendered chart) lives in a venv of its own: its dependency pins
