@@ -7,7 +7,8 @@ reconciler does), and is idempotent: running it twice changes nothing the first 
 
 - outbox list [--all]       rows at the attempt limit (exhausted) or every row
 - outbox retry UUID...|--all-exhausted
-                            exhausted rows back into rotation: attempts 0, due now
+                            exhausted rows back into rotation: attempts 0, due now; exit 1 when
+                            a uuid has no outbox row
 - dlq list                  dead-lettered messages, without taking them (got, then requeued),
                             each with why it is there (signature, parse) and its uuid if readable
 - dlq show ID               one message in full (ID: the message id, i.e. the uuid, or #position)
@@ -39,6 +40,7 @@ from chancepay.core.logging import get_logger
 from chancepay.core.payment import Payment, PaymentMessage, dump_details
 
 OPS_TAG = "[FAILED TO OPERATE]"
+OUTBOX_AMONG = "SELECT uuid FROM outbox WHERE uuid IN ({placeholders})"
 
 
 def _out(obj: Any) -> None:
@@ -103,6 +105,16 @@ class Ops:
                                               (max_attempts, *uuids))
         self.log.info("outbox rows back into rotation", rows=changed, uuids=uuids or "all exhausted")
         self.count("outbox_retry", changed)
+        # A uuid with no outbox row at all (never created, or long since published) could not be
+        # retried: said, and the exit is 1. A row already in rotation is fine (idempotent).
+        unknown: list[str] = []
+        if uuids:
+            present = {u for (u,) in await self.orch.fetchall(sql.among(OUTBOX_AMONG, len(uuids)), uuids)}
+            unknown = [u for u in uuids if u not in present]
+        if unknown:
+            self.log.error(OPS_TAG, action="outbox retry", error="no outbox row with this uuid", uuids=unknown)
+            _out({"retried": changed, "not_in_outbox": unknown})
+            return 1
         _out({"retried": changed})
         return 0
 
