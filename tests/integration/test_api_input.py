@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -207,14 +209,17 @@ def test_logs_cannot_be_forged_through_input(api: Stack) -> None:
         assert line.get("uuid") != "forged" and line.get("event") != "forged"
 
 
-def test_openapi_fuzzing_finds_no_server_error(api: Stack, tmp_path) -> None:
+def test_openapi_document_is_the_api_every_check_and_the_stateful_phase(api: Stack, tmp_path) -> None:
     spec = httpx.get(api.orchestrator.url + "/openapi.json").json()
     assert spec["openapi"].startswith("3.") and "/payments" in spec["paths"]
     result = subprocess.run(
         [sys.executable, "-m", "schemathesis.cli", "run", api.orchestrator.url + "/openapi.json",
-         "--checks", "not_a_server_error", "--max-examples", "100", "--seed", "20261125",
-         "--phases", "examples,coverage,fuzzing", "-H", f"Authorization: Bearer {TOKEN}",
+         "--checks", "all", "--max-examples", "100", "--seed", "20261207",
+         "--phases", "examples,coverage,fuzzing,stateful", "-H", f"Authorization: Bearer {TOKEN}",
          "--request-timeout", "10"],
         capture_output=True, text=True, timeout=240, cwd=tmp_path,
+        env={**os.environ, "SCHEMATHESIS_HOOKS": "tests.integration.openapi_hooks",
+             "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "Stateful" in result.stdout and "No links point to this operation" not in result.stdout, result.stdout[-3000:]

@@ -65,7 +65,8 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "amount", "amount", parse_amount, format_amount, Decimal,
         {"oneOf": [
-            {"type": "string", "pattern": _anchored(AMOUNT_STR_RE.pattern)},
+            # greater than zero: the pattern, and not all zeros ("0", "00.00")
+            {"type": "string", "pattern": _anchored(AMOUNT_STR_RE.pattern), "not": {"pattern": "^0+(\\.0+)?$"}},
             {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1e16, "multipleOf": 0.01},
         ]},
         "DECIMAL(18,2) NOT NULL",

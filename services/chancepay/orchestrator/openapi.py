@@ -51,6 +51,13 @@ OPENAPI: dict[str, Any] = {
                         "description": "Accepted; the payment is PENDING",
                         "headers": {"Location": {"schema": {"type": "string"}}},
                         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PaymentAccepted"}}},
+                        # create -> read -> finalize: how a client (and a stateful fuzzer) follows it
+                        "links": {
+                            "GetPayment": {"operationId": "getPayment",
+                                           "parameters": {"uuid": "$response.body#/uuid"}},
+                            "PostResult": {"operationId": "postResult",
+                                           "parameters": {"uuid": "$response.body#/uuid"}},
+                        },
                     },
                     "400": _err("Malformed JSON or header"),
                     "413": _err("Body over 16 KiB"),
@@ -172,6 +179,11 @@ OPENAPI: dict[str, Any] = {
                         "type": "array",
                         "minItems": 1,
                         "maxItems": 200,
+                        # Each uuid once (the contract). JSON Schema can say "no two items alike", not
+                        # "no two items with the same uuid": tests/integration/openapi_hooks.py tells
+                        # the fuzzer the rest.
+                        "uniqueItems": True,
+                        "description": "1 to 200 results, each uuid at most once (422 duplicate_uuid otherwise)",
                         "items": {
                             "type": "object",
                             "additionalProperties": False,
