@@ -30,8 +30,12 @@ help: ## list targets (PYTEST_ARGS="-k x" passes pytest arguments to the test ta
 	@echo "Variables: PYTEST_ARGS, TEST_JOBS (1 = passes one after the other), ORCHESTRATOR_PORT, SCANNER_PORT,"
 	@echo "WALLET_PORT, RUN_PYTHON, TEST_PYTHON, and every CHANCEPAY_* variable of the README."
 
+# Every venv/tool step repairs itself: its marker (.installed) is written last and checked first,
+# so a step interrupted half-way (a venv without pip, a partial install) is completed or redone
+# by the next run, never trusted.
 # The runtime venv: ChancePay and its runtime dependencies, nothing else (pip and setuptools are
-# removed after the install, and the C sources some wheels ship): rebuilt when pyproject.toml changes.
+# removed after the install, and the C sources some wheels ship): rebuilt from scratch (--clear)
+# when its marker is missing or pyproject.toml changed.
 $(VENV)/.installed: pyproject.toml
 	@test -n "$(RUN_PYTHON)" || { echo "error: no Python >= 3.11 found (Debian 12: apt-get install python3)" >&2; exit 1; }
 	scripts/ensure-venv-support.sh "$(RUN_PYTHON)"
@@ -46,7 +50,7 @@ venv: $(VENV)/.installed ## the runtime virtualenv (.venv): ChancePay with its r
 $(TEST_VENV)/.installed: pyproject.toml
 	@test -n "$(TEST_PYTHON)" || { echo "error: no Python >= 3.11 found" >&2; exit 1; }
 	scripts/ensure-venv-support.sh "$(TEST_PYTHON)"
-	test -x $(PY) || $(TEST_PYTHON) -m venv $(TEST_VENV)
+	$(PY) -m pip --version >/dev/null 2>&1 || $(TEST_PYTHON) -m venv --clear $(TEST_VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
@@ -61,7 +65,7 @@ migrate: services venv ## create databases, users and both schemas (idempotent)
 
 run: migrate ## everything a fresh machine needs, then the three roles in the foreground (Ctrl-C stops all)
 	@echo "ChancePay: API on http://127.0.0.1:$(ORCHESTRATOR_PORT) (scanner :$(SCANNER_PORT), wallet :$(WALLET_PORT)). Ctrl-C stops all."
-	exec $(VENV)/bin/chancepay dev --ports orchestrator=$(ORCHESTRATOR_PORT),scanner=$(SCANNER_PORT),wallet=$(WALLET_PORT)
+	exec $(VENV)/bin/chancepay dev --via-make --ports orchestrator=$(ORCHESTRATOR_PORT),scanner=$(SCANNER_PORT),wallet=$(WALLET_PORT)
 
 # The integration and fault tiers run twice: against Debian 12's servers, and against the servers
 # the Helm chart ships, started from its rendered StatefulSets (tests/support/servers.py).
@@ -80,7 +84,7 @@ export CHANCEPAY_CHECKOV := $(CHECKOV_VENV)/bin/checkov
 
 $(CHECKOV_VENV)/.installed:
 	@echo "installing checkov $(CHECKOV_VERSION) into $(CHECKOV_VENV) (once)"
-	test -x $(CHECKOV_VENV)/bin/python || $(TEST_PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip --version >/dev/null 2>&1 || $(TEST_PYTHON) -m venv --clear $(CHECKOV_VENV)
 	$(CHECKOV_VENV)/bin/python -m pip install -q "checkov==$(CHECKOV_VERSION)"
 	touch $@
 

@@ -23,23 +23,40 @@ from chancepay.core.migrations import SchemaTooNew  # noqa: E402
 from chancepay.core.runner import install_event_loop  # noqa: E402
 
 ROLES = ("orchestrator", "scanner", "wallet")
+SUBPARSERS: dict[str, argparse.ArgumentParser] = {}  # for usage errors argparse cannot detect itself
+
+
+def _positive(kind: type[float] | type[int]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chancepay", description="ChancePay (随缘付) payment pipeline")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("orchestrator", help="the payments API (port 8000)")
-    sub.add_parser("scanner", help="the outbox scanner (port 8001)")
-    sub.add_parser("wallet", help="the wallet consumer (port 8002)")
+    for role, text in (("orchestrator", "the payments API (port 8000)"), ("scanner", "the outbox scanner (port 8001)"),
+                       ("wallet", "the wallet consumer (port 8002)")):
+        # --port-hint: what moves this role under the command that started it (`chancepay dev` passes it).
+        sub.add_parser(role, help=text).add_argument("--port-hint", default=None, help=argparse.SUPPRESS)
     sub.add_parser("migrate", help="create or upgrade both schemas, then exit")
     rec = sub.add_parser("reconcile", help="one reconciliation pass over stale pending requests, then exit")
     rec.add_argument("--age", type=float, default=None, help="override CHANCEPAY_RECONCILE_AGE_SECONDS")
     sub.add_parser("audit", help="print the invariant check of a live system as JSON; exit 1 on a violation")
     load = sub.add_parser("load", help="open-loop load at RATE payments/s for DURATION s, then a JSON summary")
-    load.add_argument("--rate", type=float, required=True, help="payments per second (open loop)")
-    load.add_argument("--duration", type=float, required=True, help="seconds of load")
-    load.add_argument("--converge-timeout", type=float, default=120.0, help="seconds to wait for convergence")
-    load.add_argument("--concurrency", type=int, default=64,
+    load.add_argument("--rate", type=_positive(float), required=True, help="payments per second (open loop)")
+    load.add_argument("--duration", type=_positive(float), required=True, help="seconds of load")
+    load.add_argument("--converge-timeout", type=_positive(float), default=120.0,
+                      help="seconds to wait for convergence")
+    load.add_argument("--concurrency", type=_positive(int), default=64,
                       help="HTTP connections (requests beyond them queue, and their wait counts as latency)")
     load.add_argument("--target", action="append", default=None, metavar="URL",
                       help="orchestrator base URL; repeat to spread arrivals round-robin "
@@ -72,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--ports", default="", metavar="ROLE=PORT,...",
                      help="move roles, e.g. orchestrator=18000,wallet=18002 "
                           "(also points the wallet at the orchestrator)")
+    # `make run` passes --via-make: hints then name its variables (ORCHESTRATOR_PORT=...).
+    dev.add_argument("--via-make", action="store_true", help=argparse.SUPPRESS)
+    SUBPARSERS.update(dev=dev, outbox_retry=retry)
     return p
 
 
@@ -85,21 +105,31 @@ def _run(coro_factory: Callable[[], Coroutine[Any, Any, int | None]]) -> int:
 
 # --------------------------------------------------------------------------- the commands
 # Each imports what it runs when it runs (a role does not load the others' dependencies).
+def _role_hint(args: argparse.Namespace) -> None:
+    if getattr(args, "port_hint", None):
+        from chancepay.core import runner
+
+        runner.port_hint = args.port_hint
+
+
 def _orchestrator(settings: Settings, args: argparse.Namespace) -> int:
     from chancepay.orchestrator.main import run
 
+    _role_hint(args)
     return _run(lambda: run(settings))
 
 
 def _scanner(settings: Settings, args: argparse.Namespace) -> int:
     from chancepay.scanner.main import run
 
+    _role_hint(args)
     return _run(lambda: run(settings))
 
 
 def _wallet(settings: Settings, args: argparse.Namespace) -> int:
     from chancepay.wallet.main import run
 
+    _role_hint(args)
     return _run(lambda: run(settings))
 
 
@@ -122,7 +152,21 @@ def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
 def _audit(settings: Settings, args: argparse.Namespace) -> int:
     from chancepay.audit import audit_main
 
-    return _run(lambda: audit_main(settings))
+    async def go() -> int:
+        await _check_databases(settings, orchestrator=True, wallet=True)
+        return await audit_main(settings)
+
+    return _run(go)
+
+
+async def _check_databases(settings: Settings, *, orchestrator: bool, wallet: bool) -> None:
+    """Before an operator command's work: its databases answer as their users, schemas made."""
+    from chancepay.core.preflight import check_database
+
+    if orchestrator:
+        await check_database(settings.orchestrator_db_url, "CHANCEPAY_ORCHESTRATOR_DB", settings.db_timeout)
+    if wallet:
+        await check_database(settings.wallet_db_url, "CHANCEPAY_WALLET_DB", settings.db_timeout)
 
 
 def _load(settings: Settings, args: argparse.Namespace) -> int:
@@ -136,17 +180,18 @@ def _load(settings: Settings, args: argparse.Namespace) -> int:
 def _ops(settings: Settings, args: argparse.Namespace) -> int:
     from chancepay.ops import ops_main
 
-    return _run(lambda: ops_main(settings, args))
+    async def go() -> int:
+        if args.command in ("outbox", "trace"):
+            await _check_databases(settings, orchestrator=True, wallet=args.command == "trace")
+        return await ops_main(settings, args)
+
+    return _run(go)
 
 
 def _dev(settings: Settings, args: argparse.Namespace) -> int:
-    from chancepay.devrun import supervise
+    from chancepay.devrun import parse_ports, supervise
 
-    try:
-        ports = {k.strip(): int(v) for k, v in (p.split("=", 1) for p in args.ports.split(",") if p.strip())}
-    except ValueError:
-        raise ConfigError(f"--ports must look like orchestrator=8000,scanner=8001, got {args.ports!r}") from None
-    return supervise([r for r in args.roles.split(",") if r], ports=ports)
+    return supervise([r for r in args.roles.split(",") if r], ports=parse_ports(args.ports), via_make=args.via_make)
 
 
 # command -> (what runs it, whether its report goes to stdout (then its logs go to stderr))
@@ -165,18 +210,44 @@ COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], int], bool]] 
 }
 
 
+def _usage_errors(args: argparse.Namespace) -> None:
+    """What argparse cannot say by itself; each a usage error (exit 2 with the usage line)."""
+    if args.command == "outbox" and args.action == "retry" and not args.uuids and not args.all_exhausted:
+        SUBPARSERS["outbox_retry"].error("give UUIDs or --all-exhausted")
+    if args.command == "dev":
+        from chancepay.devrun import ALLOWED, parse_ports
+
+        try:
+            parse_ports(args.ports)
+        except ValueError as exc:
+            SUBPARSERS["dev"].error(f"--ports: {exc}")
+        unknown = [r for r in args.roles.split(",") if r and r not in ALLOWED]
+        if unknown:
+            SUBPARSERS["dev"].error(f"--roles: unknown role(s) {', '.join(unknown)}; choose from {', '.join(ALLOWED)}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _usage_errors(args)
+    command, report_on_stdout = COMMANDS[args.command]
+    stream = sys.stderr if report_on_stdout else sys.stdout
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
-        print(f"chancepay: configuration error: {exc}", file=sys.stderr)
+        # A tagged JSON line like every other (under `make run` too), at the default level.
+        chancelog.configure(args.command, "INFO", stream=stream)
+        chancelog.get_logger().error("[FAILED TO START]", error=f"configuration error: {exc}")
         return 2
-    command, report_on_stdout = COMMANDS[args.command]
-    chancelog.configure(args.command, settings.log_level, stream=sys.stderr if report_on_stdout else sys.stdout)
+    chancelog.configure(args.command, settings.log_level, stream=stream)
     log = chancelog.get_logger()
+    from chancepay.core.preflight import CannotProceed
+
     try:
         return command(settings, args)
+    except CannotProceed as exc:
+        log.error(exc.tag, **exc.fields)
+        return exc.exit_code
     except (ConfigError, SchemaTooNew) as exc:
         log.error("[FAILED TO START]", error=str(exc))
         return 2

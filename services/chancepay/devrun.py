@@ -6,6 +6,10 @@ waits for them. A child that keeps dying is restarted with capped exponential ba
 (CrashLoopBackOff in miniature); a child that exits with EXIT_CANNOT_START (bad configuration,
 port in use) is not: the supervisor stops everything and says why, since a restart would fail
 the same way. `ports` moves the roles (and points the wallet and reconciler URLs at them).
+
+Local safety: the roles bind 127.0.0.1 unless CHANCEPAY_HOST says otherwise (the default
+internal token is public: the wallet's inbox API must not be reachable from the LAN). A pod has
+no supervisor and keeps the 0.0.0.0 default.
 """
 
 from __future__ import annotations
@@ -21,10 +25,45 @@ from chancepay.core.logging import get_logger
 from chancepay.core.runner import EXIT_CANNOT_START
 
 ALLOWED = ("orchestrator", "scanner", "wallet")
+LOCAL_HOST = "127.0.0.1"
+# What moves a role, by how the supervisor was started: `make run` ignores CHANCEPAY_PORT and
+# passes its own variables as --ports; `chancepay dev` takes --ports.
+MAKE_PORT_VARIABLES = {"orchestrator": "ORCHESTRATOR_PORT", "scanner": "SCANNER_PORT", "wallet": "WALLET_PORT"}
+
+
+def port_knob(role: str, via_make: bool, example: int = 0) -> str:
+    """The setting that moves `role` to another port under the command that was run."""
+    example = example or {"orchestrator": 18000, "scanner": 18001, "wallet": 18002}.get(role, 18000)
+    if via_make:
+        return f"make run {MAKE_PORT_VARIABLES.get(role, 'ORCHESTRATOR_PORT')}={example}"
+    return f"chancepay dev --ports {role}={example}"
+
+
+def parse_ports(text: str) -> dict[str, int]:
+    """--ports orchestrator=8000,wallet=8002: every name a role, every port a TCP port, else ValueError."""
+    ports: dict[str, int] = {}
+    for item in (p.strip() for p in text.split(",")):
+        if not item:
+            continue
+        role, sep, value = item.partition("=")
+        role = role.strip()
+        if not sep:
+            raise ValueError(f"{item!r} is not ROLE=PORT")
+        if role not in ALLOWED:
+            raise ValueError(f"unknown role {role!r}; choose from {', '.join(ALLOWED)}")
+        try:
+            port = int(value)
+        except ValueError:
+            raise ValueError(f"{item!r}: the port must be a number") from None
+        if not 0 < port < 65536:
+            raise ValueError(f"{item!r}: the port must be 1-65535")
+        ports[role] = port
+    return ports
 
 
 def role_environ(role: str, ports: dict[str, int]) -> dict[str, str]:
     env = dict(os.environ)
+    env.setdefault("CHANCEPAY_HOST", LOCAL_HOST)
     if role in ports:
         env["CHANCEPAY_PORT"] = str(ports[role])
     if "orchestrator" in ports:
@@ -34,7 +73,8 @@ def role_environ(role: str, ports: dict[str, int]) -> dict[str, str]:
     return env
 
 
-def supervise(roles: list[str], max_backoff: float = 30.0, ports: dict[str, int] | None = None) -> int:
+def supervise(roles: list[str], max_backoff: float = 30.0, ports: dict[str, int] | None = None,
+              via_make: bool = False) -> int:
     log = get_logger()
     ports = ports or {}
     unknown = [r for r in roles if r not in ALLOWED]
@@ -56,7 +96,9 @@ def supervise(roles: list[str], max_backoff: float = 30.0, ports: dict[str, int]
     started_at = {r: 0.0 for r in roles}
 
     def spawn(role: str) -> None:
-        children[role] = subprocess.Popen([sys.executable, "-m", "chancepay", role], env=role_environ(role, ports))
+        children[role] = subprocess.Popen(
+            [sys.executable, "-m", "chancepay", role, "--port-hint", port_knob(role, via_make)],
+            env=role_environ(role, ports))
         started_at[role] = time.monotonic()
         log.info("supervisor started role", child=role, pid=children[role].pid, restarts=restarts[role])
 

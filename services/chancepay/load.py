@@ -7,7 +7,8 @@ payment is never created twice by this tool.
 
 After the last arrival it polls the orchestrator's database until every accepted payment is
 final and the outbox is empty (or --converge-timeout passes), then checks the contract's
-invariants for exactly the payments it created. Exit 1 on a violation or no convergence.
+invariants for exactly the payments it created. Exit 0 only when every payment was accepted and
+all converged with no violation; before sending anything it checks the API and both databases.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from chancepay.audit import check_uuids
 from chancepay.core import sql
 from chancepay.core.config import Settings
 from chancepay.core.db import Database
+from chancepay.core.preflight import check_api, check_database
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -209,10 +211,21 @@ async def run_load(
     }
 
 
+async def preflight(settings: Settings, targets: list[str] | None) -> None:
+    """Before any payment is sent: every target API ready, both databases answering with their
+    schema (the convergence check reads them). Else one tagged line and no load (CannotProceed)."""
+    variable = "--target" if targets else "CHANCEPAY_ORCHESTRATOR_URL"
+    for url in targets or [settings.orchestrator_url]:
+        await check_api(url, variable)
+    await check_database(settings.orchestrator_db_url, "CHANCEPAY_ORCHESTRATOR_DB", settings.db_timeout)
+    await check_database(settings.wallet_db_url, "CHANCEPAY_WALLET_DB", settings.db_timeout)
+
+
 async def load_main(settings: Settings, **options: Any) -> int:
-    """`chancepay load`: run_load with the CLI's options, the summary as one JSON line on stdout."""
+    """`chancepay load`: run_load with the CLI's options, the summary as one JSON line on stdout.
+    Exit 0 only when every payment was accepted and all converged with no violation (`ok`)."""
+    await preflight(settings, options.get("targets"))
     summary = await run_load(settings, **options)
     sys.stdout.write(orjson.dumps(summary).decode() + "\n")
     sys.stdout.flush()
-    violated = not summary["invariants"]["ok"] or not summary["converged"]
-    return 1 if violated else 0
+    return 0 if summary["ok"] else 1

@@ -40,7 +40,6 @@ from chancepay.core.logging import get_logger
 from chancepay.core.payment import Payment, PaymentMessage, dump_details
 
 OPS_TAG = "[FAILED TO OPERATE]"
-OUTBOX_AMONG = "SELECT uuid FROM outbox WHERE uuid IN ({placeholders})"
 
 
 def _out(obj: Any) -> None:
@@ -109,7 +108,7 @@ class Ops:
         # retried: said, and the exit is 1. A row already in rotation is fine (idempotent).
         unknown: list[str] = []
         if uuids:
-            present = {u for (u,) in await self.orch.fetchall(sql.among(OUTBOX_AMONG, len(uuids)), uuids)}
+            present = {u for (u,) in await self.orch.fetchall(sql.among(sql.OUTBOX_AMONG, len(uuids)), uuids)}
             unknown = [u for u in uuids if u not in present]
         if unknown:
             self.log.error(OPS_TAG, action="outbox retry", error="no outbox row with this uuid", uuids=unknown)

@@ -9,8 +9,8 @@ from chancepay.core.config import VARIABLES, ConfigError, DatabaseURL, Settings
 
 def test_defaults_are_the_contract() -> None:
     s = Settings.from_env({})
-    assert s.orchestrator_db == "mysql://chancepay:chancepay@127.0.0.1:3306/chancepay_orchestrator"
-    assert s.wallet_db == "mysql://chancepay:chancepay@127.0.0.1:3306/chancepay_wallet"
+    assert s.orchestrator_db == "mysql://chancepay_orchestrator:chancepay_orchestrator@127.0.0.1:3306/chancepay_orchestrator"
+    assert s.wallet_db == "mysql://chancepay_wallet:chancepay_wallet@127.0.0.1:3306/chancepay_wallet"
     assert s.amqp_url == "amqp://guest:guest@127.0.0.1:5672/%2F"
     assert s.orchestrator_url == "http://127.0.0.1:8000" and s.wallet_url == "http://127.0.0.1:8002"
     assert s.internal_token == "dev-internal-token" and s.env == "dev"

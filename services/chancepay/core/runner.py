@@ -23,6 +23,10 @@ Worker = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 # A process that cannot start because of how it is set up (bad configuration, port in use) exits
 # with this code; `chancepay dev` does not restart it (it would fail the same way forever).
 EXIT_CANNOT_START = 2
+# The setting that moves this role to another port, named in the port-in-use hint. A role run
+# alone is moved by CHANCEPAY_PORT; under `chancepay dev` / `make run` the supervisor passes the
+# knob that works there (--port-hint).
+port_hint = "CHANCEPAY_PORT=<port>"
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -89,7 +93,7 @@ async def serve(
         sock = bind_socket(host, port)
     except OSError as exc:
         log.error("[FAILED TO START HTTP SERVER]", host=host, port=port, error=str(exc),
-                  hint="another process holds the port: stop it or set CHANCEPAY_PORT")
+                  hint=f"another process holds the port: stop it, or move this role: {port_hint}")
         return EXIT_CANNOT_START
     server_task = asyncio.create_task(server.serve(sockets=[sock]), name="http")
     while not server.started:

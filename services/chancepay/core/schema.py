@@ -11,6 +11,10 @@ The database may not answer yet (a first install starts everything at once): mig
 it, up to CHANCEPAY_MIGRATE_WAIT_SECONDS, logging every attempt as [FAILED TO REACH DATABASE]
 with `"waiting": true` until the database was first reached (core/waiting.py); past the budget it
 logs the tag without `waiting` (`gave_up: true`) and exits 1.
+
+Waiting is for a server that does not answer yet. A server that answers "access denied" (or
+"unknown database") to a migrate that has no admin URL will not change its mind by itself: migrate
+says so in one line and exits 2 at once. So does an admin URL the server refuses.
 """
 
 from __future__ import annotations
@@ -23,12 +27,22 @@ from collections.abc import Awaitable, Callable
 from chancepay.core import migrations, sql
 from chancepay.core.backoff import Backoff
 from chancepay.core.config import DatabaseURL, Settings
-from chancepay.core.db import Database, DatabaseUnavailable
+from chancepay.core.db import Database, DatabaseUnavailable, SchemaNotReady
 from chancepay.core.logging import get_logger
 from chancepay.core.migrations import Migration, latest, pending
+from chancepay.core.preflight import ACCESS_DENIED, UNKNOWN_DATABASE, CannotProceed, error_code, server_answer
 from chancepay.core.waiting import Dependency, retry_until_up
 
 DATABASE_TAG = "[FAILED TO REACH DATABASE]"
+# What `make run` provisions with (MariaDB's root over its unix socket, as Debian installs it).
+LOCAL_ADMIN_URL = "mysql://root@localhost/?unix_socket=/run/mysqld/mysqld.sock"
+
+
+def _refused(exc: SchemaNotReady, url: DatabaseURL, variable: str, codes: tuple[int, ...], hint: str) -> None:
+    """An answer that waiting will not change: one line, exit 2 (CannotProceed)."""
+    if error_code(exc) in codes:
+        raise CannotProceed(DATABASE_TAG, exit_code=2, variable=variable, url=url.redacted(), answer=server_answer(exc),
+                            hint=hint) from None
 IDENTIFIER = re.compile(r"[A-Za-z0-9_]{1,64}")
 
 
@@ -118,16 +132,36 @@ async def migrate(settings: Settings) -> None:
 
     if settings.admin_db:
         admin = DatabaseURL.parse(settings.admin_db)
-        await waiting_for_database(
-            lambda: provision(admin, [orchestrator, wallet], settings.db_timeout),
-            "provision databases and users", database, remaining(),
-        )
+
+        async def provision_once() -> None:
+            try:
+                await provision(admin, [orchestrator, wallet], settings.db_timeout)
+            except SchemaNotReady as exc:
+                _refused(exc, admin, "CHANCEPAY_ADMIN_DB", ACCESS_DENIED,
+                         "the admin URL's user is refused or may not create databases and users: give an admin "
+                         f"URL that can (locally: {LOCAL_ADMIN_URL} as a user allowed to use that socket, "
+                         "e.g. under sudo), or provision them yourself and migrate without it")
+                raise
+
+        await waiting_for_database(provision_once, "provision databases and users", database, remaining())
     for url, steps in ((orchestrator, migrations.ORCHESTRATOR), (wallet, migrations.WALLET)):
         db = Database(url, pool_size=1, timeout=max(settings.db_timeout, 30))
 
-        async def bring_up(db: Database = db, steps: tuple[Migration, ...] = steps) -> None:
-            await db.check_strict()
-            await apply(db, steps)
+        variable = "CHANCEPAY_ORCHESTRATOR_DB" if url is orchestrator else "CHANCEPAY_WALLET_DB"
+
+        async def bring_up(db: Database = db, steps: tuple[Migration, ...] = steps, url: DatabaseURL = url,
+                           variable: str = variable) -> None:
+            try:
+                await db.check_strict()
+                await apply(db, steps)
+            except SchemaNotReady as exc:
+                if not settings.admin_db:
+                    _refused(exc, url, variable, (*ACCESS_DENIED, UNKNOWN_DATABASE),
+                             "no admin rights (CHANCEPAY_ADMIN_DB is not set) and this user or its database is "
+                             "missing: run `make migrate` (or `make run`), or set CHANCEPAY_ADMIN_DB to an admin "
+                             f"URL (locally: {LOCAL_ADMIN_URL}), or set {variable} to the URL it was "
+                             "provisioned with")
+                raise
 
         try:
             await waiting_for_database(bring_up, f"migrate {url.database}", database, remaining())

@@ -223,6 +223,7 @@ RETRY_EXHAUSTED_OUTBOX = (
 RETRY_ALL_EXHAUSTED_OUTBOX = (
     "UPDATE outbox SET attempts = 0, next_attempt_at = NOW(6), claimed_by = NULL WHERE attempts >= %s"
 )
+OUTBOX_AMONG = "SELECT uuid FROM outbox WHERE uuid IN ({placeholders})"
 TRACE_OUTBOX = (
     "SELECT attempts, GREATEST(0, TIMESTAMPDIFF(MICROSECOND, NOW(6), next_attempt_at)), last_error "
     "FROM outbox WHERE uuid = %s"
