@@ -134,10 +134,14 @@ def _wallet(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from chancepay.core.db import DatabaseUnavailable
     from chancepay.core.schema import migrate
 
     async def go() -> int:
-        await migrate(settings)
+        try:
+            await migrate(settings)
+        except DatabaseUnavailable:
+            return 1  # its last [FAILED TO REACH DATABASE] line (gave_up) said why: no traceback
         return 0
 
     return _run(go)

@@ -113,9 +113,10 @@ def test_random_fault_mix_during_load(make_stack, env) -> None:
         print("SOAK load:", out.strip().splitlines()[-1] if out.strip() else err[-2000:], flush=True)
         print("SOAK restarts:", sup.restarts, "exits:", sup.exits, flush=True)
         context = f"seed {seed}; journal:\n" + "\n".join(journal)
-        assert load.returncode == 0, f"{context}\n{out}\n{err[-3000:]}"
         summary = json.loads(out.strip().splitlines()[-1])
         assert summary["converged"] and summary["invariants"]["ok"], f"{context}\n{summary}"
+        # load exits 0 only when every payment was accepted too (CONTRACT); the faults refuse some
+        assert load.returncode == (0 if summary["ok"] else 1), f"{context}\n{out}\n{err[-3000:]}"
         for r in s.roles.values():
             r.wait_ready(timeout=60)
         code, final = run_reconcile(env, age=0)
