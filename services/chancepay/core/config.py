@@ -217,7 +217,8 @@ VARIABLES: tuple[Var, ...] = (
     Var("CHANCEPAY_PUSHGATEWAY_URL", "pushgateway_url", _str, "",
         "reconcile only: push its counters to this Prometheus Pushgateway (a CronJob has no scrape endpoint)"),
     Var("CHANCEPAY_MIGRATE_WAIT_SECONDS", "migrate_wait", _float, "120",
-        "migrate only: keep retrying this long while the database is unreachable or not provisioned yet"),
+        "migrate only: keep retrying this long while the database is unreachable (a server that refuses the "
+        "user and no admin URL to provision it: exit 2 at once)"),
     Var("CHANCEPAY_SHUTDOWN_GRACE_SECONDS", "shutdown_grace", _float, "20",
         "after SIGTERM, finish in-flight work for at most this long"),
     Var("CHANCEPAY_CRASH_POINTS", "crash_points", _str, "",
