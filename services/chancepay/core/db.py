@@ -143,9 +143,10 @@ class Database:
             code = exc.args[0] if exc.args else None
             detail = exc.args[1] if len(exc.args) > 1 else str(exc)
             if code in NOT_PROVISIONED_ERRORS:
-                raise SchemaNotReady(
-                    f"{code} {NOT_PROVISIONED_ERRORS[code]} ({detail}); has `chancepay migrate` run?"
-                ) from exc
+                # Access denied: the user is missing or this URL is not the one migrate provisioned.
+                ask = ("has `chancepay migrate` (with CHANCEPAY_ADMIN_DB) created this user, with this password?"
+                       if code in (1044, 1045, 1698) else "has `chancepay migrate` run?")
+                raise SchemaNotReady(f"{code} {NOT_PROVISIONED_ERRORS[code]} ({detail}); {ask}") from exc
             if isinstance(exc, asyncmy.errors.OperationalError):
                 if code in RETRYABLE_ERRORS:
                     raise DatabaseBusy(f"{code}: {detail}") from exc
