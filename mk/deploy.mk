@@ -10,7 +10,7 @@
 test-tools: ## apt-get install what the tests need and is missing: promtool, shellcheck, podman, catatonit, runc, debootstrap
 	bash scripts/install-test-tools.sh
 
-render-k8s: ## regenerate k8s/manifests/ and deploy/ copies from the chart
+render-k8s: test-venv ## regenerate k8s/manifests/ and deploy/ copies from the chart
 	$(PY) scripts/render-k8s.py
 
 kind-up: ## kind cluster + images + helm install + smoke payment + helm test (needs Docker, kind, helm)
@@ -19,5 +19,5 @@ kind-up: ## kind cluster + images + helm install + smoke payment + helm test (ne
 kind-down: ## delete the kind cluster
 	bash scripts/kind-down.sh
 
-test-deploy: test-tools ## only the deploy checks (tests/deploy)
+test-deploy: test-tools test-venv ## only the deploy checks (tests/deploy)
 	$(PY) -m pytest tests/deploy -q
