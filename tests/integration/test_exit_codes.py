@@ -136,3 +136,18 @@ def test_the_port_in_use_hint_names_the_knob_of_the_command_run(env) -> None:
         assert "CHANCEPAY_PORT=" in line["hint"], "a role run alone is moved by CHANCEPAY_PORT"
     finally:
         holder.close()
+
+
+@pytest.mark.parametrize("args", [("audit",), ("outbox", "list"), ("trace", "7c1e2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d")])
+def test_an_operator_command_refused_by_its_database_says_so_in_seconds(env, args) -> None:
+    """A shell whose URL is not the one provisioned (the issue: a second shell falling back to
+    another user): one tagged line with the URL tried, the server's answer and what to do."""
+    password = secrets.token_hex(8)
+    wrong = f"mysql://{env.orch_user}:{password}@127.0.0.1:{env.mysql_port}/{env.orch_db}"
+    result, elapsed = run(env, *args, CHANCEPAY_ORCHESTRATOR_DB=wrong)
+    assert result.returncode == 1 and elapsed < 10, (result.returncode, elapsed, result.stderr[-2000:])
+    (line,) = errors(result)
+    assert line["event"] == "[FAILED TO REACH DATABASE]" and line["variable"] == "CHANCEPAY_ORCHESTRATOR_DB"
+    assert line["url"] == f"mysql://{env.orch_user}:***@127.0.0.1:{env.mysql_port}/{env.orch_db}"
+    assert "Access denied" in line["answer"] and "make run" in line["hint"]
+    assert password not in result.stdout + result.stderr and "Traceback" not in result.stderr
