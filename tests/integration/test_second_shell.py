@@ -61,6 +61,11 @@ def requests_count() -> int:
         return int(cur.fetchone()[0])
 
 
+def chancepay_queues(servers) -> set[str]:
+    listing = servers.rabbitmqctl("list_queues", "-p", "/", "--quiet", "--no-table-headers", "name")
+    return {line.strip() for line in listing.splitlines() if line.strip().startswith("chancepay.")}
+
+
 @pytest.fixture
 def default_install():
     """The default databases and users, as `make run` provisions them (`chancepay migrate` with the
@@ -72,11 +77,14 @@ def default_install():
         existed = {row[0] for row in cur.fetchall()}
         cur.execute("SELECT User FROM mysql.user WHERE User IN (%s, %s)", DEFAULT_DATABASES)
         users_existed = {row[0] for row in cur.fetchall()}
+    queues_before = chancepay_queues(servers)
     made = cli("migrate", CHANCEPAY_ADMIN_DB=servers.admin_url)
     assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-2000:]
     try:
         yield
     finally:
+        for queue in chancepay_queues(servers) - queues_before:  # what the roles declared on the default vhost
+            servers.rabbitmqctl("delete_queue", "-p", "/", queue)
         with servers.admin_connect() as conn, conn.cursor() as cur:
             for name in DEFAULT_DATABASES:
                 if name not in existed:
