@@ -24,7 +24,7 @@ init_sql="CREATE USER IF NOT EXISTS 'root'@'%' IDENTIFIED BY '${root}';
 ALTER USER 'root'@'%' IDENTIFIED BY '${root}';
 GRANT ALL PRIVILEGES ON *.* TO 'root'@'%' WITH GRANT OPTION;
 CREATE USER IF NOT EXISTS 'mysql'@'localhost' IDENTIFIED VIA unix_socket;"
-definitions="{\"permissions\":[{\"configure\":\".*\",\"read\":\".*\",\"user\":\"chancepay\",\"vhost\":\"/\",\"write\":\".*\"}],\"users\":[{\"name\":\"chancepay\",\"password\":\"${mq}\",\"tags\":[]}],\"vhosts\":[{\"name\":\"/\"}]}"
+definitions="{\"permissions\":[{\"configure\":\".*\",\"read\":\".*\",\"user\":\"chancepay\",\"vhost\":\"/\",\"write\":\".*\"}],\"policies\":[{\"apply-to\":\"queues\",\"definition\":{\"dead-letter-strategy\":\"at-least-once\",\"overflow\":\"reject-publish\"},\"name\":\"chancepay-payments-dead-lettering\",\"pattern\":\"^chancepay\\\\.payments\$\",\"priority\":10,\"vhost\":\"/\"}],\"users\":[{\"name\":\"chancepay\",\"password\":\"${mq}\",\"tags\":[]}],\"vhosts\":[{\"name\":\"/\"}]}"
 
 indent() { sed 's/^/    /'; }
 

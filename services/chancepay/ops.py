@@ -9,14 +9,16 @@ reconciler does), and is idempotent: running it twice changes nothing the first 
 - outbox retry UUID...|--all-exhausted
                             exhausted rows back into rotation: attempts 0, due now; exit 1 when
                             a uuid has no outbox row
-- dlq list                  dead-lettered messages, without taking them (got, then requeued),
-                            each with why it is there (signature, parse) and its uuid if readable
+- dlq list                  dead-lettered messages, each with why it is there (signature, parse)
+                            and its uuid if readable. They are rows of the wallet's dead_letter
+                            table (the wallet moves every DLQ message there, core/deadletters.py):
+                            looking is a SELECT and never a broker delivery
 - dlq show ID               one message in full (ID: the message id, i.e. the uuid, or #position)
 - dlq replay ID...|--all    back through the normal path: a message whose uuid is a pending
                             payment goes back into the OUTBOX from the request row (the scanner
-                            signs it again; the inbox deduplicates); the DLQ copy is removed.
+                            signs it again; the inbox deduplicates); then its row is deleted.
                             A message with no such payment is left where it is and reported.
-- dlq purge ID...|--all     remove messages from the DLQ
+- dlq purge ID...|--all     delete dead letters
 - trace UUID                one payment's whole story: request, outbox, inbox, parked
                             callback, DLQ
 """
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 import base64
 import sys
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -33,7 +34,7 @@ from prometheus_client import CollectorRegistry, Counter, push_to_gateway
 
 from chancepay.core import signing, sql, topology
 from chancepay.core.broker import close_quietly, connect_any
-from chancepay.core.codec import InvalidPayload, parse_uuid, readable_uuid
+from chancepay.core.codec import InvalidPayload, parse_uuid
 from chancepay.core.config import Settings
 from chancepay.core.db import Database
 from chancepay.core.logging import get_logger
@@ -118,105 +119,85 @@ class Ops:
         return 0
 
     # ------------------------------------------------------------------ DLQ
-    async def _with_channel(self, work: Callable[[Any], Awaitable[Any]]) -> Any:
-        connection = await connect_any(self.settings.amqp_url_list)
+    # The dead letters are rows of the wallet's `dead_letter` table (core/deadletters.py): the
+    # wallet moves every message of chancepay.payments.dlq there. Looking is a SELECT; replay and
+    # purge delete the rows they act on. Nothing here receives a message from the broker.
+    async def queued_dead_letters(self) -> int | None:
+        """Messages still in the DLQ queue, not yet moved by the wallet (a passive declare: reads a
+        count, delivers nothing). None when the broker does not answer."""
+        async def depth(channel: Any) -> int:
+            return int((await channel.queue_declare(topology.DLQ, passive=True)).message_count)
+
         try:
-            channel = await connection.channel(publisher_confirms=True)
-            await topology.declare(channel)
-            return await work(channel)
+            connection = await connect_any(self.settings.amqp_url_list)
+        except Exception:
+            return None
+        try:
+            return await depth(await connection.channel())
+        except Exception:
+            return None
         finally:
             await close_quietly(connection)
 
-    def describe(self, message: Any, position: int) -> dict[str, Any]:
-        body = bytes(message.body)
-        props = message.header.properties
-        headers = props.headers or {}
+    async def _note_queued(self) -> None:
+        queued = await self.queued_dead_letters()
+        if queued:
+            self.log.warning("dead letters not yet moved into the wallet's dead_letter table (the wallet moves "
+                             "them within seconds; is a wallet running?)", queue=topology.DLQ, messages=queued)
+
+    async def _rows(self, limit: int) -> list[dict[str, Any]]:
+        return await self.wallet.fetchrows(sql.LIST_DEAD_LETTERS, (limit,))
+
+    def describe(self, row: dict[str, Any], position: int) -> dict[str, Any]:
+        body = bytes(row["body"])
+        headers = orjson.loads(row["headers"])
         unsigned = signing.verify(body, headers, self.settings.message_keys)
         try:
             PaymentMessage.decode(body)
             parse_error = None
         except InvalidPayload as exc:
             parse_error = str(exc)
-        deaths = headers.get("x-death") or []
-        first = deaths[0] if deaths else {}
+        death = {k: v for k, v in (("reason", row["reason"]), ("queue", row["source_queue"]),
+                                   ("count", row["death_count"]), ("time", row["dead_lettered_at"]))
+                 if v is not None}
         return {
             "position": position,
-            "message_id": props.message_id,
-            "uuid": readable_uuid(body, props.message_id),
+            "id": row["id"],
+            "message_id": row["message_id"],
+            "uuid": row["uuid"],
             "signature": "ok" if unsigned is None else unsigned,
             "parse": "ok" if parse_error is None else parse_error,
-            "dead_lettered": {k: (v.decode() if isinstance(v, bytes) else v) for k, v in first.items()
-                              if k in ("reason", "queue", "count", "time")} if first else None,
+            "dead_lettered": death or None,
+            "delivery_count": row["delivery_count"],
+            "stored_at": row["stored_at"],
             "body_bytes": len(body),
             "body_preview": body[:256].decode("utf-8", "replace"),
         }
 
-    async def _browse(self, channel: Any, limit: int) -> list[Any]:
-        """Take up to `limit` DLQ messages without acknowledging them (the caller requeues or acks)."""
-        from pamqp import commands as spec
-
-        got: list[Any] = []
-        while len(got) < limit:
-            message = await channel.basic_get(topology.DLQ, no_ack=False)
-            if isinstance(message.delivery, spec.Basic.GetEmpty):
-                break
-            got.append(message)
-        return got
-
     @staticmethod
-    def _matches(message: Any, position: int, ident: str) -> bool:
+    def _matches(row: dict[str, Any], position: int, ident: str) -> bool:
         if ident.startswith("#"):
             return ident[1:].isdigit() and int(ident[1:]) == position
-        mid = message.header.properties.message_id
-        return ident in (mid, readable_uuid(bytes(message.body), mid))
-
-    async def dlq_walk(self, limit: int, decide: Callable[[Any, int], Awaitable[str]]) -> None:
-        """Take each DLQ message (up to `limit`); `decide` answers "keep" (requeued afterwards, in
-        order) or "remove" (acked)."""
-
-        async def work(channel: Any) -> None:
-            messages = await self._browse(channel, limit)
-            try:
-                for i, m in enumerate(messages, start=1):
-                    if await decide(m, i) == "remove":
-                        await channel.basic_ack(m.delivery.delivery_tag)
-                    else:
-                        await channel.basic_nack(m.delivery.delivery_tag, requeue=True)
-            except BaseException:
-                for m in messages:  # nothing is lost: whatever was not settled goes back
-                    try:
-                        await channel.basic_nack(m.delivery.delivery_tag, requeue=True)
-                    except Exception:
-                        pass
-                raise
-
-        await self._with_channel(work)
+        return ident in (row["message_id"], row["uuid"])
 
     async def dlq_list(self, limit: int) -> int:
-        async def show(m: Any, i: int) -> str:
-            _out(self.describe(m, i))
-            return "keep"
-
-        await self.dlq_walk(limit, show)
+        for i, row in enumerate(await self._rows(limit), start=1):
+            _out(self.describe(row, i))
+        await self._note_queued()
         self.count("dlq_list")
         return 0
 
     async def dlq_show(self, ident: str, limit: int) -> int:
         found: list[dict[str, Any]] = []
-
-        async def show(m: Any, i: int) -> str:
-            if self._matches(m, i, ident):
-                d = self.describe(m, i)
-                props = m.header.properties
-                d["body_base64"] = base64.b64encode(bytes(m.body)).decode()
-                d["headers"] = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in (props.headers or {}).items()
-                                if k != "x-death"}
+        for i, row in enumerate(await self._rows(limit), start=1):
+            if self._matches(row, i, ident):
+                d = self.describe(row, i)
+                d["body_base64"] = base64.b64encode(bytes(row["body"])).decode()
+                d["headers"] = {k: v for k, v in orjson.loads(row["headers"]).items() if k != "x-death"}
                 found.append(d)
-            return "keep"
-
-        await self.dlq_walk(limit, show)
         self.count("dlq_show")
         if not found:
+            await self._note_queued()
             _out({"error": f"no DLQ message {ident}"})
             return 1
         for d in found:
@@ -225,30 +206,29 @@ class Ops:
 
     async def dlq_replay(self, idents: list[str], replay_all: bool, limit: int) -> int:
         summary = {"replayed": 0, "already_final": 0, "not_a_payment": 0}
-
-        async def replay(m: Any, i: int) -> str:
-            if not replay_all and not any(self._matches(m, i, ident) for ident in idents):
-                return "keep"
-            uuid = readable_uuid(bytes(m.body), m.header.properties.message_id)
-            row = await self.orch.fetchrow(sql.SELECT_REQUEST, (uuid,)) if uuid else None
-            if row is None:
+        for i, row in enumerate(await self._rows(limit), start=1):
+            if not replay_all and not any(self._matches(row, i, ident) for ident in idents):
+                continue
+            uuid = row["uuid"]
+            request = await self.orch.fetchrow(sql.SELECT_REQUEST, (uuid,)) if uuid else None
+            if request is None:
                 summary["not_a_payment"] += 1
-                self.log.error(OPS_TAG, action="dlq replay", uuid=uuid, message_id=m.header.properties.message_id,
+                self.log.error(OPS_TAG, action="dlq replay", uuid=uuid, message_id=row["message_id"],
                                reason="no payment with this uuid: left in the DLQ (see `chancepay dlq show`)")
-                return "keep"
-            payment = Payment.from_row(row)
+                continue
+            payment = Payment.from_row(request)
             if payment.succeed is not None:
                 summary["already_final"] += 1
+                await self.wallet.execute(sql.DELETE_DEAD_LETTER, (row["id"],))
                 self.log.info("dlq replay: payment already final; DLQ copy removed", uuid=uuid,
                               succeed=payment.succeed)
-                return "remove"
-            payload = payment.message().encode()
-            await self.orch.execute(sql.REENQUEUE_OUTBOX, (uuid, payload))
+                continue
+            # The outbox row is committed before the dead letter is deleted: a crash in between
+            # leaves both, and a second replay is harmless (INSERT IGNORE; the inbox deduplicates).
+            await self.orch.execute(sql.REENQUEUE_OUTBOX, (uuid, payment.message().encode()))
+            await self.wallet.execute(sql.DELETE_DEAD_LETTER, (row["id"],))
             summary["replayed"] += 1
             self.log.warning("dlq replay: payment put back into the outbox from its request row", uuid=uuid)
-            return "remove"
-
-        await self.dlq_walk(limit, replay)
         self.count("dlq_replay", summary["replayed"])
         _out(summary)
         return 0
@@ -256,19 +236,11 @@ class Ops:
     async def dlq_purge(self, idents: list[str], purge_all: bool, limit: int) -> int:
         removed = 0
         if purge_all:
-            async def purge(channel: Any) -> int:
-                return int((await channel.queue_purge(topology.DLQ)).message_count)
-
-            removed = await self._with_channel(purge)
+            removed = await self.wallet.execute(sql.DELETE_ALL_DEAD_LETTERS)
         else:
-            async def pick(m: Any, i: int) -> str:
-                nonlocal removed
-                if any(self._matches(m, i, ident) for ident in idents):
-                    removed += 1
-                    return "remove"
-                return "keep"
-
-            await self.dlq_walk(limit, pick)
+            for i, row in enumerate(await self._rows(limit), start=1):
+                if any(self._matches(row, i, ident) for ident in idents):
+                    removed += await self.wallet.execute(sql.DELETE_DEAD_LETTER, (row["id"],))
         self.log.warning("dlq purge", removed=removed, idents=idents or "all")
         self.count("dlq_purge", removed)
         _out({"purged": removed})
@@ -293,18 +265,8 @@ class Ops:
             "finalizedAt": inbox[3]}
         parked = await self.wallet.fetchone(sql.TRACE_PENDING_CALLBACK, (uuid,))
         story["parked_callback"] = None if parked is None else {"attempts": parked[0], "last_error": parked[1]}
-        in_dlq: list[dict[str, Any]] = []
-
-        async def look(m: Any, i: int) -> str:
-            if self._matches(m, i, uuid):
-                in_dlq.append(self.describe(m, i))
-            return "keep"
-
-        try:
-            await self.dlq_walk(limit, look)
-            story["dlq"] = in_dlq
-        except Exception as exc:
-            story["dlq"] = f"unknown: {exc!r}"
+        rows = await self.wallet.fetchrows(sql.LIST_DEAD_LETTERS, (limit,))
+        story["dlq"] = [self.describe(row, i) for i, row in enumerate(rows, start=1) if row["uuid"] == uuid]
         story["story"] = _story(story)
         self.count("trace")
         _out(story)
@@ -321,10 +283,12 @@ def _story(s: dict[str, Any]) -> str:
         parts.append("exhausted in the outbox: `chancepay outbox retry`" if o["exhausted"] else
                      f"waiting in the outbox (attempt {o['attempts']}, next in {o['next_attempt_in_seconds']} s)")
     elif i is None:
-        parts.append("published; not decided by the wallet yet" + (" (the message is in the DLQ)" if d else ""))
+        parts.append("published; not decided by the wallet yet")
     if i is not None:
         parts.append("decided by the wallet: " + ("success" if i["succeed"] else "failure" if i["succeed"] is False
                                                   else "pending"))
+    if d:
+        parts.append(f"dead-lettered: {len(d)} message(s) in the DLQ (`chancepay dlq show {s['uuid']}`)")
     if p is not None:
         parts.append(f"result parked, being retried ({p['attempts']} tries)")
     parts.append(f"request {r['status']}" + (f" at {r['finalizedAt']}" if r["finalizedAt"] else ""))

@@ -186,6 +186,19 @@ def test_checksums_are_computed_from_the_secret_itself(default_render):
         assert obj["spec"]["template"]["metadata"]["annotations"]["checksum/secret"] == expected, obj["metadata"]["name"]
 
 
+def test_broker_definitions_carry_the_dead_lettering_policy_of_topology(default_render):
+    """The policy the chart's RabbitMQ imports at every boot is the one core/topology.py defines
+    (and the test servers apply): at-least-once dead-lettering of chancepay.payments."""
+    import json
+
+    from chancepay.core import topology
+
+    data = default_render.get("Secret", "chancepay-secrets")["stringData"]
+    policies = json.loads(data["rabbitmq-definitions.json"])["policies"]
+    assert policies == [topology.policy("/")]
+    assert topology.policy()["definition"] == {"dead-letter-strategy": "at-least-once", "overflow": "reject-publish"}
+
+
 def test_checksums_are_stable_when_the_secret_already_exists(default_render):
     """The upgrade render (lookup finds the Secret) annotates every pod exactly as the install did."""
     first = default_render.get("Secret", "chancepay-secrets")["stringData"]

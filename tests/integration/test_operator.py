@@ -50,6 +50,10 @@ def test_outbox_list_and_retry_exhausted_rows(make_stack, env) -> None:
     assert any(line["event"] == "outbox rows back into rotation" for line in retry_log)
 
 
+def dead_letters(env) -> int:
+    return int(env.wallet_sql("SELECT COUNT(*) FROM dead_letter")[0][0])
+
+
 def _dead_letter(stack: Stack, body: bytes, message_id: str, key: str | None) -> None:
     """Put a message straight into the DLQ (what the queue's dead-lettering does)."""
     headers = {signing.HEADER: signing.sign(body, key)} if key else {}
@@ -72,7 +76,9 @@ def test_dlq_list_show_replay_purge(make_stack, env) -> None:
     forged = "4b1e2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
     publish_raw(s, json.dumps({"uuid": forged, "cusId": "m", "amount": "1.00"}).encode(), message_id=forged, key=None)
     s.wallet.wait_for_event("[PAYLOAD_CORRUPTION_ALERT]", uuid=forged)
-    wait_until(lambda: env.queue_depth(topology.DLQ) == 2, 15, what="two messages in the DLQ")
+    # The wallet moves the DLQ's messages into its dead_letter table (README "Dead letters").
+    wait_until(lambda: dead_letters(env) == 2 and env.queue_depth(topology.DLQ) == 0, 15,
+               what="two dead letters moved into the wallet's table")
 
     code, listed = run(env, "dlq", "list")
     assert code == 0 and [m["uuid"] for m in listed] == [pending, forged]
@@ -80,7 +86,8 @@ def test_dlq_list_show_replay_purge(make_stack, env) -> None:
     assert by_uuid[pending]["signature"] == "ok" and by_uuid[pending]["parse"] == "ok"
     assert "no x-chancepay-signature" in by_uuid[forged]["signature"]
     assert by_uuid[forged]["dead_lettered"]["reason"] == "rejected"
-    assert env.queue_depth(topology.DLQ) == 2, "listing takes nothing away"
+    assert by_uuid[forged]["dead_lettered"]["queue"] == topology.QUEUE
+    assert dead_letters(env) == 2, "listing takes nothing away"
 
     code, shown = run(env, "dlq", "show", forged)
     assert code == 0 and shown[0]["uuid"] == forged and "body_base64" in shown[0]
@@ -92,14 +99,14 @@ def test_dlq_list_show_replay_purge(make_stack, env) -> None:
     assert env.orch_sql("SELECT COUNT(*) FROM outbox WHERE uuid = %s", (pending,))[0][0] == 1
     s.role("scanner").start().wait_ready()
     s.wait_final([pending], timeout=30)  # through the normal path: outbox, signed by the scanner, wallet
-    assert env.queue_depth(topology.DLQ) == 1  # the forgery stays for an operator
+    assert dead_letters(env) == 1  # the forgery stays for an operator
     code, again = run(env, "dlq", "replay", "--all")
     assert again == [{"replayed": 0, "already_final": 0, "not_a_payment": 1}], "idempotent"
 
     code, purged = run(env, "dlq", "purge", forged)
     assert code == 0 and purged == [{"purged": 1}]
     assert run(env, "dlq", "purge", "--all")[1] == [{"purged": 0}]
-    assert env.queue_depth(topology.DLQ) == 0
+    assert dead_letters(env) == 0 and env.queue_depth(topology.DLQ) == 0
     assert env.wallet_sql("SELECT COUNT(*) FROM inbox WHERE uuid = %s", (forged,))[0][0] == 0
 
 

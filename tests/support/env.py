@@ -77,6 +77,8 @@ class VhostPool:
         vhost = f"cpt_{os.getpid()}_{secrets.token_hex(3)}"
         servers.rabbitmqctl("add_vhost", vhost)
         servers.rabbitmqctl("set_permissions", "-p", vhost, servers.amqp_user, ".*", ".*", ".*")
+        # What the chart's definitions give "/" (core/topology.py): at-least-once dead-lettering.
+        servers.rabbitmqctl(*topology.set_policy_args(vhost))
         with self.lock:
             self.all.append(vhost)
         return vhost

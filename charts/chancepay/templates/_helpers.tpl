@@ -210,8 +210,12 @@ first upgrade). Empty ("{}") with secrets.existingSecret.
 {{- $_ := set $data "amqp-url" (printf "%s://chancepay:%s@%s:%v/%%2F%s" $mqScheme $mqPw (include "chancepay.rabbitmqHost" .) .Values.rabbitmq.service.port $mqTls) }}
 {{- end }}
 {{- $_ := set $data "rabbitmq-erlang-cookie" (include "chancepay.secretValue" (dict "ctx" . "key" "rabbitmq-erlang-cookie" "value" "" "length" 32)) }}
-{{- /* Imported by RabbitMQ at every boot: creates (or re-passwords) the chancepay user. */}}
-{{- $defs := dict "users" (list (dict "name" "chancepay" "password" $mqPw "tags" (list))) "vhosts" (list (dict "name" "/")) "permissions" (list (dict "user" "chancepay" "vhost" "/" "configure" ".*" "write" ".*" "read" ".*")) }}
+{{- /* Imported by RabbitMQ at every boot: creates (or re-passwords) the chancepay user, and applies
+       the at-least-once dead-lettering policy of chancepay.payments (services/chancepay/core/topology.py
+       POLICY_*; tests/deploy/test_chart_helm.py holds the two equal). A policy, not a queue argument,
+       so a queue an earlier release declared gets it at the next broker boot. */}}
+{{- $policy := dict "vhost" "/" "name" "chancepay-payments-dead-lettering" "pattern" "^chancepay\\.payments$" "apply-to" "queues" "priority" 10 "definition" (dict "dead-letter-strategy" "at-least-once" "overflow" "reject-publish") }}
+{{- $defs := dict "users" (list (dict "name" "chancepay" "password" $mqPw "tags" (list))) "vhosts" (list (dict "name" "/")) "permissions" (list (dict "user" "chancepay" "vhost" "/" "configure" ".*" "write" ".*" "read" ".*")) "policies" (list $policy) }}
 {{- $_ := set $data "rabbitmq-definitions.json" (toJson $defs) }}
 {{- else }}
 {{- $_ := set $data "amqp-url" (required "external.amqpUrl is required when rabbitmq.enabled=false" .Values.external.amqpUrl) }}

@@ -137,7 +137,9 @@ class Metrics:
             "chancepay_wallet_callbacks_total", "Result callbacks the orchestrator accepted.", registry=r
         )
         self.dlq_messages = Gauge(
-            "chancepay_dlq_messages", "Messages waiting in chancepay.payments.dlq (read at scrape).", registry=r
+            "chancepay_dlq_messages",
+            "Dead letters: rows of the wallet's dead_letter table plus messages still in chancepay.payments.dlq "
+            "(read at scrape).", registry=r
         )
         self.wallet_callbacks_pending = Gauge(
             "chancepay_wallet_callbacks_pending",

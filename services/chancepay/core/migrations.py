@@ -35,6 +35,7 @@ ORCHESTRATOR: tuple[Migration, ...] = (
 WALLET: tuple[Migration, ...] = (
     Migration(1, "inbox", sql.WALLET_V1),
     Migration(2, "pending_callback: results the wallet still has to deliver", sql.WALLET_V2),
+    Migration(3, "dead_letter: the DLQ's messages, kept by the wallet", sql.WALLET_V3),
 )
 
 

@@ -83,6 +83,31 @@ WALLET_V2 = (
     """,
 )
 
+# Dead letters, kept by the wallet: it moves each message of chancepay.payments.dlq into this table
+# (acking only after the commit), so an operator's look is a SELECT and never a broker delivery
+# (README "Dead letters"). `dedup_key` (SHA-256 of the body, message id and first death) makes a
+# redelivered copy of the same dead letter one row.
+WALLET_V3 = (
+    """
+    CREATE TABLE IF NOT EXISTS dead_letter (
+        id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+        dedup_key CHAR(64) CHARACTER SET ascii NOT NULL,
+        uuid CHAR(36) CHARACTER SET ascii NULL,
+        message_id VARCHAR(255) NULL,
+        reason VARCHAR(64) NULL,
+        source_queue VARCHAR(255) NULL,
+        death_count INT NULL,
+        dead_lettered_at DATETIME(6) NULL,
+        delivery_count INT NOT NULL DEFAULT 0,
+        headers MEDIUMTEXT NOT NULL,
+        body MEDIUMBLOB NOT NULL,
+        stored_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+        UNIQUE KEY ux_dead_letter_key (dedup_key),
+        KEY ix_dead_letter_uuid (uuid)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
+    """,
+)
+
 # The migrations' own bookkeeping, one table per schema.
 CREATE_SCHEMA_VERSION = """
     CREATE TABLE IF NOT EXISTS schema_version (
@@ -239,6 +264,19 @@ SELECT_STALE_PENDING = (
     "ORDER BY r.created_at LIMIT %s"
 )
 REENQUEUE_OUTBOX = "INSERT IGNORE INTO outbox (uuid, payload) VALUES (%s, %s)"
+
+# --------------------------------------------------------------------------- dead letters
+_DL_FIELDS = ("id, dedup_key, uuid, message_id, reason, source_queue, death_count, dead_lettered_at, delivery_count, "
+              "headers, body, stored_at")
+STORE_DEAD_LETTER = (
+    "INSERT IGNORE INTO dead_letter (dedup_key, uuid, message_id, reason, source_queue, death_count, "
+    "dead_lettered_at, delivery_count, headers, body) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+)
+LIST_DEAD_LETTERS = f"SELECT {_DL_FIELDS} FROM dead_letter ORDER BY id LIMIT %s"
+DEAD_LETTERS_OF_UUID = f"SELECT {_DL_FIELDS} FROM dead_letter WHERE uuid = %s ORDER BY id"
+DELETE_DEAD_LETTER = "DELETE FROM dead_letter WHERE id = %s"
+DELETE_ALL_DEAD_LETTERS = "DELETE FROM dead_letter"
+COUNT_DEAD_LETTERS = "SELECT COUNT(*) FROM dead_letter"
 
 # --------------------------------------------------------------------------- audit and load
 # The invariant check (audit.py) reads (uuid, succeed) from each schema through its own user.

@@ -30,7 +30,7 @@ from typing import Any
 
 import aiohttp
 
-from chancepay.core import signing, topology
+from chancepay.core import deadletters, migrations, signing, topology
 from chancepay.core.backoff import Backoff, half_jitter
 from chancepay.core.broker import close_quietly, connect_any, open_with_retry
 from chancepay.core.codec import InvalidPayload, readable_uuid
@@ -63,6 +63,10 @@ REJECTED_REASON = "the orchestrator rejected the result (unknown payment or a di
 RETRY_BATCH = 100
 RETRY_LEASE_SECONDS = 30.0
 RETRY_IDLE_SECONDS = 0.5
+# Dead letters moved from chancepay.payments.dlq into the `dead_letter` table (core/deadletters.py):
+# messages per pass, and the pause when the queue is empty.
+MOVE_BATCH = 100
+MOVE_IDLE_SECONDS = 1.0
 
 
 class Wallet:
@@ -85,6 +89,7 @@ class Wallet:
         self.connection: Any = None
         self.channel: Any = None
         self.stats_channel: Any = None
+        self.dlq_channel: Any = None
         self.consumer_tag: str | None = None
         # Several URLs are the nodes of one cluster: start at a random one, so replicas spread out.
         self.broker_urls = settings.amqp_url_list
@@ -239,17 +244,53 @@ class Wallet:
             if claimed < RETRY_BATCH:
                 await sleep_or_stop(stop, RETRY_IDLE_SECONDS)
 
+    # ------------------------------------------------------------------ dead letters
+    async def move_dead_letters_once(self) -> int:
+        """Move what waits in chancepay.payments.dlq into the `dead_letter` table (each message
+        committed before it is acked). Returns the messages moved; 0 while not connected."""
+        if not self.broker_ready():
+            return 0
+        # Take a message only when it can be stored: a failed insert requeues it, and each requeue
+        # counts against the DLQ's delivery limit (20 by default on RabbitMQ 4.0). So not before
+        # migrate made the table (a rolling update), nor while the database does not answer.
+        if not await self.db.schema_ready(migrations.latest(migrations.WALLET)):
+            return 0
+        if self.dlq_channel is None or self.dlq_channel.is_closed:
+            self.dlq_channel = await self.connection.channel()
+        return await deadletters.move_batch(self.dlq_channel, self.db, MOVE_BATCH)
+
+    async def move_dead_letters_forever(self, stop: asyncio.Event) -> None:
+        backoff = Backoff(0.5, 10.0, rng=self.rng)
+        while not stop.is_set():
+            try:
+                moved = await self.move_dead_letters_once()
+                backoff.succeeded()
+            except Exception as exc:  # database or broker away: the messages wait in the queue
+                delay = backoff.failed()
+                if self.broker_ready():
+                    self.log.error(CONSUME_TAG, queue=topology.DLQ, step="move dead letters into dead_letter",
+                                   error=repr(exc)[:500], retry_in_seconds=round(delay, 2), **self._waiting(exc))
+                await sleep_or_stop(stop, delay)
+                continue
+            if moved:
+                self.log.info("dead letters moved into the dead_letter table", messages=moved)
+            if moved < MOVE_BATCH:
+                await sleep_or_stop(stop, MOVE_IDLE_SECONDS)
+
     async def run_forever(self, stop: asyncio.Event) -> None:
-        """The consumer and the background retrier; either one's fatal error ends both."""
-        retrier = asyncio.ensure_future(self.retry_forever(stop))
+        """The consumer and the background tasks (parked callbacks, dead letters); the consumer's
+        fatal error ends them all."""
+        background = [asyncio.ensure_future(self.retry_forever(stop)),
+                      asyncio.ensure_future(self.move_dead_letters_forever(stop))]
         try:
             await self.consume_forever(stop)
         finally:
             stop.set()
-            try:
-                await asyncio.wait_for(retrier, timeout=max(1.0, self.settings.shutdown_grace - 2))
-            except Exception:
-                retrier.cancel()
+            for task in background:
+                try:
+                    await asyncio.wait_for(task, timeout=max(1.0, self.settings.shutdown_grace - 2))
+                except Exception:
+                    task.cancel()
 
     # ------------------------------------------------------------------ lifecycle
     async def connect(self) -> None:

@@ -47,9 +47,14 @@ def build_app(settings: Settings, db: Database, metrics: Metrics, wallet: Wallet
         }
 
     async def refresh() -> None:
+        # Dead letters: the rows the wallet keeps plus what still waits in the queue to be moved.
         depth = await wallet.dlq_depth()
-        if depth is not None:
-            metrics.dlq_messages.set(depth)
+        try:
+            stored = await db.fetchone(sql.COUNT_DEAD_LETTERS)
+            metrics.dlq_messages.set(int(stored[0]) + (depth or 0))
+        except Exception:
+            if depth is not None:
+                metrics.dlq_messages.set(depth)
         try:
             pending, oldest = await wallet.inbox.parked_stats()
         except Exception:  # a scrape must not fail because the database is down; readyz says so
