@@ -18,7 +18,7 @@ ORCHESTRATOR_PORT ?= 8000
 SCANNER_PORT ?= 8001
 WALLET_PORT ?= 8002
 
-.PHONY: run test test-debian12 test-chart checkov services venv test-venv migrate bench bench-history soak lint clean help
+.PHONY: run reset test test-debian12 test-chart checkov services venv test-venv migrate bench bench-history soak lint clean help
 .DEFAULT_GOAL := help
 
 help: ## list targets (PYTEST_ARGS="-k x" passes pytest arguments to the test targets)
@@ -62,6 +62,9 @@ services: ## install (Debian packages) and start MariaDB and RabbitMQ if nothing
 
 migrate: services venv ## create databases, users and both schemas (idempotent)
 	$(VENV)/bin/chancepay migrate
+
+reset: ## drop what make run made: the two databases (every payment), their users, the two queues (servers keep running)
+	scripts/reset-local.sh
 
 run: migrate ## everything a fresh machine needs, then the three roles in the foreground (Ctrl-C stops all)
 	@echo "ChancePay: API on http://127.0.0.1:$(ORCHESTRATOR_PORT) (scanner :$(SCANNER_PORT), wallet :$(WALLET_PORT)). Ctrl-C stops all."
