@@ -1,6 +1,6 @@
 """A rendered Helm release, played on this machine with podman as far as podman goes.
 
-What runs, and how (README "What is verified here" lists the same):
+What runs, and how (docs/kubernetes.md "What the suite verifies without a cluster" lists the same):
 - Deployments: each replica's pod template played as a Pod with `podman kube play` (podman 4.3
   runs one pod per Deployment and cannot give replicas addresses of their own), from the images
   built here from the repository's Dockerfiles; env from the rendered Secret through a podman
