@@ -26,6 +26,9 @@ import orjson
 from chancepay.core import sql, topology
 from chancepay.core.codec import readable_uuid
 
+# A message of the DLQ could not be stored in `dead_letter` yet: it stays in the queue, moved later.
+MOVE_TAG = "[FAILED TO MOVE DEAD LETTER]"
+
 
 def _plain(value: Any) -> Any:
     """A header value as JSON can hold it (bytes as text when UTF-8, else base64)."""

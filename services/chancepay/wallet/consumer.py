@@ -268,8 +268,8 @@ class Wallet:
             except Exception as exc:  # database or broker away: the messages wait in the queue
                 delay = backoff.failed()
                 if self.broker_ready():
-                    self.log.error(CONSUME_TAG, queue=topology.DLQ, step="move dead letters into dead_letter",
-                                   error=repr(exc)[:500], retry_in_seconds=round(delay, 2), **self._waiting(exc))
+                    self.log.error(deadletters.MOVE_TAG, queue=topology.DLQ, error=repr(exc)[:500],
+                                   retry_in_seconds=round(delay, 2), **self._waiting(exc))
                 await sleep_or_stop(stop, delay)
                 continue
             if moved:
