@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.support.faultproxy import FaultProxy
-from tests.support.env import outbox_depth, wait_until
+from tests.support.env import dead_lettered, outbox_depth, wait_until
 from tests.support.invariants import assert_converged
 
 OUTAGE_SECONDS = 30
@@ -75,6 +75,6 @@ def test_database_unreachable_for_30s(make_stack, env, mode: str) -> None:
         requests = {u for (u,) in env.orch_sql("SELECT uuid FROM request")}
         assert requests == set(accepted)
         assert_converged(s, accepted)
-        assert env.queue_depth("chancepay.payments.dlq") == 0, "nothing dead-lettered by the outage"
+        assert dead_lettered(env) == 0, "nothing dead-lettered by the outage"
     finally:
         proxy.stop()

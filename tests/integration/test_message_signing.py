@@ -8,8 +8,7 @@ import json
 
 import pytest
 
-from chancepay.core import topology
-from tests.support.env import MESSAGE_KEY, wait_until
+from tests.support.env import MESSAGE_KEY, dead_lettered, wait_until
 from tests.support.faults import publish_raw
 from tests.support.roles import Stack
 
@@ -21,7 +20,7 @@ def _forgery_is_refused(stack: Stack, uuid: str, key: str | None, expected_dlq: 
     publish_raw(stack, body, message_id=uuid, key=key)
     alert = stack.wallet.wait_for_event("[PAYLOAD_CORRUPTION_ALERT]", uuid=uuid)
     assert alert["reason"].startswith("signature:"), alert
-    wait_until(lambda: stack.env.queue_depth(topology.DLQ) == expected_dlq, 10, what="forgery in the DLQ")
+    wait_until(lambda: dead_lettered(stack.env) == expected_dlq, 10, what="forgery in the DLQ")
     return alert
 
 
@@ -80,4 +79,4 @@ def test_corruption_alert_names_the_uuid_when_one_is_readable(stack: Stack) -> N
     other = "3b1e2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
     publish_raw(stack, b"\xff not json", message_id=other)
     stack.wallet.wait_for_event("[PAYLOAD_CORRUPTION_ALERT]", uuid=other)
-    wait_until(lambda: stack.env.queue_depth(topology.DLQ) == 2, 10, what="both in the DLQ")
+    wait_until(lambda: dead_lettered(stack.env) == 2, 10, what="both in the DLQ")

@@ -13,8 +13,7 @@ import httpx
 import pymysql
 import pytest
 
-from chancepay.core import topology
-from tests.support.env import TOKEN, free_port, wait_until
+from tests.support.env import TOKEN, dead_lettered, free_port, wait_until
 from tests.support.faults import publish_raw
 from tests.support.invariants import assert_invariants
 from tests.support.roles import Role, Stack
@@ -62,7 +61,7 @@ def test_corrupt_message_is_dead_lettered_and_wallet_keeps_serving(stack: Stack)
     alert = stack.wallet.wait_for_event("[PAYLOAD_CORRUPTION_ALERT]")
     assert alert["message_id"] == "corrupt-1"
     assert stack.env.wallet_sql("SELECT COUNT(*) FROM inbox")[0][0] == 0
-    wait_until(lambda: stack.env.queue_depth(topology.DLQ) == 1, 10, what="message in the DLQ")
+    wait_until(lambda: dead_lettered(stack.env) == 1, 10, what="message in the DLQ")
     assert stack.wallet.metric("chancepay_wallet_messages_total", outcome="corrupt") == 1
     wait_until(lambda: stack.wallet.metric("chancepay_dlq_messages") == 1, 10, what="DLQ gauge")
 
@@ -183,7 +182,7 @@ def test_migrate_is_idempotent_and_requires_strict_mode(env) -> None:
     assert again.returncode == 0, again.stdout + again.stderr
     tables = {r[0] for r in env.orch_sql("SHOW TABLES")}
     assert tables == {"request", "outbox", "schema_version"}
-    assert {r[0] for r in env.wallet_sql("SHOW TABLES")} == {"inbox", "pending_callback", "schema_version"}
+    assert {r[0] for r in env.wallet_sql("SHOW TABLES")} == {"inbox", "pending_callback", "dead_letter", "schema_version"}
     # The server's global sql_mode may be anything: every session of the roles forces strict mode,
     # so an amount that does not fit is an error, never a silently clamped value.
     import asyncio

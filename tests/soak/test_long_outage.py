@@ -7,9 +7,8 @@ from __future__ import annotations
 import signal
 import time
 
-from chancepay.core import topology
 from tests.support.faultproxy import FaultProxy
-from tests.support.env import outbox_depth, wait_until
+from tests.support.env import dead_lettered, outbox_depth, wait_until
 from tests.support.invariants import assert_converged
 
 OUTAGE_SECONDS = 75  # > DELIVERY_LIMIT (50) deliveries at the old ~1 s cadence
@@ -33,7 +32,7 @@ def test_long_database_outage_does_not_dead_letter_queued_payments(make_stack, e
         time.sleep(OUTAGE_SECONDS)  # the deliberate duration of the outage
         proxy.set_mode("pass")
         s.wait_final(uuids, timeout=90)
-        assert env.queue_depth(topology.DLQ) == 0
+        assert dead_lettered(env) == 0
         assert s.wallet.running
         assert_converged(s, uuids)
     finally:

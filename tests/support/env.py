@@ -258,6 +258,12 @@ def env_count(env: Env, sql: str, args: Any = None, *, wallet: bool = False) -> 
     return int(rows[0][0])
 
 
+def dead_lettered(env: Env) -> int:
+    """Dead letters wherever they are: still in the DLQ queue, or already moved by the wallet into
+    its `dead_letter` table (core/deadletters.py)."""
+    return env.queue_depth(topology.DLQ) + env_count(env, "SELECT COUNT(*) FROM dead_letter", wallet=True)
+
+
 def outbox_depth(env: Env) -> int:
     return env_count(env, "SELECT COUNT(*) FROM outbox")
 
