@@ -273,7 +273,6 @@ STORE_DEAD_LETTER = (
     "dead_lettered_at, delivery_count, headers, body) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
 LIST_DEAD_LETTERS = f"SELECT {_DL_FIELDS} FROM dead_letter ORDER BY id LIMIT %s"
-DEAD_LETTERS_OF_UUID = f"SELECT {_DL_FIELDS} FROM dead_letter WHERE uuid = %s ORDER BY id"
 DELETE_DEAD_LETTER = "DELETE FROM dead_letter WHERE id = %s"
 DELETE_ALL_DEAD_LETTERS = "DELETE FROM dead_letter"
 COUNT_DEAD_LETTERS = "SELECT COUNT(*) FROM dead_letter"
