@@ -60,8 +60,10 @@ test-venv: $(TEST_VENV)/.installed ## the test virtualenv (.venv-test): ChancePa
 services: ## install (Debian packages) and start MariaDB and RabbitMQ if nothing listens on 3306/5672
 	scripts/ensure-services.sh
 
-migrate: services venv ## create databases, users and both schemas (idempotent)
+migrate: services venv ## create databases, users and both schemas, and the broker's dead-lettering policy (idempotent)
 	$(VENV)/bin/chancepay migrate
+	@# at-least-once dead-lettering for chancepay.payments on the local broker (core/topology.py; the chart imports the same policy)
+	$(VENV)/bin/python -c 'import os, subprocess; from chancepay.core import topology; subprocess.run((["sudo"] if os.getuid() else []) + ["rabbitmqctl", "-q", *topology.set_policy_args("/")], check=True)'
 
 reset: ## drop what make run made: the two databases (every payment), their users, the two queues (servers keep running)
 	scripts/reset-local.sh

@@ -214,7 +214,10 @@ def test_roles_stop_cleanly_on_sigterm(stack: Stack) -> None:
 
 def test_bad_configuration_refuses_to_start(env) -> None:
     bad = env.chancepay("orchestrator", CHANCEPAY_WALLET_SUCCESS_RATE="1.5", timeout=30)
-    assert bad.returncode == 2 and "CHANCEPAY_WALLET_SUCCESS_RATE" in bad.stderr
+    # one tagged JSON line on stdout, like every other line (issue 20), naming the variable
+    (line,) = [json.loads(x) for x in bad.stdout.splitlines() if x.startswith("{")]
+    assert bad.returncode == 2 and line["event"] == "[FAILED TO START]", bad.stdout + bad.stderr
+    assert "CHANCEPAY_WALLET_SUCCESS_RATE" in bad.stdout
     prod_default_token = env.chancepay("wallet", CHANCEPAY_ENV="prod", CHANCEPAY_INTERNAL_TOKEN="dev-internal-token",
                                        timeout=30)
     assert prod_default_token.returncode == 2
