@@ -65,7 +65,7 @@ migrate: services venv ## create databases, users and both schemas, and the brok
 	@# at-least-once dead-lettering for chancepay.payments on the local broker (core/topology.py; the chart imports the same policy)
 	$(VENV)/bin/python -c 'import os, subprocess; from chancepay.core import topology; subprocess.run((["sudo"] if os.getuid() else []) + ["rabbitmqctl", "-q", *topology.set_policy_args("/")], check=True)'
 
-reset: ## drop what make run made: the two databases (every payment), their users, the two queues (servers keep running)
+reset: ## drop what make run made: the two databases (every payment), their users, the two queues and the broker policy (servers keep running)
 	scripts/reset-local.sh
 
 run: migrate ## everything a fresh machine needs, then the three roles in the foreground (Ctrl-C stops all)
