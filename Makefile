@@ -62,8 +62,7 @@ services: ## install (Debian packages) and start MariaDB and RabbitMQ if nothing
 
 migrate: services venv ## create databases, users and both schemas, and the broker's dead-lettering policy (idempotent)
 	$(VENV)/bin/chancepay migrate
-	@# at-least-once dead-lettering for chancepay.payments on the local broker (core/topology.py; the chart imports the same policy)
-	$(VENV)/bin/python -c 'import os, subprocess; from chancepay.core import topology; subprocess.run((["sudo"] if os.getuid() else []) + ["rabbitmqctl", "-q", *topology.set_policy_args("/")], check=True)'
+	$(VENV)/bin/python scripts/broker-policy.py
 
 reset: ## drop what make run made: the two databases (every payment), their users, the two queues and the broker policy (servers keep running)
 	scripts/reset-local.sh

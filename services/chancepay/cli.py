@@ -75,15 +75,16 @@ def _parser() -> argparse.ArgumentParser:
                        ("replay", "pending payments back into the outbox (the DLQ copy removed)"),
                        ("purge", "remove messages from the DLQ")):
         p_ = dlq_sub.add_parser(name, help=text)
+        SUBPARSERS[f"dlq_{name}"] = p_
         if name == "show":
             p_.add_argument("ids", nargs=1, metavar="ID")
         elif name in ("replay", "purge"):
             p_.add_argument("ids", nargs="*", metavar="ID")
             p_.add_argument("--all", action="store_true", help="every message in the DLQ")
-        p_.add_argument("--limit", type=int, default=10000, help="look at most at this many messages")
+        p_.add_argument("--limit", type=_positive(int), default=10000, help="look at most at this many messages")
     trace = sub.add_parser("trace", help="one payment's whole story: request, outbox, inbox, parked callback, DLQ")
     trace.add_argument("uuid", metavar="UUID")
-    trace.add_argument("--limit", type=int, default=10000, help="DLQ messages to look through")
+    trace.add_argument("--limit", type=_positive(int), default=10000, help="DLQ messages to look through")
     dev = sub.add_parser("dev", help="run the three roles under a restarting supervisor (what `make run` uses)")
     dev.add_argument("--roles", default=",".join(ROLES), help="comma-separated roles to run")
     dev.add_argument("--ports", default="", metavar="ROLE=PORT,...",
@@ -187,6 +188,8 @@ def _ops(settings: Settings, args: argparse.Namespace) -> int:
     async def go() -> int:
         if args.command in ("outbox", "trace"):
             await _check_databases(settings, orchestrator=True, wallet=args.command == "trace")
+        elif args.command == "dlq":  # the dead letters live in the wallet's database; replay writes the outbox
+            await _check_databases(settings, orchestrator=args.action == "replay", wallet=True)
         return await ops_main(settings, args)
 
     return _run(go)
@@ -218,6 +221,8 @@ def _usage_errors(args: argparse.Namespace) -> None:
     """What argparse cannot say by itself; each a usage error (exit 2 with the usage line)."""
     if args.command == "outbox" and args.action == "retry" and not args.uuids and not args.all_exhausted:
         SUBPARSERS["outbox_retry"].error("give UUIDs or --all-exhausted")
+    if args.command == "dlq" and args.action in ("replay", "purge") and not args.ids and not args.all:
+        SUBPARSERS[f"dlq_{args.action}"].error("give IDs or --all")
     if args.command == "dev":
         from chancepay.devrun import ALLOWED, parse_ports
 

@@ -44,7 +44,8 @@ OPS_TAG = "[FAILED TO OPERATE]"
 
 
 def _out(obj: Any) -> None:
-    sys.stdout.write(orjson.dumps(obj, default=str).decode() + "\n")
+    # Database times are UTC without a zone: say so (…Z), like the API does.
+    sys.stdout.write(orjson.dumps(obj, default=str, option=orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z).decode() + "\n")
 
 
 class Ops:
@@ -205,9 +206,12 @@ class Ops:
         return 0
 
     async def dlq_replay(self, idents: list[str], replay_all: bool, limit: int) -> int:
-        summary = {"replayed": 0, "already_final": 0, "not_a_payment": 0}
+        summary: dict[str, Any] = {"replayed": 0, "already_final": 0, "not_a_payment": 0}
+        matched: set[str] = set()
         for i, row in enumerate(await self._rows(limit), start=1):
-            if not replay_all and not any(self._matches(row, i, ident) for ident in idents):
+            hits = [ident for ident in idents if self._matches(row, i, ident)]
+            matched.update(hits)
+            if not replay_all and not hits:
                 continue
             uuid = row["uuid"]
             request = await self.orch.fetchrow(sql.SELECT_REQUEST, (uuid,)) if uuid else None
@@ -230,21 +234,36 @@ class Ops:
             summary["replayed"] += 1
             self.log.warning("dlq replay: payment put back into the outbox from its request row", uuid=uuid)
         self.count("dlq_replay", summary["replayed"])
+        unknown = [ident for ident in idents if ident not in matched]
+        if unknown:
+            summary["not_in_dlq"] = unknown
+            self.log.error(OPS_TAG, action="dlq replay", reason="no dead letter with this id", idents=unknown)
         _out(summary)
-        return 0
+        # The contract: non-zero when it could not do what was asked (nothing to replay, a message
+        # that is no payment, an id that names nothing).
+        done = summary["replayed"] + summary["already_final"]
+        return 0 if done and not summary["not_a_payment"] and not unknown else 1
 
     async def dlq_purge(self, idents: list[str], purge_all: bool, limit: int) -> int:
         removed = 0
         if purge_all:
             removed = await self.wallet.execute(sql.DELETE_ALL_DEAD_LETTERS)
-        else:
+        matched: set[str] = set()
+        if not purge_all:
             for i, row in enumerate(await self._rows(limit), start=1):
-                if any(self._matches(row, i, ident) for ident in idents):
+                hits = [ident for ident in idents if self._matches(row, i, ident)]
+                matched.update(hits)
+                if hits:
                     removed += await self.wallet.execute(sql.DELETE_DEAD_LETTER, (row["id"],))
         self.log.warning("dlq purge", removed=removed, idents=idents or "all")
         self.count("dlq_purge", removed)
-        _out({"purged": removed})
-        return 0
+        unknown = [ident for ident in idents if ident not in matched]
+        result: dict[str, Any] = {"purged": removed}
+        if unknown:
+            result["not_in_dlq"] = unknown
+            self.log.error(OPS_TAG, action="dlq purge", reason="no dead letter with this id", idents=unknown)
+        _out(result)
+        return 1 if unknown else 0  # --all on an empty DLQ did what was asked: it is empty
 
     # ------------------------------------------------------------------ trace
     async def trace(self, uuid: str, limit: int) -> int:

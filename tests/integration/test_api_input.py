@@ -223,3 +223,10 @@ def test_openapi_document_is_the_api_every_check_and_the_stateful_phase(api: Sta
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert "Stateful" in result.stdout and "No links point to this operation" not in result.stdout, result.stdout[-3000:]
+
+
+def test_a_trailing_slash_is_a_json_404_not_a_redirect_built_from_the_host_header(api: Stack) -> None:
+    r = httpx.post(api.orchestrator.url + "/payments/", json={"cusId": "a", "amount": "1"},
+                   headers={"Host": "evil.example"}, follow_redirects=False)
+    assert r.status_code == 404 and "location" not in r.headers, (r.status_code, r.headers)
+    assert r.json()["error"]["code"] == "not_found", r.text

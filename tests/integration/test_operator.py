@@ -95,17 +95,23 @@ def test_dlq_list_show_replay_purge(make_stack, env) -> None:
     assert run(env, "dlq", "show", "no-such-message")[0] == 1
 
     code, replay = run(env, "dlq", "replay", "--all")
-    assert code == 0 and replay == [{"replayed": 1, "already_final": 0, "not_a_payment": 1}]
+    # It replayed one, but could not replay the forgery: non-zero, per the contract.
+    assert code == 1 and replay == [{"replayed": 1, "already_final": 0, "not_a_payment": 1}]
     assert env.orch_sql("SELECT COUNT(*) FROM outbox WHERE uuid = %s", (pending,))[0][0] == 1
     s.role("scanner").start().wait_ready()
     s.wait_final([pending], timeout=30)  # through the normal path: outbox, signed by the scanner, wallet
     assert dead_letters(env) == 1  # the forgery stays for an operator
     code, again = run(env, "dlq", "replay", "--all")
-    assert again == [{"replayed": 0, "already_final": 0, "not_a_payment": 1}], "idempotent"
+    assert code == 1 and again == [{"replayed": 0, "already_final": 0, "not_a_payment": 1}], "idempotent"
+    code, unknown = run(env, "dlq", "replay", "no-such-message")
+    assert code == 1 and unknown == [{"replayed": 0, "already_final": 0, "not_a_payment": 0,
+                                      "not_in_dlq": ["no-such-message"]}]
 
+    assert run(env, "dlq", "purge", "no-such-message") == (1, [{"purged": 0, "not_in_dlq": ["no-such-message"]}])
     code, purged = run(env, "dlq", "purge", forged)
     assert code == 0 and purged == [{"purged": 1}]
-    assert run(env, "dlq", "purge", "--all")[1] == [{"purged": 0}]
+    assert run(env, "dlq", "purge", "--all") == (0, [{"purged": 0}])  # an empty DLQ is what was asked
+    assert run(env, "dlq", "replay", "--all")[0] == 1  # nothing to replay
     assert dead_letters(env) == 0 and env.queue_depth(topology.DLQ) == 0
     assert env.wallet_sql("SELECT COUNT(*) FROM inbox WHERE uuid = %s", (forged,))[0][0] == 0
 

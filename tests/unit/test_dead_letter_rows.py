@@ -42,3 +42,54 @@ def test_a_message_published_straight_into_the_dlq_has_no_death() -> None:
     _, uuid, mid, reason, queue, count, when, delivery_count, hdrs, _ = deadletters.row_of(b"junk", None, {})
     assert (uuid, mid, reason, queue, count, when, delivery_count, json.loads(hdrs)) == \
            (None, None, None, None, None, None, 0, {})
+
+
+def test_a_dead_letter_whose_insert_fails_is_held_and_retried_never_handed_back(monkeypatch) -> None:
+    """Every requeue counts against the DLQ's delivery limit (20 by default on RabbitMQ 4.0), so a
+    database that refuses the insert for a while must not cost the message its lives."""
+    import asyncio
+    import types
+
+    from pamqp import commands as spec
+
+    from chancepay.core import deadletters
+
+    calls: list[str] = []
+
+    class Channel:
+        def __init__(self) -> None:
+            self.given = False
+
+        async def basic_get(self, queue: str, no_ack: bool) -> object:
+            if self.given:
+                return types.SimpleNamespace(delivery=spec.Basic.GetEmpty())
+            self.given = True
+            props = types.SimpleNamespace(message_id="m1", headers={"x-delivery-count": "not a count"})
+            return types.SimpleNamespace(delivery=types.SimpleNamespace(delivery_tag=7), body=b'{"uuid":"x"}',
+                                         header=types.SimpleNamespace(properties=props))
+
+        async def basic_ack(self, tag: int) -> None:
+            calls.append(f"ack {tag}")
+
+        async def basic_nack(self, tag: int, requeue: bool) -> None:
+            calls.append(f"nack {tag}")
+
+    class Db:
+        failures = 2
+
+        async def execute(self, statement: str, row: tuple) -> int:
+            if self.failures:
+                self.failures -= 1
+                raise ConnectionError("database read-only")
+            calls.append("stored")
+            return 1
+
+    async def no_wait(delay: float) -> None:
+        calls.append("wait")
+
+    monkeypatch.setattr(asyncio, "sleep", no_wait)
+    held: list[int] = []
+    moved = asyncio.run(deadletters.move_batch(Channel(), Db(), 10,
+                                               on_store_failure=lambda exc, attempt, delay: held.append(attempt)))
+    assert moved == 1 and held == [1, 2]
+    assert calls == ["wait", "wait", "stored", "ack 7"], calls  # held, retried, stored, then acked; no nack

@@ -88,16 +88,31 @@ def row_of(body: bytes, message_id: Any, headers: dict[str, Any]) -> tuple[Any, 
         None if queue is None else str(_plain(queue))[:255],
         int(count) if isinstance(count, int) else None,
         _utc(when) if isinstance(when, dt.datetime) else None,
-        int(headers.get("x-delivery-count") or 0),
+        _count(headers.get("x-delivery-count")),
         orjson.dumps(_plain(headers)).decode(),
         body,
     )
 
 
-async def move_batch(channel: Any, db: Any, limit: int) -> int:
+def _count(value: Any) -> int:
+    """The broker's delivery count as stored; a header that is not a count (a message published
+    by hand) must not make the row impossible to write."""
+    try:
+        return max(0, int(value or 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+async def move_batch(channel: Any, db: Any, limit: int, *,
+                     on_store_failure: Any = None, stop: Any = None) -> int:
     """Move up to `limit` messages from the DLQ queue into `dead_letter`: each is inserted and
-    committed, then acked. A failed insert requeues the message and raises (nothing is lost).
-    Returns the messages moved."""
+    committed, then acked. A message is never handed back because its insert failed (every
+    requeue counts against the DLQ's delivery limit, 20 by default on RabbitMQ 4.0): it is held,
+    unacked, and its insert retried with a capped back-off (`on_store_failure(exc, attempt,
+    delay)` each time) until it is stored, or `stop` is set (then the closing channel returns it
+    once). Returns the messages moved."""
+    import asyncio
+
     from pamqp import commands as spec
 
     moved = 0
@@ -106,15 +121,20 @@ async def move_batch(channel: Any, db: Any, limit: int) -> int:
         if isinstance(message.delivery, spec.Basic.GetEmpty):
             break
         props = message.header.properties
-        try:
-            await db.execute(sql.STORE_DEAD_LETTER, row_of(bytes(message.body), props.message_id,
-                                                           dict(props.headers or {})))
-        except BaseException:
+        row = row_of(bytes(message.body), props.message_id, dict(props.headers or {}))
+        attempt = 0
+        while True:
             try:
-                await channel.basic_nack(message.delivery.delivery_tag, requeue=True)
-            except Exception:
-                pass
-            raise
+                await db.execute(sql.STORE_DEAD_LETTER, row)
+                break
+            except Exception as exc:
+                attempt += 1
+                delay = min(10.0, 0.5 * 2 ** min(attempt, 6))
+                if on_store_failure is not None:
+                    on_store_failure(exc, attempt, delay)
+                if stop is not None and stop.is_set():
+                    raise
+                await asyncio.sleep(delay)
         await channel.basic_ack(message.delivery.delivery_tag)
         moved += 1
     return moved

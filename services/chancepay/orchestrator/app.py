@@ -258,8 +258,11 @@ def build_app(settings: Settings, db: Database, metrics: Metrics, crash: CrashPo
     async def refresh() -> None:
         await refresh_orchestrator_gauges(db, metrics, settings.scanner_max_attempts)
 
+    # No redirect_slashes: `POST /payments/` would get a bodiless 307 to a URL built from the
+    # Host header; a JSON 404 like every other unknown path is the honest answer.
     app = Starlette(routes=[*ROUTES, *health_routes(metrics, ready, refresh)],
                     exception_handlers={**EXCEPTION_HANDLERS, DatabaseUnavailable: db_unavailable})
+    app.router.redirect_slashes = False
     app.state.orchestrator = Resources(settings, db, PaymentService(db), metrics, crash)
     app.state.metrics = metrics
     app.add_middleware(LatencyMiddleware, metrics=metrics)

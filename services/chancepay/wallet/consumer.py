@@ -245,7 +245,7 @@ class Wallet:
                 await sleep_or_stop(stop, RETRY_IDLE_SECONDS)
 
     # ------------------------------------------------------------------ dead letters
-    async def move_dead_letters_once(self) -> int:
+    async def move_dead_letters_once(self, stop: asyncio.Event | None = None) -> int:
         """Move what waits in chancepay.payments.dlq into the `dead_letter` table (each message
         committed before it is acked). Returns the messages moved; 0 while not connected."""
         if not self.broker_ready():
@@ -257,13 +257,18 @@ class Wallet:
             return 0
         if self.dlq_channel is None or self.dlq_channel.is_closed:
             self.dlq_channel = await self.connection.channel()
-        return await deadletters.move_batch(self.dlq_channel, self.db, MOVE_BATCH)
+
+        def held(exc: BaseException, attempt: int, delay: float) -> None:
+            self.log.error(deadletters.MOVE_TAG, queue=topology.DLQ, error=repr(exc)[:500], attempt=attempt,
+                           held=True, retry_in_seconds=round(delay, 2), **self._waiting(exc))
+
+        return await deadletters.move_batch(self.dlq_channel, self.db, MOVE_BATCH, on_store_failure=held, stop=stop)
 
     async def move_dead_letters_forever(self, stop: asyncio.Event) -> None:
         backoff = Backoff(0.5, 10.0, rng=self.rng)
         while not stop.is_set():
             try:
-                moved = await self.move_dead_letters_once()
+                moved = await self.move_dead_letters_once(stop)
                 backoff.succeeded()
             except Exception as exc:  # database or broker away: the messages wait in the queue
                 delay = backoff.failed()
