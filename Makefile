@@ -76,7 +76,7 @@ run: migrate ## everything a fresh machine needs, then the three roles in the fo
 TIERS := tests/integration tests/faults
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 
-# The two passes run side by side (each one mostly waits on its servers and timeouts): ~17 min on
+# The two passes run side by side (each one mostly waits on its servers and timeouts): ~18 min on
 # this 2-core machine instead of ~30. TEST_JOBS=1 runs them one after the other. Each pass's
 # output is printed when it ends (--output-sync).
 TEST_JOBS ?= 2
