@@ -416,7 +416,7 @@ class FakeKubeAPI:
     def _complete(self, obj: dict[str, Any], kind: str, gv: str, ns: str | None,
                   previous: dict[str, Any] | None = None) -> dict[str, Any]:
         """What the API server and controllers would add: identity, and a finished status."""
-        obj = _drop_nulls(json.loads(json.dumps(obj)))  # a null field decodes as absent
+        obj = drop_nulls(json.loads(json.dumps(obj)))  # a null field decodes as absent
         meta = obj.setdefault("metadata", {})
         old_meta = (previous or {}).get("metadata") or {}
         for k in ("uid", "creationTimestamp"):
@@ -471,11 +471,12 @@ def _content(obj: dict[str, Any]) -> str:
     return json.dumps({**obj, "metadata": meta}, sort_keys=True)
 
 
-def _drop_nulls(value: Any) -> Any:
+def drop_nulls(value: Any) -> Any:
+    """What a JSON null field becomes in the API server: absent."""
     if isinstance(value, dict):
-        return {k: _drop_nulls(v) for k, v in value.items() if v is not None}
+        return {k: drop_nulls(v) for k, v in value.items() if v is not None}
     if isinstance(value, list):
-        return [_drop_nulls(v) for v in value]
+        return [drop_nulls(v) for v in value]
     return value
 
 

@@ -320,22 +320,16 @@ async def ops_main(settings: Settings, args: Any) -> int:
         if args.command == "outbox":
             if args.action == "list":
                 return await ops.outbox_list(args.all)
-            if not args.uuids and not args.all_exhausted:
-                raise SystemExit("chancepay outbox retry: give UUIDs or --all-exhausted")
             return await ops.outbox_retry(args.uuids, args.all_exhausted)
         if args.command == "dlq":
             if args.action == "list":
                 return await ops.dlq_list(args.limit)
             if args.action == "show":
                 return await ops.dlq_show(args.ids[0], args.limit)
-            if not args.ids and not args.all:
-                raise SystemExit(f"chancepay dlq {args.action}: give IDs or --all")
             if args.action == "replay":
                 return await ops.dlq_replay(args.ids, args.all, args.limit)
             return await ops.dlq_purge(args.ids, args.all, args.limit)
         return await ops.trace(args.uuid, args.limit)
-    except SystemExit:
-        raise
     except Exception as exc:
         ops.log.error(OPS_TAG, action=f"{args.command} {getattr(args, 'action', '')}".strip(), error=repr(exc))
         return 1

@@ -216,19 +216,11 @@ def test_strategic_merge_patch_follows_the_directives() -> None:
 # ------------------------------------------------------------------------------------------------
 # Helm's Upgrade action, one ordinary change at a time.
 
-def _no_nulls(value: Any) -> Any:
-    """`annotations:` with nothing under it renders as null, which the API stores as absent."""
-    if isinstance(value, dict):
-        return {k: _no_nulls(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_no_nulls(v) for v in value]
-    return value
-
-
 def _strip(obj: dict[str, Any]) -> dict[str, Any]:
     """An object as the chart rendered it, from the live copy: what the fake API added removed,
     a Secret's stringData compared as the data the API server stores."""
-    obj = _no_nulls(copy.deepcopy(obj))
+    # `annotations:` with nothing under it renders as null, which the API stores as absent
+    obj = helm_render.drop_nulls(copy.deepcopy(obj))
     obj.pop("status", None)
     meta = obj.get("metadata", {})
     for k in ("uid", "resourceVersion", "creationTimestamp", "generation", "namespace"):

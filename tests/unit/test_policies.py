@@ -9,6 +9,7 @@ from chancepay.core.backoff import capped_exponential, full_jitter, half_jitter
 from chancepay.core import broker
 from chancepay.core.broker import open_with_retry
 from chancepay.wallet.policy import Action, CallbackResult, after_callback, db_retry_delay, parked_retry_delay
+from tests.support.recording_log import RecordingLog
 
 
 def test_capped_exponential_and_jitter_bounds() -> None:
@@ -42,17 +43,6 @@ def test_database_retry_hold_follows_the_outage_not_the_delivery_count() -> None
     assert db_retry_delay(60) == 15 and db_retry_delay(3600) == 15  # a long outage: probe every 15 s
 
 
-class _Log:
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, dict]] = []
-
-    def error(self, event: str, **kw: object) -> None:
-        self.lines.append((event, kw))
-
-    def info(self, event: str, **kw: object) -> None:
-        self.lines.append((event, kw))
-
-
 def test_open_with_retry_waits_for_the_broker_then_succeeds(monkeypatch) -> None:
     monkeypatch.setattr(broker, "FIRST_RETRY_SECONDS", 0.001)
     calls = []
@@ -65,9 +55,9 @@ def test_open_with_retry_waits_for_the_broker_then_succeeds(monkeypatch) -> None
     async def go() -> bool:
         return await open_with_retry(asyncio.Event(), flaky, log=log, tag="[FAILED TO SEND TO MQ]")
 
-    log = _Log()
+    log = RecordingLog()
     assert asyncio.run(go()) is True and len(calls) == 3
-    tagged = [kw for event, kw in log.lines if event == "[FAILED TO SEND TO MQ]"]
+    tagged = log.tagged("[FAILED TO SEND TO MQ]")
     assert [kw["attempt"] for kw in tagged] == [1, 2]
     assert all(kw["reason"] == "connection" and "refused" in kw["error"] for kw in tagged)
 
@@ -79,7 +69,7 @@ def test_open_with_retry_gives_up_only_when_stopped() -> None:
     async def go() -> bool:
         stop = asyncio.Event()
         asyncio.get_running_loop().call_later(0.05, stop.set)
-        return await open_with_retry(stop, never, log=_Log(), tag="[FAILED TO CONSUME FROM MQ]")
+        return await open_with_retry(stop, never, log=RecordingLog(), tag="[FAILED TO CONSUME FROM MQ]")
 
     assert asyncio.run(go()) is False
 

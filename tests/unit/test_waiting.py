@@ -12,6 +12,7 @@ import pytest
 from chancepay.core import logging as chancelog
 from chancepay.core.backoff import Backoff
 from chancepay.core.waiting import FIELD, Dependency, is_waiting, retry_until_up
+from tests.support.recording_log import RecordingLog
 
 TAG = "[FAILED TO REACH DATABASE]"
 # What the README's recipe and the kind workflow leave out: the JSON renderer's exact spelling.
@@ -26,18 +27,9 @@ class _Clock:
         return self.now
 
 
-class _Log:
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, dict]] = []
-
-    def error(self, event: str, **kw: object) -> None:
-        self.lines.append((event, kw))
-
-    def info(self, event: str, **kw: object) -> None:
-        self.lines.append((event, kw))
-
-    def tagged(self) -> list[dict]:
-        return [kw for event, kw in self.lines if event == TAG]
+class _Log(RecordingLog):
+    def tagged(self, tag: str = TAG) -> list[dict]:
+        return super().tagged(tag)
 
 
 def test_the_policy_waiting_only_before_first_reached_and_within_budget() -> None:

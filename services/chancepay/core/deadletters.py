@@ -15,6 +15,7 @@ none of which a redelivery changes. Messages already in the queue when this code
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import decimal
@@ -111,8 +112,6 @@ async def move_batch(channel: Any, db: Any, limit: int, *,
     unacked, and its insert retried with a capped back-off (`on_store_failure(exc, attempt,
     delay)` each time) until it is stored, or `stop` is set (then the closing channel returns it
     once). Returns the messages moved."""
-    import asyncio
-
     from pamqp import commands as spec
 
     moved = 0
