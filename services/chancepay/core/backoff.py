@@ -7,12 +7,11 @@ spread many processes apart so they do not retry in lockstep after a shared outa
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
 
 
 def capped_exponential(attempt: int, base: float, cap: float) -> float:
     """Delay after the n-th consecutive failure (n >= 1): base * 2^(n-1), at most `cap`."""
-    return min(cap, base * 2 ** min(max(0, attempt - 1), 62))
+    return min(cap, base * 2.0 ** min(max(0, attempt - 1), 62))
 
 
 def full_jitter(delay: float, rng: random.Random) -> float:
@@ -27,13 +26,12 @@ def half_jitter(delay: float, rng: random.Random) -> float:
 
 class Backoff:
     """The delay before the next try of something that keeps failing: capped exponential in the
-    number of consecutive failures, jittered (half jitter by default, None for none), forgotten on
-    success. The one retry schedule of every loop that waits for a dependency."""
+    number of consecutive failures, half-jittered (`exact=True`: none), forgotten on success.
+    The one retry schedule of every loop that waits for a dependency."""
 
-    def __init__(self, base: float, cap: float, *, jitter: Callable[[float, random.Random], float] | None = None,
-                 rng: random.Random | None = None, exact: bool = False) -> None:
+    def __init__(self, base: float, cap: float, *, rng: random.Random | None = None, exact: bool = False) -> None:
         self.base, self.cap = base, cap
-        self.jitter = None if exact else (jitter or half_jitter)
+        self.exact = exact
         self.rng = rng or random.Random()
         self.failures = 0
 
@@ -45,7 +43,7 @@ class Backoff:
     def delay(self, failures: int) -> float:
         """The delay after `failures` consecutive failures (pure apart from the jitter)."""
         delay = capped_exponential(failures, self.base, self.cap)
-        return delay if self.jitter is None else self.jitter(delay, self.rng)
+        return delay if self.exact else half_jitter(delay, self.rng)
 
     def succeeded(self) -> None:
         self.failures = 0

@@ -80,5 +80,4 @@ def get_logger() -> Any:
     return structlog.get_logger()
 
 
-bind = structlog.contextvars.bind_contextvars
 bound = structlog.contextvars.bound_contextvars

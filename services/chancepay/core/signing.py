@@ -14,7 +14,6 @@ from typing import Any
 
 HEADER = "x-chancepay-signature"
 SCHEME = "v1="
-MIN_KEY_BYTES = 32
 
 
 def sign(body: bytes, key: str) -> str:
