@@ -51,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     rec = sub.add_parser("reconcile", help="one reconciliation pass over stale pending requests, then exit")
     rec.add_argument("--age", type=float, default=None, help="override CHANCEPAY_RECONCILE_AGE_SECONDS")
     sub.add_parser("audit", help="print the invariant check of a live system as JSON; exit 1 on a violation")
+    for add in (_add_load, _add_outbox, _add_dlq, _add_trace, _add_dev):
+        add(sub)
+    return p
+
+
+def _add_load(sub: Any) -> None:
     load = sub.add_parser("load", help="open-loop load at RATE payments/s for DURATION s, then a JSON summary")
     load.add_argument("--rate", type=_positive(float), required=True, help="payments per second (open loop)")
     load.add_argument("--duration", type=_positive(float), required=True, help="seconds of load")
@@ -61,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("--target", action="append", default=None, metavar="URL",
                       help="orchestrator base URL; repeat to spread arrivals round-robin "
                            "(default CHANCEPAY_ORCHESTRATOR_URL)")
+
+
+def _add_outbox(sub: Any) -> None:
     outbox = sub.add_parser("outbox", help="outbox rows: list the exhausted ones, put them back into rotation")
     outbox_sub = outbox.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = outbox_sub.add_parser("list", help="rows at the attempt limit (--all: every row), one JSON line each")
@@ -68,6 +77,10 @@ def _parser() -> argparse.ArgumentParser:
     retry = outbox_sub.add_parser("retry", help="exhausted rows back into rotation (attempts 0, due now)")
     retry.add_argument("uuids", nargs="*", metavar="UUID")
     retry.add_argument("--all-exhausted", action="store_true", help="every row at the attempt limit")
+    SUBPARSERS["outbox_retry"] = retry
+
+
+def _add_dlq(sub: Any) -> None:
     dlq = sub.add_parser("dlq", help="the dead-letter queue: list, show, replay through the outbox, purge")
     dlq_sub = dlq.add_subparsers(dest="action", required=True, metavar="ACTION")
     for name, text in (("list", "messages in the DLQ, one JSON line each, with why they are there"),
@@ -82,9 +95,15 @@ def _parser() -> argparse.ArgumentParser:
             p_.add_argument("ids", nargs="*", metavar="ID")
             p_.add_argument("--all", action="store_true", help="every message in the DLQ")
         p_.add_argument("--limit", type=_positive(int), default=10000, help="look at most at this many messages")
+
+
+def _add_trace(sub: Any) -> None:
     trace = sub.add_parser("trace", help="one payment's whole story: request, outbox, inbox, parked callback, DLQ")
     trace.add_argument("uuid", metavar="UUID")
     trace.add_argument("--limit", type=_positive(int), default=10000, help="DLQ messages to look through")
+
+
+def _add_dev(sub: Any) -> None:
     dev = sub.add_parser("dev", help="run the three roles under a restarting supervisor (what `make run` uses)")
     dev.add_argument("--roles", default=",".join(ROLES), help="comma-separated roles to run")
     dev.add_argument("--ports", default="", metavar="ROLE=PORT,...",
@@ -92,8 +111,7 @@ def _parser() -> argparse.ArgumentParser:
                           "(also points the wallet at the orchestrator)")
     # `make run` passes --via-make: hints then name its variables (ORCHESTRATOR_PORT=...).
     dev.add_argument("--via-make", action="store_true", help=argparse.SUPPRESS)
-    SUBPARSERS.update(dev=dev, outbox_retry=retry)
-    return p
+    SUBPARSERS["dev"] = dev
 
 
 def _run(coro_factory: Callable[[], Coroutine[Any, Any, int | None]]) -> int:

@@ -73,13 +73,69 @@ def role_environ(role: str, ports: dict[str, int]) -> dict[str, str]:
     return env
 
 
+class _Children:
+    """The roles' child processes and their restart back-off (CrashLoopBackOff in miniature)."""
+
+    def __init__(self, roles: list[str], max_backoff: float, ports: dict[str, int], via_make: bool) -> None:
+        self.roles, self.max_backoff, self.ports, self.via_make = roles, max_backoff, ports, via_make
+        self.log = get_logger()
+        self.running: dict[str, subprocess.Popen[bytes]] = {}
+        self.restarts = {r: 0 for r in roles}
+        self.next_start = {r: 0.0 for r in roles}
+        self.started_at = {r: 0.0 for r in roles}
+
+    def spawn(self, role: str) -> None:
+        self.running[role] = subprocess.Popen(
+            [sys.executable, "-m", "chancepay", role, "--port-hint", port_knob(role, self.via_make)],
+            env=role_environ(role, self.ports))
+        self.started_at[role] = time.monotonic()
+        self.log.info("supervisor started role", child=role, pid=self.running[role].pid, restarts=self.restarts[role])
+
+    def tend(self) -> int:
+        """One look at every role: reap the exited, (re)start the due. Returns EXIT_CANNOT_START
+        when a role cannot start as configured (everything is to stop), else 0."""
+        now = time.monotonic()
+        for role in self.roles:
+            child = self.running.get(role)
+            if child is not None and child.poll() is not None:
+                code = child.returncode
+                del self.running[role]
+                if code == EXIT_CANNOT_START:
+                    self.log.error("[FAILED TO START]", child=role, exit_code=code,
+                                   reason="the role cannot start as configured (see its line above); "
+                                          "not restarting it, stopping the others")
+                    return code
+                if now - self.started_at[role] > 60:
+                    self.restarts[role] = 0  # it ran a good while: forget earlier crashes
+                delay = capped_exponential(self.restarts[role] + 1, 0.5, self.max_backoff)
+                self.restarts[role] += 1
+                self.next_start[role] = now + delay
+                self.log.warning("supervisor: role exited, restarting", child=role, exit_code=code,
+                                 restart_in_seconds=delay)
+            if role not in self.running and now >= self.next_start[role]:
+                self.spawn(role)
+        return 0
+
+    def stop(self, grace: float = 30.0) -> None:
+        """SIGTERM to every child, then wait for them (SIGKILL after `grace` seconds in total)."""
+        self.log.info("supervisor stopping children")
+        for child in self.running.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for child in self.running.values():
+            try:
+                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+
+
 def supervise(roles: list[str], max_backoff: float = 30.0, ports: dict[str, int] | None = None,
               via_make: bool = False) -> int:
-    log = get_logger()
-    ports = ports or {}
     unknown = [r for r in roles if r not in ALLOWED]
     if unknown:
-        log.error("[FAILED TO START]", error=f"unknown roles {unknown}; choose from {ALLOWED}")
+        get_logger().error("[FAILED TO START]", error=f"unknown roles {unknown}; choose from {ALLOWED}")
         return 2
     stopping = False
 
@@ -89,54 +145,13 @@ def supervise(roles: list[str], max_backoff: float = 30.0, ports: dict[str, int]
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-
-    children: dict[str, subprocess.Popen[bytes]] = {}
-    restarts = {r: 0 for r in roles}
-    next_start = {r: 0.0 for r in roles}
-    started_at = {r: 0.0 for r in roles}
-
-    def spawn(role: str) -> None:
-        children[role] = subprocess.Popen(
-            [sys.executable, "-m", "chancepay", role, "--port-hint", port_knob(role, via_make)],
-            env=role_environ(role, ports))
-        started_at[role] = time.monotonic()
-        log.info("supervisor started role", child=role, pid=children[role].pid, restarts=restarts[role])
-
+    children = _Children(roles, max_backoff, ports or {}, via_make)
     for role in roles:
-        spawn(role)
+        children.spawn(role)
     fatal = 0
-    while not stopping:
-        now = time.monotonic()
-        for role in roles:
-            child = children.get(role)
-            if child is not None and child.poll() is not None:
-                code = child.returncode
-                del children[role]
-                if code == EXIT_CANNOT_START:
-                    log.error("[FAILED TO START]", child=role, exit_code=code,
-                              reason="the role cannot start as configured (see its line above); not restarting it, "
-                                     "stopping the others")
-                    stopping, fatal = True, code
-                    break
-                if now - started_at[role] > 60:
-                    restarts[role] = 0  # it ran a good while: forget earlier crashes
-                delay = capped_exponential(restarts[role] + 1, 0.5, max_backoff)
-                restarts[role] += 1
-                next_start[role] = now + delay
-                log.warning("supervisor: role exited, restarting", child=role, exit_code=code, restart_in_seconds=delay)
-            if role not in children and now >= next_start[role]:
-                spawn(role)
-        time.sleep(0.2)
-
-    log.info("supervisor stopping children")
-    for child in children.values():
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 30
-    for child in children.values():
-        try:
-            child.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+    while not stopping and not fatal:
+        fatal = children.tend()
+        if not fatal:
+            time.sleep(0.2)
+    children.stop()
     return fatal
