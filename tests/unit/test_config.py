@@ -126,3 +126,27 @@ def test_amqp_urls_several_nodes_and_tls() -> None:
     assert len(s.amqp_url_list) == 2
     with pytest.raises(ConfigError):
         Settings.from_env({"CHANCEPAY_AMQP_URL": "amqp://a/,ftp://b/"})
+
+
+# Exception classes in modules the lead rebases after the wallet/result refactor (issue 21);
+# delete each name here once its class derives from ChancePayError.
+_ROOTS_STILL_TO_REBASE = {"IdempotencyKeyReused", "NotUpYet", "FatalError"}
+
+
+def test_one_exception_tree() -> None:
+    """A class deriving from a built-in exception also derives from core/errors.py ChancePayError."""
+    import ast
+    import builtins
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[2] / "services" / "chancepay"
+    builtin_errors = {n for n, v in vars(builtins).items() if isinstance(v, type) and issubclass(v, BaseException)}
+    roots = []
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ClassDef) or node.name == "ChancePayError":
+                continue
+            bases = {b.id for b in node.bases if isinstance(b, ast.Name)}
+            if bases & builtin_errors and "ChancePayError" not in bases and node.name not in _ROOTS_STILL_TO_REBASE:
+                roots.append(f"{path.relative_to(package)}:{node.name}")
+    assert not roots, f"exception roots outside chancepay.core.errors.ChancePayError: {roots}"

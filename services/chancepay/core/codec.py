@@ -14,6 +14,8 @@ from typing import Any
 
 import uuid6
 
+from chancepay.core.errors import ChancePayError
+
 CUS_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 AMOUNT_STR_RE = re.compile(r"[0-9]{1,16}(\.[0-9]{1,2})?")
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -21,11 +23,11 @@ AMOUNT_LIMIT = Decimal(10) ** 16
 CENT = Decimal("0.01")
 
 
-class InvalidPayload(ValueError):
+class InvalidPayload(ChancePayError, ValueError):
     """The bytes are not the JSON document they must be."""
 
 
-class InvalidField(ValueError):
+class InvalidField(ChancePayError, ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field

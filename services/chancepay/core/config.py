@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from chancepay.core.errors import ChancePayError
+
 DEFAULT_INTERNAL_TOKEN = "dev-internal-token"
 DEFAULT_MESSAGE_KEY = "dev-message-key"
 MIN_MESSAGE_KEY_BYTES = 32
@@ -21,7 +23,7 @@ MIN_MESSAGE_KEY_BYTES = 32
 ROLE_PORTS = {"orchestrator": 8000, "scanner": 8001, "wallet": 8002}
 
 
-class ConfigError(ValueError):
+class ConfigError(ChancePayError, ValueError):
     """A configuration value is missing or malformed; the process must not start."""
 
 

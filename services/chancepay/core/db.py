@@ -19,6 +19,7 @@ import asyncmy.errors
 from chancepay.core import sql
 from chancepay.core.backoff import capped_exponential
 from chancepay.core.config import DatabaseURL
+from chancepay.core.errors import ChancePayError
 from chancepay.core.waiting import STARTUP_WAIT_SECONDS, Dependency
 
 # Forced on every session, whatever the server's global default, and verified at start-up.
@@ -41,7 +42,7 @@ NOT_PROVISIONED_ERRORS = {1044: "access denied to the database", 1045: "access d
 IntegrityError = asyncmy.errors.IntegrityError
 
 
-class DatabaseUnavailable(Exception):
+class DatabaseUnavailable(ChancePayError):
     """The database could not be reached, or did not answer within the timeout."""
 
 
@@ -54,7 +55,7 @@ class SchemaNotReady(DatabaseUnavailable):
     `chancepay migrate`). Handled like unavailable: callers back off and retry, readiness fails."""
 
 
-class StrictModeError(RuntimeError):
+class StrictModeError(ChancePayError, RuntimeError):
     """The session is not in strict sql_mode: refuse to run (silent truncation loses money)."""
 
 

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from chancepay.core.errors import ChancePayError
 from chancepay.core.logging import get_logger
 from chancepay.core.metrics import CONTENT_TYPE, Metrics
 
@@ -24,7 +25,7 @@ class JSONResponse(Response):
         return orjson.dumps(content)
 
 
-class ApiError(Exception):
+class ApiError(ChancePayError):
     """An error answered as {"error": {"code", "message"}} with its HTTP status."""
 
     def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:

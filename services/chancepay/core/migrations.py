@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 
 from chancepay.core import sql
+from chancepay.core.errors import ChancePayError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +40,7 @@ WALLET: tuple[Migration, ...] = (
 )
 
 
-class SchemaTooNew(RuntimeError):
+class SchemaTooNew(ChancePayError, RuntimeError):
     """The database is at a version this code does not know: a newer release migrated it."""
 
 

@@ -14,6 +14,7 @@ import aiohttp
 
 from chancepay.core.config import DatabaseURL
 from chancepay.core.db import Database, DatabaseUnavailable, SchemaNotReady
+from chancepay.core.errors import ChancePayError
 
 DATABASE_TAG = "[FAILED TO REACH DATABASE]"
 START_TAG = "[FAILED TO START]"
@@ -25,7 +26,7 @@ PROVISION = ("run `make run` (it provisions the databases and users), or `chance
              "CHANCEPAY_ADMIN_DB set to an admin URL")
 
 
-class CannotProceed(Exception):
+class CannotProceed(ChancePayError):
     """An expected condition that stops a command: one tagged line (`tag` with `fields`), exit `exit_code`."""
 
     def __init__(self, tag: str, exit_code: int = 1, **fields: Any) -> None:
