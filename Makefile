@@ -99,7 +99,7 @@ test: services test-venv test-tools checkov ## everything, in two passes side by
 	$(MAKE) --no-print-directory -j$(TEST_JOBS) --output-sync=target test-debian12 test-chart
 
 test-debian12: services test-venv test-tools checkov ## pass 1: unit, deploy, integration, faults on Debian 12's MariaDB 10.11 + RabbitMQ 3.10
-	CHANCEPAY_TEST_SERVERS=debian12 $(PYTEST) tests/unit tests/deploy $(TIERS) $(PYTEST_ARGS)
+	CHANCEPAY_TEST_SERVERS=debian12 $(PYTEST) tests/unit tests/support tests/bench tests/deploy $(TIERS) $(PYTEST_ARGS)
 
 test-chart: services test-venv test-tools ## pass 2: the chart run with podman (tests/chart), then integration, faults on its MariaDB 11.8 + RabbitMQ 4.0
 	CHANCEPAY_TEST_SERVERS=chart $(PYTEST) tests/chart $(TIERS) $(PYTEST_ARGS)

@@ -1,5 +1,10 @@
-"""Fixtures shared by the integration, fault and deploy tests (tests/support: env, roles, faults,
-payer, invariants)."""
+"""Fixtures shared by the tiers that talk to live servers (integration, faults, chart, soak, and the
+deploy checks that run roles): tests/support env, roles, faults, payer, invariants.
+
+Nothing here starts or reaches a server by itself: `servers` is applied (autouse) by the conftest
+of each tier that needs it (tests/integration, tests/faults, tests/chart, tests/soak), and any
+test asking for `env`/`stack` gets it through `env_factory`. tests/unit never does: it runs with
+no server, and its conftest fails any socket connect."""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from tests.support.env import Env, VHOSTS
 from tests.support.roles import Stack
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def servers() -> Iterator[servers_mod.Servers]:
     """The database and broker pair of this run (CHANCEPAY_TEST_SERVERS: debian12 or chart), up for
     the whole session; the vhosts the tests pooled are deleted at the end."""
@@ -30,9 +35,9 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 
 @pytest.fixture
-def env_factory(tmp_path) -> Iterator[Callable[..., Env]]:
-    """Make the test's Env: `env_factory(migrate=False)` leaves the databases and users to the test.
-    Removed afterwards."""
+def env_factory(tmp_path, servers) -> Iterator[Callable[..., Env]]:
+    """Make the test's Env on this run's servers: `env_factory(migrate=False)` leaves the databases
+    and users to the test. Removed afterwards."""
     made: list[Env] = []
 
     def factory(*, migrate: bool = True) -> Env:

@@ -36,6 +36,12 @@ def _podman_available() -> None:
         pytest.skip(why)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _servers_up(servers) -> None:
+    """This tier talks to the live MariaDB and RabbitMQ of this run (CHANCEPAY_TEST_SERVERS),
+    after the check that podman is here."""
+
+
 @pytest.fixture(scope="session")
 def images() -> dict[str, dict[str, Any]]:
     """The three role images, built from the repository's Dockerfiles (cached by podman)."""

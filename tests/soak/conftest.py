@@ -8,6 +8,11 @@ import os
 import pytest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _servers_up(servers) -> None:
+    """This tier talks to the live MariaDB and RabbitMQ of this run (CHANCEPAY_TEST_SERVERS)."""
+
+
 def pytest_collection_modifyitems(config, items) -> None:
     if os.environ.get("CHANCEPAY_SOAK") == "1":
         return
