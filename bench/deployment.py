@@ -24,7 +24,7 @@ import httpx
 import pymysql
 from prometheus_client.parser import text_string_to_metric_families
 
-from chancepay.core import sql
+from bench import sql
 
 HOST = "127.0.0.1"
 MYSQL_PORT = int(os.environ.get("CHANCEPAY_BENCH_MYSQL_PORT", "3306"))

@@ -41,10 +41,11 @@ from typing import Any, Awaitable, Callable
 import aiormq
 import asyncmy
 from aiormq.abc import DeliveredMessage
-from pamqp import commands as spec
-
 from chancepay.core import sql, topology
 from chancepay.core.payment import PaymentMessage
+from pamqp import commands as spec
+
+from bench import sql as bench_sql
 
 SCHEMA = "chancepay.raw_limits/1"
 HOST = "127.0.0.1"  # everything talks to the local machine only
@@ -243,7 +244,7 @@ async def db_facts(port: int) -> dict[str, Any]:
     conn = await mysql_connect(None, port, autocommit=True)
     try:
         async with conn.cursor() as cur:
-            await cur.execute(sql.SERVER_FACTS)
+            await cur.execute(bench_sql.SERVER_FACTS)
             row = await cur.fetchone()
     finally:
         conn.close()
@@ -263,7 +264,7 @@ async def create_scratch_db(name: str, port: int) -> None:
     try:
         async with conn.cursor() as cur:
             await cur.execute(sql.CREATE_DATABASE.format(db=name))
-            await cur.execute(sql.USE_DATABASE.format(db=name))
+            await cur.execute(bench_sql.USE_DATABASE.format(db=name))
             for ddl in sql.ORCHESTRATOR_V1:
                 await cur.execute(ddl)
     finally:
@@ -276,9 +277,9 @@ async def drop_scratch_db(name: str, port: int) -> None:
     try:
         async with conn.cursor() as cur:
             for attempt in range(3):
-                await cur.execute(sql.DROP_DATABASE.format(db=name))
+                await cur.execute(bench_sql.DROP_DATABASE.format(db=name))
                 await asyncio.sleep(0.2 * attempt)
-                await cur.execute(sql.DATABASE_EXISTS, (name,))
+                await cur.execute(bench_sql.DATABASE_EXISTS, (name,))
                 if not await cur.fetchall():
                     return
         raise RuntimeError(f"database {name} still exists")

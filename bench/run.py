@@ -35,8 +35,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.deployment import Deployment
 from chancepay.core import sql
+
+from bench import sql as bench_sql
+from bench.deployment import Deployment
 
 ROOT = Path(__file__).resolve().parents[1]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -141,7 +143,7 @@ class DepthSampler(threading.Thread):
         while not self.stop_flag.is_set() and time.monotonic() < deadline:
             try:
                 self.max_outbox = max(self.max_outbox, self.env.orch_sql(sql.OUTBOX_DEPTH)[0][0])
-                pending = self.env.orch_sql(sql.PENDING_COUNT)[0][0]
+                pending = self.env.orch_sql(bench_sql.PENDING_COUNT)[0][0]
                 self.max_pending = max(self.max_pending, pending)
             except Exception:
                 pass

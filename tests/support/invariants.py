@@ -8,10 +8,10 @@ from collections.abc import Callable
 from typing import Any
 
 from chancepay.audit import InvariantReport, check_uuids
-from chancepay.core import sql
 from chancepay.core.config import DatabaseURL
 from chancepay.core.db import Database
 
+from bench import sql as bench_sql
 from tests.support.env import Env, outbox_depth, pending_count, run_audit, wait_until
 from tests.support.roles import Stack
 
@@ -29,8 +29,8 @@ def check_urls(orch_url: str, wallet_url: str, accepted: list[str] | None = None
         orch = Database(DatabaseURL.parse(orch_url), pool_size=1, timeout=30)
         wallet = Database(DatabaseURL.parse(wallet_url), pool_size=1, timeout=30)
         try:
-            everything = {u for (u,) in await orch.fetchall(sql.ALL_REQUEST_UUIDS)}
-            everything |= {u for (u,) in await wallet.fetchall(sql.ALL_INBOX_UUIDS)}
+            everything = {u for (u,) in await orch.fetchall(bench_sql.ALL_REQUEST_UUIDS)}
+            everything |= {u for (u,) in await wallet.fetchall(bench_sql.ALL_INBOX_UUIDS)}
             return await check_uuids(orch, wallet, accepted or [], also=sorted(everything))
         finally:
             await orch.close()
