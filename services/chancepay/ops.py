@@ -30,7 +30,7 @@ import sys
 from typing import Any
 
 import orjson
-from prometheus_client import CollectorRegistry, Counter, push_to_gateway
+from prometheus_client import push_to_gateway
 
 from chancepay.core import signing, sql, topology
 from chancepay.core.broker import close_quietly, connect_any
@@ -38,6 +38,7 @@ from chancepay.core.codec import InvalidPayload, parse_uuid
 from chancepay.core.config import Settings
 from chancepay.core.db import Database
 from chancepay.core.logging import get_logger
+from chancepay.core.metrics import Metrics
 from chancepay.core.payment import Payment, PaymentMessage, dump_details
 
 OPS_TAG = "[FAILED TO OPERATE]"
@@ -52,9 +53,7 @@ class Ops:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.log = get_logger()
-        self.registry = CollectorRegistry()
-        self.actions = Counter("chancepay_operator_actions_total", "Operator actions, by action (rows or messages).",
-                               ["action"], registry=self.registry)
+        self.metrics = Metrics("operator")
         self._orch: Database | None = None
         self._wallet: Database | None = None
 
@@ -71,7 +70,7 @@ class Ops:
         return self._wallet
 
     def count(self, action: str, n: int = 1) -> None:
-        self.actions.labels(action=action).inc(n)
+        self.metrics.operator_actions.labels(action=action).inc(n)
 
     async def close(self) -> None:
         for db in (self._orch, self._wallet):
@@ -79,7 +78,7 @@ class Ops:
                 await db.close()
         if self.settings.pushgateway_url:
             try:
-                push_to_gateway(self.settings.pushgateway_url, job="chancepay-operator", registry=self.registry,
+                push_to_gateway(self.settings.pushgateway_url, job="chancepay-operator", registry=self.metrics.registry,
                                 timeout=5)
             except Exception as exc:
                 self.log.error("[FAILED TO PUSH METRICS]", error=repr(exc))

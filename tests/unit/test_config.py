@@ -150,3 +150,21 @@ def test_one_exception_tree() -> None:
             if bases & builtin_errors and "ChancePayError" not in bases and node.name not in _ROOTS_STILL_TO_REBASE:
                 roots.append(f"{path.relative_to(package)}:{node.name}")
     assert not roots, f"exception roots outside chancepay.core.errors.ChancePayError: {roots}"
+
+
+def test_every_metric_is_declared_in_the_metrics_module() -> None:
+    """One home per metric (issue 21): no Prometheus metric is built outside core/metrics.py, and
+    each declared one is exported by at least one role."""
+    import re
+    from pathlib import Path
+
+    from chancepay.core.metrics import ROLES, Metrics, declarations
+
+    package = Path(__file__).resolve().parents[2] / "services" / "chancepay"
+    outside = [str(p.relative_to(package)) for p in package.rglob("*.py") if p.name != "metrics.py"
+               and re.search(r"\b(Counter|Gauge|Histogram|Summary|Info|Enum)\(", p.read_text())]
+    assert not outside, f"metrics built outside core/metrics.py: {outside}"
+    assert all(d.roles and set(d.roles) <= set(ROLES) for d in declarations())
+    registered = {d.attr for role in ROLES for d in declarations() if role in d.roles}
+    assert registered == {d.attr for d in declarations()}
+    assert Metrics("operator").registry.get_sample_value("chancepay_operator_actions_total", {"action": "x"}) is None
