@@ -1,4 +1,5 @@
-# ChancePay — the two commands a newcomer needs: `make run` and `make test`.
+# ChancePay — the two commands a newcomer needs: `make run` and `make test` (and `make check`, the
+# fast gate before a commit: no server needed).
 SHELL := /bin/bash
 # Two virtualenvs: .venv runs ChancePay (`make run`: runtime dependencies only, any Python >= 3.11,
 # Debian 12's own included), .venv-test runs the suite (runtime + test tools; Python 3.12 when the
@@ -18,7 +19,7 @@ ORCHESTRATOR_PORT ?= 8000
 SCANNER_PORT ?= 8001
 WALLET_PORT ?= 8002
 
-.PHONY: run reset test test-debian12 test-chart checkov services venv test-venv migrate bench bench-history soak lint clean help
+.PHONY: run reset check test test-debian12 test-chart test-unit test-support test-integration test-faults checkov services venv test-venv migrate bench bench-history soak lint clean help
 .DEFAULT_GOAL := help
 
 help: ## list targets (PYTEST_ARGS="-k x" passes pytest arguments to the test targets)
@@ -71,10 +72,15 @@ run: migrate ## everything a fresh machine needs, then the three roles in the fo
 	@echo "ChancePay: API on http://127.0.0.1:$(ORCHESTRATOR_PORT) (scanner :$(SCANNER_PORT), wallet :$(WALLET_PORT)). Ctrl-C stops all."
 	exec $(VENV)/bin/chancepay dev --via-make --ports orchestrator=$(ORCHESTRATOR_PORT),scanner=$(SCANNER_PORT),wallet=$(WALLET_PORT)
 
-# The integration and fault tiers run twice: against Debian 12's servers, and against the servers
-# the Helm chart ships, started from its rendered StatefulSets (tests/support/servers.py).
+# The tiers (docs/contributing.md): tests/unit needs no server (a socket guard fails any connect);
+# tests/support and tests/bench test the harness and the benchmark; tests/deploy checks the
+# packaging; tests/integration and tests/faults need MariaDB and RabbitMQ and run twice: against
+# Debian 12's servers, and against the servers the Helm chart ships, started from its rendered
+# StatefulSets (tests/support/servers.py); tests/chart runs the chart's installs with podman.
 TIERS := tests/integration tests/faults
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
+# What ruff checks and `ruff format --check` keeps formatted.
+LINT_PATHS := services tests bench
 
 # The two passes run side by side (each one mostly waits on its servers and timeouts): ~18 min on
 # this 2-core machine instead of ~30. TEST_JOBS=1 runs them one after the other. Each pass's
@@ -98,11 +104,29 @@ test: services test-venv test-tools checkov ## everything, in two passes side by
 	@echo "make test: pass test-debian12 and pass test-chart run side by side; each prints its output when it ends"
 	$(MAKE) --no-print-directory -j$(TEST_JOBS) --output-sync=target test-debian12 test-chart
 
-test-debian12: services test-venv test-tools checkov ## pass 1: unit, deploy, integration, faults on Debian 12's MariaDB 10.11 + RabbitMQ 3.10
+test-debian12: services test-venv test-tools checkov ## pass 1: unit, harness and bench self-tests, deploy, integration, faults on Debian 12's MariaDB 10.11 + RabbitMQ 3.10
 	CHANCEPAY_TEST_SERVERS=debian12 $(PYTEST) tests/unit tests/support tests/bench tests/deploy $(TIERS) $(PYTEST_ARGS)
 
 test-chart: services test-venv test-tools ## pass 2: the chart run with podman (tests/chart), then integration, faults on its MariaDB 11.8 + RabbitMQ 4.0
 	CHANCEPAY_TEST_SERVERS=chart $(PYTEST) tests/chart $(TIERS) $(PYTEST_ARGS)
+
+# One verb per tier (make test runs them all, in its two passes).
+test-unit: test-venv ## the unit tier alone (tests/unit): no server, any socket connect fails the test (~10 s)
+	$(PYTEST) tests/unit $(PYTEST_ARGS)
+
+test-support: test-venv ## the harness's and the benchmark's self-tests (tests/support, tests/bench; no server needed)
+	$(PYTEST) tests/support tests/bench $(PYTEST_ARGS)
+
+test-integration: services test-venv ## the integration tier alone, on Debian 12's servers (tests/integration)
+	CHANCEPAY_TEST_SERVERS=debian12 $(PYTEST) tests/integration $(PYTEST_ARGS)
+
+test-faults: services test-venv ## the fault tier alone, on Debian 12's servers (tests/faults)
+	CHANCEPAY_TEST_SERVERS=debian12 $(PYTEST) tests/faults $(PYTEST_ARGS)
+
+# The fast gate: every static check, then the unit tier; it needs no server. Each step runs even
+# when an earlier one failed, so one run lists every finding; the exit status is the worst.
+check: test-venv ## before a commit: ruff, ruff format --check, mypy --strict, the unit tier; no server (~25 s)
+	@rc=0; $(MAKE) --no-print-directory lint || rc=1; $(MAKE) --no-print-directory test-unit || rc=1; exit $$rc
 
 bench: services test-venv ## throughput/latency benchmark; JSON results in .bench/
 	$(PY) -m bench.run
@@ -115,9 +139,10 @@ include mk/deploy.mk
 soak: services test-venv ## opt-in: seeded random faults during load (CHANCEPAY_SOAK_SEED=n replays, CHANCEPAY_SOAK_SECONDS)
 	CHANCEPAY_SOAK=1 $(PY) -m pytest -q -s -p no:cacheprovider tests/soak
 
-lint: test-venv ## ruff (style, imports, bugbear, pyupgrade) and mypy over services/; make test runs both too
-	$(PY) -m ruff check services/
-	$(PY) -m mypy services/chancepay
+lint: test-venv ## the static part of make check: ruff check and ruff format --check (services, tests, bench), mypy --strict (services)
+	@rc=0; for step in "ruff check $(LINT_PATHS)" "ruff format --check $(LINT_PATHS)" "mypy services/chancepay"; do \
+		echo "$(PY) -m $$step"; $(PY) -m $$step || rc=1; \
+	done; exit $$rc
 
 clean: ## remove the virtualenvs and caches
 	rm -rf $(VENV) $(TEST_VENV) .pytest_cache build *.egg-info services/*.egg-info

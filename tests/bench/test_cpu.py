@@ -17,6 +17,15 @@ def _burner() -> subprocess.Popen[str]:
     return proc
 
 
+def _reap(proc: subprocess.Popen[str]) -> None:
+    """Kill the burner if it still runs, and close its stdin pipe."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    if proc.stdin is not None:
+        proc.stdin.close()
+
+
 def _wait_burnt(proc: subprocess.Popen[str], seconds: float = 0.25) -> None:
     import time
 
@@ -46,9 +55,8 @@ def test_a_restarted_process_counts_from_its_new_start_and_nothing_is_negative()
         assert meter.exited == {"role": 1}
     finally:
         for p in (first, second):
-            if p is not None and p.poll() is None:
-                p.kill()
-                p.wait()
+            if p is not None:
+                _reap(p)
 
 
 def test_a_process_that_exits_lowers_nothing() -> None:
@@ -62,6 +70,4 @@ def test_a_process_that_exits_lowers_nothing() -> None:
         assert meter.stop() == {"server": 0.0}
         assert meter.exited == {"server": 1}
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _reap(proc)

@@ -38,6 +38,8 @@ class SocketGuard:
         family = getattr(sock.family, "name", str(sock.family))
         what = f"{family} connect to {address!r}"
         self.attempts.append(what)
+        # Closed here: callers close a socket whose connect failed only on OSError, which this is not.
+        sock.close()
         return NetworkInUnitTest(f"{what} refused. {HINT}")
 
     def check(self) -> None:

@@ -1,26 +1,12 @@
-"""wallet/policy.py's retry schedules and what an undelivered result becomes. (To join
-tests/unit/test_wallet_policy.py, which is being rewritten with the wallet; kept apart until then.)"""
+"""wallet/policy.py's retry schedules: the quick callback tries, the parked-result retrier, the hold
+before requeueing what the database did not take. (What becomes of a delivery is in
+tests/unit/test_wallet_policy.py; these join it once the wallet's rewrite there lands.)"""
 
 from __future__ import annotations
 
 import random
 
-from chancepay.wallet.policy import (
-    Action,
-    CallbackResult,
-    after_callback,
-    callback_delays,
-    db_retry_delay,
-    parked_retry_delay,
-)
-
-
-def test_an_undelivered_result_is_parked_not_requeued() -> None:
-    """A failing callback no longer loops the message through the broker (whose x-delivery-count
-    RabbitMQ 4.3 redefined): the result is parked in the wallet's own table and the message acked."""
-    assert after_callback(CallbackResult.RETRYABLE) is Action.PARK
-    assert after_callback(CallbackResult.DELIVERED) is Action.ACK
-    assert after_callback(CallbackResult.REJECTED) is Action.ACK  # 404/409: retrying cannot help
+from chancepay.wallet.policy import callback_delays, db_retry_delay, parked_retry_delay
 
 
 def test_parked_retries_back_off_within_bounds() -> None:
