@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.support import servers as servers_mod
-from tests.support.env import Env, VHOSTS
+from tests.support.env import VHOSTS, Env
 from tests.support.roles import Stack
 
 

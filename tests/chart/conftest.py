@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 
 from tests.support import chart, podman
-from tests.support.servers import ChartServers, chart_values, local_url
 from tests.support.roles import Role
+from tests.support.servers import ChartServers, chart_values, local_url
 
 CHANCEPAY_ROLES = ("orchestrator", "scanner", "wallet")
 

@@ -11,9 +11,9 @@ import stat
 import pytest
 
 from tests.support import chart
+from tests.support.env import wait_until
 from tests.support.pods import Pod
 from tests.support.servers import chart_values
-from tests.support.env import wait_until
 
 
 def _move_a_payment(install) -> None:
@@ -43,7 +43,7 @@ def test_a_regenerated_secret_heals_instead_of_locking_everyone_out(chart_instal
     new = chart.secret_data(again)
     assert all(new[k] != old[k] for k in ("mariadb-root-password", "orchestrator-db-password", "rabbitmq-password"))
     for kind in ("StatefulSet",):
-        for o_old, o_new in zip(install.rendered.of_kind(kind), again.of_kind(kind)):
+        for o_old, o_new in zip(install.rendered.of_kind(kind), again.of_kind(kind), strict=True):
             before = o_old["spec"]["template"]["metadata"]["annotations"]["checksum/secret"]
             after = o_new["spec"]["template"]["metadata"]["annotations"]["checksum/secret"]
             assert before != after, f"{o_old['metadata']['name']} would not roll with a new password"

@@ -36,8 +36,8 @@ import httpx
 import pymysql
 import pytest
 import yaml
-from chancepay.core.config import DatabaseURL
 
+from chancepay.core.config import DatabaseURL
 from tests.chart.test_played import releases  # noqa: F401  (the fixture: played releases, removed after)
 from tests.support import chart
 from tests.support.chart import helm_render

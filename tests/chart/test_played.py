@@ -19,8 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.release import ROLES, PlayedRelease
 from tests.support.env import wait_until
+from tests.support.release import ROLES, PlayedRelease
 
 
 @pytest.fixture

@@ -17,14 +17,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-import pymysql
 from urllib.parse import urlsplit
 
-from tests.support.podman import podman
-from tests.support.release import ROLES, PlayedRelease
+import pymysql
+
 from tests.support.env import wait_until
 from tests.support.payer import Payer
+from tests.support.podman import podman
+from tests.support.release import ROLES, PlayedRelease
 
 
 def _rabbitmqctl(pod, *args: str) -> str:

@@ -10,7 +10,14 @@ import pytest
 import yaml
 
 from tests.deploy.conftest import (
-    CHART, NEEDS_MONITORING_CRDS, SWITCHES, WORKLOAD_KINDS, chart_copy_with_values, lint, pod_spec, render,
+    CHART,
+    NEEDS_MONITORING_CRDS,
+    SWITCHES,
+    WORKLOAD_KINDS,
+    chart_copy_with_values,
+    lint,
+    pod_spec,
+    render,
 )
 
 K8S_VERSIONS = ("1.29", "1.33")  # the oldest we care about and kind's node image (k8s/kind-cluster.yaml)

@@ -10,11 +10,10 @@ import base64
 import re
 from typing import Any
 
+import helm_render  # noqa: E402  (deploy/ is on sys.path through conftest)
 import pytest
 
 from tests.deploy.conftest import CHART, WORKLOAD_KINDS, pod_spec, render
-
-import helm_render  # noqa: E402  (deploy/ is on sys.path through conftest)
 
 NAMESPACE = "chancepay"
 

@@ -18,8 +18,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.support.faultproxy import FaultProxy
 from tests.support.env import free_port, wait_until
+from tests.support.faultproxy import FaultProxy
 from tests.support.invariants import assert_converged
 from tests.support.payer import Payer
 from tests.support.roles import Supervisor

@@ -178,7 +178,7 @@ def test_kind_up_tags_each_build_and_loads_archives(tmp_path):
     assert first.stdout.split() == [w for role in ("orchestrator", "scanner", "wallet")
                                      for w in ("--set", f"image.{role}.tag={tag}")]
     for role in ("orchestrator", "scanner", "wallet"):
-        assert f"docker save --platform linux/amd64 -o" in calls and f"chancepay-{role}:{tag}" in calls
+        assert "docker save --platform linux/amd64 -o" in calls and f"chancepay-{role}:{tag}" in calls
     assert calls.count("kind load image-archive --name chancepay") == 3
     assert "load docker-image" not in calls
 

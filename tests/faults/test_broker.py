@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 from chancepay.core import topology
-from tests.support.faultproxy import FaultProxy
 from tests.support.env import delete_queue, outbox_depth, port_answers, wait_until
+from tests.support.faultproxy import FaultProxy
 from tests.support.faults import rabbitmq_app_stopped
 from tests.support.invariants import assert_converged
 from tests.support.payer import Payer

@@ -9,8 +9,8 @@ import time
 import httpx
 import pytest
 
-from tests.support.faultproxy import FaultProxy
 from tests.support.env import dead_lettered, outbox_depth, wait_until
+from tests.support.faultproxy import FaultProxy
 from tests.support.invariants import assert_converged
 
 OUTAGE_SECONDS = 30

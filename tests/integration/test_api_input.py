@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.env import Env, TOKEN
+from tests.support.env import TOKEN, Env
 from tests.support.roles import Stack
 
 ORCH_ONLY = ("orchestrator",)

@@ -17,7 +17,6 @@ import time
 import pytest
 
 from chancepay.core import topology
-
 from tests.integration.test_operator import _dead_letter, dead_letters, run
 from tests.support.env import MESSAGE_KEY, wait_until
 from tests.support.faults import publish_raw

@@ -14,8 +14,8 @@ import sys
 import httpx
 import pytest
 
-from tests.support.faultproxy import FaultProxy
 from tests.support.env import admin_connect, wait_until
+from tests.support.faultproxy import FaultProxy
 from tests.support.invariants import assert_converged
 
 ROLES = ("orchestrator", "scanner", "wallet")
@@ -192,7 +192,7 @@ def test_every_failure_line_before_the_servers_came_up_is_marked_waiting(make_st
         for source, tag, count in expected:
             wait_until(lambda source=source, tag=tag, count=count: len(source.events(tag)) >= count, 60,
                        what=f"{source.name} logging {tag} while the servers are down")
-        up_at = datetime.datetime.now(datetime.timezone.utc)
+        up_at = datetime.datetime.now(datetime.UTC)
         db_proxy.set_mode("pass")
         mq_proxy.set_mode("pass")
 
@@ -201,7 +201,7 @@ def test_every_failure_line_before_the_servers_came_up_is_marked_waiting(make_st
         assert reconcile.wait_exit(timeout=120) == 0, "\n".join(reconcile.raw[-20:])
         for name in ROLES:
             s.roles[name].wait_ready(timeout=60)
-        settled_at = datetime.datetime.now(datetime.timezone.utc)
+        settled_at = datetime.datetime.now(datetime.UTC)
         assert {name: s.roles[name].proc.pid for name in ROLES} == pids, "no role was restarted"
 
         def failures(since=None, until=None) -> list[dict]:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import signal
 import time
 
-from tests.support.faultproxy import FaultProxy
 from tests.support.env import dead_lettered, outbox_depth, wait_until
+from tests.support.faultproxy import FaultProxy
 from tests.support.invariants import assert_converged
 
 OUTAGE_SECONDS = 75  # > DELIVERY_LIMIT (50) deliveries at the old ~1 s cadence

@@ -16,8 +16,8 @@ import time
 import pytest
 
 from chancepay.core import topology
-from tests.support.faultproxy import FaultProxy
 from tests.support.env import delete_queue, run_reconcile, wait_until
+from tests.support.faultproxy import FaultProxy
 from tests.support.faults import CallbackStub, seeded_random
 from tests.support.invariants import assert_converged
 from tests.support.roles import Supervisor
@@ -101,7 +101,7 @@ def test_random_fault_mix_during_load(make_stack, env) -> None:
                 time.sleep(rng.uniform(1, 5))
             # Faults over. Heal like production would: roles restarted, the reconciler as a CronJob.
             for name in ("orchestrator", "scanner", "wallet"):
-                wait_until(lambda: s.roles[name].running, 60, what=f"{name} running (seed {seed})")
+                wait_until(lambda name=name: s.roles[name].running, 60, what=f"{name} running (seed {seed})")
             while load.poll() is None:
                 code, summary = run_reconcile(env, age=10)
                 journal.append(f"reconcile: {summary}")

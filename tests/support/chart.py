@@ -15,7 +15,6 @@ sys.path.insert(0, str(ROOT / "deploy"))
 
 import helm_render  # noqa: E402
 
-
 HELM_SKIP = ("helm-sdkpy (Helm's own engine) needs Python >= 3.12 and this test venv has "
              f"{sys.version_info[0]}.{sys.version_info[1]}: give make test a python3.12 (TEST_PYTHON=..., "
              "or any python3.12 on PATH or under pyenv) and run it again")

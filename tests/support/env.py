@@ -24,8 +24,8 @@ from typing import Any
 from urllib.parse import quote
 
 import pymysql
-from chancepay.core import topology
 
+from chancepay.core import topology
 from tests.support import servers as servers_mod
 from tests.support.servers import Servers
 

@@ -75,8 +75,9 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 __all__ = ["FaultProxy", "MODES", "main"]
@@ -138,7 +139,7 @@ def _validate(mode: str, params: dict[str, Any]) -> dict[str, Any]:
 class _Conn:
     """One proxied client connection and its upstream leg (lives on the proxy loop)."""
 
-    def __init__(self, proxy: "FaultProxy", csock: socket.socket) -> None:
+    def __init__(self, proxy: FaultProxy, csock: socket.socket) -> None:
         self.proxy = proxy
         self.csock = csock
         self.usock: Any = None
@@ -178,7 +179,7 @@ class _Conn:
                     asyncio.open_connection(proxy.upstream_host, proxy.upstream_port),
                     timeout=proxy.connect_timeout,
                 )
-            except (OSError, asyncio.TimeoutError):
+            except (TimeoutError, OSError):
                 proxy._upstream_failures += 1
                 self.kill(rst=True)
                 return
@@ -367,7 +368,7 @@ class FaultProxy:
             "upstream_connect_failures": self._upstream_failures,
         }
 
-    def start(self) -> "FaultProxy":
+    def start(self) -> FaultProxy:
         with self._lifecycle:
             if self._thread is not None:
                 raise RuntimeError("FaultProxy already started")
@@ -403,7 +404,7 @@ class FaultProxy:
                 raise RuntimeError(f"{self.name}: proxy thread did not stop")
             self._thread = None
 
-    def __enter__(self) -> "FaultProxy":
+    def __enter__(self) -> FaultProxy:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -450,7 +451,8 @@ class FaultProxy:
         return snap["connections_active"]
 
     def __repr__(self) -> str:
-        return f"<FaultProxy {self.listen_host}:{self._port} -> {self.upstream_host}:{self.upstream_port} mode={self._mode}>"
+        upstream = f"{self.upstream_host}:{self.upstream_port}"
+        return f"<FaultProxy {self.listen_host}:{self._port} -> {upstream} mode={self._mode}>"
 
     # ------------------------------------------------------------------ loop thread
     def _call(self, coro: Any) -> Any:

@@ -15,9 +15,9 @@ from http.server import ThreadingHTTPServer as _ThreadingHTTPServer
 from typing import Any
 
 import httpx
-from chancepay.core import signing, topology
 from pamqp import commands as spec
 
+from chancepay.core import signing, topology
 from tests.support import servers as servers_mod
 from tests.support.env import MESSAGE_KEY, port_answers, rabbitmqctl, wait_until
 from tests.support.roles import Stack

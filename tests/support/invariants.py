@@ -7,11 +7,10 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from bench import sql as bench_sql
 from chancepay.audit import InvariantReport, check_uuids
 from chancepay.core.config import DatabaseURL
 from chancepay.core.db import Database
-
-from bench import sql as bench_sql
 from tests.support.env import Env, outbox_depth, pending_count, run_audit, wait_until
 from tests.support.roles import Stack
 

@@ -46,7 +46,8 @@ from typing import Any
 import httpx
 import yaml
 
-from tests.support import chart, podman as pm
+from tests.support import chart
+from tests.support import podman as pm
 from tests.support.podman import podman
 from tests.support.pods import Pod
 

@@ -90,7 +90,7 @@ class Role:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"{self.name} did not stop within {timeout}s of SIGTERM")
+            raise AssertionError(f"{self.name} did not stop within {timeout}s of SIGTERM") from None
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
-import re
 import shutil
 import socket
 import subprocess

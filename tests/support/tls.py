@@ -23,7 +23,7 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> str:
 
 def make_tls(names: list[str], ips: list[str] | None = None, cn: str = "chancepay test CA") -> dict[str, str]:
     """{"ca.crt", "tls.crt", "tls.key"}: the layout cert-manager writes into a Secret."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(_name(cn)).public_key(ca_key.public_key())
           .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))

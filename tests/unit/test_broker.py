@@ -6,7 +6,6 @@ import asyncio
 
 from chancepay.core import broker
 from chancepay.core.broker import open_with_retry
-
 from tests.support.recording_log import RecordingLog
 
 

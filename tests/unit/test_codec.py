@@ -6,7 +6,6 @@ from decimal import Decimal
 
 import pytest
 
-from chancepay.core.payment import PaymentMessage
 from chancepay.core.codec import (
     InvalidField,
     InvalidPayload,
@@ -15,6 +14,7 @@ from chancepay.core.codec import (
     parse_uuid,
     strict_json_loads,
 )
+from chancepay.core.payment import PaymentMessage
 
 UUID = "0b7b3c0e-8a8e-4d3b-9a55-0c2f3e4d5a6b"
 
