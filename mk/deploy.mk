@@ -19,5 +19,5 @@ kind-up: ## kind cluster + images + helm install + smoke payment + helm test (ne
 kind-down: ## delete the kind cluster
 	bash scripts/kind-down.sh
 
-test-deploy: services test-tools test-venv ## the deploy tier alone (tests/deploy; its two live checks run roles on Debian 12's servers)
+test-deploy: services test-tools test-venv checkov ## the deploy tier alone (tests/deploy; its two live checks run roles on Debian 12's servers)
 	CHANCEPAY_TEST_SERVERS=debian12 $(PYTEST) tests/deploy $(PYTEST_ARGS)

@@ -57,9 +57,10 @@ def _tool(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_a_bad_line_fails_the_static_checks(tmp_path: Path) -> None:
-    """On a copy of services/ with one planted line: ruff finds the undefined name, `ruff format
-    --check` the unformatted line, mypy --strict the untyped function and the bad operation."""
-    shutil.copytree(ROOT / "services", tmp_path / "services", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    """On a copy of services/ with a planted module: ruff finds its undefined name, `ruff format
+    --check` its unformatted line, mypy (strict) its untyped function."""
+    skip = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    shutil.copytree(ROOT / "services", tmp_path / "services", ignore=skip)
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     planted = tmp_path / "services" / "chancepay" / "core" / "planted.py"
     planted.write_text('"""Planted."""\n\n\ndef broken(x):\n    return undefined_name + "x"\n\n\nY = [1,2]\n')
