@@ -34,18 +34,19 @@ import sys
 import tempfile
 import time
 import uuid as uuidlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import aiormq
 import asyncmy
 from aiormq.abc import DeliveredMessage
-from chancepay.core import sql, topology
-from chancepay.core.payment import PaymentMessage
 from pamqp import commands as spec
 
 from bench import sql as bench_sql
+from chancepay.core import sql, topology
+from chancepay.core.payment import PaymentMessage
 
 SCHEMA = "chancepay.raw_limits/1"
 HOST = "127.0.0.1"  # everything talks to the local machine only
@@ -756,7 +757,7 @@ def main(argv: list[str] | None = None) -> int:
     db = f"bench_{token}"
     vhost = f"bench_{token}"
     created: dict[str, bool] = {}
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     t0 = time.perf_counter()
 
     def on_sigterm(signum: int, frame: Any) -> None:

@@ -35,10 +35,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from chancepay.core import sql
-
 from bench import sql as bench_sql
 from bench.deployment import Deployment
+from chancepay.core import sql
 
 ROOT = Path(__file__).resolve().parents[1]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -196,6 +195,41 @@ def role_pids(deployment: Deployment) -> Callable[[], dict[str, list[int]]]:
     return find
 
 
+def measure_step(env: Deployment, rate: float, seconds: float) -> dict[str, Any]:
+    """One step of the step-up: `rate` payments/s for `seconds`, with CPU and backlog sampled."""
+    meter = CpuMeter(role_pids(env))
+    sampler = DepthSampler(env)
+    meter.start()
+    sampler.start()
+    began = time.monotonic()
+    summary, load_cpu = run_load(env, rate, seconds, [env.processes["orchestrator"].url])
+    wall = time.monotonic() - began
+    sampler.stop_flag.set()
+    sampler.join(timeout=5)
+    cpu = meter.stop()
+    cpu["load_generator"] = load_cpu
+    ok, why = sustained(summary, rate)
+    accepted = max(1, summary.get("accepted", 0))
+    return {
+        "rate": rate,
+        "sustained": ok,
+        "verdict": why,
+        "achieved_rate": summary.get("achieved_rate"),
+        "accepted": summary.get("accepted"),
+        "api_latency_ms": summary.get("api_latency_ms"),
+        "e2e_latency_ms": summary.get("e2e_latency_ms"),
+        "converge_seconds": summary.get("converge_seconds"),
+        "max_outbox_depth": sampler.max_outbox,
+        "max_pending": sampler.max_pending,
+        "cpu_ms_per_payment": {k: round(v * 1000 / accepted, 3) for k, v in cpu.items()},
+        # average over the step's whole wall time (load + convergence)
+        "cpu_cores_busy": round(sum(cpu.values()) / max(wall, 1e-9), 2),
+        # processes that exited during the step (their CPU after start() is not counted)
+        "cpu_process_exits": dict(meter.exited),
+        "invariants": summary.get("invariants"),
+    }
+
+
 def step_up(steps: list[float], seconds: float, tmp: Path, history_rows: int = 0) -> dict[str, Any]:
     env = Deployment(tmp / ("stepup-history" if history_rows else "stepup"))
     results: list[dict[str, Any]] = []
@@ -213,41 +247,11 @@ def step_up(steps: list[float], seconds: float, tmp: Path, history_rows: int = 0
         for rate in steps:
             quiet = wait_quiet()
             log(f"step {rate:g}/s for {seconds:g} s (servers idle after {quiet} s)")
-            meter = CpuMeter(role_pids(env))
-            sampler = DepthSampler(env)
-            meter.start()
-            sampler.start()
-            began = time.monotonic()
-            summary, load_cpu = run_load(env, rate, seconds, [env.processes["orchestrator"].url])
-            wall = time.monotonic() - began
-            sampler.stop_flag.set()
-            sampler.join(timeout=5)
-            cpu = meter.stop()
-            cpu["load_generator"] = load_cpu
-            ok, why = sustained(summary, rate)
-            accepted = max(1, summary.get("accepted", 0))
-            step = {
-                "rate": rate,
-                "sustained": ok,
-                "verdict": why,
-                "achieved_rate": summary.get("achieved_rate"),
-                "accepted": summary.get("accepted"),
-                "api_latency_ms": summary.get("api_latency_ms"),
-                "e2e_latency_ms": summary.get("e2e_latency_ms"),
-                "converge_seconds": summary.get("converge_seconds"),
-                "max_outbox_depth": sampler.max_outbox,
-                "max_pending": sampler.max_pending,
-                "cpu_ms_per_payment": {k: round(v * 1000 / accepted, 3) for k, v in cpu.items()},
-                # average over the step's whole wall time (load + convergence)
-                "cpu_cores_busy": round(sum(cpu.values()) / max(wall, 1e-9), 2),
-                # processes that exited during the step (their CPU after start() is not counted)
-                "cpu_process_exits": dict(meter.exited),
-                "invariants": summary.get("invariants"),
-            }
+            step = measure_step(env, rate, seconds)
             results.append(step)
-            log(f"  -> {why}: api p99 {step['api_latency_ms']}, e2e p99 {step['e2e_latency_ms']}, "
-                f"max outbox {sampler.max_outbox}")
-            if not ok:
+            log(f"  -> {step['verdict']}: api p99 {step['api_latency_ms']}, e2e p99 {step['e2e_latency_ms']}, "
+                f"max outbox {step['max_outbox_depth']}")
+            if not step["sustained"]:
                 break
             best = step
             if any(not p.running for p in env.processes.values()):
@@ -392,7 +396,7 @@ def table(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", default="10,25,50,100,150,200,250,300,400,500,600,800",
                    help="comma-separated rates (payments/s), tried in order until one is not sustained")
@@ -409,7 +413,11 @@ def main(argv: list[str] | None = None) -> int:
                         "(make bench-history: 10,000,000) and compare with the empty run")
     p.add_argument("--skip-scaleout", action="store_true")
     p.add_argument("--output", default=str(ROOT / ".bench" / "latest.json"))
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     steps = [float(x) for x in args.steps.split(",") if x.strip()]
 
     doc: dict[str, Any] = {
