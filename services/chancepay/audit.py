@@ -17,6 +17,7 @@ import orjson
 from chancepay.core import sql
 from chancepay.core.config import Settings
 from chancepay.core.db import Database
+from chancepay.core.payment import succeed_from_column
 
 CHUNK = 1000
 
@@ -58,7 +59,7 @@ async def _succeed_by_uuid(db: Database, table: str, uuids: Sequence[str]) -> di
     for chunk in _chunks(uuids):
         rows = await db.fetchall(sql.among(sql.SUCCEED_BY_UUID, len(chunk), table=table), list(chunk))
         for uuid, succeed in rows:
-            found[uuid] = None if succeed is None else bool(succeed)
+            found[uuid] = succeed_from_column(succeed)
     return found
 
 
@@ -97,11 +98,11 @@ async def check_live(orch: Database, wallet: Database, *, window_hours: float, s
     window_us = int(window_hours * 3600e6)
     stale_us = int(stale_seconds * 1e6)
     requests = {
-        u: None if s is None else bool(s)
+        u: succeed_from_column(s)
         for u, s in await orch.fetchall(sql.RECENT_REQUESTS, (window_us,))
     }
     inbox_rows = await wallet.fetchall(sql.RECENT_INBOX, (window_us,))
-    inbox = {u: None if s is None else bool(s) for u, s in inbox_rows}
+    inbox = {u: succeed_from_column(s) for u, s in inbox_rows}
     # An inbox row just inside the window may belong to a request just outside it.
     missing = [u for u in inbox if u not in requests]
     requests.update(await _succeed_by_uuid(orch, "request", missing))

@@ -39,7 +39,7 @@ from chancepay.core.config import Settings
 from chancepay.core.db import Database
 from chancepay.core.logging import get_logger
 from chancepay.core.metrics import Metrics
-from chancepay.core.payment import Payment, PaymentMessage, dump_details
+from chancepay.core.payment import Payment, PaymentMessage, dump_details, succeed_from_column
 
 OPS_TAG = "[FAILED TO OPERATE]"
 
@@ -279,7 +279,7 @@ class Ops:
             "exhausted": outbox[0] >= self.settings.scanner_max_attempts}
         inbox = await self.wallet.fetchone(sql.TRACE_INBOX, (uuid,))
         story["inbox"] = None if inbox is None else {
-            "succeed": None if inbox[0] is None else bool(inbox[0]), "deliveries": inbox[1], "createdAt": inbox[2],
+            "succeed": succeed_from_column(inbox[0]), "deliveries": inbox[1], "createdAt": inbox[2],
             "finalizedAt": inbox[3]}
         parked = await self.wallet.fetchone(sql.TRACE_PENDING_CALLBACK, (uuid,))
         story["parked_callback"] = None if parked is None else {"attempts": parked[0], "last_error": parked[1]}

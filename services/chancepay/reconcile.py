@@ -3,8 +3,8 @@
 For each such request, in order:
 - its outbox row still exists -> leave it: the scanner owns it (retrying, or exhausted and
   visible in chancepay_outbox_exhausted_rows);
-- the wallet's inbox holds a final result -> deliver it through the orchestrator's own
-  result endpoint (write-once; 409 is reported, never overwritten);
+- the wallet's inbox holds a final result -> finalize it through the results client
+  (core/results.py, the wallet's own: write-once; a conflict is reported, never overwritten);
 - the wallet has no inbox row -> the message was lost between the outbox and the wallet:
   put it back into the outbox (INSERT IGNORE; a copy still in the queue is harmless, the
   inbox deduplicates);
@@ -24,6 +24,7 @@ import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
 
+import aiohttp
 import httpx
 from prometheus_client import push_to_gateway
 
@@ -33,7 +34,8 @@ from chancepay.core.config import Settings
 from chancepay.core.db import Database, DatabaseUnavailable
 from chancepay.core.logging import bound, get_logger
 from chancepay.core.metrics import Metrics
-from chancepay.core.payment import PaymentMessage
+from chancepay.core.payment import Failure, Outcome, PaymentMessage, Result, inbox_succeed
+from chancepay.core.results import ResultsClient
 from chancepay.core.waiting import RECONCILE_WAIT_SECONDS, Dependency, retry_until_up
 
 RECONCILE_TAG = "[FAILED TO RECONCILE]"
@@ -41,7 +43,11 @@ T = TypeVar("T")
 
 
 class NotUpYet(Exception):
-    """The wallet or the orchestrator answered 5xx: up, but its database not (yet)."""
+    """The wallet or the orchestrator answered 5xx (up, but its database not yet), or did not answer."""
+
+
+class NotFinalized(Exception):
+    """The orchestrator did not take the inbox's result (an unknown payment, a refused request)."""
 
 
 @dataclasses.dataclass
@@ -56,7 +62,7 @@ class PassSummary:
 
 
 class Reconciler:
-    def __init__(self, settings: Settings, db: Database, orchestrator: httpx.AsyncClient, wallet: httpx.AsyncClient,
+    def __init__(self, settings: Settings, db: Database, orchestrator: ResultsClient, wallet: httpx.AsyncClient,
                  metrics: Metrics) -> None:
         self.settings = settings
         self.db = db
@@ -124,25 +130,33 @@ class Reconciler:
             self.log.warning("reconcile: message lost before the wallet; put back into the outbox")
             return
         response.raise_for_status()
-        succeed = response.json()["succeed"]
+        succeed = inbox_succeed(response.json())
         if succeed is None:
             summary.left_inbox_pending += 1
             return
-        result = await self._http(
-            self.orchestrator_up,
-            lambda: self.orchestrator.post(f"/internal/payments/{uuid}/result", json={"succeed": succeed}),
-            "finalize in the orchestrator",
-        )
-        if result.status_code == 409:
+        outcome = await self._finalize(Result(uuid, succeed))
+        if outcome is Outcome.CONFLICT:
             summary.conflicts += 1
             summary.failures += 1
             self.metrics.reconcile_failures.inc()
             self.log.error(RECONCILE_TAG, reason="the request holds a different result than the inbox", inbox=succeed)
             return
-        result.raise_for_status()
+        if not outcome.settles:
+            raise NotFinalized(f"outcome {outcome.value}")
         summary.finalized_from_inbox += 1
         self.metrics.reconcile_repairs.labels(kind="finalized_from_inbox").inc()
         self.log.warning("reconcile: finalized a pending request from the wallet's inbox", succeed=succeed)
+
+    async def _finalize(self, result: Result) -> Outcome:
+        """The orchestrator's outcome for `result`, waited for like the wallet (NotUpYet while it
+        does not answer); a failure no wait cures raises NotFinalized."""
+        async def send() -> Outcome:
+            (answer,) = await self.orchestrator.send([result])
+            if isinstance(answer, Failure):
+                raise (NotUpYet if answer.unreachable else NotFinalized)(answer.reason)
+            return answer
+
+        return await self._wait_for(self.orchestrator_up, send, "finalize in the orchestrator", NotUpYet)
 
 
 async def reconcile_main(settings: Settings, age: float | None = None) -> int:
@@ -156,10 +170,11 @@ async def reconcile_main(settings: Settings, age: float | None = None) -> int:
     summary: PassSummary | Any = None
     try:
         async with (
-            httpx.AsyncClient(base_url=settings.orchestrator_url, headers=headers, timeout=timeout) as orch,
+            aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=timeout.read)) as orch,
             httpx.AsyncClient(base_url=settings.wallet_url, headers=headers, timeout=timeout) as wallet,
         ):
-            summary = await Reconciler(settings, db, orch, wallet, metrics).run_pass(
+            summary = await Reconciler(settings, db, ResultsClient(orch, settings.orchestrator_url), wallet,
+                                       metrics).run_pass(
                 settings.reconcile_age if age is None else age
             )
     except Exception as exc:

@@ -5,18 +5,29 @@ lists and the row mapping without other edits. Proved on a scratch copy of the p
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import subprocess
 import sys
 import textwrap
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from chancepay.core import payment, sql
 from chancepay.core.codec import CUS_ID_RE, InvalidField, InvalidPayload
-from chancepay.core.payment import MissingFields, Payment, PaymentMessage, Status, UnknownFields, parse_details
+from chancepay.core.payment import (
+    MissingFields,
+    Outcome,
+    Payment,
+    PaymentMessage,
+    Result,
+    Status,
+    UnknownFields,
+    parse_details,
+)
 from chancepay.orchestrator.openapi import OPENAPI
 from chancepay.orchestrator.service import request_fingerprint
 
@@ -80,6 +91,52 @@ def test_the_message_is_exactly_the_declared_fields() -> None:
     assert PaymentMessage.decode(msg.encode()) == msg
     with pytest.raises(InvalidPayload):
         PaymentMessage.decode(b'{"uuid":"%s","cusId":"alice"}' % UUID.encode())
+
+
+
+# --------------------------------------------------------------------------- the result
+def test_the_nullable_succeed_column_maps_in_one_place() -> None:
+    assert [payment.succeed_from_column(v) for v in (None, 0, 1, True)] == [None, False, True, True]
+
+
+def test_outcomes_know_whether_they_settle_and_whether_a_retry_helps() -> None:
+    assert [o for o in Outcome if o.settles] == [Outcome.APPLIED, Outcome.REPEATED]
+    assert not any(o.retry_helps for o in Outcome)
+
+
+def test_result_bodies_written_by_the_wallet_are_read_by_the_orchestrator() -> None:
+    sent = [Result(UUID, True), Result(UUID.replace("0b", "1b", 1), False)]
+    assert payment.parse_results(json.loads(payment.dump_results(sent))) == sent
+    assert payment.parse_result({"succeed": False}, UUID) == Result(UUID, False)
+    answer = payment.dump_outcomes([(sent[0].uuid, Outcome.APPLIED, Status.SUCCEEDED),
+                                    (sent[1].uuid, Outcome.UNKNOWN, None)])
+    assert answer["results"][1] == {"uuid": sent[1].uuid, "outcome": "unknown", "status": None}
+    assert payment.load_outcomes(json.dumps(answer).encode(), sent) == [Outcome.APPLIED, Outcome.UNKNOWN]
+    with pytest.raises(InvalidPayload):
+        payment.load_outcomes(json.dumps(answer).encode(), sent[::-1])
+    with pytest.raises(InvalidPayload):
+        payment.load_outcomes(b'{"results": [{"uuid": "x", "outcome": "maybe"}]}', [Result("x", True)])
+
+
+@pytest.mark.parametrize(("doc", "code"), [
+    ({"results": []}, "invalid_field"),
+    ({"results": [{"uuid": UUID, "succeed": 1}]}, "invalid_field"),
+    ({"results": [{"uuid": UUID.upper(), "succeed": True}]}, "invalid_field"),
+    ({"results": [{"uuid": UUID, "succeed": True}, {"uuid": UUID, "succeed": False}]}, "duplicate_uuid"),
+    ({"results": [{"uuid": UUID, "succeed": True}] * (payment.MAX_RESULTS + 1)}, "invalid_field"),
+    ({"results": [{"uuid": UUID, "succeed": True}], "x": 1}, "invalid_field"),
+])
+def test_bad_result_batches_are_refused_with_their_code(doc: dict[str, Any], code: str) -> None:
+    with pytest.raises(payment.InvalidResults) as refused:
+        payment.parse_results(doc)
+    assert refused.value.code == code
+
+
+def test_openapi_takes_the_result_schemas_from_the_declaration() -> None:
+    schemas = OPENAPI["components"]["schemas"]
+    outcome = schemas["ResultBatchOutcomes"]["properties"]["results"]["items"]["properties"]["outcome"]
+    assert outcome["enum"] == [o.value for o in Outcome]
+    assert schemas["ResultBatch"]["properties"]["results"]["maxItems"] == payment.MAX_RESULTS
 
 
 # The whole of step 1 of the recipe (README "Adding a field to a payment"): one more entry in FIELDS.
@@ -148,7 +205,8 @@ def test_a_new_field_follows_from_one_declaration(tmp_path: Path) -> None:
     anchor = "\n)\nCOLUMNS: tuple[str, ...]"
     assert text.count(anchor) == 1, "FIELDS ends where the recipe says"
     text = text.replace(anchor, NEW_FIELD.rstrip("\n") + anchor, 1)
-    text = text.replace("\n\n@dataclasses.dataclass(frozen=True)\nclass Field:", PARSE_MEMO + "\n@dataclasses.dataclass(frozen=True)\nclass Field:", 1)
+    field_class = "\n@dataclasses.dataclass(frozen=True)\nclass Field:"
+    text = text.replace("\n" + field_class, PARSE_MEMO + field_class, 1)
     source.write_text(text)
     out = subprocess.run([sys.executable, "-c", CHECK.format(scratch=str(scratch), uuid=UUID)],
                          env={"PYTHONPATH": str(scratch), "PATH": "/usr/bin:/bin"},

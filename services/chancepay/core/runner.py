@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import signal
 import socket
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from typing import Any
 
 import uvicorn
@@ -70,25 +71,39 @@ async def serve(
     worker: Worker | None = None,
 ) -> int:
     """Serve `app` on the role's host and port; run `worker` beside it until SIGTERM/SIGINT."""
-    log = get_logger()
-    host, port, shutdown_grace = settings.host, settings.port_for(role), settings.shutdown_grace
+    host, port = settings.host, settings.port_for(role)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    server = _Server(uvicorn.Config(
+        app, host=host, port=port, log_config=None, access_log=False, lifespan="off",
+        timeout_graceful_shutdown=max(1, int(settings.shutdown_grace)), server_header=False,
+    ))
+    started = await _start_http(server, host, port)
+    if isinstance(started, int):
+        return started
+    worker_task = asyncio.ensure_future(worker(stop)) if worker is not None else None
+    stop_task = asyncio.create_task(stop.wait(), name="stop")
+    waiting = {t for t in (started, worker_task, stop_task) if t is not None}
+    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    if stop.is_set():
+        get_logger().info("stopping: draining in-flight work", grace_seconds=settings.shutdown_grace)
+    exit_code = 0
+    if worker_task is not None:
+        stop.set()
+        exit_code = await _drain_worker(worker_task, settings.shutdown_grace)
+    server.should_exit = True
+    with contextlib.suppress(BaseException):
+        await started
+    stop_task.cancel()
+    get_logger().info("stopped", exit_code=exit_code)
+    return exit_code
 
-    server = _Server(
-        uvicorn.Config(
-            app,
-            host=host,
-            port=port,
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=max(1, int(shutdown_grace)),
-            server_header=False,
-        )
-    )
+
+async def _start_http(server: _Server, host: str, port: int) -> asyncio.Task[None] | int:
+    """The running server's task, or the exit code when it cannot start."""
+    log = get_logger()
     try:
         sock = bind_socket(host, port)
     except OSError as exc:
@@ -98,42 +113,69 @@ async def serve(
     server_task = asyncio.create_task(server.serve(sockets=[sock]), name="http")
     while not server.started:
         if server_task.done():
-            failure = server_task.exception()
-            log.error("[FAILED TO START HTTP SERVER]", host=host, port=port, error=repr(failure))
+            log.error("[FAILED TO START HTTP SERVER]", host=host, port=port, error=repr(server_task.exception()))
             return 1
         await asyncio.sleep(0.01)
     log.info("listening", host=host, port=port)
+    return server_task
 
-    worker_task: asyncio.Task[None] | None = None
-    if worker is not None:
-        worker_task = asyncio.ensure_future(worker(stop))
-    stop_task = asyncio.create_task(stop.wait(), name="stop")
-    waiting = {t for t in (server_task, worker_task, stop_task) if t is not None}
-    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
 
-    exit_code = 0
-    if stop.is_set():
-        log.info("stopping: draining in-flight work", grace_seconds=shutdown_grace)
-    if worker_task is not None:
-        stop.set()
+async def _drain_worker(worker_task: asyncio.Future[None], grace: float) -> int:
+    """Wait for the stopped worker to finish its in-flight work; the exit code."""
+    log = get_logger()
+    try:
+        await asyncio.wait_for(asyncio.shield(worker_task), timeout=grace)
+    except TimeoutError:
+        log.error("[FAILED TO STOP CLEANLY]", reason="worker did not drain within the grace period")
+        worker_task.cancel()
+        return 1
+    except FatalError as exc:
+        log.error("fatal error, exiting so the supervisor restarts this role", error=str(exc))
+        return 1
+    except Exception:
+        log.exception("worker crashed")
+        return 1
+    return 0
+
+
+def beside(main: Worker, background: Sequence[Worker], grace: float) -> Worker:
+    """One worker: `main`, with `background` workers run beside it; main's end (a fatal error or
+    a stop) stops them, each given `grace` seconds to finish."""
+    async def run(stop: asyncio.Event) -> None:
+        tasks = [asyncio.ensure_future(worker(stop)) for worker in background]
         try:
-            await asyncio.wait_for(asyncio.shield(worker_task), timeout=shutdown_grace)
-        except TimeoutError:
-            log.error("[FAILED TO STOP CLEANLY]", reason="worker did not drain within the grace period")
-            worker_task.cancel()
-            exit_code = 1
-        except FatalError as exc:
-            log.error("fatal error, exiting so the supervisor restarts this role", error=str(exc))
-            exit_code = 1
-        except Exception:
-            log.exception("worker crashed")
-            exit_code = 1
-    server.should_exit = True
-    with contextlib.suppress(BaseException):
-        await server_task
-    stop_task.cancel()
-    log.info("stopped", exit_code=exit_code)
-    return exit_code
+            await main(stop)
+        finally:
+            stop.set()
+            for task in tasks:
+                try:
+                    await asyncio.wait_for(task, timeout=grace)
+                except Exception:
+                    task.cancel()
+
+    return run
+
+
+@dataclasses.dataclass
+class Role:
+    """What a role's composition root (orchestrator/main.py, scanner/main.py, wallet/main.py)
+    builds: its HTTP app, its worker if any, what to close at the end, what to log at the start."""
+
+    name: str
+    app: Any
+    worker: Worker | None = None
+    closers: list[Callable[[], Awaitable[None]]] = dataclasses.field(default_factory=list)
+    starting: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+async def run_role(settings: Settings, role: Role) -> int:
+    """Serve a composed role until it stops, then close its resources (last opened, first closed)."""
+    get_logger().info(f"{role.name} starting", **role.starting)
+    try:
+        return await serve(app=role.app, settings=settings, role=role.name, worker=role.worker)
+    finally:
+        for close in reversed(role.closers):
+            await close()
 
 
 async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

@@ -150,13 +150,10 @@ SELECT_REQUEST_BY_IDEMPOTENCY_KEY = (
     f"SELECT uuid, {_FIELDS}, succeed, created_at, finalized_at, request_hash "
     "FROM request WHERE idempotency_key = %s"
 )
-# Write-once finalization: a row that is already final is never touched again.
-FINALIZE_REQUEST = (
-    "UPDATE request SET succeed = %s, finalized_at = NOW(6) WHERE uuid = %s AND succeed IS NULL"
-)
-# Batched finalization (POST /internal/payments/results), one transaction: lock the batch's rows
-# (primary-key order, so two batches cannot deadlock), finalize the pending ones per value with the
-# same write-once guard, read the stored rows back.
+# Write-once finalization (orchestrator/service.py finalize, a batch; a single result is a batch of
+# one), one transaction: lock the batch's rows (primary-key order, so two batches cannot deadlock),
+# finalize the pending ones per value (a row already final is never touched again), read the
+# stored rows back.
 LOCK_REQUESTS = "SELECT uuid, succeed FROM request WHERE uuid IN ({placeholders}) FOR UPDATE"
 FINALIZE_REQUESTS = (
     "UPDATE request SET succeed = %s, finalized_at = NOW(6) WHERE uuid IN ({placeholders}) AND succeed IS NULL"

@@ -26,9 +26,11 @@ Budgets, counted from the process's start:
 tables succeeded (or readiness found the schema at this code's version), so a role waiting for
 migrate is still waiting after MariaDB itself is up.
 
-`retry_until_up` is the one loop every "wait until the dependency answers" goes through (migrate,
-reconcile, the roles' broker connection); the roles' steady loops (outbox scan, parked
-callbacks, deductions, API requests) log their failures with `Dependency.fields()`.
+`until_ok` is the one loop that retries a step until it succeeds, with a back-off between
+failures: `retry_until_up` (every "wait until the dependency answers": migrate, reconcile, the
+roles' broker connection) and `forever` (a role's background pass repeated until stopped, like the
+wallet's parked callbacks and dead letters) are both made of it. The roles' steady loops log their
+failures with `Dependency.fields()`.
 """
 
 from __future__ import annotations
@@ -89,7 +91,8 @@ class Dependency:
         return {FIELD: True, "waiting_for": self.name} if self.waiting else {}
 
 
-async def _pause(stop: asyncio.Event | None, seconds: float) -> None:
+async def pause(stop: asyncio.Event | None, seconds: float) -> None:
+    """Sleep `seconds`, or less if `stop` is set meanwhile."""
     if stop is None:
         await asyncio.sleep(seconds)
         return
@@ -97,6 +100,45 @@ async def _pause(stop: asyncio.Event | None, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), timeout=seconds)
     except TimeoutError:
         pass
+
+
+async def until_ok(
+    step: Callable[[], Awaitable[T]],
+    *,
+    backoff: Backoff,
+    on_failure: Callable[[BaseException, float], None],
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+    stop: asyncio.Event | None = None,
+) -> tuple[bool, T | None]:
+    """Run `step` until it succeeds: (True, its result). Each failure (an exception of `retry_on`;
+    anything else propagates) is told to `on_failure(exc, delay)` (which may raise to give up),
+    then `backoff` decides the pause. `stop` set: (False, None). The caller resets `backoff`."""
+    while stop is None or not stop.is_set():
+        try:
+            return True, await step()
+        except retry_on as exc:
+            delay = backoff.failed()
+            on_failure(exc, delay)
+            await pause(stop, delay)
+    return False, None
+
+
+async def forever(
+    pass_once: Callable[[], Awaitable[int]],
+    stop: asyncio.Event,
+    *,
+    full: int,
+    idle: float,
+    backoff: Backoff,
+    on_failure: Callable[[BaseException, float], None],
+) -> None:
+    """A background pass repeated until `stop`: `pass_once` returns how much it did; a pass that
+    did less than `full` pauses `idle` before the next, a failing one backs off (until_ok)."""
+    while not stop.is_set():
+        ok, done = await until_ok(pass_once, backoff=backoff, on_failure=on_failure, stop=stop)
+        backoff.succeeded()
+        if ok and (done or 0) < full:
+            await pause(stop, idle)
 
 
 def _error(exc: BaseException) -> dict[str, Any]:
@@ -124,23 +166,20 @@ async def retry_until_up(
     than that many seconds after the first one, one last line without `waiting` (`gave_up: true`,
     `waited_seconds`) is logged and the last error raised."""
     started = time.monotonic()
-    while stop is None or not stop.is_set():
-        try:
-            result = await step()
-        except retry_on as exc:
-            if on_failure is not None:
-                on_failure()
-            delay = backoff.failed()
-            fields = {**describe(exc), "attempt": backoff.failures}
-            waited = time.monotonic() - started
-            if give_up_after is not None and waited + delay > give_up_after:
-                log.error(tag, **fields, gave_up=True, waited_seconds=round(waited, 1))
-                raise
-            log.error(tag, **fields, retry_in_seconds=round(delay, 2), **dependency.fields())
-            await _pause(stop, delay)
-            continue
+
+    def failed(exc: BaseException, delay: float) -> None:
+        if on_failure is not None:
+            on_failure()
+        fields = {**describe(exc), "attempt": backoff.failures}
+        waited = time.monotonic() - started
+        if give_up_after is not None and waited + delay > give_up_after:
+            log.error(tag, **fields, gave_up=True, waited_seconds=round(waited, 1))
+            raise exc
+        log.error(tag, **fields, retry_in_seconds=round(delay, 2), **dependency.fields())
+
+    opened, result = await until_ok(step, backoff=backoff, on_failure=failed, retry_on=retry_on, stop=stop)
+    if opened:
         dependency.up()
         if backoff.failures:
             log.info(f"{dependency.name} reachable", attempts=backoff.failures + 1)
-        return True, result
-    return False, None
+    return opened, result

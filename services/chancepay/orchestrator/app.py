@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -26,13 +27,21 @@ from chancepay.core.http import (
 )
 from chancepay.core.logging import bound, get_logger
 from chancepay.core.metrics import Metrics
-from chancepay.core.payment import MissingFields, UnknownFields, parse_details
+from chancepay.core.payment import (
+    InvalidResults,
+    MissingFields,
+    Outcome,
+    Result,
+    UnknownFields,
+    dump_outcomes,
+    parse_details,
+    parse_result,
+    parse_results,
+)
 from chancepay.orchestrator.openapi import OPENAPI
-from chancepay.orchestrator.service import Finalized, FinalizeOutcome, IdempotencyKeyReused, PaymentService
+from chancepay.orchestrator.service import Finalized, IdempotencyKeyReused, PaymentService
 
 MAX_BODY_BYTES = 16 * 1024
-# Items in one POST /internal/payments/results (about 62 bytes each: 200 fit the body limit).
-MAX_RESULTS = 200
 
 
 def _check_json_content_type(request: Request) -> None:
@@ -140,16 +149,17 @@ async def get_payment(request: Request) -> Response:
     return JSONResponse(payment.as_json())
 
 
-def _record_finalized(r: Resources, item: Finalized, succeed: bool) -> None:
-    """Log and count one finalization outcome (single or batched callback alike)."""
+def _record_finalized(r: Resources, item: Finalized) -> None:
+    """Log and count one finalization outcome."""
     log = get_logger()
-    with bound(uuid=item.uuid):
-        if item.outcome is FinalizeOutcome.UNKNOWN:
+    succeed = item.result.succeed
+    with bound(uuid=item.result.uuid):
+        if item.outcome is Outcome.UNKNOWN:
             log.warning("result for an unknown payment", succeed=succeed)
-        elif item.outcome is FinalizeOutcome.CONFLICT:
+        elif item.outcome is Outcome.CONFLICT:
             assert item.payment is not None
             log.error("[FAILED TO FINALIZE: RESULT CONFLICT]", stored=item.payment.succeed, received=succeed)
-        elif item.outcome is FinalizeOutcome.APPLIED:
+        elif item.outcome is Outcome.APPLIED:
             assert item.payment is not None
             r.metrics.payments_finalized.labels(result="succeeded" if succeed else "failed").inc()
             if item.latency is not None:
@@ -157,49 +167,38 @@ def _record_finalized(r: Resources, item: Finalized, succeed: bool) -> None:
             log.info("payment finalized", status=item.payment.status.value)
 
 
+async def _finalize(r: Resources, results: list[Result]) -> list[Finalized]:
+    """The one finalize path: every result in one transaction, write-once, each outcome recorded."""
+    finalized = await r.service.finalize(results)
+    for item in finalized:
+        _record_finalized(r, item)
+    return finalized
+
+
+async def _read_results(request: Request, parse: Callable[[dict[str, Any]], Result | list[Result]]) -> list[Result]:
+    doc = await _read_json_object(request)
+    try:
+        parsed = parse(doc)
+    except InvalidResults as exc:
+        raise ApiError(422, exc.code, exc.message) from None
+    return parsed if isinstance(parsed, list) else [parsed]
+
+
 async def post_result(request: Request) -> Response:
+    """The single-result endpoint of the contract: a batch of one, its outcome answered as the
+    HTTP status this endpoint always gave (200 applied or repeated, 409 conflict, 404 unknown)."""
     r = _resources(request)
     require_bearer(request, r.settings.internal_token)
     uuid = _path_uuid(request)
-    doc = await _read_json_object(request)
-    if set(doc) != {"succeed"} or not isinstance(doc["succeed"], bool):
-        raise ApiError(422, "invalid_field", 'the body must be exactly {"succeed": true|false}')
-    succeed: bool = doc["succeed"]
-    item = await r.service.finalize(uuid, succeed)
-    _record_finalized(r, item, succeed)
-    if item.outcome is FinalizeOutcome.UNKNOWN:
+    (item,) = await _finalize(r, await _read_results(request, lambda doc: parse_result(doc, uuid)))
+    if item.outcome is Outcome.UNKNOWN:
         raise ApiError(404, "not_found", f"no payment {uuid}")
-    payment = item.payment
-    assert payment is not None
-    if item.outcome is FinalizeOutcome.CONFLICT:
+    assert item.payment is not None
+    if item.outcome is Outcome.CONFLICT:
         raise ApiError(
-            409, "result_conflict", f"payment {uuid} is already {payment.status.value}; the row is unchanged"
+            409, "result_conflict", f"payment {uuid} is already {item.payment.status.value}; the row is unchanged"
         )
-    return JSONResponse({"uuid": uuid, "status": payment.status.value})
-
-
-def parse_results(doc: dict[str, Any]) -> list[tuple[str, bool]]:
-    """The body of POST /internal/payments/results: {"results": [{"uuid", "succeed"}, ...]},
-    1..MAX_RESULTS items, each uuid once. Raises ApiError 422 naming the first bad item."""
-    items = doc.get("results")
-    if set(doc) != {"results"} or not isinstance(items, list) or not 1 <= len(items) <= MAX_RESULTS:
-        raise ApiError(422, "invalid_field",
-                       f'the body must be exactly {{"results": [...]}} with 1 to {MAX_RESULTS} items')
-    results: list[tuple[str, bool]] = []
-    seen: set[str] = set()
-    for i, item in enumerate(items):
-        if not isinstance(item, dict) or set(item) != {"uuid", "succeed"} or not isinstance(item["succeed"], bool):
-            raise ApiError(422, "invalid_field",
-                           f'results[{i}] must be exactly {{"uuid": "...", "succeed": true|false}}')
-        try:
-            uuid = parse_uuid(item["uuid"])
-        except InvalidField:
-            raise ApiError(422, "invalid_field", f"results[{i}].uuid must be a canonical lowercase UUID") from None
-        if uuid in seen:
-            raise ApiError(422, "duplicate_uuid", f"results[{i}]: {uuid} appears twice in one batch")
-        seen.add(uuid)
-        results.append((uuid, item["succeed"]))
-    return results
+    return JSONResponse({"uuid": uuid, "status": item.payment.status.value})
 
 
 async def post_results(request: Request) -> Response:
@@ -208,15 +207,11 @@ async def post_results(request: Request) -> Response:
     conflict or an unknown uuid is an item's outcome, not an error of the request."""
     r = _resources(request)
     require_bearer(request, r.settings.internal_token)
-    results = parse_results(await _read_json_object(request))
-    finalized = await r.service.finalize_many(results)
+    results = await _read_results(request, parse_results)
+    finalized = await _finalize(r, results)
     r.metrics.result_batch_size.observe(len(results))
-    answer = []
-    for item, (_, succeed) in zip(finalized, results, strict=True):
-        _record_finalized(r, item, succeed)
-        answer.append({"uuid": item.uuid, "outcome": item.outcome.value,
-                       "status": item.payment.status.value if item.payment else None})
-    return JSONResponse({"results": answer})
+    return JSONResponse(dump_outcomes([(f.result.uuid, f.outcome, f.payment.status if f.payment else None)
+                                       for f in finalized]))
 
 
 async def openapi(request: Request) -> Response:

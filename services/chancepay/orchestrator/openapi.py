@@ -2,8 +2,8 @@
 
 The paths and status codes are written here because they *are* the contract (CONTRACT.md "HTTP
 API"): schemathesis fuzzes the API from this document, so every status code the API can answer is
-listed. The payment's schemas come from its declaration (core/payment.py), so a declared field
-shows here with the same rule the API enforces.
+listed. The payment's and the result's schemas come from their declaration (core/payment.py), so
+a declared field, the batch limit and the outcomes show here as the API enforces them.
 """
 
 from __future__ import annotations
@@ -131,7 +131,8 @@ OPENAPI: dict[str, Any] = {
                     "401": _err("Missing or wrong bearer token"),
                     "413": _err("Body over 16 KiB"),
                     "415": _err("Content-Type is not application/json"),
-                    "422": _err("Not {results: [{uuid, succeed}]} with 1 to 200 items, or a uuid twice"),
+                    "422": _err(f"Not {{results: [{{uuid, succeed}}]}} with 1 to {payment.MAX_RESULTS} items, "
+                                "or a uuid twice"),
                     "503": _err("Database unavailable; nothing was finalized"),
                 },
             }
@@ -156,64 +157,10 @@ OPENAPI: dict[str, Any] = {
             "PaymentRequest": payment.request_schema(),
             "PaymentAccepted": payment.accepted_schema(),
             "Payment": payment.payment_schema(),
-            "Result": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["succeed"],
-                "properties": {"succeed": {"type": "boolean"}},
-            },
-            "ResultApplied": {
-                "type": "object",
-                "required": ["uuid", "status"],
-                "properties": {
-                    "uuid": {"type": "string"},
-                    "status": {"type": "string", "enum": [payment.Status.SUCCEEDED.value, payment.Status.FAILED.value]},
-                },
-            },
-            "ResultBatch": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["results"],
-                "properties": {
-                    "results": {
-                        "type": "array",
-                        "minItems": 1,
-                        "maxItems": 200,
-                        # Each uuid once (the contract). JSON Schema can say "no two items alike", not
-                        # "no two items with the same uuid": tests/integration/openapi_hooks.py tells
-                        # the fuzzer the rest.
-                        "uniqueItems": True,
-                        "description": "1 to 200 results, each uuid at most once (422 duplicate_uuid otherwise)",
-                        "items": {
-                            "type": "object",
-                            "additionalProperties": False,
-                            "required": ["uuid", "succeed"],
-                            "properties": {"uuid": payment.UUID_SCHEMA, "succeed": {"type": "boolean"}},
-                        },
-                    }
-                },
-            },
-            "ResultBatchOutcomes": {
-                "type": "object",
-                "required": ["results"],
-                "properties": {
-                    "results": {
-                        "type": "array",
-                        "items": {
-                            "type": "object",
-                            "required": ["uuid", "outcome", "status"],
-                            "properties": {
-                                "uuid": {"type": "string"},
-                                "outcome": {"type": "string", "enum": ["applied", "repeated", "conflict", "unknown"]},
-                                "status": {
-                                    "type": ["string", "null"],
-                                    "enum": [payment.Status.SUCCEEDED.value, payment.Status.FAILED.value, None],
-                                },
-                            },
-                        },
-                    }
-                },
-            },
+            "Result": payment.result_schema(),
+            "ResultApplied": payment.result_applied_schema(),
+            "ResultBatch": payment.results_schema(),
+            "ResultBatchOutcomes": payment.outcomes_schema(),
             "Error": {
                 "type": "object",
                 "required": ["error"],

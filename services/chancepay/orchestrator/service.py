@@ -1,28 +1,22 @@
 """The orchestrator's unit of work: create a payment (request + outbox, one transaction),
-read it, finalize it write-once. Receives its Database; knows nothing of HTTP."""
+read it, finalize results write-once (a batch; a single result is a batch of one). Receives its
+Database; knows nothing of HTTP."""
 
 from __future__ import annotations
 
 import dataclasses
-import enum
 import hashlib
+from collections.abc import Sequence
 from typing import Any
 
 from chancepay.core import sql
 from chancepay.core.codec import new_uuid
-from chancepay.core.db import Database, fetchrow, fetchrows, is_duplicate_key
-from chancepay.core.payment import Details, Payment, PaymentMessage, column_values, dump_details
+from chancepay.core.db import Database, fetchrows, is_duplicate_key
+from chancepay.core.payment import Details, Outcome, Payment, PaymentMessage, Result, column_values, dump_details
 
 
 class IdempotencyKeyReused(Exception):
     """The key was used before with a different body."""
-
-
-class FinalizeOutcome(enum.Enum):
-    APPLIED = "applied"  # this call finalized the request
-    REPEATED = "repeated"  # already final with the same value
-    CONFLICT = "conflict"  # already final with the other value; nothing changed
-    UNKNOWN = "unknown"  # no such request
 
 
 def request_fingerprint(details: Details) -> str:
@@ -66,30 +60,18 @@ class PaymentService:
         row = await self.db.fetchrow(sql.SELECT_REQUEST, (uuid,))
         return Payment.from_row(row) if row else None
 
-    async def finalize(self, uuid: str, succeed: bool) -> Finalized:
-        """Write-once: UPDATE ... AND succeed IS NULL. Returns the outcome, the row as stored, and
-        for an applied finalization the create-to-final latency in seconds (database clock)."""
-        async def finalize_once(cur: Any) -> tuple[bool, Any]:
-            await cur.execute(sql.FINALIZE_REQUEST, (succeed, uuid))
-            applied = cur.rowcount == 1
-            await cur.execute(sql.SELECT_REQUEST, (uuid,))
-            return applied, await fetchrow(cur)
-
-        applied, row = await self.db.run(finalize_once)
-        return _finalized(uuid, succeed, row, applied)
-
-    async def finalize_many(self, results: list[tuple[str, bool]]) -> list[Finalized]:
-        """The batched form of finalize(), in one transaction with the same write-once guard: the
-        batch's rows are locked, the pending ones finalized (one UPDATE per value), the stored rows
-        read back. One Finalized per item, in the order given; uuids must be distinct."""
-        uuids = [uuid for uuid, _ in results]
+    async def finalize(self, results: Sequence[Result]) -> list[Finalized]:
+        """Write-once, in one transaction: the batch's rows are locked, the pending ones finalized
+        (UPDATE ... AND succeed IS NULL, one per value), the stored rows read back. One Finalized
+        per result, in the order given; uuids must be distinct."""
+        uuids = [r.uuid for r in results]
 
         async def finalize_batch(cur: Any) -> tuple[set[str], dict[str, Any]]:
             await cur.execute(sql.among(sql.LOCK_REQUESTS, len(uuids)), uuids)
             pending = {uuid for uuid, stored in await cur.fetchall() if stored is None}
             applied: set[str] = set()
             for value in (True, False):
-                chosen = [uuid for uuid, succeed in results if succeed is value and uuid in pending]
+                chosen = [r.uuid for r in results if r.succeed is value and r.uuid in pending]
                 if chosen:
                     await cur.execute(sql.among(sql.FINALIZE_REQUESTS, len(chosen)), (value, *chosen))
                     applied.update(chosen)
@@ -98,30 +80,30 @@ class PaymentService:
             return applied, rows
 
         applied, rows = await self.db.run(finalize_batch)
-        return [_finalized(uuid, succeed, rows.get(uuid), uuid in applied) for uuid, succeed in results]
+        return [_finalized(r, rows.get(r.uuid), r.uuid in applied) for r in results]
 
 
 @dataclasses.dataclass(frozen=True)
 class Finalized:
-    """What one finalization did (single or one item of a batch)."""
+    """What finalizing one result did."""
 
-    uuid: str
-    outcome: FinalizeOutcome
+    result: Result
+    outcome: Outcome
     payment: Payment | None  # the row as stored; None when unknown
     latency: float | None  # create-to-final seconds (database clock) when applied here
 
 
-def _finalized(uuid: str, succeed: bool, row: dict[str, Any] | None, applied: bool) -> Finalized:
-    """The outcome of finalizing `uuid` with `succeed`, from the row as stored afterwards and
-    whether this transaction's write-once UPDATE changed it."""
+def _finalized(result: Result, row: dict[str, Any] | None, applied: bool) -> Finalized:
+    """The outcome of finalizing `result`, from the row as stored afterwards and whether this
+    transaction's write-once UPDATE changed it."""
     if row is None:
-        return Finalized(uuid, FinalizeOutcome.UNKNOWN, None, None)
+        return Finalized(result, Outcome.UNKNOWN, None, None)
     payment = Payment.from_row(row)
     if applied:
         latency = None
         if payment.finalized_at and payment.created_at:
             latency = (payment.finalized_at - payment.created_at).total_seconds()
-        return Finalized(uuid, FinalizeOutcome.APPLIED, payment, latency)
-    if payment.succeed is succeed:
-        return Finalized(uuid, FinalizeOutcome.REPEATED, payment, None)
-    return Finalized(uuid, FinalizeOutcome.CONFLICT, payment, None)
+        return Finalized(result, Outcome.APPLIED, payment, latency)
+    if payment.succeed is result.succeed:
+        return Finalized(result, Outcome.REPEATED, payment, None)
+    return Finalized(result, Outcome.CONFLICT, payment, None)

@@ -1,4 +1,4 @@
-"""Entry point of `chancepay scanner`."""
+"""Entry point of `chancepay scanner`, its composition root."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from chancepay.core.crash import CrashPoints
 from chancepay.core.db import Database
 from chancepay.core.gauges import refresh_orchestrator_gauges
 from chancepay.core.http import EXCEPTION_HANDLERS, health_routes
-from chancepay.core.logging import get_logger
 from chancepay.core.metrics import Metrics
-from chancepay.core.runner import serve
+from chancepay.core.runner import Role, run_role
 from chancepay.scanner.scanner import Scanner
 
 
-async def run(settings: Settings) -> int:
+def compose(settings: Settings) -> Role:
+    """The scanner's parts, built and wired here (and only here)."""
     settings.require_safe_message_key()
     metrics = Metrics("scanner")
     db = Database(settings.orchestrator_db_url, pool_size=min(settings.db_pool_size, 4), timeout=settings.db_timeout)
@@ -34,8 +34,9 @@ async def run(settings: Settings) -> int:
 
     app = Starlette(routes=health_routes(metrics, ready, refresh), exception_handlers=EXCEPTION_HANDLERS)
     app.state.metrics = metrics
-    get_logger().info("scanner starting", db=settings.orchestrator_db_url.redacted())
-    try:
-        return await serve(app=app, settings=settings, role="scanner", worker=scanner.scan_forever)
-    finally:
-        await db.close()
+    return Role("scanner", app, scanner.scan_forever, closers=[db.close],
+                starting={"db": settings.orchestrator_db_url.redacted()})
+
+
+async def run(settings: Settings) -> int:
+    return await run_role(settings, compose(settings))

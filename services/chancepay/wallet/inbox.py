@@ -9,7 +9,7 @@ from typing import Any
 
 from chancepay.core import sql
 from chancepay.core.db import Database, fetchrow
-from chancepay.core.payment import PaymentMessage, column_values, details_from_row
+from chancepay.core.payment import PaymentMessage, column_values, details_from_row, succeed_from_column
 from chancepay.wallet.policy import Decision, Deduction, redelivery
 
 
@@ -37,8 +37,8 @@ class Inbox:
             await cur.execute(sql.LOCK_INBOX, (msg.uuid,))
             row = await fetchrow(cur)
             assert row is not None  # INSERT IGNORE found it; FOR UPDATE holds it
-            stored = None if row["succeed"] is None else bool(row["succeed"])
-            decision = redelivery(details_from_row(row), stored, int(row["deliveries"]), msg.details, flipped)
+            decision = redelivery(details_from_row(row), succeed_from_column(row["succeed"]), int(row["deliveries"]),
+                                  msg.details, flipped)
             if decision.kind is not Deduction.CONFLICT:
                 await cur.execute(sql.COUNT_INBOX_DELIVERY, (msg.uuid,))
             if decision.kind is Deduction.NEW:

@@ -1,6 +1,9 @@
-"""Entry point of `chancepay wallet`: the consumer plus its HTTP side (inbox look-up, health, metrics)."""
+"""Entry point of `chancepay wallet`, its composition root: the consumer, the parked-callback
+retrier and the dead-letter mover beside it, plus its HTTP side (inbox look-up, health, metrics)."""
 
 from __future__ import annotations
+
+import random
 
 import aiohttp
 from starlette.applications import Starlette
@@ -14,10 +17,17 @@ from chancepay.core.config import Settings
 from chancepay.core.crash import CrashPoints
 from chancepay.core.db import Database
 from chancepay.core.http import EXCEPTION_HANDLERS, ApiError, JSONResponse, health_routes, require_bearer
-from chancepay.core.logging import get_logger
 from chancepay.core.metrics import Metrics
-from chancepay.core.runner import serve
-from chancepay.wallet.consumer import Wallet
+from chancepay.core.payment import inbox_json, succeed_from_column
+from chancepay.core.results import ResultsClient
+from chancepay.core.runner import Role, beside, run_role
+from chancepay.wallet.callback import Callbacks
+from chancepay.wallet.consumer import Consumer
+from chancepay.wallet.delivery import Delivery
+from chancepay.wallet.dlq import DeadLetterMover
+from chancepay.wallet.inbox import Inbox
+from chancepay.wallet.parked import ParkedRetrier
+from chancepay.wallet.policy import parked_retry_delay
 
 
 async def get_inbox(request: Request) -> Response:
@@ -32,23 +42,23 @@ async def get_inbox(request: Request) -> Response:
     row = await db.fetchrow(sql.SELECT_INBOX, (uuid,))
     if row is None:
         raise ApiError(404, "not_found", f"no inbox row {uuid}")
-    return JSONResponse({"uuid": row["uuid"], "succeed": None if row["succeed"] is None else bool(row["succeed"])})
+    return JSONResponse(inbox_json(row["uuid"], succeed_from_column(row["succeed"])))
 
 
 ROUTES = [Route("/internal/inbox/{uuid}", get_inbox, methods=["GET"])]
 
 
-def build_app(settings: Settings, db: Database, metrics: Metrics, wallet: Wallet) -> Starlette:
+def build_app(settings: Settings, db: Database, metrics: Metrics, inbox: Inbox, consumer: Consumer) -> Starlette:
     async def ready() -> dict[str, bool]:
         return {
             "database": await db.ping(),
             "schema": await db.schema_ready(migrations.latest(migrations.WALLET)),
-            "broker": wallet.broker_ready(),
+            "broker": consumer.broker_ready(),
         }
 
     async def refresh() -> None:
         # Dead letters: the rows the wallet keeps plus what still waits in the queue to be moved.
-        depth = await wallet.dlq_depth()
+        depth = await consumer.dlq_depth()
         try:
             stored = await db.fetchone(sql.COUNT_DEAD_LETTERS)
             metrics.dlq_messages.set(int(stored[0]) + (depth or 0))
@@ -56,7 +66,7 @@ def build_app(settings: Settings, db: Database, metrics: Metrics, wallet: Wallet
             if depth is not None:
                 metrics.dlq_messages.set(depth)
         try:
-            pending, oldest = await wallet.inbox.parked_stats()
+            pending, oldest = await inbox.parked_stats()
         except Exception:  # a scrape must not fail because the database is down; readyz says so
             return
         metrics.wallet_callbacks_pending.set(pending)
@@ -69,7 +79,8 @@ def build_app(settings: Settings, db: Database, metrics: Metrics, wallet: Wallet
     return app
 
 
-async def run(settings: Settings) -> int:
+def compose(settings: Settings) -> Role:
+    """The wallet's parts, built and wired here (and only here)."""
     settings.require_safe_token()
     settings.require_safe_message_key()
     metrics = Metrics("wallet")
@@ -81,12 +92,28 @@ async def run(settings: Settings) -> int:
         headers={"Authorization": f"Bearer {settings.internal_token}"},
         connector=aiohttp.TCPConnector(limit=settings.wallet_prefetch),
     )
-    wallet = Wallet(settings, db, metrics, CrashPoints(settings.crash_point_set()), http)
-    app = build_app(settings, db, metrics, wallet)
-    get_logger().info("wallet starting", db=settings.wallet_db_url.redacted(),
-                      success_rate=settings.wallet_success_rate)
-    try:
-        return await serve(app=app, settings=settings, role="wallet", worker=wallet.run_forever)
-    finally:
-        await http.close()
-        await db.close()
+    rng = random.Random()
+    crash = CrashPoints(settings.crash_point_set())
+    inbox = Inbox(db, on_inserted=lambda: crash.hit("wallet.after_inbox_insert"))
+    callbacks = Callbacks(ResultsClient(http, settings.orchestrator_url), metrics, tries=settings.callback_attempts,
+                          backoff=settings.callback_backoff, rng=rng, batch_size=settings.callback_batch_size,
+                          batch_linger=settings.callback_batch_linger)
+
+    def parked_delay(attempts: int) -> float:
+        return parked_retry_delay(attempts, settings.callback_backoff, settings.callback_retry_max, rng)
+
+    delivery = Delivery(inbox=inbox, callbacks=callbacks, metrics=metrics, crash=crash,
+                        message_keys=settings.message_keys, flip=lambda: rng.random() < settings.wallet_success_rate,
+                        park_delay=lambda: parked_delay(1), database=db.dependency, rng=rng)
+    consumer = Consumer(settings.amqp_url_list, delivery.handle, prefetch=settings.wallet_prefetch,
+                        shutdown_grace=settings.shutdown_grace, on_connect_failure=metrics.broker_connect_failures.inc)
+    retrier = ParkedRetrier(inbox, callbacks, next_delay=parked_delay, database=db.dependency, rng=rng)
+    mover = DeadLetterMover(db, consumer, rng=rng)
+    worker = beside(consumer.consume_forever, [retrier.retry_parked_forever, mover.move_dead_letters_forever],
+                    grace=max(1.0, settings.shutdown_grace - 2))
+    return Role("wallet", build_app(settings, db, metrics, inbox, consumer), worker, closers=[db.close, http.close],
+                starting={"db": settings.wallet_db_url.redacted(), "success_rate": settings.wallet_success_rate})
+
+
+async def run(settings: Settings) -> int:
+    return await run_role(settings, compose(settings))

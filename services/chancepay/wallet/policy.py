@@ -1,6 +1,7 @@
 """The wallet's decisions, as pure functions (no I/O; unit-tested in tests/unit/test_wallet_policy.py):
-what a redelivery finds in the inbox means, what a callback's answer means, and what becomes of
-the message (ack, dead-letter, requeue, or park the result and ack) after each step."""
+what a redelivery finds in the inbox means, what a callback's answer (an Outcome or a Failure,
+core/payment.py) means, and what becomes of the message (ack, dead-letter, requeue, or park the
+result and ack) after each step, with its reason (a Verdict)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from chancepay.core.backoff import capped_exponential, full_jitter, half_jitter
+from chancepay.core.payment import Answer, Outcome
 
 # Back-off before requeueing a message the database could not take (see db_retry_delay).
 DB_RETRY_MIN_SECONDS = 0.5
@@ -52,27 +54,22 @@ def redelivery(stored: Mapping[str, Any], stored_succeed: bool | None, deliverie
     return Decision(Deduction.NEW, flipped, deliveries + 1)
 
 
-class CallbackResult(enum.Enum):
-    DELIVERED = "delivered"
-    RETRYABLE = "retryable"  # network, timeout, 5xx, 401, 408, 429: a later try may succeed
-    REJECTED = "rejected"  # 404/409/422...: retrying cannot help
-
-
-def callback_result(status: int | None) -> CallbackResult:
-    """What the orchestrator's answer to a result callback means; None: no answer (network error
-    or timeout). 401 is retryable: during a token rotation the orchestrator may be a step behind."""
-    if status == 200:
-        return CallbackResult.DELIVERED
-    if status is None or status >= 500 or status in (401, 408, 429):
-        return CallbackResult.RETRYABLE
-    return CallbackResult.REJECTED
-
-
 class Action(enum.Enum):
+    """What becomes of a delivery. wallet/consumer.py settle() carries out the four final ones."""
+
     ACK = "ack"
+    REJECTED = "rejected"  # ack: the orchestrator refused the result; logged for an operator
     DEAD_LETTER = "dead-letter"  # reject without requeue: the queue moves it to the DLQ
-    REQUEUE = "requeue"  # nack with requeue, after a hold
-    PARK = "park"  # store the result for the background retrier, then ack
+    REQUEUE = "requeue"  # nack with requeue (after a hold, when the database did not take it)
+    PARK = "park"  # store the result for the background retrier, then ack (or requeue: after_park)
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """A delivery's Action and why."""
+
+    action: Action
+    reason: str
 
 
 def after_deduction(decision: Decision | None) -> Action | None:
@@ -85,10 +82,14 @@ def after_deduction(decision: Decision | None) -> Action | None:
     return None
 
 
-def after_callback(result: CallbackResult) -> Action:
-    """Once the quick tries are over: an undelivered result is parked (the message is acked and
-    holds no prefetch slot while the orchestrator is away); delivered or rejected: ack."""
-    return Action.PARK if result is CallbackResult.RETRYABLE else Action.ACK
+def after_callback(answer: Answer) -> Action:
+    """Once the quick tries are over: an outcome that settles (applied, repeated): ack. One that
+    does not (conflict, unknown), or a failure no retry helps (a malformed result): the
+    orchestrator refused it, REJECTED (acked, needs an operator). A failure a retry may help: park
+    the result (the message is acked and holds no prefetch slot while the orchestrator is away)."""
+    if isinstance(answer, Outcome):
+        return Action.ACK if answer.settles else Action.REJECTED
+    return Action.PARK if answer.retry_helps else Action.REJECTED
 
 
 def after_park(parked: bool) -> Action:
