@@ -71,3 +71,21 @@ def test_a_bad_line_fails_the_static_checks(tmp_path: Path) -> None:
     mypy = _tool("mypy", "services/chancepay", cwd=tmp_path)
     assert mypy.returncode != 0 and "planted.py" in mypy.stdout, mypy.stdout + mypy.stderr
     assert "no-untyped-def" in mypy.stdout, "mypy runs --strict (pyproject.toml: strict = true)"
+
+
+def _can_unshare_the_network() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    return subprocess.run(["unshare", "-n", "true"], capture_output=True, timeout=30).returncode == 0
+
+
+def test_the_unit_tier_passes_where_no_server_is_reachable() -> None:
+    """Beyond the socket guard: the unit tier in a network namespace of its own (no interface up,
+    so MariaDB and RabbitMQ cannot be reached over TCP, while they keep serving the other tests),
+    with no CHANCEPAY_TEST_SERVERS."""
+    if not _can_unshare_the_network():
+        pytest.skip("unshare -n is not permitted here (needs root or user namespaces)")
+    env = {k: v for k, v in a_developers_shell().items() if k != "CHANCEPAY_TEST_SERVERS"}
+    unit_tier = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/unit"]
+    run = subprocess.run(["unshare", "-n", *unit_tier], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-8000:]
