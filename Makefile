@@ -111,7 +111,7 @@ test-chart: services test-venv test-tools ## pass 2: the chart run with podman (
 	CHANCEPAY_TEST_SERVERS=chart $(PYTEST) tests/chart $(TIERS) $(PYTEST_ARGS)
 
 # One verb per tier (make test runs them all, in its two passes).
-test-unit: test-venv ## the unit tier alone (tests/unit): no server, any socket connect fails the test (~10 s)
+test-unit: test-venv ## the unit tier alone (tests/unit): no server, any socket connect fails the test (~5 s)
 	$(PYTEST) tests/unit $(PYTEST_ARGS)
 
 test-support: test-venv ## the harness's and the benchmark's self-tests (tests/support, tests/bench; no server needed)
@@ -125,7 +125,7 @@ test-faults: services test-venv ## the fault tier alone, on Debian 12's servers 
 
 # The fast gate: every static check, then the unit tier; it needs no server. Each step runs even
 # when an earlier one failed, so one run lists every finding; the exit status is the worst.
-check: test-venv ## before a commit: ruff, ruff format --check, mypy --strict, the unit tier; no server (~25 s)
+check: test-venv ## before a commit: ruff, ruff format --check, mypy --strict, the unit tier; no server (~15 s)
 	@rc=0; $(MAKE) --no-print-directory lint || rc=1; $(MAKE) --no-print-directory test-unit || rc=1; exit $$rc
 
 bench: services test-venv ## throughput/latency benchmark; JSON results in .bench/
