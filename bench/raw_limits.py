@@ -251,7 +251,7 @@ async def db_facts(port: int) -> dict[str, Any]:
         conn.close()
     keys = ("version", "innodb_flush_log_at_trx_commit", "sync_binlog", "log_bin", "innodb_doublewrite",
             "innodb_flush_method", "innodb_buffer_pool_size", "innodb_log_file_size", "max_connections")
-    facts = dict(zip(keys, row))
+    facts = dict(zip(keys, row, strict=True))
     for k in ("innodb_flush_log_at_trx_commit", "sync_binlog", "log_bin", "innodb_doublewrite",
               "innodb_buffer_pool_size", "innodb_log_file_size", "max_connections"):
         if facts[k] is not None:
@@ -288,54 +288,61 @@ async def drop_scratch_db(name: str, port: int) -> None:
         conn.close()
 
 
+def make_db_op(conns: list[Any], commit_latencies: list[float]) -> Callable[[int, Window], Awaitable[None]]:
+    """One payment's transaction on connection i, as the orchestrator writes it."""
+
+    async def op(i: int, window: Window) -> None:
+        conn = conns[i]
+        uuid = str(uuidlib.uuid4())
+        cus_id = f"bench-{i}"
+        payload = PaymentMessage(uuid, {"cus_id": cus_id, "amount": AMOUNT}).encode()
+        t0 = time.perf_counter()
+        try:
+            await conn.begin()
+            async with conn.cursor() as cur:
+                await cur.execute(sql.INSERT_REQUEST, (uuid, cus_id, AMOUNT, None, None))
+                await cur.execute(sql.INSERT_OUTBOX, (uuid, payload))
+            t1 = time.perf_counter()
+            await conn.commit()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await conn.rollback()
+            raise
+        t2 = time.perf_counter()
+        window.record(t0, t2)
+        if window.counts(t2):
+            commit_latencies.append(t2 - t1)
+
+    return op
+
+
+async def db_point(args: argparse.Namespace, conns: list[Any], n: int, meter: CpuMeter) -> dict[str, Any]:
+    commit_latencies: list[float] = []
+    log(f"db_commit: {n} connection(s) for {args.seconds:g} s")
+    before = meter.snapshot()
+    window, span = await run_workers(n, args.seconds, args.warmup, args.max_ops, make_db_op(conns, commit_latencies))
+    after = meter.snapshot()
+    point = {
+        "connections": n,
+        "seconds": round(span, 3),
+        "commits": len(window.completed),
+        "commits_per_s": rate(len(window.completed), span),
+        "txn_latency_ms": latency_summary(window.latencies),
+        "commit_latency_ms": latency_summary(commit_latencies),
+        "errors": window.errors,
+        "last_error": window.last_error,
+        "cpu_cores_used": CpuMeter.cores_used(before, after),
+    }
+    log(f"db_commit: {n} conn -> {point['commits_per_s']}/s, p99 {point['txn_latency_ms']['p99']} ms")
+    return point
+
+
 async def bench_db(args: argparse.Namespace, db: str, meter: CpuMeter) -> dict[str, Any]:
-    points = []
     max_n = max(args.db_connections)
     log(f"db_commit: opening {max_n} connections to {db}")
-    conns = await asyncio.gather(*(mysql_connect(db, args.mysql_port) for _ in range(max_n)))
+    conns = list(await asyncio.gather(*(mysql_connect(db, args.mysql_port) for _ in range(max_n))))
     try:
-        for n in args.db_connections:
-            commit_latencies: list[float] = []
-
-            async def op(i: int, window: Window) -> None:
-                conn = conns[i]
-                uuid = str(uuidlib.uuid4())
-                cus_id = f"bench-{i}"
-                payload = PaymentMessage(uuid, {"cus_id": cus_id, "amount": AMOUNT}).encode()
-                t0 = time.perf_counter()
-                try:
-                    await conn.begin()
-                    async with conn.cursor() as cur:
-                        await cur.execute(sql.INSERT_REQUEST, (uuid, cus_id, AMOUNT, None, None))
-                        await cur.execute(sql.INSERT_OUTBOX, (uuid, payload))
-                    t1 = time.perf_counter()
-                    await conn.commit()
-                except BaseException:
-                    with contextlib.suppress(Exception):
-                        await conn.rollback()
-                    raise
-                t2 = time.perf_counter()
-                window.record(t0, t2)
-                if window.counts(t2):
-                    commit_latencies.append(t2 - t1)
-
-            log(f"db_commit: {n} connection(s) for {args.seconds:g} s")
-            before = meter.snapshot()
-            window, span = await run_workers(n, args.seconds, args.warmup, args.max_ops, op)
-            after = meter.snapshot()
-            point = {
-                "connections": n,
-                "seconds": round(span, 3),
-                "commits": len(window.completed),
-                "commits_per_s": rate(len(window.completed), span),
-                "txn_latency_ms": latency_summary(window.latencies),
-                "commit_latency_ms": latency_summary(commit_latencies),
-                "errors": window.errors,
-                "last_error": window.last_error,
-                "cpu_cores_used": CpuMeter.cores_used(before, after),
-            }
-            log(f"db_commit: {n} conn -> {point['commits_per_s']}/s, p99 {point['txn_latency_ms']['p99']} ms")
-            points.append(point)
+        points = [await db_point(args, conns, n, meter) for n in args.db_connections]
     finally:
         for conn in conns:
             conn.close()
@@ -413,72 +420,98 @@ async def publish_point(args: argparse.Namespace, publish: Callable, window_size
     }
 
 
+def broker_facts(conn: Any) -> dict[str, Any]:
+    props = conn.server_properties or {}
+    return {
+        "product": _str(props.get("product")),
+        "version": _str(props.get("version")),
+        "platform": _str(props.get("platform")),
+        "queue": topology.QUEUE,
+        "queue_type": topology.QUEUE_ARGUMENTS.get("x-queue-type", "classic"),
+        "queue_arguments": dict(topology.QUEUE_ARGUMENTS),
+    }
+
+
+async def bench_publish(args: argparse.Namespace, publish: Callable, meter: CpuMeter) -> dict[str, Any]:
+    """Stage 2: publish with confirm, one at a time and pipelined."""
+    payload_bytes = len(PaymentMessage(str(uuidlib.uuid4()), {"cus_id": "bench-cus", "amount": AMOUNT}).encode())
+    points = []
+    for w in [1, *args.publish_windows]:
+        log(f"publish_confirm: window {w} for {args.seconds:g} s")
+        point = await publish_point(args, publish, w, args.seconds, args.warmup, meter, args.max_ops)
+        log(f"publish_confirm: window {w} -> {point['publishes_per_s']}/s, "
+            f"p99 {point['confirm_latency_ms']['p99']} ms")
+        points.append(point)
+    best = max(points, key=lambda p: p["publishes_per_s"])
+    return {
+        "payload_bytes": payload_bytes,
+        "properties": "persistent (delivery_mode=2), mandatory, content_type=application/json, message_id=uuid",
+        "points": points,
+        "best": {"mode": best["mode"], "window": best["window"], "rate_per_s": best["publishes_per_s"]},
+    }
+
+
+async def bench_consume(args: argparse.Namespace, conn: Any, pub_channel: Any, publish: Callable,
+                        publish_rate: float, meter: CpuMeter) -> dict[str, Any]:
+    """Stage 3: consume + ack, the queue pre-filled before each point."""
+    fill_window = max(args.publish_windows)
+    fill_rate = max(publish_rate, 1.0)
+    expected = 1.5 * fill_rate  # consume+ack is usually cheaper than publish+confirm
+    cpoints: list[dict[str, Any]] = []
+    for prefetch in args.prefetch:
+        depth = await queue_depth(pub_channel)
+        if cpoints:
+            expected = max(p["acks_per_s"] for p in cpoints)
+        need_total = int(expected * (args.seconds + args.warmup) * 1.1)
+        target = min(args.prefill_max, max(args.prefill_min, need_total))
+        if depth < target:
+            need = target - depth
+            budget = max(1.0, min(args.seconds * 3, need / fill_rate * 1.5))
+            log(f"consume_ack: pre-filling {need} messages (depth {depth}, at most {budget:.1f} s)")
+            await publish_point(args, publish, fill_window, budget, 0.0, meter, need)
+            depth = await queue_depth(pub_channel)
+        log(f"consume_ack: prefetch {prefetch}, depth {depth}, for {args.seconds:g} s")
+        point = await consume_point(conn, prefetch, depth, args, meter)
+        point["queue_depth_before"] = depth
+        log(f"consume_ack: prefetch {prefetch} -> {point['acks_per_s']}/s"
+            + (" (drained the queue)" if point["drained"] else ""))
+        cpoints.append(point)
+    cbest = max(cpoints, key=lambda p: p["acks_per_s"])
+    return {
+        "ack": "basic.ack per message (multiple=false)",
+        "points": cpoints,
+        "best": {"prefetch": cbest["prefetch"], "rate_per_s": cbest["acks_per_s"]},
+    }
+
+
 async def bench_mq(args: argparse.Namespace, vhost: str, meter: CpuMeter) -> tuple[dict, dict, dict]:
     conn = await aiormq.connect(amqp_url(args, vhost))
     try:
-        props = conn.server_properties or {}
-        facts = {
-            "product": _str(props.get("product")),
-            "version": _str(props.get("version")),
-            "platform": _str(props.get("platform")),
-            "queue": topology.QUEUE,
-            "queue_type": topology.QUEUE_ARGUMENTS.get("x-queue-type", "classic"),
-            "queue_arguments": dict(topology.QUEUE_ARGUMENTS),
-        }
+        facts = broker_facts(conn)
         pub_channel = await conn.channel(publisher_confirms=True)
         await topology.declare(pub_channel)
         publish = make_publish(pub_channel)
-        payload_bytes = len(PaymentMessage(str(uuidlib.uuid4()), {"cus_id": "bench-cus", "amount": AMOUNT}).encode())
-
-        # ---- stage 2: publish with confirm
-        points = []
-        for w in [1, *args.publish_windows]:
-            log(f"publish_confirm: window {w} for {args.seconds:g} s")
-            point = await publish_point(args, publish, w, args.seconds, args.warmup, meter, args.max_ops)
-            log(f"publish_confirm: window {w} -> {point['publishes_per_s']}/s, "
-                f"p99 {point['confirm_latency_ms']['p99']} ms")
-            points.append(point)
-        best = max(points, key=lambda p: p["publishes_per_s"])
-        publish_result = {
-            "payload_bytes": payload_bytes,
-            "properties": "persistent (delivery_mode=2), mandatory, content_type=application/json, message_id=uuid",
-            "points": points,
-            "best": {"mode": best["mode"], "window": best["window"], "rate_per_s": best["publishes_per_s"]},
-        }
-
-        # ---- stage 3: consume + ack
-        fill_window = max(args.publish_windows)
-        fill_rate = max(best["publishes_per_s"], 1.0)
-        expected = 1.5 * fill_rate  # consume+ack is usually cheaper than publish+confirm
-        cpoints = []
-        for prefetch in args.prefetch:
-            depth = await queue_depth(pub_channel)
-            if cpoints:
-                expected = max(p["acks_per_s"] for p in cpoints)
-            need_total = int(expected * (args.seconds + args.warmup) * 1.1)
-            target = min(args.prefill_max, max(args.prefill_min, need_total))
-            if depth < target:
-                need = target - depth
-                budget = max(1.0, min(args.seconds * 3, need / fill_rate * 1.5))
-                log(f"consume_ack: pre-filling {need} messages (depth {depth}, at most {budget:.1f} s)")
-                await publish_point(args, publish, fill_window, budget, 0.0, meter, need)
-                depth = await queue_depth(pub_channel)
-            log(f"consume_ack: prefetch {prefetch}, depth {depth}, for {args.seconds:g} s")
-            point = await consume_point(conn, prefetch, depth, args, meter)
-            point["queue_depth_before"] = depth
-            log(f"consume_ack: prefetch {prefetch} -> {point['acks_per_s']}/s"
-                + (" (drained the queue)" if point["drained"] else ""))
-            cpoints.append(point)
-        cbest = max(cpoints, key=lambda p: p["acks_per_s"])
-        consume_result = {
-            "ack": "basic.ack per message (multiple=false)",
-            "points": cpoints,
-            "best": {"prefetch": cbest["prefetch"], "rate_per_s": cbest["acks_per_s"]},
-        }
+        publish_result = await bench_publish(args, publish, meter)
+        consume_result = await bench_consume(args, conn, pub_channel, publish,
+                                             publish_result["best"]["rate_per_s"], meter)
         return facts, publish_result, consume_result
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(conn.close(), timeout=10)
+
+
+def ack_window(acked_times: list[float], start: float, end: float, warmup: float,
+               limit: int) -> tuple[list[float], float, bool]:
+    """The acks counted, the span they are counted over, and whether the queue was drained. The
+    warm-up (the first acks while the prefetch window fills) is skipped like in the other stages,
+    unless the queue was drained so fast that nothing would be left."""
+    measure_from = start + warmup
+    counted = [t for t in acked_times if t >= measure_from]
+    if len(counted) < max(10, len(acked_times) // 2):
+        measure_from, counted = start, acked_times
+    drained = len(acked_times) >= limit
+    stop = counted[-1] if (drained and counted) else end
+    return counted, max(stop - measure_from, 1e-9), drained
 
 
 async def consume_point(conn: Any, prefetch: int, available: int, args: argparse.Namespace,
@@ -518,15 +551,7 @@ async def consume_point(conn: Any, prefetch: int, available: int, args: argparse
         with contextlib.suppress(Exception):
             await asyncio.wait_for(channel.close(), timeout=10)
     after = meter.snapshot()
-    # Skip the warm-up (the first acks while the prefetch window fills) like the other stages,
-    # unless the queue was drained so fast that nothing would be left.
-    measure_from = start + args.warmup
-    counted = [t for t in acked_times if t >= measure_from]
-    if len(counted) < max(10, len(acked_times) // 2):
-        measure_from, counted = start, acked_times
-    drained = len(acked_times) >= limit
-    stop = counted[-1] if (drained and counted) else end
-    span = max(stop - measure_from, 1e-9)
+    counted, span, drained = ack_window(acked_times, start, end, args.warmup, limit)
     return {
         "prefetch": prefetch,
         "seconds": round(span, 3),
@@ -727,7 +752,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--db-connections", type=int_list, default=[1, 8, 32, 64],
                    help="MariaDB connection counts to measure (default 1,8,32,64)")
     p.add_argument("--publish-windows", type=int_list, default=[64, 256],
-                   help="publishes in flight for the pipelined points; one-at-a-time is always measured (default 64,256)")
+                   help="publishes in flight for the pipelined points; one-at-a-time is always measured "
+                        "(default 64,256)")
     p.add_argument("--prefetch", type=int_list, default=[64, 256],
                    help="consumer prefetch counts (default 64,256)")
     p.add_argument("--prefill-min", type=int, default=2000, help="messages queued at least before a consume point")
@@ -786,10 +812,23 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     if error is not None or result is None:
         return 1
-    doc = {
+    doc = result_document(args, result, started, time.perf_counter() - t0, status)
+    for warning in doc["warnings"]:
+        log(f"WARNING: {warning}")
+    text = json.dumps(doc, indent=2, default=str)
+    if args.output:
+        with open(args.output, "w") as fh:
+            fh.write(text + "\n")
+    print(text, flush=True)
+    return 0 if status.get("database_dropped", True) and status.get("vhost_deleted", True) else 1
+
+
+def result_document(args: argparse.Namespace, result: dict[str, Any], started: dt.datetime, duration: float,
+                    status: dict[str, Any]) -> dict[str, Any]:
+    return {
         "schema": SCHEMA,
         "started_at": started.isoformat(timespec="seconds"),
-        "duration_s": round(time.perf_counter() - t0, 1),
+        "duration_s": round(duration, 1),
         "config": {
             "seconds_per_point": args.seconds,
             "warmup_s": args.warmup,
@@ -804,14 +843,6 @@ def main(argv: list[str] | None = None) -> int:
         "warnings": contention_warnings(result, result["machine"].get("cores")),
         "cleanup": status,
     }
-    for warning in doc["warnings"]:
-        log(f"WARNING: {warning}")
-    text = json.dumps(doc, indent=2, default=str)
-    if args.output:
-        with open(args.output, "w") as fh:
-            fh.write(text + "\n")
-    print(text, flush=True)
-    return 0 if status.get("database_dropped", True) and status.get("vhost_deleted", True) else 1
 
 
 if __name__ == "__main__":

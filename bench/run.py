@@ -304,9 +304,8 @@ def scale_out(rate: float, seconds: float, tmp: Path) -> dict[str, Any]:
         wall = time.monotonic() - began
         cpu = meter.stop()
         published = sum(env.processes[f"scanner-{i}"].metric("chancepay_outbox_published_total") for i in range(2))
-        duplicates = sum(
-            env.processes[f"wallet-{i}"].metric("chancepay_wallet_messages_total", outcome="duplicate") for i in range(2)
-        )
+        duplicates = sum(env.processes[f"wallet-{i}"].metric("chancepay_wallet_messages_total", outcome="duplicate")
+                         for i in range(2))
         per_scanner = [env.processes[f"scanner-{i}"].metric("chancepay_outbox_published_total") for i in range(2)]
         per_wallet = [
             sum(env.processes[f"wallet-{i}"].metric("chancepay_wallet_messages_total", outcome=o)
