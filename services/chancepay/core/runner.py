@@ -19,6 +19,7 @@ import uvicorn
 
 from chancepay.core.config import Settings
 from chancepay.core.logging import get_logger
+from chancepay.core.waiting import pause
 
 Worker = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 # A process that cannot start because of how it is set up (bad configuration, port in use) exits
@@ -179,8 +180,5 @@ async def run_role(settings: Settings, role: Role) -> int:
 
 
 async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    """Sleep `seconds`, or less if `stop` is set meanwhile."""
-    try:
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
-    except TimeoutError:
-        pass
+    """Sleep `seconds`, or less if `stop` is set meanwhile (core/waiting.py pause)."""
+    await pause(stop, seconds)
