@@ -39,7 +39,7 @@ from chancepay.core.payment import (
     parse_results,
 )
 from chancepay.orchestrator.openapi import OPENAPI
-from chancepay.orchestrator.service import Finalized, IdempotencyKeyReused, PaymentService
+from chancepay.orchestrator.service import IdempotencyKeyReused, PaymentService
 
 MAX_BODY_BYTES = 16 * 1024
 
@@ -149,32 +149,6 @@ async def get_payment(request: Request) -> Response:
     return JSONResponse(payment.as_json())
 
 
-def _record_finalized(r: Resources, item: Finalized) -> None:
-    """Log and count one finalization outcome."""
-    log = get_logger()
-    succeed = item.result.succeed
-    with bound(uuid=item.result.uuid):
-        if item.outcome is Outcome.UNKNOWN:
-            log.warning("result for an unknown payment", succeed=succeed)
-        elif item.outcome is Outcome.CONFLICT:
-            assert item.payment is not None
-            log.error("[FAILED TO FINALIZE: RESULT CONFLICT]", stored=item.payment.succeed, received=succeed)
-        elif item.outcome is Outcome.APPLIED:
-            assert item.payment is not None
-            r.metrics.payments_finalized.labels(result="succeeded" if succeed else "failed").inc()
-            if item.latency is not None:
-                r.metrics.payment_e2e_seconds.observe(item.latency)
-            log.info("payment finalized", status=item.payment.status.value)
-
-
-async def _finalize(r: Resources, results: list[Result]) -> list[Finalized]:
-    """The one finalize path: every result in one transaction, write-once, each outcome recorded."""
-    finalized = await r.service.finalize(results)
-    for item in finalized:
-        _record_finalized(r, item)
-    return finalized
-
-
 async def _read_results(request: Request, parse: Callable[[dict[str, Any]], Result | list[Result]]) -> list[Result]:
     doc = await _read_json_object(request)
     try:
@@ -190,7 +164,7 @@ async def post_result(request: Request) -> Response:
     r = _resources(request)
     require_bearer(request, r.settings.internal_token)
     uuid = _path_uuid(request)
-    (item,) = await _finalize(r, await _read_results(request, lambda doc: parse_result(doc, uuid)))
+    (item,) = await r.service.finalize(await _read_results(request, lambda doc: parse_result(doc, uuid)))
     if item.outcome is Outcome.UNKNOWN:
         raise ApiError(404, "not_found", f"no payment {uuid}")
     assert item.payment is not None
@@ -208,7 +182,7 @@ async def post_results(request: Request) -> Response:
     r = _resources(request)
     require_bearer(request, r.settings.internal_token)
     results = await _read_results(request, parse_results)
-    finalized = await _finalize(r, results)
+    finalized = await r.service.finalize(results)
     r.metrics.result_batch_size.observe(len(results))
     return JSONResponse(dump_outcomes([(f.result.uuid, f.outcome, f.payment.status if f.payment else None)
                                        for f in finalized]))
@@ -258,7 +232,7 @@ def build_app(settings: Settings, db: Database, metrics: Metrics, crash: CrashPo
     app = Starlette(routes=[*ROUTES, *health_routes(metrics, ready, refresh)],
                     exception_handlers={**EXCEPTION_HANDLERS, DatabaseUnavailable: db_unavailable})
     app.router.redirect_slashes = False
-    app.state.orchestrator = Resources(settings, db, PaymentService(db), metrics, crash)
+    app.state.orchestrator = Resources(settings, db, PaymentService(db, metrics), metrics, crash)
     app.state.metrics = metrics
     app.add_middleware(LatencyMiddleware, metrics=metrics)
     return app

@@ -1,6 +1,6 @@
 """The orchestrator's unit of work: create a payment (request + outbox, one transaction),
-read it, finalize results write-once (a batch; a single result is a batch of one). Receives its
-Database; knows nothing of HTTP."""
+read it, finalize results write-once (a batch; a single result is a batch of one), each outcome
+logged and counted. Receives its Database and Metrics; knows nothing of HTTP."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from typing import Any
 from chancepay.core import sql
 from chancepay.core.codec import new_uuid
 from chancepay.core.db import Database, fetchrows, is_duplicate_key
+from chancepay.core.logging import bound, get_logger
+from chancepay.core.metrics import Metrics
 from chancepay.core.payment import Details, Outcome, Payment, PaymentMessage, Result, column_values, dump_details
 
 
@@ -27,8 +29,9 @@ def request_fingerprint(details: Details) -> str:
 
 
 class PaymentService:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, metrics: Metrics) -> None:
         self.db = db
+        self.metrics = metrics
 
     async def create(self, details: Details, idempotency_key: str | None) -> tuple[Payment, bool]:
         """Returns (payment, replayed). The request row and its outbox row commit together or not at all."""
@@ -80,7 +83,27 @@ class PaymentService:
             return applied, rows
 
         applied, rows = await self.db.run(finalize_batch)
-        return [_finalized(r, rows.get(r.uuid), r.uuid in applied) for r in results]
+        finalized = [_finalized(r, rows.get(r.uuid), r.uuid in applied) for r in results]
+        for item in finalized:
+            self._record(item)
+        return finalized
+
+    def _record(self, item: Finalized) -> None:
+        """Log and count one finalization outcome."""
+        log = get_logger()
+        succeed = item.result.succeed
+        with bound(uuid=item.result.uuid):
+            if item.outcome is Outcome.UNKNOWN:
+                log.warning("result for an unknown payment", succeed=succeed)
+            elif item.outcome is Outcome.CONFLICT:
+                assert item.payment is not None
+                log.error("[FAILED TO FINALIZE: RESULT CONFLICT]", stored=item.payment.succeed, received=succeed)
+            elif item.outcome is Outcome.APPLIED:
+                assert item.payment is not None
+                self.metrics.payments_finalized.labels(result="succeeded" if succeed else "failed").inc()
+                if item.latency is not None:
+                    self.metrics.payment_e2e_seconds.observe(item.latency)
+                log.info("payment finalized", status=item.payment.status.value)
 
 
 @dataclasses.dataclass(frozen=True)
