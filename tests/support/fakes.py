@@ -213,3 +213,39 @@ class FakeDatabase:
 
     async def close(self) -> None:
         pass
+
+
+class FakeHTTP:
+    """An aiohttp.ClientSession as far as core/results.py and core/compat.py use it: `post`
+    answers `route(url, body) -> (status, body bytes)` or raises what it returns as an exception."""
+
+    def __init__(self, route: Callable[[str, Any], tuple[int, bytes] | BaseException]) -> None:
+        self.route = route
+        self.posts: list[tuple[str, Any]] = []
+
+    def post(self, url: str, *, data: Any = None, json: Any = None, headers: Any = None) -> Any:
+        body = json if json is not None else data
+        self.posts.append((url, body))
+        answer = self.route(url, body)
+        return _Response(answer)
+
+
+class _Response:
+    def __init__(self, answer: tuple[int, bytes] | BaseException) -> None:
+        self.answer = answer
+
+    async def __aenter__(self) -> Any:
+        if isinstance(self.answer, BaseException):
+            raise self.answer
+        status, body = self.answer
+        return SimpleNamespace(status=status, read=_returning(body))
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+def _returning(body: bytes) -> Callable[[], Any]:
+    async def read() -> bytes:
+        return body
+
+    return read
