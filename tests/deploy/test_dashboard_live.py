@@ -48,10 +48,11 @@ class Prometheus:
             "rule_files": [str(tmp / "rules.yaml")],
             "scrape_configs": [{"job_name": "chancepay", "static_configs": [{"targets": targets}]}],
         }))
-        self.proc = subprocess.Popen(
-            ["prometheus", f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
-            stdout=subprocess.DEVNULL, stderr=(tmp / "prometheus.log").open("wb"))
+        with (tmp / "prometheus.log").open("wb") as log:  # the child keeps its own copy
+            self.proc = subprocess.Popen(
+                ["prometheus", f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'data'}",
+                 f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
+                stdout=subprocess.DEVNULL, stderr=log)
         wait_until(lambda: httpx.get(self.url + "/-/ready", timeout=2).status_code == 200, 60, what="prometheus ready")
 
     def query(self, q: str) -> list:

@@ -76,7 +76,7 @@ def test_sigterm_during_load_clean_exit_restart_converges(make_stack, env, name:
     finally:
         if load.poll() is None:
             load.kill()
-            load.wait()
+            load.communicate()  # reaps it and closes its pipes
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["converged"] and summary["invariants"]["ok"], summary
     if name == "orchestrator":
@@ -137,3 +137,5 @@ def test_sigterm_to_a_role_that_is_pid_1_and_still_starting_stops_it(env, name: 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()

@@ -125,7 +125,7 @@ def test_random_fault_mix_during_load(make_stack, env) -> None:
     finally:
         if load is not None and load.poll() is None:
             load.kill()
-            load.wait()
+            load.communicate()  # reaps it and closes its pipes
         for r in list(s.roles.values()) if s is not None else []:
             if r.running:
                 r.signal(signal.SIGCONT)

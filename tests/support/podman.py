@@ -97,6 +97,8 @@ def debootstrap_image(ref: str, suite: str, packages: Sequence[str], changes: Se
                 args += ["--change", change]
             result = subprocess.run(["podman", *args, "-", ref], stdin=tar.stdout, env=environ(),
                                     capture_output=True, timeout=900)
+            assert tar.stdout is not None
+            tar.stdout.close()
             tar.wait()
             if result.returncode != 0 or tar.returncode != 0:
                 raise RuntimeError(f"podman import {ref} failed: {result.stderr.decode(errors='replace')[-2000:]}")

@@ -56,7 +56,7 @@ class Role:
 
     def _read(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stdout is not None
-        with open(self.log_path, "ab") as f:
+        with proc.stdout, open(self.log_path, "ab") as f:  # the pipe closed at the role's exit
             for raw in proc.stdout:
                 f.write(raw)
                 line = raw.decode("utf-8", "replace").rstrip("\n")
