@@ -140,7 +140,7 @@ soak: services test-venv ## opt-in: seeded random faults during load (CHANCEPAY_
 	CHANCEPAY_SOAK=1 $(PY) -m pytest -q -s -p no:cacheprovider tests/soak
 
 lint: test-venv ## the static part of make check: ruff check and ruff format --check (services, tests, bench), mypy --strict (services)
-	@rc=0; for step in "ruff check $(LINT_PATHS)" "ruff format --check $(LINT_PATHS)" "mypy services/chancepay"; do \
+	@rc=0; for step in "ruff check $(LINT_PATHS)" "ruff format --check $(LINT_PATHS)" "mypy --strict services/chancepay"; do \
 		echo "$(PY) -m $$step"; $(PY) -m $$step || rc=1; \
 	done; exit $$rc
 

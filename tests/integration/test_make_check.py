@@ -47,7 +47,7 @@ def test_make_check_runs_as_the_readme_shows_it() -> None:
     out = run.stdout + run.stderr
     assert run.returncode == 0, out[-8000:]
     for step in ("ruff check services tests bench", "ruff format --check services tests bench",
-                 "mypy services/chancepay", "pytest -q -p no:cacheprovider tests/unit"):
+                 "mypy --strict services/chancepay", "pytest -q -p no:cacheprovider tests/unit"):
         assert step in out, f"make check did not run `{step}`:\n{out[-4000:]}"
     assert re.search(r"\d+ passed", out), out[-4000:]
 
