@@ -32,6 +32,7 @@ from chancepay.core import sql
 from chancepay.core.backoff import Backoff
 from chancepay.core.config import Settings
 from chancepay.core.db import Database, DatabaseUnavailable
+from chancepay.core.errors import ChancePayError
 from chancepay.core.logging import bound, get_logger
 from chancepay.core.metrics import Metrics
 from chancepay.core.payment import Failure, Outcome, PaymentMessage, Result, inbox_succeed
@@ -42,11 +43,11 @@ RECONCILE_TAG = "[FAILED TO RECONCILE]"
 T = TypeVar("T")
 
 
-class NotUpYet(Exception):
+class NotUpYet(ChancePayError):
     """The wallet or the orchestrator answered 5xx (up, but its database not yet), or did not answer."""
 
 
-class NotFinalized(Exception):
+class NotFinalized(ChancePayError):
     """The orchestrator did not take the inbox's result (an unknown payment, a refused request)."""
 
 

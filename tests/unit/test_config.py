@@ -174,11 +174,6 @@ def test_amqp_urls_several_nodes_and_tls() -> None:
         Settings.from_env({"CHANCEPAY_AMQP_URL": "amqp://a/,ftp://b/"})
 
 
-# Exception classes in modules the lead rebases after the wallet/result refactor (issue 21);
-# delete each name here once its class derives from ChancePayError.
-_ROOTS_STILL_TO_REBASE = {"IdempotencyKeyReused", "NotUpYet", "FatalError", "NotFinalized"}
-
-
 def test_one_exception_tree() -> None:
     """A class deriving from a built-in exception also derives from core/errors.py ChancePayError."""
     import ast
@@ -193,7 +188,7 @@ def test_one_exception_tree() -> None:
             if not isinstance(node, ast.ClassDef) or node.name == "ChancePayError":
                 continue
             bases = {b.id for b in node.bases if isinstance(b, ast.Name)}
-            if bases & builtin_errors and "ChancePayError" not in bases and node.name not in _ROOTS_STILL_TO_REBASE:
+            if bases & builtin_errors and "ChancePayError" not in bases:
                 roots.append(f"{path.relative_to(package)}:{node.name}")
     assert not roots, f"exception roots outside chancepay.core.errors.ChancePayError: {roots}"
 

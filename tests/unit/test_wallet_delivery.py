@@ -18,6 +18,7 @@ from chancepay.core.db import DatabaseUnavailable
 from chancepay.core.metrics import Metrics
 from chancepay.core.payment import Answer, Failure, Outcome, PaymentMessage, Result
 from chancepay.core.waiting import Dependency
+from chancepay.wallet import consumer as consumer_module
 from chancepay.wallet.consumer import PROCESS_TAG, Consumer, settle
 from chancepay.wallet.delivery import CORRUPTION_TAG, Delivery
 from chancepay.wallet.policy import Action, Decision, Deduction, Verdict
@@ -133,10 +134,19 @@ def test_the_consumer_settles_the_verdict_of_the_delivery() -> None:
     assert consume(handler, RecordingLog()).calls == [("reject", False)]
 
 
-def test_a_bug_in_a_delivery_is_logged_and_the_message_handed_back() -> None:
+def test_a_bug_in_a_delivery_is_logged_and_the_message_handed_back_after_a_hold(monkeypatch) -> None:
     async def handler(body: bytes, headers: Any, message_id: str | None) -> Verdict:
         raise KeyError("cus_id")
 
+    held: list[float] = []
+
+    async def hold(seconds: float) -> None:
+        held.append(seconds)
+
+    monkeypatch.setattr(consumer_module.asyncio, "sleep", hold)
     log = RecordingLog()
     assert consume(handler, log).calls == [("nack", True)]
-    assert "KeyError" in log.tagged(PROCESS_TAG)[0]["error"]
+    line = log.tagged(PROCESS_TAG)[0]
+    assert "KeyError" in line["error"]
+    # Not handed straight back: a bug that fails every delivery must not spin the queue.
+    assert held == [consumer_module.BUG_HOLD_SECONDS] and line["requeue_in_seconds"] == held[0] > 0

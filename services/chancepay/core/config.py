@@ -15,6 +15,7 @@ from typing import Any, Generic, TypeVar, overload
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from chancepay.core.errors import ChancePayError
+from chancepay.core.payment import MAX_RESULTS
 
 DEFAULT_INTERNAL_TOKEN = "dev-internal-token"
 DEFAULT_MESSAGE_KEY = "dev-message-key"
@@ -309,8 +310,8 @@ class Settings:
         positive)
     callback_batch_size = Setting(
         "CHANCEPAY_CALLBACK_BATCH_SIZE", int, "32",
-        "results per batched callback (`POST /internal/payments/results`, at most 200); `1` = one request per "
-        "result on the single-result endpoint", between(1, 200))
+        f"results per batched callback (`POST /internal/payments/results`, at most {MAX_RESULTS}); `1` = a batch "
+        "of one per result", between(1, MAX_RESULTS))
     callback_batch_linger = Setting("CHANCEPAY_CALLBACK_BATCH_LINGER_SECONDS", float, "0.002",
                                     "a batch is sent when full or this long after its first result", non_negative)
     reconcile_age = Setting("CHANCEPAY_RECONCILE_AGE_SECONDS", float, "60",

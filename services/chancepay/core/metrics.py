@@ -23,6 +23,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from chancepay.core.payment import MAX_RESULTS
+
 CONTENT_TYPE: str = CONTENT_TYPE_LATEST  # of Metrics.render()
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -119,7 +121,7 @@ class Metrics:
         "chancepay_result_batch_size",
         "Results per POST /internal/payments/results (the wallet's batched callbacks).",
         roles=("orchestrator",),
-        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 200),
+        buckets=(1, 2, 4, 8, 16, 32, 64, 128, MAX_RESULTS),
     )
     http_request_seconds = histogram("chancepay_http_request_duration_seconds", "HTTP request latency.",
                                      ("route", "method", "status"), roles=("orchestrator",))

@@ -18,6 +18,7 @@ from typing import Any
 import uvicorn
 
 from chancepay.core.config import Settings
+from chancepay.core.errors import ChancePayError
 from chancepay.core.logging import get_logger
 from chancepay.core.waiting import pause
 
@@ -52,7 +53,7 @@ class _Server(uvicorn.Server):
         yield
 
 
-class FatalError(Exception):
+class FatalError(ChancePayError):
     """The role cannot go on; exit non-zero and let the supervisor restart it."""
 
 

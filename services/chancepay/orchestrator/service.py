@@ -12,12 +12,13 @@ from typing import Any
 from chancepay.core import sql
 from chancepay.core.codec import new_uuid
 from chancepay.core.db import Database, fetchrows, is_duplicate_key
+from chancepay.core.errors import ChancePayError
 from chancepay.core.logging import bound, get_logger
 from chancepay.core.metrics import Metrics
 from chancepay.core.payment import Details, Outcome, Payment, PaymentMessage, Result, column_values, dump_details
 
 
-class IdempotencyKeyReused(Exception):
+class IdempotencyKeyReused(ChancePayError):
     """The key was used before with a different body."""
 
 

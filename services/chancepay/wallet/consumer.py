@@ -18,6 +18,7 @@ from chancepay.wallet.policy import Action, Verdict
 
 CONSUME_TAG = "[FAILED TO CONSUME FROM MQ]"
 PROCESS_TAG = "[FAILED TO PROCESS MESSAGE]"
+BUG_HOLD_SECONDS = 1.0  # before a delivery whose handling raised is handed back
 
 Handler = Callable[[bytes, Mapping[str, Any] | None, str | None], Awaitable[Verdict]]
 
@@ -64,8 +65,11 @@ class Consumer:
             await settle(self.channel, tag, verdict.action)
         except Exception as exc:
             # A bug, or the channel or connection gone mid-delivery: say so, and hand the message
-            # back (if the channel is gone, the broker redelivers it anyway).
-            self.log.error(PROCESS_TAG, error=repr(exc))
+            # back after a short hold (if the channel is gone, the broker redelivers it anyway). The
+            # hold keeps a bug that fails every delivery from spinning the queue; on RabbitMQ 4 each
+            # requeue counts against the delivery limit, so such a message ends in the DLQ, kept.
+            self.log.error(PROCESS_TAG, error=repr(exc), requeue_in_seconds=BUG_HOLD_SECONDS)
+            await asyncio.sleep(BUG_HOLD_SECONDS)
             try:
                 await settle(self.channel, tag, Action.REQUEUE)
             except Exception:
