@@ -8,7 +8,7 @@ from typing import Any
 import aiormq.exceptions
 from pamqp import commands as spec
 
-from chancepay.scanner.policy import OutboxRow, retry_delay, sort_results
+from chancepay.scanner.policy import OutboxRow, next_idle_sleep, retry_delay, sort_results
 
 
 def test_scanner_sorts_publish_results() -> None:
@@ -23,3 +23,19 @@ def test_scanner_sorts_publish_results() -> None:
 
 def test_scanner_retry_delay_is_capped_exponential() -> None:
     assert [retry_delay(n, 1, 60) for n in (1, 2, 3, 4, 7, 8, 30)] == [1, 2, 4, 8, 60, 60, 60]
+
+
+def test_scanner_idle_sleep_adapts_between_the_poll_interval_and_the_cap() -> None:
+    base, cap = 0.02, 0.1
+    assert next_idle_sleep(base, 200, 200, base, cap) == 0.0  # a full batch: poll again at once
+    sleeps, current = [], base
+    for _ in range(5):  # empty polls: doubling, capped
+        current = next_idle_sleep(current, 0, 200, base, cap)
+        sleeps.append(current)
+    assert sleeps == [0.04, 0.08, 0.1, 0.1, 0.1]
+    assert next_idle_sleep(0.1, 3, 200, base, cap) == 0.05  # found rows: halves
+    assert next_idle_sleep(0.03, 3, 200, base, cap) == base  # never below the poll interval
+    assert next_idle_sleep(0.0, 0, 200, base, cap) == 0.04  # after a full batch, from the base
+    # a cap at or below the poll interval is the fixed interval of old
+    assert [next_idle_sleep(base, n, 200, base, base) for n in (0, 5)] == [base, base]
+    assert next_idle_sleep(base, 0, 200, base, 0.0) == base

@@ -287,7 +287,12 @@ class Settings:
     scanner_batch_size = Setting("CHANCEPAY_SCANNER_BATCH_SIZE", int, "200", "outbox rows claimed per poll",
                                  positive)
     scanner_poll_interval = Setting("CHANCEPAY_SCANNER_POLL_INTERVAL_SECONDS", float, "0.02",
-                                    "sleep between polls when the outbox had nothing due")
+                                    "sleep between polls when the outbox had nothing due (the shortest, when "
+                                    "CHANCEPAY_SCANNER_IDLE_MAX_SECONDS is larger)", positive)
+    scanner_idle_max = Setting("CHANCEPAY_SCANNER_IDLE_MAX_SECONDS", float, "0.1",
+                               "adaptive idle: the sleep between polls doubles after an empty poll, up to this, "
+                               "and halves after one that found rows (no sleep after a full batch); at or below "
+                               "the poll interval, a fixed interval", non_negative)
     scanner_lease = Setting("CHANCEPAY_SCANNER_LEASE_SECONDS", float, "30",
                             "a claimed row is invisible to other scanners this long", positive)
     scanner_confirm_timeout = Setting("CHANCEPAY_SCANNER_CONFIRM_TIMEOUT_SECONDS", float, "5",

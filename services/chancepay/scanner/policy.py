@@ -63,3 +63,17 @@ def counts_as_attempt(reason: str) -> bool:
 def retry_delay(attempts: int, base: float, cap: float) -> float:
     """Back-off after the n-th failed attempt (n >= 1): base * 2^(n-1), capped."""
     return capped_exponential(attempts, base, cap)
+
+
+def next_idle_sleep(current: float, claimed: int, batch_size: int, base: float, cap: float) -> float:
+    """The sleep before the next poll, after one that claimed `claimed` rows and slept `current`
+    before it. A full batch: no sleep (more is due). Otherwise adaptive: an empty poll doubles the
+    sleep up to `cap`, a poll that found rows halves it down to `base`; so at low rates the scanner
+    polls about as often as payments arrive instead of every `base` seconds (the idle burn), and
+    under load it stays at `base`. cap <= base: always `base` (a fixed interval)."""
+    if claimed >= batch_size:
+        return 0.0
+    if cap <= base:
+        return base
+    current = min(max(current, base), cap)
+    return min(cap, current * 2) if claimed == 0 else max(base, current / 2)

@@ -42,7 +42,7 @@ from chancepay.core.metrics import Metrics
 from chancepay.core.runner import FatalError, sleep_or_stop
 from chancepay.core.waiting import STARTUP_WAIT_SECONDS, Dependency
 from chancepay.scanner.outbox import Outbox
-from chancepay.scanner.policy import OutboxRow, counts_as_attempt, sort_results
+from chancepay.scanner.policy import OutboxRow, counts_as_attempt, next_idle_sleep, sort_results
 
 SEND_TAG = "[FAILED TO SEND TO MQ]"
 SCAN_TAG = "[FAILED TO SCAN OUTBOX]"
@@ -164,6 +164,7 @@ class Scanner:
             return
         self.log.info("scanner started", scanner=self.name, batch_size=self.settings.scanner_batch_size)
         db_backoff = Backoff(0.5, 10.0, exact=True)
+        idle = self.settings.scanner_poll_interval
         try:
             while not stop.is_set():
                 try:
@@ -178,7 +179,9 @@ class Scanner:
                 if self.publisher.connection.is_closed:
                     self.log.error(SEND_TAG, reason="connection", error="broker connection closed")
                     raise FatalError("broker connection closed")
-                if claimed < self.settings.scanner_batch_size:
-                    await sleep_or_stop(stop, self.settings.scanner_poll_interval)
+                idle = next_idle_sleep(idle, claimed, self.settings.scanner_batch_size,
+                                       self.settings.scanner_poll_interval, self.settings.scanner_idle_max)
+                if idle:
+                    await sleep_or_stop(stop, idle)
         finally:
             await self.publisher.close()
