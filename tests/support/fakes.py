@@ -13,7 +13,7 @@ Messages: `message(body, headers, message_id, tag)` builds what aiormq hands a c
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import SimpleNamespace
 from typing import Any
 
@@ -62,13 +62,16 @@ class FakeChannel:
 
 
 class FakeInbox:
-    """`decision`: what deduct returns, or an exception it raises."""
+    """`decision`: what deduct returns, or an exception it raises (or a mapping uuid -> either);
+    deduct_many (a window, wallet/window.py) answers each delivery the same way, or raises the
+    first exception, recording each window's uuids in `windows`."""
 
-    def __init__(self, decision: Decision | BaseException | None = None, *, park_fails: bool = False,
-                 parked: Sequence[ParkedCallback] = ()) -> None:
+    def __init__(self, decision: Decision | BaseException | Mapping[str, Decision | BaseException] | None = None,
+                 *, park_fails: bool = False, parked: Sequence[ParkedCallback] = ()) -> None:
         self.decision = decision
         self.park_fails = park_fails
         self.deducted: list[tuple[str, bool]] = []
+        self.windows: list[list[str]] = []
         self.parked: list[tuple[str, bool, str]] = []
         self.due = list(parked)  # what claim_parked hands out (once)
         self.forgotten: list[str] = []
@@ -76,10 +79,15 @@ class FakeInbox:
 
     async def deduct(self, msg: PaymentMessage, flipped: bool) -> Decision:
         self.deducted.append((msg.uuid, flipped))
-        if isinstance(self.decision, BaseException):
-            raise self.decision
-        assert self.decision is not None, "FakeInbox: no decision scripted"
-        return self.decision
+        decision = self.decision.get(msg.uuid) if isinstance(self.decision, Mapping) else self.decision
+        if isinstance(decision, BaseException):
+            raise decision
+        assert decision is not None, "FakeInbox: no decision scripted"
+        return decision
+
+    async def deduct_many(self, window: Sequence[tuple[PaymentMessage, bool]]) -> list[Decision]:
+        self.windows.append([msg.uuid for msg, _ in window])
+        return [await self.deduct(msg, flipped) for msg, flipped in window]
 
     async def park(self, uuid: str, succeed: bool, delay: float, reason: str) -> None:
         if self.park_fails:

@@ -312,6 +312,14 @@ class Settings:
     callback_retry_max = Setting(
         "CHANCEPAY_CALLBACK_RETRY_MAX_SECONDS", float, "30",
         "a result still undelivered after a delivery's tries is retried in the background; cap of that back-off",
+    wallet_batch_size = Setting(
+        "CHANCEPAY_WALLET_BATCH_SIZE", int, "1",
+        "deliveries decided in one inbox transaction (at most the prefetch); `1` = one transaction per delivery",
+        positive)
+    wallet_batch_linger = Setting(
+        "CHANCEPAY_WALLET_BATCH_LINGER_SECONDS", float, "0.002",
+        "a window of deliveries is decided when full, when no delivery joined it for two event-loop ticks, or "
+        "this long after its first delivery", non_negative)
         positive)
     callback_batch_size = Setting(
         "CHANCEPAY_CALLBACK_BATCH_SIZE", int, "32",

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from chancepay.core import sql
@@ -27,25 +27,50 @@ class Inbox:
 
     async def deduct(self, msg: PaymentMessage, flipped: bool) -> Decision:
         """Decide once, durably. The coin was flipped (`flipped`) and the row is inserted already
-        final, in one statement; the flip only counts if that insert creates the row. If the uuid
+        final, in one statement; the flip only counts if that insert created the row. If the uuid
         is already there (a redelivery), policy.redelivery says what the stored row means."""
-        async def decide(cur: Any) -> Decision:
-            await cur.execute(sql.INSERT_INBOX_DECIDED, (msg.uuid, *column_values(msg.details), flipped))
-            self.on_inserted()
-            if cur.rowcount == 1:
-                return Decision(Deduction.NEW, flipped, 1)
-            await cur.execute(sql.LOCK_INBOX, (msg.uuid,))
-            row = await fetchrow(cur)
-            assert row is not None  # INSERT IGNORE found it; FOR UPDATE holds it
-            decision = redelivery(details_from_row(row), succeed_from_column(row["succeed"]), int(row["deliveries"]),
-                                  msg.details, flipped)
-            if decision.kind is not Deduction.CONFLICT:
-                await cur.execute(sql.COUNT_INBOX_DELIVERY, (msg.uuid,))
-            if decision.kind is Deduction.NEW:
-                await cur.execute(sql.FINALIZE_INBOX, (flipped, msg.uuid))
-            return decision
+        return await self.db.run(lambda cur: self._decide(cur, msg, flipped))
+
+    async def deduct_many(self, window: Sequence[tuple[PaymentMessage, bool]]) -> list[Decision]:
+        """A window of deliveries decided in one transaction, one Decision each, in order: one
+        multi-row INSERT IGNORE of rows already final (uuids distinct, sorted: one lock order for
+        every wallet). If it created every row, each is NEW. Otherwise (a uuid already there, or
+        twice in the window) nothing of it stays (ROLLBACK) and each delivery is decided as
+        `deduct` decides it, in uuid order and, for one uuid, in arrival order, in the same
+        transaction: exactly what one transaction per delivery would have decided."""
+        order = sorted(range(len(window)), key=lambda i: window[i][0].uuid)
+
+        async def decide(cur: Any) -> list[Decision]:
+            decisions: list[Decision | None] = [None] * len(window)
+            if len({msg.uuid for msg, _ in window}) == len(window):
+                args = [v for i in order for v in (window[i][0].uuid, *column_values(window[i][0].details),
+                                                   window[i][1])]
+                await cur.execute(sql.inbox_decided_rows(len(window)), args)
+                self.on_inserted()
+                if cur.rowcount == len(window):
+                    return [Decision(Deduction.NEW, flipped, 1) for _, flipped in window]
+                await cur.execute(sql.ROLLBACK)
+            for i in order:
+                decisions[i] = await self._decide(cur, *window[i])
+            return [d for d in decisions if d is not None]
 
         return await self.db.run(decide)
+
+    async def _decide(self, cur: Any, msg: PaymentMessage, flipped: bool) -> Decision:
+        await cur.execute(sql.INSERT_INBOX_DECIDED, (msg.uuid, *column_values(msg.details), flipped))
+        self.on_inserted()
+        if cur.rowcount == 1:
+            return Decision(Deduction.NEW, flipped, 1)
+        await cur.execute(sql.LOCK_INBOX, (msg.uuid,))
+        row = await fetchrow(cur)
+        assert row is not None  # INSERT IGNORE found it; FOR UPDATE holds it
+        decision = redelivery(details_from_row(row), succeed_from_column(row["succeed"]), int(row["deliveries"]),
+                              msg.details, flipped)
+        if decision.kind is not Deduction.CONFLICT:
+            await cur.execute(sql.COUNT_INBOX_DELIVERY, (msg.uuid,))
+        if decision.kind is Deduction.NEW:
+            await cur.execute(sql.FINALIZE_INBOX, (flipped, msg.uuid))
+        return decision
 
     async def park(self, uuid: str, succeed: bool, delay: float, reason: str) -> None:
         """INSERT IGNORE: a redelivery of a message already parked changes nothing."""

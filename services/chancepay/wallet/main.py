@@ -28,6 +28,7 @@ from chancepay.wallet.dlq import DeadLetterMover
 from chancepay.wallet.inbox import Inbox
 from chancepay.wallet.parked import ParkedRetrier
 from chancepay.wallet.policy import parked_retry_delay
+from chancepay.wallet.window import InboxWindow
 
 
 async def get_inbox(request: Request) -> Response:
@@ -102,7 +103,11 @@ def compose(settings: Settings) -> Role:
     def parked_delay(attempts: int) -> float:
         return parked_retry_delay(attempts, settings.callback_backoff, settings.callback_retry_max, rng)
 
-    delivery = Delivery(inbox=inbox, callbacks=callbacks, metrics=metrics, crash=crash,
+    deductions: Inbox | InboxWindow = inbox
+    if min(settings.wallet_batch_size, settings.wallet_prefetch) > 1:
+        deductions = InboxWindow(inbox, size=min(settings.wallet_batch_size, settings.wallet_prefetch),
+                                 linger=settings.wallet_batch_linger)
+    delivery = Delivery(inbox=deductions, callbacks=callbacks, metrics=metrics, crash=crash,
                         message_keys=settings.message_keys, flip=lambda: rng.random() < settings.wallet_success_rate,
                         park_delay=lambda: parked_delay(1), database=db.dependency, rng=rng)
     consumer = Consumer(settings.amqp_url_list, delivery.handle, prefetch=settings.wallet_prefetch,
@@ -112,7 +117,8 @@ def compose(settings: Settings) -> Role:
     worker = beside(consumer.consume_forever, [retrier.retry_parked_forever, mover.move_dead_letters_forever],
                     grace=max(1.0, settings.shutdown_grace - 2))
     return Role("wallet", build_app(settings, db, metrics, inbox, consumer), worker, closers=[db.close, http.close],
-                starting={"db": settings.wallet_db_url.redacted(), "success_rate": settings.wallet_success_rate})
+                starting={"db": settings.wallet_db_url.redacted(), "success_rate": settings.wallet_success_rate,
+                          "batch_size": min(settings.wallet_batch_size, settings.wallet_prefetch)})
 
 
 async def run(settings: Settings) -> int:
