@@ -65,6 +65,10 @@ def int_list(text: str) -> list[int]:
     return values
 
 
+def int_list_or_empty(text: str) -> list[int]:
+    return int_list(text) if text.strip() else []
+
+
 def positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -316,6 +320,57 @@ def make_db_op(conns: list[Any], commit_latencies: list[float]) -> Callable[[int
     return op
 
 
+def multi_row(statement: str, rows: int) -> str:
+    """`INSERT ... VALUES (...)` of one row as the same INSERT of `rows` rows (one statement)."""
+    head, values = statement.split(" VALUES ", 1)
+    return f"{head} VALUES " + ", ".join([values] * rows)
+
+
+def make_db_batch_op(conns: list[Any], batch: int) -> Callable[[int, Window], Awaitable[None]]:
+    """`batch` payments in one transaction on connection i, as a group commit at the API writes
+    them: one multi-row INSERT into request, one into outbox, one COMMIT."""
+    insert_request, insert_outbox = multi_row(sql.INSERT_REQUEST, batch), multi_row(sql.INSERT_OUTBOX, batch)
+
+    async def op(i: int, window: Window) -> None:
+        conn = conns[i]
+        requests: list[Any] = []
+        outbox: list[Any] = []
+        for _ in range(batch):
+            uuid, cus_id = str(uuidlib.uuid4()), f"bench-{i}"
+            requests += (uuid, cus_id, AMOUNT, None, None)
+            outbox += (uuid, PaymentMessage(uuid, {"cus_id": cus_id, "amount": AMOUNT}).encode())
+        t0 = time.perf_counter()
+        try:
+            async with conn.cursor() as cur:  # autocommit off: the first statement opens the transaction
+                await cur.execute(insert_request, requests)
+                await cur.execute(insert_outbox, outbox)
+            await conn.commit()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await conn.rollback()
+            raise
+        window.record(t0, time.perf_counter())
+
+    return op
+
+
+async def db_batch_point(args: argparse.Namespace, conns: list[Any], batch: int, meter: CpuMeter) -> dict[str, Any]:
+    n = min(args.db_batch_connections, len(conns))
+    log(f"db_commit batched: {batch} payments per transaction, {n} connection(s), {args.seconds:g} s")
+    before = meter.snapshot()
+    window, span = await run_workers(n, args.seconds, args.warmup, args.max_ops, make_db_batch_op(conns, batch))
+    after = meter.snapshot()
+    commits = len(window.completed)
+    point = {
+        "batch": batch, "connections": n, "seconds": round(span, 3), "commits": commits,
+        "commits_per_s": rate(commits, span), "payments_per_s": rate(commits * batch, span),
+        "txn_latency_ms": latency_summary(window.latencies), "errors": window.errors,
+        "last_error": window.last_error, "cpu_cores_used": CpuMeter.cores_used(before, after),
+    }
+    log(f"db_commit batched: {batch} per txn -> {point['payments_per_s']} payments/s")
+    return point
+
+
 async def db_point(args: argparse.Namespace, conns: list[Any], n: int, meter: CpuMeter) -> dict[str, Any]:
     commit_latencies: list[float] = []
     log(f"db_commit: {n} connection(s) for {args.seconds:g} s")
@@ -338,20 +393,29 @@ async def db_point(args: argparse.Namespace, conns: list[Any], n: int, meter: Cp
 
 
 async def bench_db(args: argparse.Namespace, db: str, meter: CpuMeter) -> dict[str, Any]:
-    max_n = max(args.db_connections)
+    max_n = max(*args.db_connections, args.db_batch_connections if args.db_batches else 1)
     log(f"db_commit: opening {max_n} connections to {db}")
     conns = list(await asyncio.gather(*(mysql_connect(db, args.mysql_port) for _ in range(max_n))))
     try:
         points = [await db_point(args, conns, n, meter) for n in args.db_connections]
+        batched = [await db_batch_point(args, conns, b, meter) for b in args.db_batches]
     finally:
         for conn in conns:
             conn.close()
     best = max(points, key=lambda p: p["commits_per_s"])
-    return {
+    out: dict[str, Any] = {
         "transaction": "INSERT_REQUEST + INSERT_OUTBOX + COMMIT (fresh uuid, no idempotency key)",
         "points": points,
         "best": {"connections": best["connections"], "rate_per_s": best["commits_per_s"]},
     }
+    if batched:
+        top = max(batched, key=lambda p: p["payments_per_s"])
+        out["batched"] = {
+            "transaction": "multi-row INSERT_REQUEST + multi-row INSERT_OUTBOX + COMMIT, `batch` payments each",
+            "points": batched,
+            "best": {"batch": top["batch"], "connections": top["connections"], "rate_per_s": top["payments_per_s"]},
+        }
+    return out
 
 
 # --------------------------------------------------------------------------- RabbitMQ vhost
@@ -458,11 +522,10 @@ async def bench_consume(args: argparse.Namespace, conn: Any, pub_channel: Any, p
     fill_rate = max(publish_rate, 1.0)
     expected = 1.5 * fill_rate  # consume+ack is usually cheaper than publish+confirm
     cpoints: list[dict[str, Any]] = []
-    for prefetch in args.prefetch:
+
+    async def measure(prefetch: int, ack_every: int) -> dict[str, Any]:
         depth = await queue_depth(pub_channel)
-        if cpoints:
-            expected = max(p["acks_per_s"] for p in cpoints)
-        need_total = int(expected * (args.seconds + args.warmup) * 1.1)
+        need_total = int(max([expected] + [p["acks_per_s"] for p in cpoints]) * (args.seconds + args.warmup) * 1.1)
         target = min(args.prefill_max, max(args.prefill_min, need_total))
         if depth < target:
             need = target - depth
@@ -470,18 +533,28 @@ async def bench_consume(args: argparse.Namespace, conn: Any, pub_channel: Any, p
             log(f"consume_ack: pre-filling {need} messages (depth {depth}, at most {budget:.1f} s)")
             await publish_point(args, publish, fill_window, budget, 0.0, meter, need)
             depth = await queue_depth(pub_channel)
-        log(f"consume_ack: prefetch {prefetch}, depth {depth}, for {args.seconds:g} s")
-        point = await consume_point(conn, prefetch, depth, args, meter)
+        log(f"consume_ack: prefetch {prefetch}, ack every {ack_every}, depth {depth}, for {args.seconds:g} s")
+        point = await consume_point(conn, prefetch, depth, args, meter, ack_every)
         point["queue_depth_before"] = depth
-        log(f"consume_ack: prefetch {prefetch} -> {point['acks_per_s']}/s"
+        log(f"consume_ack: prefetch {prefetch}, ack every {ack_every} -> {point['acks_per_s']}/s"
             + (" (drained the queue)" if point["drained"] else ""))
-        cpoints.append(point)
+        return point
+
+    for prefetch in args.prefetch:
+        cpoints.append(await measure(prefetch, 1))
     cbest = max(cpoints, key=lambda p: p["acks_per_s"])
-    return {
+    out: dict[str, Any] = {
         "ack": "basic.ack per message (multiple=false)",
         "points": cpoints,
         "best": {"prefetch": cbest["prefetch"], "rate_per_s": cbest["acks_per_s"]},
     }
+    batched = [await measure(cbest["prefetch"], k) for k in args.ack_batches if k < cbest["prefetch"]]
+    if batched:
+        top = max(batched, key=lambda p: p["acks_per_s"])
+        out["batched"] = {"ack": "basic.ack multiple=true every `ack_every` messages", "points": batched,
+                          "best": {"prefetch": top["prefetch"], "ack_every": top["ack_every"],
+                                   "rate_per_s": top["acks_per_s"]}}
+    return out
 
 
 async def bench_mq(args: argparse.Namespace, vhost: str, meter: CpuMeter) -> tuple[dict, dict, dict]:
@@ -515,7 +588,7 @@ def ack_window(acked_times: list[float], start: float, end: float, warmup: float
 
 
 async def consume_point(conn: Any, prefetch: int, available: int, args: argparse.Namespace,
-                        meter: CpuMeter) -> dict[str, Any]:
+                        meter: CpuMeter, ack_every: int = 1) -> dict[str, Any]:
     channel = await conn.channel(publisher_confirms=False)
     limit = min(available, args.max_ops)
     done = asyncio.Event()
@@ -526,7 +599,10 @@ async def consume_point(conn: Any, prefetch: int, available: int, args: argparse
         if done.is_set():
             return  # left unacked: requeued when the channel closes
         try:
-            await message.channel.basic_ack(message.delivery.delivery_tag)
+            if ack_every == 1:
+                await message.channel.basic_ack(message.delivery.delivery_tag)
+            elif (state["acked"] + 1) % ack_every == 0 or state["acked"] + 1 >= limit:
+                await message.channel.basic_ack(message.delivery.delivery_tag, multiple=True)
         except Exception as exc:  # noqa: BLE001
             state["errors"] += 1
             state["last_error"] = f"{type(exc).__name__}: {exc}"[:300]
@@ -554,6 +630,7 @@ async def consume_point(conn: Any, prefetch: int, available: int, args: argparse
     counted, span, drained = ack_window(acked_times, start, end, args.warmup, limit)
     return {
         "prefetch": prefetch,
+        **({"ack_every": ack_every} if ack_every > 1 else {}),
         "seconds": round(span, 3),
         "acked": len(counted),
         "acks_per_s": rate(len(counted), span),
@@ -724,7 +801,20 @@ def summarize(result: dict[str, Any]) -> dict[str, Any] | None:
         # Each payment needs every stage once; if the stages shared the machine's CPU perfectly
         # (they do, on one host), a payment costs the sum of the per-stage times.
         out["all_stages_sharing_machine_per_s"] = round(1.0 / sum(1.0 / v for v in bests.values()), 1)
+        out["batched"] = batched_limit(result, bests)
     return out
+
+
+def batched_limit(result: dict[str, Any], single: dict[str, float]) -> dict[str, Any]:
+    """The limits once each stage is batched (group commit, pipelined confirms, multiple-ack): per
+    stage the best of its single-payment and batched points, so batching can only raise it."""
+    bests = {k: max(v, (result[k].get("batched") or {}).get("best", {}).get("rate_per_s") or 0.0)
+             for k, v in single.items()}
+    stage = min(bests, key=lambda k: bests[k])
+    return {"stage": stage, "rate_per_s": bests[stage], "best_rates_per_s": bests,
+            # publish_confirm's own points are its batched form (a window of publishes per confirm wait)
+            "best_batch": {k: (result[k].get("batched") or {}).get("best") or result[k]["best"] for k in single},
+            "all_stages_sharing_machine_per_s": round(1.0 / sum(1.0 / v for v in bests.values()), 1)}
 
 
 def contention_warnings(result: dict[str, Any], cores: int | None) -> list[str]:
@@ -751,6 +841,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="un-measured warm-up before each point (default min(0.5, seconds/5))")
     p.add_argument("--db-connections", type=int_list, default=[1, 8, 32, 64],
                    help="MariaDB connection counts to measure (default 1,8,32,64)")
+    p.add_argument("--db-batches", type=int_list_or_empty, default=[1, 4, 16, 64],
+                   help="payments per transaction for the batched db_commit points (default 1,4,16,64; "
+                        "empty string: none)")
+    p.add_argument("--db-batch-connections", type=int, default=8,
+                   help="connections for the batched db_commit points (default 8)")
+    p.add_argument("--ack-batches", type=int_list_or_empty, default=[16],
+                   help="messages per multiple-ack for the batched consume_ack points, at the best prefetch "
+                        "(default 16; empty string: none)")
     p.add_argument("--publish-windows", type=int_list, default=[64, 256],
                    help="publishes in flight for the pipelined points; one-at-a-time is always measured "
                         "(default 64,256)")
@@ -833,6 +931,9 @@ def result_document(args: argparse.Namespace, result: dict[str, Any], started: d
             "seconds_per_point": args.seconds,
             "warmup_s": args.warmup,
             "db_connections": args.db_connections,
+            "db_batches": args.db_batches,
+            "db_batch_connections": args.db_batch_connections,
+            "ack_batches": args.ack_batches,
             "publish_windows": [1, *args.publish_windows],
             "prefetch": args.prefetch,
             "stages": sorted(args.stages),

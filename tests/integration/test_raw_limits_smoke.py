@@ -70,6 +70,7 @@ def test_raw_limits_smoke() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "bench.raw_limits", "--seconds", "0.5", "--warmup", "0.1",
          "--db-connections", "1,4", "--publish-windows", "8", "--prefetch", "8",
+         "--db-batches", "1,4", "--db-batch-connections", "2", "--ack-batches", "4",
          "--prefill-min", "200", "--prefill-max", "5000", "--fsync-seconds", "0.1"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=200,
     )
@@ -115,6 +116,15 @@ def test_raw_limits_smoke() -> None:
     assert smallest["stage"] in ("db_commit", "publish_confirm", "consume_ack")
     assert smallest["rate_per_s"] == min(smallest["best_rates_per_s"].values())
     assert _positive(smallest["rate_per_s"])
+
+    # the batched forms: group commit at 1 and 4 payments per transaction, multiple-ack every 4
+    assert [p["batch"] for p in doc["db_commit"]["batched"]["points"]] == [1, 4]
+    assert all(_positive(p["payments_per_s"]) for p in doc["db_commit"]["batched"]["points"])
+    assert [p["ack_every"] for p in doc["consume_ack"]["batched"]["points"]] == [4]
+    batched = smallest["batched"]
+    assert batched["rate_per_s"] == min(batched["best_rates_per_s"].values())
+    assert all(batched["best_rates_per_s"][k] >= v for k, v in smallest["best_rates_per_s"].items())
+    assert _positive(batched["all_stages_sharing_machine_per_s"])
 
     cleanup = doc["cleanup"]
     assert cleanup["database_dropped"] is True and cleanup["vhost_deleted"] is True
