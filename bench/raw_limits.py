@@ -599,10 +599,8 @@ async def consume_point(conn: Any, prefetch: int, available: int, args: argparse
         if done.is_set():
             return  # left unacked: requeued when the channel closes
         try:
-            if ack_every == 1:
-                await message.channel.basic_ack(message.delivery.delivery_tag)
-            elif (state["acked"] + 1) % ack_every == 0 or state["acked"] + 1 >= limit:
-                await message.channel.basic_ack(message.delivery.delivery_tag, multiple=True)
+            if ack_every == 1 or (state["acked"] + 1) % ack_every == 0 or state["acked"] + 1 >= limit:
+                await message.channel.basic_ack(message.delivery.delivery_tag, multiple=ack_every > 1)
         except Exception as exc:  # noqa: BLE001
             state["errors"] += 1
             state["last_error"] = f"{type(exc).__name__}: {exc}"[:300]
