@@ -153,8 +153,11 @@ class Reconciler:
         does not answer); a failure no wait cures raises NotFinalized."""
         async def send() -> Outcome:
             (answer,) = await self.orchestrator.send([result])
+            if isinstance(answer, Failure) and answer.unreachable:
+                raise NotUpYet(answer.reason)
+            self.orchestrator_up.up()  # it answered: a refusal is final, no wait cures it
             if isinstance(answer, Failure):
-                raise (NotUpYet if answer.unreachable else NotFinalized)(answer.reason)
+                raise NotFinalized(answer.reason)
             return answer
 
         return await self._wait_for(self.orchestrator_up, send, "finalize in the orchestrator", NotUpYet)

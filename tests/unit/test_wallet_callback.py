@@ -54,3 +54,21 @@ def test_a_refusal_is_not_retried() -> None:
     assert len(results.requests) == 1
     (line,) = log.tagged(CALLBACK_TAG)
     assert line["will_retry"] is False and "unknown" in line["reason"] and "waiting" not in line
+
+
+def test_a_conflict_names_what_is_stored() -> None:
+    cb, log = callbacks(FakeResults(Outcome.CONFLICT))
+    assert asyncio.run(cb.deliver(Result(UUIDS[0], True))) is Outcome.CONFLICT
+    (line,) = log.tagged(CALLBACK_TAG)
+    assert line["reason"] == "batch outcome conflict (stored FAILED)" and line["will_retry"] is False
+
+
+def test_a_send_that_raises_is_an_unreachable_orchestrator() -> None:
+    class Raising(FakeResults):
+        async def send(self, results: list[Result]) -> list[Outcome | Failure]:
+            raise RuntimeError("boom")
+
+    cb, log = callbacks(Raising([]), tries=1, batch_size=10)
+    answer = asyncio.run(cb.deliver(Result(UUIDS[0], True)))
+    assert isinstance(answer, Failure) and answer.unreachable and "RuntimeError: boom" in answer.reason
+    assert log.tagged(CALLBACK_TAG)[0]["waiting"] is True

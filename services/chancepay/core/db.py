@@ -152,6 +152,10 @@ class Database:
                 if code in RETRYABLE_ERRORS:
                     raise DatabaseBusy(f"{code}: {detail}") from exc
                 raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            if isinstance(exc, asyncmy.errors.InternalError):
+                # The connection's protocol state is broken ("Packet sequence number wrong"): the
+                # database did not take the statement; like an outage, retried after a hold.
+                raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
             raise
         except (asyncmy.errors.InterfaceError, OSError) as exc:
             raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc

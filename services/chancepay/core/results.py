@@ -43,8 +43,8 @@ class ResultsClient:
         if status == 200:
             try:
                 return list(load_outcomes(body, results))
-            except InvalidPayload as exc:
-                return [Failure(str(exc))] * len(results)
+            except InvalidPayload as exc:  # as good as no answer: retried, and "waiting" until first reached
+                return [Failure.of_status(None, str(exc))] * len(results)
         reason = f"HTTP {status}: {body[:200].decode('utf-8', 'replace')}"
         if self.compat.refused(status):
             self.compat.switch_on(reason)

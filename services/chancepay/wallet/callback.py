@@ -67,7 +67,7 @@ class Batcher:
         try:
             answers = await self.sender.send([result for result, _ in batch])
         except Exception as exc:  # never leave a waiting delivery without an answer
-            answers = [Failure(f"{type(exc).__name__}: {exc}")] * len(batch)
+            answers = [Failure.no_answer(exc)] * len(batch)
         for (_, future), answer in zip(batch, answers, strict=True):
             if not future.done():
                 future.set_result(answer)
@@ -106,7 +106,7 @@ class Callbacks:
     def _failed(self, answer: Answer, attempt: int, succeed: bool) -> None:
         self.metrics.wallet_callback_failures.inc()
         if isinstance(answer, Outcome):
-            reason, will_retry, waiting = f"batch outcome {answer.value}", False, {}
+            reason, will_retry, waiting = _outcome_reason(answer, succeed), False, {}
         else:
             # No answer, or 5xx: the orchestrator (or its database) is not up; waiting until a
             # callback was first taken since this wallet started (core/waiting.py).
@@ -114,3 +114,11 @@ class Callbacks:
             waiting = self.orchestrator.fields() if answer.unreachable else {}
         self.log.error(CALLBACK_TAG, reason=reason, attempt=attempt, succeed=succeed, will_retry=will_retry,
                        **waiting)
+
+
+def _outcome_reason(outcome: Outcome, succeed: bool) -> str:
+    """Why an outcome did not settle, for the operator: a conflict names what is stored (the other
+    value: write-once kept it), unknown says there is no such request."""
+    if outcome is Outcome.CONFLICT:
+        return f"batch outcome conflict (stored {'FAILED' if succeed else 'SUCCEEDED'})"
+    return f"batch outcome {outcome.value}"
