@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import signal
 
+import httpx
 import pytest
 
 from tests.support.env import wait_until
+from tests.support.groups import GROUPED, HOLD_KEY, HeldGroup
 from tests.support.invariants import assert_converged
 from tests.support.roles import Stack, restart_role, wait_exit_code
 
@@ -101,3 +103,34 @@ def test_wallet_killed_at_crash_point_then_restarted(make_stack, point: str) -> 
     assert s.env.orch_sql("SELECT succeed FROM request WHERE uuid=%s", (uuid,))[0][0] == rows[0][1]
     assert not s.orchestrator.events("[FAILED TO FINALIZE")
     assert_converged(s, [uuid])
+
+
+def test_orchestrator_killed_mid_group_commits_none_of_it_and_answered_none(make_stack) -> None:
+    """A group (orchestrator/group.py) killed after its INSERTs, before its COMMIT: none of its rows
+    exists, none of its callers got a 202; the payments before it (a lone one, the held one) stand."""
+    s = make_stack(**{**FAST, **GROUPED, "CHANCEPAY_CRASH_POINTS": "orchestrator.mid_group"}).start("orchestrator")
+    lone = s.pay(cus_id="lone", amount="1.00")  # flushed alone: a group of one is no crash point
+    assert lone.status_code == 202, lone.text
+    held = HeldGroup(s)
+    try:
+        posted = [held.post(f"group-{i}", f"{i + 1}.00") for i in range(5)]
+        held.release()
+        assert wait_exit_code(s.orchestrator) == -signal.SIGKILL
+        for f in posted:  # nobody of the group got an answer
+            with pytest.raises(httpx.HTTPError):
+                f.result(timeout=30)
+    finally:
+        held.close()
+    s.orchestrator.wait_for_event("crash point reached", crash_point="orchestrator.mid_group")
+    # The held payment committed before the group left (whether its 202 got out before the kill).
+    accepted = sorted([lone.json()["uuid"], s.env.orch_sql("SELECT uuid FROM request WHERE idempotency_key = %s",
+                                                           (HOLD_KEY,))[0][0]])
+    if held.held.exception() is None:
+        assert held.held.result().json()["uuid"] in accepted
+    assert sorted(r[0] for r in s.env.orch_sql("SELECT uuid FROM request")) == accepted
+    assert sorted(r[0] for r in s.env.orch_sql("SELECT uuid FROM outbox")) == accepted
+
+    restart_role(s, "orchestrator", CHANCEPAY_CRASH_POINTS="")
+    s.start("scanner", "wallet")
+    s.wait_final(accepted, timeout=30)
+    assert_converged(s, accepted)

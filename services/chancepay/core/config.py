@@ -284,6 +284,14 @@ class Settings:
                         one_of("DEBUG", "INFO", "WARNING", "ERROR", fold=str.upper))
     db_pool_size = Setting("CHANCEPAY_DB_POOL_SIZE", int, "10", "max connections per process", positive)
     db_timeout = Setting("CHANCEPAY_DB_TIMEOUT_SECONDS", float, "5", "connect and statement timeout", positive)
+    api_group_size = Setting(
+        "CHANCEPAY_API_GROUP_SIZE", int, "32",
+        "orchestrator: concurrent POST /payments committed together, one transaction (a lone payment is flushed "
+        "at once; arrivals during a commit form the next group); `1` = one transaction per payment",
+        between(1, 1000))
+    api_group_linger = Setting(
+        "CHANCEPAY_API_GROUP_LINGER_SECONDS", float, "0.002",
+        "orchestrator: a group not yet full waits at most this long for the commit in flight", non_negative)
     scanner_batch_size = Setting("CHANCEPAY_SCANNER_BATCH_SIZE", int, "200", "outbox rows claimed per poll",
                                  positive)
     scanner_poll_interval = Setting("CHANCEPAY_SCANNER_POLL_INTERVAL_SECONDS", float, "0.02",

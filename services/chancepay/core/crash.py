@@ -20,6 +20,7 @@ KNOWN = frozenset(
         "wallet.after_finalize",
         "wallet.after_callback",
         "orchestrator.after_commit",
+        "orchestrator.mid_group",
     }
 )
 

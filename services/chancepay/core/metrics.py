@@ -123,6 +123,15 @@ class Metrics:
         roles=("orchestrator",),
         buckets=(1, 2, 4, 8, 16, 32, 64, 128, MAX_RESULTS),
     )
+    api_group_size = histogram(
+        "chancepay_api_group_size",
+        "Payments per group commit of POST /payments (one transaction; CHANCEPAY_API_GROUP_SIZE).",
+        roles=("orchestrator",),
+        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+    )
+    api_group_waiting = gauge("chancepay_api_group_waiting",
+                              "POST /payments waiting for their group to be flushed (at scrape time).",
+                              roles=("orchestrator",))
     http_request_seconds = histogram("chancepay_http_request_duration_seconds", "HTTP request latency.",
                                      ("route", "method", "status"), roles=("orchestrator",))
 

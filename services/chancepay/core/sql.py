@@ -150,6 +150,28 @@ SELECT_REQUEST_BY_IDEMPOTENCY_KEY = (
     f"SELECT uuid, {_FIELDS}, succeed, created_at, finalized_at, request_hash "
     "FROM request WHERE idempotency_key = %s"
 )
+# Group commit (orchestrator/service.py, PaymentService.create_group): in one transaction, the
+# stored rows of the group's idempotency keys (those items are answered from them, not inserted),
+# then one multi-row INSERT per table, then COMMIT.
+SELECT_REQUESTS_BY_IDEMPOTENCY_KEYS = (
+    f"SELECT uuid, {_FIELDS}, succeed, created_at, finalized_at, request_hash, idempotency_key "
+    "FROM request WHERE idempotency_key IN ({placeholders})"
+)
+INSERT_REQUEST_ROWS = f"INSERT INTO request (uuid, {_FIELDS}, idempotency_key, request_hash) VALUES {{rows}}"
+_REQUEST_ROW = f"(%s, {_FIELD_PLACEHOLDERS}, %s, %s)"
+INSERT_OUTBOX_ROWS = "INSERT INTO outbox (uuid, payload) VALUES {rows}"
+
+
+def request_rows(count: int) -> str:
+    """INSERT_REQUEST_ROWS for `count` rows."""
+    return INSERT_REQUEST_ROWS.format(rows=", ".join([_REQUEST_ROW] * count))
+
+
+def outbox_rows(count: int) -> str:
+    """INSERT_OUTBOX_ROWS for `count` rows."""
+    return INSERT_OUTBOX_ROWS.format(rows=", ".join(["(%s, %s)"] * count))
+
+
 # Write-once finalization (orchestrator/service.py finalize, a batch; a single result is a batch of
 # one), one transaction: lock the batch's rows (primary-key order, so two batches cannot deadlock),
 # finalize the pending ones per value (a row already final is never touched again), read the

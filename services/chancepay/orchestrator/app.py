@@ -224,7 +224,11 @@ def build_app(settings: Settings, db: Database, metrics: Metrics, crash: CrashPo
         required = migrations.latest(migrations.ORCHESTRATOR)
         return {"database": await db.ping(), "schema": await db.schema_ready(required)}
 
+    service = PaymentService(db, metrics, crash=crash, group_size=settings.api_group_size,
+                             group_linger=settings.api_group_linger)
+
     async def refresh() -> None:
+        metrics.api_group_waiting.set(service.group.waiting if service.group else 0)
         await refresh_orchestrator_gauges(db, metrics, settings.scanner_max_attempts)
 
     # No redirect_slashes: `POST /payments/` would get a bodiless 307 to a URL built from the
@@ -232,7 +236,7 @@ def build_app(settings: Settings, db: Database, metrics: Metrics, crash: CrashPo
     app = Starlette(routes=[*ROUTES, *health_routes(metrics, ready, refresh)],
                     exception_handlers={**EXCEPTION_HANDLERS, DatabaseUnavailable: db_unavailable})
     app.router.redirect_slashes = False
-    app.state.orchestrator = Resources(settings, db, PaymentService(db, metrics), metrics, crash)
+    app.state.orchestrator = Resources(settings, db, service, metrics, crash)
     app.state.metrics = metrics
     app.add_middleware(LatencyMiddleware, metrics=metrics)
     return app

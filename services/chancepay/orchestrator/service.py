@@ -4,6 +4,7 @@ logged and counted. Receives its Database and Metrics; knows nothing of HTTP."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 from collections.abc import Sequence
@@ -11,15 +12,39 @@ from typing import Any
 
 from chancepay.core import sql
 from chancepay.core.codec import new_uuid
-from chancepay.core.db import Database, fetchrows, is_duplicate_key
+from chancepay.core.crash import CrashPoints
+from chancepay.core.db import Database, DatabaseUnavailable, fetchrows, is_duplicate_key
 from chancepay.core.errors import ChancePayError
 from chancepay.core.logging import bound, get_logger
 from chancepay.core.metrics import Metrics
 from chancepay.core.payment import Details, Outcome, Payment, PaymentMessage, Result, column_values, dump_details
+from chancepay.orchestrator.group import GroupCommit
 
 
 class IdempotencyKeyReused(ChancePayError):
     """The key was used before with a different body."""
+
+
+def _replay(item: NewPayment, stored: dict[str, Any]) -> Created:
+    """`item`'s key is stored: the same body replays the stored payment, another is refused."""
+    if stored["request_hash"] != item.fingerprint:
+        raise IdempotencyKeyReused(item.key)
+    return Payment.from_row(stored), True
+
+
+def _group_answer(item: NewPayment, stored: dict[str, Any], leaders: dict[str, NewPayment]) -> Created | BaseException:
+    """`item`'s answer once its group committed (see PaymentService.create_group)."""
+    if item.key is None or leaders.get(item.key) is item:
+        return item.accepted(), False
+    try:
+        if item.key in stored:
+            return _replay(item, stored[item.key])
+        leader = leaders[item.key]
+        if leader.fingerprint != item.fingerprint:
+            raise IdempotencyKeyReused(item.key)
+        return leader.accepted(), True
+    except IdempotencyKeyReused as exc:
+        return exc
 
 
 def request_fingerprint(details: Details) -> str:
@@ -29,36 +54,103 @@ def request_fingerprint(details: Details) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+@dataclasses.dataclass(frozen=True)
+class NewPayment:
+    """One POST /payments on its way in: its new uuid, the rows' values, its key's fingerprint."""
+
+    uuid: str
+    details: Details
+    key: str | None
+    fingerprint: str | None
+    payload: bytes
+
+    @classmethod
+    def of(cls, details: Details, key: str | None) -> NewPayment:
+        uuid = new_uuid()
+        return cls(uuid, details, key, request_fingerprint(details) if key else None,
+                   PaymentMessage(uuid, details).encode())
+
+    def accepted(self) -> Payment:
+        # The 202 body needs no timestamps: no read-back round trip.
+        return Payment(self.uuid, dict(self.details), None, None, None)
+
+
+Created = tuple[Payment, bool]  # (payment, replayed)
+
+
 class PaymentService:
-    def __init__(self, db: Database, metrics: Metrics) -> None:
+    def __init__(self, db: Database, metrics: Metrics, *, crash: CrashPoints | None = None, group_size: int = 1,
+                 group_linger: float = 0.0) -> None:
         self.db = db
         self.metrics = metrics
+        self.crash = crash or CrashPoints(frozenset())
+        # Size 1: no grouping at all, each create is its own transaction (the behaviour before groups).
+        self.group: GroupCommit[NewPayment, Created] | None = None
+        if group_size > 1:
+            self.group = GroupCommit(self.create_group, group_size, group_linger,
+                                     observe=metrics.api_group_size.observe)
 
-    async def create(self, details: Details, idempotency_key: str | None) -> tuple[Payment, bool]:
-        """Returns (payment, replayed). The request row and its outbox row commit together or not at all."""
-        uuid = new_uuid()
-        fingerprint = request_fingerprint(details) if idempotency_key else None
-        payload = PaymentMessage(uuid, details).encode()
+    async def create(self, details: Details, idempotency_key: str | None) -> Created:
+        """Returns (payment, replayed). The request row and its outbox row commit together or not at
+        all, alone or with the rows of a group (orchestrator/group.py); either way, only once
+        committed does this return."""
+        item = NewPayment.of(details, idempotency_key)
+        if self.group is not None:
+            return await self.group.submit(item)
+        return await self.create_one(item)
 
+    async def create_one(self, item: NewPayment) -> Created:
+        """One payment, its own transaction."""
         async def insert_both(cur: Any) -> None:
-            await cur.execute(sql.INSERT_REQUEST, (uuid, *column_values(details), idempotency_key, fingerprint))
-            await cur.execute(sql.INSERT_OUTBOX, (uuid, payload))
+            await cur.execute(sql.INSERT_REQUEST, (item.uuid, *column_values(item.details), item.key, item.fingerprint))
+            await cur.execute(sql.INSERT_OUTBOX, (item.uuid, item.payload))
 
         try:
             await self.db.run(insert_both)
         except Exception as exc:
-            if idempotency_key is None or not is_duplicate_key(exc):
+            if item.key is None or not is_duplicate_key(exc):
                 raise
             # Another request with this key committed first (possibly concurrently: InnoDB made
             # this insert wait for it). Answer with that payment, never create a second one.
-            found = await self.db.fetchrow(sql.SELECT_REQUEST_BY_IDEMPOTENCY_KEY, (idempotency_key,))
+            found = await self.db.fetchrow(sql.SELECT_REQUEST_BY_IDEMPOTENCY_KEY, (item.key,))
             if found is None:  # the other transaction rolled back between our insert and select
-                return await self.create(details, idempotency_key)
-            if found["request_hash"] != fingerprint:
-                raise IdempotencyKeyReused(idempotency_key) from None
-            return Payment.from_row(found), True
-        # The 202 body needs no timestamps: no read-back round trip.
-        return Payment(uuid, dict(details), None, None, None), False
+                return await self.create_one(NewPayment.of(item.details, item.key))
+            return _replay(item, found)
+        return item.accepted(), False
+
+    async def create_group(self, items: list[NewPayment]) -> list[Created | BaseException]:
+        """A group in one transaction: the stored rows of its keys read, the new rows inserted
+        (one multi-row INSERT per table), one COMMIT; then one answer per item, in order. A key
+        stored already, or used earlier in the group, is answered as across groups (replayed or
+        refused), never inserted. A database failure fails every item (nothing committed); any
+        other failure (one bad item: a key committed meanwhile by another request) rolls the
+        group back and runs each item alone, so it fails no neighbour."""
+        try:
+            stored, leaders = await self.db.run(lambda cur: self._insert_group(cur, items))
+        except DatabaseUnavailable:
+            raise
+        except Exception:
+            return list(await asyncio.gather(*(self.create_one(i) for i in items), return_exceptions=True))
+        return [_group_answer(item, stored, leaders) for item in items]
+
+    async def _insert_group(self, cur: Any, items: list[NewPayment]) -> tuple[dict[str, Any], dict[str, NewPayment]]:
+        keys = sorted({i.key for i in items if i.key is not None})
+        stored: dict[str, Any] = {}
+        if keys:
+            await cur.execute(sql.among(sql.SELECT_REQUESTS_BY_IDEMPOTENCY_KEYS, len(keys)), keys)
+            stored = {row["idempotency_key"]: row for row in await fetchrows(cur)}
+        leaders: dict[str, NewPayment] = {}  # the first item of each key not stored: it is inserted
+        for item in items:
+            if item.key is not None and item.key not in stored:
+                leaders.setdefault(item.key, item)
+        new = [i for i in items if i.key is None] + [leaders[k] for k in sorted(leaders)]  # keys in one order
+        if new:
+            await cur.execute(sql.request_rows(len(new)),
+                              [v for i in new for v in (i.uuid, *column_values(i.details), i.key, i.fingerprint)])
+            await cur.execute(sql.outbox_rows(len(new)), [v for i in new for v in (i.uuid, i.payload)])
+        if len(items) > 1:
+            self.crash.hit("orchestrator.mid_group")  # inserted, not committed
+        return stored, leaders
 
     async def get(self, uuid: str) -> Payment | None:
         row = await self.db.fetchrow(sql.SELECT_REQUEST, (uuid,))
