@@ -29,15 +29,15 @@ import platform
 import resource
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import sql as bench_sql
+from bench import analysis
 from bench.deployment import Deployment
-from chancepay.core import sql
+from bench.stages import StageSampler
+from chancepay.core import config
 
 ROOT = Path(__file__).resolve().parents[1]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -127,28 +127,6 @@ def wait_quiet(max_cores: float = 0.15, deadline_s: float = 90.0) -> float:
     return round(time.monotonic() - start, 1)
 
 
-class DepthSampler(threading.Thread):
-    """Polls the outbox depth and pending count while a step runs (max seen)."""
-
-    def __init__(self, env: Deployment) -> None:
-        super().__init__(daemon=True)
-        self.env = env
-        self.stop_flag = threading.Event()
-        self.max_outbox = 0
-        self.max_pending = 0
-
-    def run(self) -> None:
-        deadline = time.monotonic() + 3600
-        while not self.stop_flag.is_set() and time.monotonic() < deadline:
-            try:
-                self.max_outbox = max(self.max_outbox, self.env.orch_sql(sql.OUTBOX_DEPTH)[0][0])
-                pending = self.env.orch_sql(bench_sql.PENDING_COUNT)[0][0]
-                self.max_pending = max(self.max_pending, pending)
-            except Exception:
-                pass
-            self.stop_flag.wait(0.5)
-
-
 def run_load(env: Deployment, rate: float, seconds: float, targets: list[str]) -> tuple[dict[str, Any], float]:
     """One `chancepay load` subprocess; returns its summary and its own CPU seconds."""
     args = [sys.executable, "-m", "chancepay", "load", "--rate", str(rate), "--duration", str(seconds),
@@ -198,7 +176,7 @@ def role_pids(deployment: Deployment) -> Callable[[], dict[str, list[int]]]:
 def measure_step(env: Deployment, rate: float, seconds: float) -> dict[str, Any]:
     """One step of the step-up: `rate` payments/s for `seconds`, with CPU and backlog sampled."""
     meter = CpuMeter(role_pids(env))
-    sampler = DepthSampler(env)
+    sampler = StageSampler(env)
     meter.start()
     sampler.start()
     began = time.monotonic()
@@ -210,6 +188,8 @@ def measure_step(env: Deployment, rate: float, seconds: float) -> dict[str, Any]
     cpu["load_generator"] = load_cpu
     ok, why = sustained(summary, rate)
     accepted = max(1, summary.get("accepted", 0))
+    stages = sampler.summary()
+    lags = analysis.stage_lags(sampler.means(), rate, (summary.get("api_latency_ms") or {}).get("p99"))
     return {
         "rate": rate,
         "sustained": ok,
@@ -219,8 +199,12 @@ def measure_step(env: Deployment, rate: float, seconds: float) -> dict[str, Any]
         "api_latency_ms": summary.get("api_latency_ms"),
         "e2e_latency_ms": summary.get("e2e_latency_ms"),
         "converge_seconds": summary.get("converge_seconds"),
-        "max_outbox_depth": sampler.max_outbox,
-        "max_pending": sampler.max_pending,
+        "max_outbox_depth": int(stages["outbox_depth"]["max"]),
+        "max_pending": int(stages["pending"]["max"]),
+        # what each stage held (mean, max) and the ms a payment spent at each (bench/analysis.py)
+        "stages": stages,
+        "stage_lag_ms": lags,
+        "limiting_stage": analysis.limiting_stage(lags),
         "cpu_ms_per_payment": {k: round(v * 1000 / accepted, 3) for k, v in cpu.items()},
         # average over the step's whole wall time (load + convergence)
         "cpu_cores_busy": round(sum(cpu.values()) / max(wall, 1e-9), 2),
@@ -230,8 +214,10 @@ def measure_step(env: Deployment, rate: float, seconds: float) -> dict[str, Any]
     }
 
 
-def step_up(steps: list[float], seconds: float, tmp: Path, history_rows: int = 0) -> dict[str, Any]:
-    env = Deployment(tmp / ("stepup-history" if history_rows else "stepup"))
+def step_up(steps: list[float], seconds: float, tmp: Path, history_rows: int = 0,
+            overrides: dict[str, str] | None = None, label: str = "stepup") -> dict[str, Any]:
+    """Step up through `steps` on a fresh deployment whose roles get `overrides` (settings)."""
+    env = Deployment(tmp / (f"{label}-history" if history_rows else label))
     results: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     history: dict[str, Any] | None = None
@@ -242,15 +228,15 @@ def step_up(steps: list[float], seconds: float, tmp: Path, history_rows: int = 0
             history = env.prefill_history(history_rows)
             log(f"  -> {history}")
         for role in ("orchestrator", "scanner", "wallet"):
-            env.add(role)
+            env.add(role, **(overrides or {}))
         env.start_all()
         for rate in steps:
             quiet = wait_quiet()
-            log(f"step {rate:g}/s for {seconds:g} s (servers idle after {quiet} s)")
+            log(f"[{label}] step {rate:g}/s for {seconds:g} s (servers idle after {quiet} s)")
             step = measure_step(env, rate, seconds)
             results.append(step)
             log(f"  -> {step['verdict']}: api p99 {step['api_latency_ms']}, e2e p99 {step['e2e_latency_ms']}, "
-                f"max outbox {step['max_outbox_depth']}")
+                f"max outbox {step['max_outbox_depth']}, limiting {step['limiting_stage']} {step['stage_lag_ms']}")
             if not step["sustained"]:
                 break
             best = step
@@ -259,7 +245,9 @@ def step_up(steps: list[float], seconds: float, tmp: Path, history_rows: int = 0
                 break
     finally:
         env.destroy()
-    return {"steps": results, "best": best, **({"history": history} if history else {})}
+    return {"settings": dict(overrides or {}), "steps": results, "best": best,
+            "knee": analysis.knee(results), "limiting_stage": analysis.run_limiting_stage(results),
+            **({"history": history} if history else {})}
 
 
 def compare_history(empty: dict[str, Any], full: dict[str, Any]) -> dict[str, Any]:
@@ -360,15 +348,63 @@ def recorded_raw_limits(seconds: float, *, reuse: bool, store: Path) -> dict[str
     return measured
 
 
+def setting_facts(raw: dict[str, Any] | None) -> dict[str, Any]:
+    """The hardware, the servers' versions and the durability settings the results were measured
+    with (from the raw limits' machine facts; the product always publishes persistent messages
+    with publisher confirms to a quorum queue)."""
+    machine = (raw or {}).get("machine") or {}
+    mariadb, rabbitmq = machine.get("mariadb") or {}, machine.get("rabbitmq") or {}
+    return {
+        "hardware": {k: machine.get(k) for k in ("cpu_model", "cores", "cores_usable", "memory_bytes", "kernel")},
+        "servers": {"mariadb": mariadb.get("version"), "rabbitmq": rabbitmq.get("version")},
+        "durability": {
+            **{k: mariadb.get(k) for k in ("innodb_flush_log_at_trx_commit", "sync_binlog", "log_bin",
+                                           "innodb_doublewrite", "innodb_flush_method")},
+            "fsync_probe": machine.get("fsync_probe"),
+            "queue_type": rabbitmq.get("queue_type"),
+            "messages_persistent": True,
+            "publisher_confirms": True,
+        },
+    }
+
+
+def add_ratios(doc: dict[str, Any]) -> None:
+    """The best sustained rate against the single-payment limits and against the batched ones."""
+    best = doc["stepup"]["best"]
+    smallest = (doc.get("raw_limits") or {}).get("smallest_limit")
+    if not smallest:
+        return
+    doc["smallest_limit"] = smallest
+    doc["ratio_to_smallest_limit"] = round(best["rate"] / smallest["rate_per_s"], 3) if best else 0.0
+    combined = smallest.get("all_stages_sharing_machine_per_s")
+    if combined and best:
+        doc["ratio_to_all_stages_sharing_machine"] = round(best["rate"] / combined, 3)
+    batched = smallest.get("batched") or {}
+    if best and batched.get("all_stages_sharing_machine_per_s"):
+        doc["ratio_to_batched_limit"] = round(best["rate"] / batched["rate_per_s"], 3)
+        doc["ratio_to_batched_all_stages_sharing_machine"] = round(
+            best["rate"] / batched["all_stages_sharing_machine_per_s"], 3)
+
+
+def compare_with_batching_off(doc: dict[str, Any], steps: list[float], seconds: float, tmp: Path) -> None:
+    """The same step-up with every batch at size 1 (bench/analysis.py BATCHING_OFF), in this run."""
+    overrides, missing = analysis.batching_off({v.env for v in config.VARIABLES})
+    log(f"batching off: {overrides} (settings not in this code, skipped: {missing})")
+    doc["batching_off"] = step_up(steps, seconds, tmp, overrides=overrides, label="batching-off")
+    doc["batching_off"]["settings_missing"] = missing
+    sharing = (doc.get("smallest_limit") or {}).get("all_stages_sharing_machine_per_s")
+    doc["batching_comparison"] = analysis.compare_batching(doc["batching_off"], doc["stepup"], sharing)
+
+
 def _step_lines(steps: list[dict[str, Any]]) -> list[str]:
     lines = [f"{'rate/s':>7} {'achieved':>8} {'api p50/p99 ms':>16} {'e2e p50/p99 ms':>16} "
-             f"{'max outbox':>10} {'cores':>5}  verdict"]
+             f"{'max outbox':>10} {'cores':>5} {'limiting':>8}  verdict"]
     for s in steps:
         api, e2e = s["api_latency_ms"] or {}, s["e2e_latency_ms"] or {}
         lines.append(
             f"{s['rate']:>7g} {s['achieved_rate'] or 0:>8} {api.get('p50')!s:>7}/{api.get('p99')!s:<8} "
-            f"{e2e.get('p50')!s:>7}/{e2e.get('p99')!s:<8} {s['max_outbox_depth']:>10} {s['cpu_cores_busy']:>5}  "
-            f"{s['verdict']}"
+            f"{e2e.get('p50')!s:>7}/{e2e.get('p99')!s:<8} {s['max_outbox_depth']:>10} {s['cpu_cores_busy']:>5} "
+            f"{s.get('limiting_stage')!s:>8}  {s['verdict']}"
         )
     return lines
 
@@ -376,12 +412,18 @@ def _step_lines(steps: list[dict[str, Any]]) -> list[str]:
 def table(doc: dict[str, Any]) -> str:
     lines = _step_lines(doc["stepup"]["steps"])
     best = doc["stepup"]["best"]
-    lines.append(f"best sustained rate: {best['rate'] if best else None}/s")
+    lines.append(f"best sustained rate: {best['rate'] if best else None}/s; knee (e2e p99 < 100 ms): "
+                 f"{(doc.get('knee') or {}).get('rate')}/s; limiting stage: {doc['stepup'].get('limiting_stage')}")
     if doc.get("ratio_to_smallest_limit") is not None:
         lines.append(f"ratio to the smallest physical limit ({doc['smallest_limit']['stage']}, "
                      f"{doc['smallest_limit']['rate_per_s']}/s): {doc['ratio_to_smallest_limit']}")
     if doc.get("ratio_to_all_stages_sharing_machine") is not None:
-        lines.append(f"ratio to the all-stages-sharing limit: {doc['ratio_to_all_stages_sharing_machine']}")
+        lines.append(f"ratio to the all-stages-sharing limit: {doc['ratio_to_all_stages_sharing_machine']}"
+                     f" (batched limits: {doc.get('ratio_to_batched_all_stages_sharing_machine')})")
+    if doc.get("batching_comparison"):
+        lines.append("batching off (size 1):")
+        lines += _step_lines(doc["batching_off"]["steps"])
+        lines.append(f"batching off vs on: {json.dumps(doc['batching_comparison']['checks'])}")
     if doc.get("history"):
         h = doc["history"]
         lines.append(f"with {h['history']['rows']:,} finalized payments of history "
@@ -411,6 +453,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="also run the step-up on tables pre-filled with this many finalized payments "
                         "(make bench-history: 10,000,000) and compare with the empty run")
     p.add_argument("--skip-scaleout", action="store_true")
+    p.add_argument("--no-compare", action="store_true",
+                   help="skip the batching-off step-up (every batch size 1) that the default run compares with")
     p.add_argument("--output", default=str(ROOT / ".bench" / "latest.json"))
     return p.parse_args(argv)
 
@@ -434,13 +478,11 @@ def main(argv: list[str] | None = None) -> int:
         doc["history"] = step_up(steps, args.step_seconds, tmp, history_rows=args.history_rows)
         doc["history_vs_empty"] = compare_history(doc["stepup"], doc["history"])
     best = doc["stepup"]["best"]
-    smallest = (doc.get("raw_limits") or {}).get("smallest_limit")
-    if smallest:
-        doc["smallest_limit"] = smallest
-        doc["ratio_to_smallest_limit"] = round(best["rate"] / smallest["rate_per_s"], 3) if best else 0.0
-        combined = smallest.get("all_stages_sharing_machine_per_s")
-        if combined and best:
-            doc["ratio_to_all_stages_sharing_machine"] = round(best["rate"] / combined, 3)
+    add_ratios(doc)
+    doc["knee"] = {**(doc["stepup"]["knee"] or {"rate": None}), "max_sustained_rate": best["rate"] if best else None,
+                   **setting_facts(doc.get("raw_limits"))}
+    if not args.no_compare:
+        compare_with_batching_off(doc, steps, args.step_seconds, tmp)
     if not args.skip_scaleout:
         rate = args.scaleout_rate or (round(0.8 * best["rate"]) if best else steps[0])
         doc["scaleout"] = scale_out(rate, args.scaleout_seconds, tmp)

@@ -122,6 +122,10 @@ class Database:
         SQL errors (duplicate key, ...) propagate unchanged. A committed transaction marks the
         database reached, unless it is a `probe` (a readiness check that succeeds before the
         tables exist).
+
+        No BEGIN round trip: autocommit is off, the first statement opens the transaction. A COMMIT
+        sent with the last statement (multi-statement) would leave asyncmy's in-transaction flag
+        set and the pool would discard the connection; so it is one round trip of its own.
         """
         pool = await self._get_pool()
         try:
