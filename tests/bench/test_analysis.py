@@ -83,3 +83,24 @@ def test_a_comparison_without_the_rates_reports_none() -> None:
     out = analysis.compare_batching({"best": None, "steps": []}, {"best": None, "steps": []}, None)
     assert out["best_rate_ratio"] is None
     assert all(check["met"] is None for check in out["checks"].values())
+
+
+def test_the_report_renders_a_document(tmp_path, capsys) -> None:
+    import json
+
+    from bench import report
+
+    steps = [_step(10), _step(300)]
+    doc = {"stepup": {"steps": steps, "best": steps[-1], "limiting_stage": {"stage": "api"}},
+           "batching_off": {"steps": steps[:1]},
+           "knee": {"rate": 300, "e2e_p99_ms": 40.0, "api_p99_ms": 5.0, "hardware": {"cores": 2},
+                    "servers": {"mariadb": "10.11"}, "durability": {"innodb_flush_log_at_trx_commit": 1}},
+           "batching_comparison": analysis.compare_batching({"best": steps[0], "steps": steps[:1]},
+                                                            {"best": steps[-1], "steps": steps}, 1000.0)}
+    path = tmp_path / "latest.json"
+    path.write_text(json.dumps(doc))
+    assert report.main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "| knee (highest rate with e2e p99 < 100 ms) | 300/s |" in out
+    assert "`innodb_flush_log_at_trx_commit=1`" in out
+    assert "| 300 | None / 5.0 |" in out and "| best_rate_at_least_2x | 30.0 | 2.0 | True |" in out
