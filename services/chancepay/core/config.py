@@ -312,6 +312,14 @@ class Settings:
                                  "back-off after a failed attempt: base × 2^(attempts−1), capped")
     scanner_retry_max = Setting("CHANCEPAY_SCANNER_RETRY_MAX_SECONDS", float, "60", "cap of the publish back-off")
     wallet_prefetch = Setting("CHANCEPAY_WALLET_PREFETCH", int, "64", "unacknowledged messages per wallet", positive)
+    wallet_batch_size = Setting(
+        "CHANCEPAY_WALLET_BATCH_SIZE", int, "32",
+        "deliveries decided in one inbox transaction (at most the prefetch); `1` = one transaction per delivery",
+        positive)
+    wallet_batch_linger = Setting(
+        "CHANCEPAY_WALLET_BATCH_LINGER_SECONDS", float, "0.002",
+        "a window of deliveries is decided when full, when no delivery joined it for two event-loop ticks, or "
+        "this long after its first delivery", non_negative)
     callback_timeout = Setting("CHANCEPAY_CALLBACK_TIMEOUT_SECONDS", float, "2", "timeout of one result callback",
                                positive)
     callback_attempts = Setting("CHANCEPAY_CALLBACK_ATTEMPTS", int, "3",
@@ -320,14 +328,6 @@ class Settings:
     callback_retry_max = Setting(
         "CHANCEPAY_CALLBACK_RETRY_MAX_SECONDS", float, "30",
         "a result still undelivered after a delivery's tries is retried in the background; cap of that back-off",
-    wallet_batch_size = Setting(
-        "CHANCEPAY_WALLET_BATCH_SIZE", int, "1",
-        "deliveries decided in one inbox transaction (at most the prefetch); `1` = one transaction per delivery",
-        positive)
-    wallet_batch_linger = Setting(
-        "CHANCEPAY_WALLET_BATCH_LINGER_SECONDS", float, "0.002",
-        "a window of deliveries is decided when full, when no delivery joined it for two event-loop ticks, or "
-        "this long after its first delivery", non_negative)
         positive)
     callback_batch_size = Setting(
         "CHANCEPAY_CALLBACK_BATCH_SIZE", int, "32",

@@ -229,6 +229,19 @@ FINALIZE_INBOX = (
     "UPDATE inbox SET succeed = %s, finalized_at = NOW(6) WHERE uuid = %s AND succeed IS NULL"
 )
 COUNT_INBOX_DELIVERY = "UPDATE inbox SET deliveries = deliveries + 1 WHERE uuid = %s"
+# A window of deliveries (wallet/window.py): one multi-row INSERT IGNORE of rows already final,
+# uuids distinct and sorted (one lock order for every wallet). Fewer rows inserted than sent (a
+# redelivery in the window): ROLLBACK, and the window is decided row by row in the same connection.
+INSERT_INBOX_DECIDED_ROWS = f"INSERT IGNORE INTO inbox (uuid, {_FIELDS}, succeed, finalized_at) VALUES {{rows}}"
+_INBOX_DECIDED_ROW = f"(%s, {_FIELD_PLACEHOLDERS}, %s, NOW(6))"
+ROLLBACK = "ROLLBACK"
+
+
+def inbox_decided_rows(count: int) -> str:
+    """INSERT_INBOX_DECIDED_ROWS for `count` rows."""
+    return INSERT_INBOX_DECIDED_ROWS.format(rows=", ".join([_INBOX_DECIDED_ROW] * count))
+
+
 SELECT_INBOX = "SELECT uuid, succeed FROM inbox WHERE uuid = %s"
 
 # Parked callbacks. INSERT IGNORE: a redelivery of a message already parked changes nothing.
@@ -251,19 +264,6 @@ RESCHEDULE_CALLBACK = (
 PENDING_CALLBACK_STATS = (
     "SELECT COUNT(*), COALESCE(TIMESTAMPDIFF(MICROSECOND, MIN(created_at), NOW(6)), 0) FROM pending_callback"
 )
-# A window of deliveries (wallet/window.py): one multi-row INSERT IGNORE of rows already final,
-# uuids distinct and sorted (one lock order for every wallet). Fewer rows inserted than sent (a
-# redelivery in the window): ROLLBACK, and the window is decided row by row in the same connection.
-INSERT_INBOX_DECIDED_ROWS = f"INSERT IGNORE INTO inbox (uuid, {_FIELDS}, succeed, finalized_at) VALUES {{rows}}"
-_INBOX_DECIDED_ROW = f"(%s, {_FIELD_PLACEHOLDERS}, %s, NOW(6))"
-ROLLBACK = "ROLLBACK"
-
-
-def inbox_decided_rows(count: int) -> str:
-    """INSERT_INBOX_DECIDED_ROWS for `count` rows."""
-    return INSERT_INBOX_DECIDED_ROWS.format(rows=", ".join([_INBOX_DECIDED_ROW] * count))
-
-
 
 # --------------------------------------------------------------------------- operator commands
 _OUTBOX_COLUMNS = (
