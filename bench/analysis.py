@@ -3,7 +3,8 @@ stage limits a step, the knee, the batching-off run's settings, and batching off
 
 A step's stage lags (milliseconds a payment spends at each stage, from the samples a step takes,
 bench/stages.py, by Little's law where a count is all there is):
-  api       the API's p99 (the request + outbox transaction; the group commit's linger when on)
+  api       the API's p50 (the request + outbox transaction; the group commit's linger when on; a
+            median, comparable with the other stages' means)
   scanner   the outbox's oldest row's age, mean over the step (claim, publish, confirm, delete)
   broker    messages ready in the queue (not yet delivered to the wallet) / rate: the wallet's
             consumer did not keep up
@@ -39,13 +40,13 @@ def batching_off(known: set[str]) -> tuple[dict[str, str], list[str]]:
     return {k: v for k, v in wanted.items() if k in known}, sorted(k for k in wanted if k not in known)
 
 
-def stage_lags(samples: dict[str, float], rate: float, api_p99_ms: float | None) -> dict[str, float]:
+def stage_lags(samples: dict[str, float], rate: float, api_p50_ms: float | None) -> dict[str, float]:
     """Milliseconds per stage (module docstring) from a step's mean samples: outbox_age_ms,
     outbox_depth, queue_ready, pending."""
     per_ms = max(rate, 1e-9) / 1000.0
     beyond = samples.get("pending", 0.0) - samples.get("outbox_depth", 0.0) - samples.get("queue_ready", 0.0)
     return {
-        "api": round(api_p99_ms or 0.0, 1),
+        "api": round(api_p50_ms or 0.0, 1),
         "scanner": round(samples.get("outbox_age_ms", 0.0), 1),
         "broker": round(samples.get("queue_ready", 0.0) / per_ms, 1),
         "wallet": round(max(0.0, beyond) / per_ms, 1),

@@ -189,7 +189,7 @@ def measure_step(env: Deployment, rate: float, seconds: float) -> dict[str, Any]
     ok, why = sustained(summary, rate)
     accepted = max(1, summary.get("accepted", 0))
     stages = sampler.summary()
-    lags = analysis.stage_lags(sampler.means(), rate, (summary.get("api_latency_ms") or {}).get("p99"))
+    lags = analysis.stage_lags(sampler.means(), rate, (summary.get("api_latency_ms") or {}).get("p50"))
     return {
         "rate": rate,
         "sustained": ok,

@@ -36,7 +36,7 @@ def test_the_batching_off_settings_exist_or_are_reported_missing_for_this_code()
 
 def test_stage_lags_by_littles_law_and_the_largest_limits() -> None:
     samples = {"outbox_age_ms": 12.0, "outbox_depth": 10.0, "queue_ready": 200.0, "pending": 400.0}
-    lags = analysis.stage_lags(samples, 1000.0, 30.0)
+    lags = analysis.stage_lags(samples, 1000.0, 30.0)  # the API p50
     assert lags == {"api": 30.0, "scanner": 12.0, "broker": 200.0, "wallet": 190.0}
     assert analysis.limiting_stage(lags) == "broker"
     assert analysis.limiting_stage({}) is None

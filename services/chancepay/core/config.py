@@ -297,7 +297,7 @@ class Settings:
     scanner_poll_interval = Setting("CHANCEPAY_SCANNER_POLL_INTERVAL_SECONDS", float, "0.02",
                                     "sleep between polls when the outbox had nothing due (the shortest, when "
                                     "CHANCEPAY_SCANNER_IDLE_MAX_SECONDS is larger)", positive)
-    scanner_idle_max = Setting("CHANCEPAY_SCANNER_IDLE_MAX_SECONDS", float, "0.1",
+    scanner_idle_max = Setting("CHANCEPAY_SCANNER_IDLE_MAX_SECONDS", float, "0.05",
                                "adaptive idle: the sleep between polls doubles after an empty poll, up to this, "
                                "and halves after one that found rows (no sleep after a full batch); at or below "
                                "the poll interval, a fixed interval", non_negative)
