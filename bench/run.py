@@ -1,7 +1,7 @@
 """`make bench`: the pipeline's highest sustained rate, measured against the machine's own limits.
 
-    python -m bench.run [--steps 50,100,200,...] [--step-seconds 20] [--raw-seconds 3]
-                        [--scaleout-rate R] [--skip-raw] [--skip-scaleout] [--output FILE]
+    python -m bench.run [--steps 10,100,200,...] [--step-seconds 15] [--raw-seconds 3]
+                        [--scaleout-rate R] [--skip-raw] [--skip-scaleout] [--no-compare] [--output FILE]
 
 1. Physical limits (bench.raw_limits): the API's request+outbox commit straight against MariaDB,
    publish-with-confirm to the same quorum queue, consume+ack from it.
@@ -12,6 +12,9 @@
    explode (API p99 < 1 s, end-to-end p99 < 2 s). Stepping stops at the first step that is not.
    Each step also reports the maximum outbox depth and pending count seen while it ran, and
    CPU seconds per payment for each role, MariaDB, RabbitMQ and the load generator itself.
+   Then the same step-up with batching off (every batch size 1; bench/analysis.py), compared
+   with it in `batching_comparison`; per step the stages' lags name the limiting stage, and
+   `knee` is the highest rate with end-to-end p99 < 100 ms, with the settings it was measured with.
 3. Scale-out: two orchestrators, two scanners and two wallets under load: invariants hold and
    the scanners' publish counters add up to exactly the accepted payments (no row published
    twice in normal operation).
@@ -439,9 +442,9 @@ def table(doc: dict[str, Any]) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", default="10,25,50,100,150,200,250,300,400,500,600,800",
+    p.add_argument("--steps", default="10,100,200,300,400,600,800,1000,1200,1600",
                    help="comma-separated rates (payments/s), tried in order until one is not sustained")
-    p.add_argument("--step-seconds", type=float, default=20.0)
+    p.add_argument("--step-seconds", type=float, default=15.0)
     p.add_argument("--raw-seconds", type=float, default=3.0)
     p.add_argument("--scaleout-rate", type=float, default=None,
                    help="default: 80%% of the best sustained rate (six processes on the same cores cost more "
