@@ -10,7 +10,9 @@ and its reason); wallet/consumer.py settles it on the channel, in one place.
    commit). The decision is durable before anything leaves the wallet; a redelivery finds the
    row there and is not deducted again (its stored result is sent instead). The database not
    answering (DatabaseUnavailable, and only that): hold, then REQUEUE; any other error is a bug
-   and propagates (wallet/consumer.py logs [FAILED TO PROCESS MESSAGE] and requeues);
+   and propagates (wallet/consumer.py logs [FAILED TO PROCESS MESSAGE] and requeues). With
+   CHANCEPAY_WALLET_BATCH_SIZE > 1 the inbox here is wallet/window.py's InboxWindow: the
+   deductions of deliveries arriving together share one transaction, each gets its own Decision;
 3. call the orchestrator back with the stored result (CHANCEPAY_CALLBACK_ATTEMPTS quick tries);
 4. ACK. A result still undelivered is first parked in the wallet's own `pending_callback` table
    (wallet/parked.py retries it in the background); if even parking fails, REQUEUE. A result the

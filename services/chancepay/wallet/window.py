@@ -9,6 +9,11 @@ ticks (so a lone payment waits for nobody), or `linger` seconds after its first 
 comes first. Every delivery of a window gets its own Decision; if the transaction fails, every one
 gets the same exception (DatabaseUnavailable: each holds, then is requeued; the inbox, committed
 or not as a whole, guards against a second deduction).
+
+Each message is still acked on its own (wallet/consumer.py settle): an ack is one frame with no
+reply, and a multiple-ack is only safe when every lower unsettled tag on the channel is an ack
+too, while a window's verdicts (requeue, dead-letter, parked) and callback answers come back in
+any order; tracking that would buy a few frames per window.
 """
 
 from __future__ import annotations
