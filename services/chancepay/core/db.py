@@ -84,8 +84,11 @@ async def fetchrows(cur: Any) -> list[dict[str, Any]]:
 
 class Database:
     def __init__(self, url: DatabaseURL, *, pool_size: int = 10, timeout: float = 5.0,
-                 wait_budget: float = STARTUP_WAIT_SECONDS) -> None:
+                 wait_budget: float = STARTUP_WAIT_SECONDS, autocommit: bool = False) -> None:
         self.url = url
+        # autocommit: every statement its own transaction and no COMMIT round trip (the scanner's
+        # idle probe, a plain read); otherwise the first statement opens the transaction.
+        self.autocommit = autocommit
         self.pool_size = pool_size
         self.timeout = timeout
         # Reached once work on the tables succeeded (or readiness found the schema at this code's
@@ -103,7 +106,7 @@ class Database:
                         minsize=0,
                         maxsize=self.pool_size,
                         connect_timeout=max(1, int(self.timeout)),
-                        autocommit=False,
+                        autocommit=self.autocommit,
                         # asyncmy sends "SET sql_mode=<value>" verbatim: the quotes are ours.
                         sql_mode=f"'{STRICT_SQL_MODE}'",
                         init_command=sql.SESSION_ISOLATION,
@@ -134,7 +137,8 @@ class Database:
                 try:
                     async with conn.cursor() as cur:
                         yield cur
-                    await conn.commit()
+                    if not self.autocommit:
+                        await conn.commit()
                     if not probe:
                         self.dependency.up()
                 except BaseException:

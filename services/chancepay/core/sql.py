@@ -207,6 +207,8 @@ LEASE_OUTBOX = (
     "WHERE uuid IN ({placeholders})"
 )
 DELETE_OUTBOX = "DELETE FROM outbox WHERE uuid IN ({placeholders})"
+# The idle scanner's probe, a plain read in autocommit (one round trip, no lock): is anything due?
+OUTBOX_DUE = "SELECT 1 FROM outbox WHERE next_attempt_at <= NOW(6) AND attempts < %s LIMIT 1"
 RECORD_OUTBOX_FAILURE = (
     "UPDATE outbox SET attempts = attempts + 1, last_error = %s, claimed_by = NULL, "
     "next_attempt_at = NOW(6) + INTERVAL %s MICROSECOND WHERE uuid = %s"

@@ -20,7 +20,9 @@ def compose(settings: Settings) -> Role:
     settings.require_safe_message_key()
     metrics = Metrics("scanner")
     db = Database(settings.orchestrator_db_url, pool_size=min(settings.db_pool_size, 4), timeout=settings.db_timeout)
-    scanner = Scanner(settings, db, metrics, CrashPoints(settings.crash_point_set()))
+    # One autocommit connection for the idle probe (scanner/outbox.py `due`).
+    probe = Database(settings.orchestrator_db_url, pool_size=1, timeout=settings.db_timeout, autocommit=True)
+    scanner = Scanner(settings, db, metrics, CrashPoints(settings.crash_point_set()), probe)
 
     async def ready() -> dict[str, bool]:
         return {
@@ -34,7 +36,7 @@ def compose(settings: Settings) -> Role:
 
     app = Starlette(routes=health_routes(metrics, ready, refresh), exception_handlers=EXCEPTION_HANDLERS)
     app.state.metrics = metrics
-    return Role("scanner", app, scanner.scan_forever, closers=[db.close],
+    return Role("scanner", app, scanner.scan_forever, closers=[db.close, probe.close],
                 starting={"db": settings.orchestrator_db_url.redacted()})
 
 

@@ -12,8 +12,9 @@ from chancepay.scanner.policy import Failure, OutboxRow, counts_as_attempt, retr
 
 class Outbox:
     def __init__(self, db: Database, *, owner: str, lease_seconds: float, max_attempts: int,
-                 retry_base: float, retry_max: float) -> None:
+                 retry_base: float, retry_max: float, probe: Database | None = None) -> None:
         self.db = db
+        self.probe = probe
         self.owner = owner
         self.lease_us = int(lease_seconds * 1e6)
         self.max_attempts = max_attempts
@@ -31,6 +32,13 @@ class Outbox:
             return rows
 
         return await self.db.run(claim_and_lease)
+
+    async def due(self) -> bool:
+        """Whether any row is due: one autocommit read on the probe database (no claim transaction,
+        no lock), what an idle scanner asks before claiming. Without a probe: always True."""
+        if self.probe is None:
+            return True
+        return await self.probe.fetchone(sql.OUTBOX_DUE, (self.max_attempts,)) is not None
 
     async def delete(self, uuids: list[str]) -> None:
         await self.db.execute(sql.among(sql.DELETE_OUTBOX, len(uuids)), uuids)

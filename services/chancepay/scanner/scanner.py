@@ -105,7 +105,8 @@ class Publisher:
 
 
 class Scanner:
-    def __init__(self, settings: Settings, db: Database, metrics: Metrics, crash: CrashPoints) -> None:
+    def __init__(self, settings: Settings, db: Database, metrics: Metrics, crash: CrashPoints,
+                 probe: Database | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
         self.crash = crash
@@ -116,7 +117,7 @@ class Scanner:
         self.name = f"{socket.gethostname()}:{os.getpid()}"[:64]
         self.outbox = Outbox(db, owner=self.name, lease_seconds=settings.scanner_lease,
                              max_attempts=settings.scanner_max_attempts, retry_base=settings.scanner_retry_base,
-                             retry_max=settings.scanner_retry_max)
+                             retry_max=settings.scanner_retry_max, probe=probe)
         self.publisher = Publisher(settings.amqp_url_list, settings.message_key, settings.scanner_confirm_timeout)
 
     def broker_ready(self) -> bool:
@@ -164,11 +165,12 @@ class Scanner:
             return
         self.log.info("scanner started", scanner=self.name, batch_size=self.settings.scanner_batch_size)
         db_backoff = Backoff(0.5, 10.0, exact=True)
-        idle = self.settings.scanner_poll_interval
+        idle = base = self.settings.scanner_poll_interval
         try:
             while not stop.is_set():
                 try:
-                    claimed = await self.scan_once()
+                    # After an empty poll, a cheap read first: claim only when something is due.
+                    claimed = await self.scan_once() if idle <= base or await self.outbox.due() else 0
                     db_backoff.succeeded()
                 except DatabaseUnavailable as exc:
                     delay = db_backoff.failed()
