@@ -71,10 +71,12 @@ def test_an_idempotency_key_repeated_inside_one_group_behaves_as_across_groups(m
     assert outbox == requests, "every request row came with its outbox row"
 
 
-def _lock_waits() -> int:
+def _lock_waits(database: str) -> int:
+    """INSERTs into `database`'s request table waiting for a lock (the server is shared)."""
     with admin_connect() as conn, conn.cursor() as cur:
-        cur.execute("SELECT COUNT(*) FROM information_schema.INNODB_TRX WHERE trx_state = 'LOCK WAIT' "
-                    "AND trx_query LIKE 'INSERT INTO request%%'")
+        cur.execute("SELECT COUNT(*) FROM information_schema.INNODB_TRX t JOIN information_schema.PROCESSLIST p "
+                    "ON p.ID = t.trx_mysql_thread_id WHERE t.trx_state = 'LOCK WAIT' AND p.DB = %s "
+                    "AND t.trx_query LIKE 'INSERT INTO request%%'", (database,))
         return int(cur.fetchone()[0])
 
 
@@ -93,7 +95,7 @@ def test_one_bad_item_fails_no_neighbour(make_stack) -> None:
         raced = held.post(*Y, key="raced")
         same_body = held.post("bob", "5.00", key="raced")
         assert held.release().result(timeout=30).status_code == 202
-        wait_until(lambda: _lock_waits() == 1, 30, what="the group's INSERT waiting on the raced key")
+        wait_until(lambda: _lock_waits(s.env.orch_db) == 1, 30, what="the group's INSERT waiting on the raced key")
         other.commit()
         other.close()
         answers = [_outcome(f.result(timeout=30)) for f in neighbours]

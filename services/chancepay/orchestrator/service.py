@@ -119,12 +119,14 @@ class PaymentService:
         return item.accepted(), False
 
     async def create_group(self, items: list[NewPayment]) -> list[Created | BaseException]:
-        """A group in one transaction: the stored rows of its keys read, the new rows inserted
-        (one multi-row INSERT per table), one COMMIT; then one answer per item, in order. A key
+        """A group in one transaction: the stored rows of its keys read, the new rows inserted (one
+        multi-row INSERT per table), one COMMIT; then one answer per item, in order. A key
         stored already, or used earlier in the group, is answered as across groups (replayed or
         refused), never inserted. A database failure fails every item (nothing committed); any
         other failure (one bad item: a key committed meanwhile by another request) rolls the
         group back and runs each item alone, so it fails no neighbour."""
+        if len(items) == 1:  # alone (the API was idle): the per-payment transaction, no look-up first
+            return [await self.create_one(items[0])]
         try:
             stored, leaders = await self.db.run(lambda cur: self._insert_group(cur, items))
         except DatabaseUnavailable:
@@ -148,8 +150,7 @@ class PaymentService:
             await cur.execute(sql.request_rows(len(new)),
                               [v for i in new for v in (i.uuid, *column_values(i.details), i.key, i.fingerprint)])
             await cur.execute(sql.outbox_rows(len(new)), [v for i in new for v in (i.uuid, i.payload)])
-        if len(items) > 1:
-            self.crash.hit("orchestrator.mid_group")  # inserted, not committed
+        self.crash.hit("orchestrator.mid_group")  # inserted, not committed
         return stored, leaders
 
     async def get(self, uuid: str) -> Payment | None:
