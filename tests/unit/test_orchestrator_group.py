@@ -1,16 +1,25 @@
 """Group commit's policy (orchestrator/group.py) on a fake commit: a lone item is flushed at once,
 arrivals during a commit form the next group, a full group goes at once, linger bounds the wait,
-every caller gets its own outcome, a failed commit fails its whole group and only it."""
+every caller gets its own outcome, a failed commit fails its whole group and only it. Then the
+service's group (PaymentService.create_group) on a fake database: keys inside a group, a database
+failure, one bad item, a lone payment."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 from collections.abc import Awaitable, Callable, Sequence
+from decimal import Decimal
+from typing import Any
 
 import pytest
 
+from chancepay.core import sql
+from chancepay.core.db import DatabaseUnavailable, IntegrityError
+from chancepay.core.metrics import Metrics
+from chancepay.core.payment import parse_details
 from chancepay.orchestrator.group import GroupCommit
+from chancepay.orchestrator.service import IdempotencyKeyReused, NewPayment, PaymentService
 
 
 class FakeCommit:
@@ -37,7 +46,7 @@ def run(case: Callable[[], Awaitable[None]]) -> Callable[[], None]:
     """The unit tier has no async plugin: each case runs in its own event loop."""
     @functools.wraps(case)
     def test() -> None:
-        asyncio.run(case())  # type: ignore[arg-type]
+        asyncio.run(case())
 
     return test
 
@@ -147,3 +156,100 @@ async def test_a_caller_gone_before_the_flush_writes_nothing() -> None:
 def test_size_and_linger_are_checked() -> None:
     with pytest.raises(ValueError):
         GroupCommit(FakeCommit(), size=0, linger=0)
+
+
+# --------------------------------------------------------------------------- the service's group
+class GroupDatabase:
+    """A Database for PaymentService: `run(work)` hands `work` a cursor that records statements;
+    the key look-up answers `stored` rows; a statement starting with `fail_on` raises `fail`."""
+
+    def __init__(self, stored: list[dict[str, Any]] | None = None, fail_on: str = "",
+                 fail: BaseException | None = None) -> None:
+        self.stored = stored or []
+        self.fail_on, self.fail = fail_on, fail
+        self.transactions: list[list[tuple[str, Any]]] = []
+
+    async def run(self, work: Callable[[Any], Awaitable[Any]]) -> Any:
+        statements: list[tuple[str, Any]] = []
+        self.transactions.append(statements)
+        db = self
+
+        class Cursor:
+            description: list[tuple[str]] = []
+            rows: list[tuple[Any, ...]] = []
+
+            async def execute(self, statement: str, args: Any = None) -> None:
+                statements.append((statement, args))
+                if db.fail is not None and db.fail_on and statement.startswith(db.fail_on):
+                    raise db.fail
+                if statement.startswith("SELECT"):
+                    names = list(db.stored[0]) if db.stored else ["uuid"]
+                    self.description = [(n,) for n in names]
+                    self.rows = [tuple(r[n] for n in names) for r in db.stored]
+
+            async def fetchall(self) -> list[tuple[Any, ...]]:
+                return self.rows
+
+        return await work(Cursor())
+
+    async def fetchrow(self, statement: str, args: Any = None) -> dict[str, Any] | None:
+        return next((r for r in self.stored if r["idempotency_key"] == args[0]), None)
+
+
+def _service(db: GroupDatabase) -> PaymentService:
+    return PaymentService(db, Metrics("orchestrator"), group_size=8, group_linger=0)
+
+
+def _item(amount: str, key: str | None = None) -> NewPayment:
+    return NewPayment.of(parse_details({"cusId": "alice", "amount": amount}), key)
+
+
+def _stored(item: NewPayment) -> dict[str, Any]:
+    return {"uuid": "00000000-0000-4000-8000-000000000001", "cus_id": "alice",
+            "amount": Decimal(item.details["amount"]), "succeed": None, "created_at": None, "finalized_at": None,
+            "request_hash": item.fingerprint, "idempotency_key": item.key}
+
+
+def test_keys_inside_a_group_are_answered_as_across_groups() -> None:
+    stored_key = _item("1.00", "stored")
+    db = GroupDatabase([_stored(stored_key)])
+    items = [_item("1.00", "k"), _item("1.00", "k"), _item("2.00", "k"), _item("1.00", "stored"),
+             _item("2.00", "stored"), _item("3.00")]
+    answers = asyncio.run(_service(db).create_group(items))
+    (first, replayed_first), (replay, replayed) = answers[0], answers[1]
+    assert not replayed_first and replayed and replay.uuid == first.uuid == items[0].uuid
+    assert isinstance(answers[2], IdempotencyKeyReused)
+    assert answers[3][0].uuid == "00000000-0000-4000-8000-000000000001" and answers[3][1] is True
+    assert isinstance(answers[4], IdempotencyKeyReused)
+    assert answers[5] == (items[5].accepted(), False)
+    (transaction,) = db.transactions
+    assert [s.split(" (")[0].split(" FROM")[0] for s, _ in transaction] == [
+        "SELECT uuid, cus_id, amount, succeed, created_at, finalized_at, request_hash, idempotency_key",
+        "INSERT INTO request", "INSERT INTO outbox"]
+    inserted = transaction[2][1][::2]
+    assert sorted(inserted) == sorted([items[0].uuid, items[5].uuid]), "one row per new key, and the keyless"
+
+
+def test_a_database_failure_fails_the_whole_group_and_runs_nothing_alone() -> None:
+    db = GroupDatabase(fail_on="INSERT INTO outbox", fail=DatabaseUnavailable("gone"))
+    with pytest.raises(DatabaseUnavailable):
+        asyncio.run(_service(db).create_group([_item("1.00"), _item("2.00", "k")]))
+    assert len(db.transactions) == 1
+
+
+def test_one_bad_item_rolls_the_group_back_and_each_runs_alone() -> None:
+    duplicate = IntegrityError(1062, "Duplicate entry 'k' for key 'uq_request_idempotency_key'")
+    db = GroupDatabase(fail_on="INSERT INTO request (uuid, cus_id, amount, idempotency_key, request_hash) VALUES "
+                       "(%s, %s, %s, %s, %s), ", fail=duplicate)  # the multi-row INSERT only
+    items = [_item("1.00"), _item("2.00"), _item("3.00", "k")]
+    answers = asyncio.run(_service(db).create_group(items))
+    assert answers == [(i.accepted(), False) for i in items]
+    assert len(db.transactions) == 1 + 3, "the group, then each payment in its own transaction"
+
+
+def test_a_lone_payment_takes_the_per_payment_transaction() -> None:
+    db = GroupDatabase()
+    item = _item("1.00", "k")
+    assert asyncio.run(_service(db).create_group([item])) == [(item.accepted(), False)]
+    (transaction,) = db.transactions
+    assert [s for s, _ in transaction] == [sql.INSERT_REQUEST, sql.INSERT_OUTBOX], "no key look-up first"
