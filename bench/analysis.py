@@ -63,8 +63,12 @@ def run_limiting_stage(steps: list[dict[str, Any]]) -> dict[str, Any] | None:
     if not steps:
         return None
     step = next((s for s in steps if not s["sustained"]), steps[-1])
-    return {"rate": step["rate"], "sustained": step["sustained"], "stage": step.get("limiting_stage"),
-            "stage_lag_ms": step.get("stage_lag_ms")}
+    return {
+        "rate": step["rate"],
+        "sustained": step["sustained"],
+        "stage": step.get("limiting_stage"),
+        "stage_lag_ms": step.get("stage_lag_ms"),
+    }
 
 
 def p99(step: dict[str, Any], key: str) -> float | None:
@@ -78,8 +82,12 @@ def knee(steps: list[dict[str, Any]], limit_ms: float = KNEE_E2E_P99_MS) -> dict
     if not under:
         return None
     top = max(under, key=lambda s: s["rate"])
-    return {"rate": top["rate"], "e2e_p99_ms": p99(top, "e2e_latency_ms"), "api_p99_ms": p99(top, "api_latency_ms"),
-            "criterion": f"highest sustained step with end-to-end p99 < {limit_ms:g} ms"}
+    return {
+        "rate": top["rate"],
+        "e2e_p99_ms": p99(top, "e2e_latency_ms"),
+        "api_p99_ms": p99(top, "api_latency_ms"),
+        "criterion": f"highest sustained step with end-to-end p99 < {limit_ms:g} ms",
+    }
 
 
 def system_cpu_ms(step: dict[str, Any]) -> float:
@@ -95,12 +103,17 @@ def _per_rate(off: list[dict[str, Any]], on: list[dict[str, Any]]) -> list[dict[
         if b is None:
             continue
         cpu_a, cpu_b = system_cpu_ms(a), system_cpu_ms(b)
-        rows.append({"rate": a["rate"], "sustained": [a["sustained"], b["sustained"]],
-                     "system_cpu_ms_per_payment": [cpu_a, cpu_b],
-                     "system_cpu_reduction": round(1 - cpu_b / cpu_a, 3) if cpu_a else None,
-                     "api_p99_ms": [p99(a, "api_latency_ms"), p99(b, "api_latency_ms")],
-                     "e2e_p99_ms": [p99(a, "e2e_latency_ms"), p99(b, "e2e_latency_ms")],
-                     "limiting_stage": [a.get("limiting_stage"), b.get("limiting_stage")]})
+        rows.append(
+            {
+                "rate": a["rate"],
+                "sustained": [a["sustained"], b["sustained"]],
+                "system_cpu_ms_per_payment": [cpu_a, cpu_b],
+                "system_cpu_reduction": round(1 - cpu_b / cpu_a, 3) if cpu_a else None,
+                "api_p99_ms": [p99(a, "api_latency_ms"), p99(b, "api_latency_ms")],
+                "e2e_p99_ms": [p99(a, "e2e_latency_ms"), p99(b, "e2e_latency_ms")],
+                "limiting_stage": [a.get("limiting_stage"), b.get("limiting_stage")],
+            }
+        )
     return rows
 
 
@@ -113,8 +126,9 @@ def _row(rows: list[dict[str, Any]], rate: float) -> dict[str, Any] | None:
     return next((r for r in rows if r["rate"] == rate), None)
 
 
-def compare_batching(off: dict[str, Any], on: dict[str, Any], sharing_single: float | None,
-                     low_rate: float = 10, mid_rate: float = 300) -> dict[str, Any]:
+def compare_batching(
+    off: dict[str, Any], on: dict[str, Any], sharing_single: float | None, low_rate: float = 10, mid_rate: float = 300
+) -> dict[str, Any]:
     """Batching off against on, from one invocation, with issue 22's targets as checks (a check
     whose rate was not stepped through is None)."""
     best_off, best_on = (off.get("best") or {}).get("rate"), (on.get("best") or {}).get("rate")
@@ -131,15 +145,19 @@ def compare_batching(off: dict[str, Any], on: dict[str, Any], sharing_single: fl
         "checks": {
             "best_rate_at_least_2x": _check(round(best_on / best_off, 3) if best_off and best_on else None, 2.0),
             "ratio_to_single_payment_sharing_limit": _check(
-                round(best_on / sharing_single, 3) if best_on and sharing_single else None, 0.31),
-            "e2e_p99_ms_at_80pct_of_best": {**_check(p99(at80, "e2e_latency_ms") if at80 else None,
-                                                     KNEE_E2E_P99_MS, at_least=False),
-                                            "rate": at80["rate"] if at80 else None},
+                round(best_on / sharing_single, 3) if best_on and sharing_single else None, 0.31
+            ),
+            "e2e_p99_ms_at_80pct_of_best": {
+                **_check(p99(at80, "e2e_latency_ms") if at80 else None, KNEE_E2E_P99_MS, at_least=False),
+                "rate": at80["rate"] if at80 else None,
+            },
             f"system_cpu_reduction_at_{mid_rate:g}": _check(mid["system_cpu_reduction"] if mid else None, 0.4),
             # target: batching off's API p99 at that rate (on must be no worse)
             f"api_p99_ms_at_{low_rate:g}_on_vs_off": _check(api_low[1], api_low[0] or 0.0, at_least=False)
-            if api_low[0] is not None else _check(None, 0.0),
+            if api_low[0] is not None
+            else _check(None, 0.0),
             f"cpu_ms_per_payment_at_{low_rate:g}_on_over_off": _check(
-                round(cpu_low[1] / cpu_low[0], 3) if cpu_low[0] else None, 0.5, at_least=False),
+                round(cpu_low[1] / cpu_low[0], 3) if cpu_low[0] else None, 0.5, at_least=False
+            ),
         },
     }

@@ -60,8 +60,9 @@ class Process:
 
     def start(self) -> Process:
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "chancepay", self.role], env=self.environ,
-                                         stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "chancepay", self.role], env=self.environ, stdout=log, stderr=subprocess.STDOUT
+            )
         return self
 
     @property
@@ -122,19 +123,21 @@ class Deployment:
 
     def environ(self, **overrides: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CHANCEPAY_")}
-        env.update({
-            "CHANCEPAY_ENV": "dev",
-            "CHANCEPAY_ORCHESTRATOR_DB": self.orch_url(),
-            "CHANCEPAY_WALLET_DB": self.wallet_url(),
-            "CHANCEPAY_AMQP_URL": f"amqp://guest:guest@{HOST}:{AMQP_PORT}/{self.vhost}",
-            "CHANCEPAY_ORCHESTRATOR_URL": f"http://{HOST}:{self.orchestrator_port}",
-            "CHANCEPAY_WALLET_URL": f"http://{HOST}:{self.wallet_port}",
-            "CHANCEPAY_INTERNAL_TOKEN": TOKEN,
-            "CHANCEPAY_MESSAGE_KEY": MESSAGE_KEY,
-            "CHANCEPAY_HOST": HOST,
-            "CHANCEPAY_LOG_LEVEL": "INFO",
-            "PYTHONUNBUFFERED": "1",
-        })
+        env.update(
+            {
+                "CHANCEPAY_ENV": "dev",
+                "CHANCEPAY_ORCHESTRATOR_DB": self.orch_url(),
+                "CHANCEPAY_WALLET_DB": self.wallet_url(),
+                "CHANCEPAY_AMQP_URL": f"amqp://guest:guest@{HOST}:{AMQP_PORT}/{self.vhost}",
+                "CHANCEPAY_ORCHESTRATOR_URL": f"http://{HOST}:{self.orchestrator_port}",
+                "CHANCEPAY_WALLET_URL": f"http://{HOST}:{self.wallet_port}",
+                "CHANCEPAY_INTERNAL_TOKEN": TOKEN,
+                "CHANCEPAY_MESSAGE_KEY": MESSAGE_KEY,
+                "CHANCEPAY_HOST": HOST,
+                "CHANCEPAY_LOG_LEVEL": "INFO",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         env.update(overrides)
         return env
 
@@ -142,11 +145,19 @@ class Deployment:
     def create(self) -> Deployment:
         self.created = True
         subprocess.run(["rabbitmqctl", "-q", "add_vhost", self.vhost], check=True, capture_output=True, timeout=60)
-        subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*"],
-                       check=True, capture_output=True, timeout=60)
-        migrate = subprocess.run([sys.executable, "-m", "chancepay", "migrate"],
-                                 env=self.environ(CHANCEPAY_ADMIN_DB=ADMIN_URL), capture_output=True, text=True,
-                                 timeout=300)
+        subprocess.run(
+            ["rabbitmqctl", "-q", "set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        migrate = subprocess.run(
+            [sys.executable, "-m", "chancepay", "migrate"],
+            env=self.environ(CHANCEPAY_ADMIN_DB=ADMIN_URL),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         if migrate.returncode != 0:
             raise RuntimeError(f"chancepay migrate failed: {migrate.stdout[-2000:]}{migrate.stderr[-2000:]}")
         return self
@@ -171,8 +182,17 @@ class Deployment:
         return self
 
     def orch_sql(self, statement: str, args: Any = None) -> list[tuple[Any, ...]]:
-        with pymysql.connect(host=HOST, port=MYSQL_PORT, user=self.orch_user, password=self.orch_password,
-                             database=self.orch_db, autocommit=True) as conn, conn.cursor() as cur:
+        with (
+            pymysql.connect(
+                host=HOST,
+                port=MYSQL_PORT,
+                user=self.orch_user,
+                password=self.orch_password,
+                database=self.orch_db,
+                autocommit=True,
+            ) as conn,
+            conn.cursor() as cur,
+        ):
             cur.execute(statement, args)
             return list(cur.fetchall())
 
@@ -184,16 +204,24 @@ class Deployment:
         first_ms = int(time.time() * 1000) - rows - 60_000  # one payment per millisecond, ending a minute ago
         for db in (self.orch_db, self.wallet_db):
             statement = sql.PREFILL_REQUESTS if db == self.orch_db else sql.PREFILL_INBOX
-            with pymysql.connect(host=HOST, port=MYSQL_PORT, user="root", password="", database=db,
-                                 autocommit=True) as conn, conn.cursor() as cur:
+            with (
+                pymysql.connect(
+                    host=HOST, port=MYSQL_PORT, user="root", password="", database=db, autocommit=True
+                ) as conn,
+                conn.cursor() as cur,
+            ):
                 for first in range(1, rows + 1, chunk):
                     last = min(rows, first + chunk - 1)
                     cur.execute(statement.format(first=int(first), last=int(last)), (first_ms, first_ms))
         seconds = time.monotonic() - began
         sizes: dict[str, int] = {}
         for db in (self.orch_db, self.wallet_db):
-            with pymysql.connect(host=HOST, port=MYSQL_PORT, user="root", password="", database=db,
-                                 autocommit=True) as conn, conn.cursor() as cur:
+            with (
+                pymysql.connect(
+                    host=HOST, port=MYSQL_PORT, user="root", password="", database=db, autocommit=True
+                ) as conn,
+                conn.cursor() as cur,
+            ):
                 cur.execute(sql.ANALYZE_TABLE.format(table="request" if db == self.orch_db else "inbox"))
                 cur.fetchall()
                 cur.execute(sql.TABLE_BYTES)
@@ -205,8 +233,10 @@ class Deployment:
             p.stop()
         if not self.created:
             return
-        with pymysql.connect(host=HOST, port=MYSQL_PORT, user="root", password="", autocommit=True) as conn, \
-                conn.cursor() as cur:
+        with (
+            pymysql.connect(host=HOST, port=MYSQL_PORT, user="root", password="", autocommit=True) as conn,
+            conn.cursor() as cur,
+        ):
             for db in (self.orch_db, self.wallet_db):
                 cur.execute(sql.DROP_DATABASE.format(db=db))
             for user in (self.orch_user, self.wallet_user):

@@ -214,8 +214,9 @@ class Window:
         self.last_error = f"{type(exc).__name__}: {exc}"[:300]
 
 
-async def run_workers(n: int, seconds: float, warmup: float, max_ops: int,
-                      op: Callable[[int, Window], Awaitable[None]]) -> tuple[Window, float]:
+async def run_workers(
+    n: int, seconds: float, warmup: float, max_ops: int, op: Callable[[int, Window], Awaitable[None]]
+) -> tuple[Window, float]:
     """Run n copies of ``while window.may_start(): await op(i, window)``; return the window and
     the measured wall span (the window, or less when --max-ops stopped it early)."""
     now = time.perf_counter()
@@ -241,8 +242,9 @@ async def run_workers(n: int, seconds: float, warmup: float, max_ops: int,
 
 # --------------------------------------------------------------------------- stage 1: MariaDB
 async def mysql_connect(db: str | None, port: int, autocommit: bool = False) -> Any:
-    return await asyncmy.connect(host=HOST, port=port, user="root", password="", db=db,
-                                 autocommit=autocommit, connect_timeout=10)
+    return await asyncmy.connect(
+        host=HOST, port=port, user="root", password="", db=db, autocommit=autocommit, connect_timeout=10
+    )
 
 
 async def db_facts(port: int) -> dict[str, Any]:
@@ -253,11 +255,27 @@ async def db_facts(port: int) -> dict[str, Any]:
             row = await cur.fetchone()
     finally:
         conn.close()
-    keys = ("version", "innodb_flush_log_at_trx_commit", "sync_binlog", "log_bin", "innodb_doublewrite",
-            "innodb_flush_method", "innodb_buffer_pool_size", "innodb_log_file_size", "max_connections")
+    keys = (
+        "version",
+        "innodb_flush_log_at_trx_commit",
+        "sync_binlog",
+        "log_bin",
+        "innodb_doublewrite",
+        "innodb_flush_method",
+        "innodb_buffer_pool_size",
+        "innodb_log_file_size",
+        "max_connections",
+    )
     facts = dict(zip(keys, row, strict=True))
-    for k in ("innodb_flush_log_at_trx_commit", "sync_binlog", "log_bin", "innodb_doublewrite",
-              "innodb_buffer_pool_size", "innodb_log_file_size", "max_connections"):
+    for k in (
+        "innodb_flush_log_at_trx_commit",
+        "sync_binlog",
+        "log_bin",
+        "innodb_doublewrite",
+        "innodb_buffer_pool_size",
+        "innodb_log_file_size",
+        "max_connections",
+    ):
         if facts[k] is not None:
             facts[k] = int(facts[k])
     facts["log_bin"] = bool(facts["log_bin"])
@@ -362,10 +380,16 @@ async def db_batch_point(args: argparse.Namespace, conns: list[Any], batch: int,
     after = meter.snapshot()
     commits = len(window.completed)
     point = {
-        "batch": batch, "connections": n, "seconds": round(span, 3), "commits": commits,
-        "commits_per_s": rate(commits, span), "payments_per_s": rate(commits * batch, span),
-        "txn_latency_ms": latency_summary(window.latencies), "errors": window.errors,
-        "last_error": window.last_error, "cpu_cores_used": CpuMeter.cores_used(before, after),
+        "batch": batch,
+        "connections": n,
+        "seconds": round(span, 3),
+        "commits": commits,
+        "commits_per_s": rate(commits, span),
+        "payments_per_s": rate(commits * batch, span),
+        "txn_latency_ms": latency_summary(window.latencies),
+        "errors": window.errors,
+        "last_error": window.last_error,
+        "cpu_cores_used": CpuMeter.cores_used(before, after),
     }
     log(f"db_commit batched: {batch} per txn -> {point['payments_per_s']} payments/s")
     return point
@@ -443,7 +467,9 @@ def make_publish(channel: Any) -> Callable[[], Awaitable[tuple[bool, str | None]
             routing_key=topology.ROUTING_KEY,
             mandatory=True,
             properties=spec.Basic.Properties(
-                content_type="application/json", delivery_mode=2, message_id=uuid,
+                content_type="application/json",
+                delivery_mode=2,
+                message_id=uuid,
             ),
             timeout=30,
         )
@@ -459,8 +485,15 @@ async def queue_depth(channel: Any) -> int:
     return int(ok.message_count or 0)
 
 
-async def publish_point(args: argparse.Namespace, publish: Callable, window_size: int, seconds: float,
-                        warmup: float, meter: CpuMeter, max_ops: int) -> dict[str, Any]:
+async def publish_point(
+    args: argparse.Namespace,
+    publish: Callable,
+    window_size: int,
+    seconds: float,
+    warmup: float,
+    meter: CpuMeter,
+    max_ops: int,
+) -> dict[str, Any]:
     async def op(i: int, window: Window) -> None:
         t0 = time.perf_counter()
         ok, why = await publish()
@@ -503,8 +536,7 @@ async def bench_publish(args: argparse.Namespace, publish: Callable, meter: CpuM
     for w in [1, *args.publish_windows]:
         log(f"publish_confirm: window {w} for {args.seconds:g} s")
         point = await publish_point(args, publish, w, args.seconds, args.warmup, meter, args.max_ops)
-        log(f"publish_confirm: window {w} -> {point['publishes_per_s']}/s, "
-            f"p99 {point['confirm_latency_ms']['p99']} ms")
+        log(f"publish_confirm: window {w} -> {point['publishes_per_s']}/s, p99 {point['confirm_latency_ms']['p99']} ms")
         points.append(point)
     best = max(points, key=lambda p: p["publishes_per_s"])
     return {
@@ -515,8 +547,9 @@ async def bench_publish(args: argparse.Namespace, publish: Callable, meter: CpuM
     }
 
 
-async def bench_consume(args: argparse.Namespace, conn: Any, pub_channel: Any, publish: Callable,
-                        publish_rate: float, meter: CpuMeter) -> dict[str, Any]:
+async def bench_consume(
+    args: argparse.Namespace, conn: Any, pub_channel: Any, publish: Callable, publish_rate: float, meter: CpuMeter
+) -> dict[str, Any]:
     """Stage 3: consume + ack, the queue pre-filled before each point."""
     fill_window = max(args.publish_windows)
     fill_rate = max(publish_rate, 1.0)
@@ -536,8 +569,10 @@ async def bench_consume(args: argparse.Namespace, conn: Any, pub_channel: Any, p
         log(f"consume_ack: prefetch {prefetch}, ack every {ack_every}, depth {depth}, for {args.seconds:g} s")
         point = await consume_point(conn, prefetch, depth, args, meter, ack_every)
         point["queue_depth_before"] = depth
-        log(f"consume_ack: prefetch {prefetch}, ack every {ack_every} -> {point['acks_per_s']}/s"
-            + (" (drained the queue)" if point["drained"] else ""))
+        log(
+            f"consume_ack: prefetch {prefetch}, ack every {ack_every} -> {point['acks_per_s']}/s"
+            + (" (drained the queue)" if point["drained"] else "")
+        )
         return point
 
     for prefetch in args.prefetch:
@@ -551,9 +586,11 @@ async def bench_consume(args: argparse.Namespace, conn: Any, pub_channel: Any, p
     batched = [await measure(cbest["prefetch"], k) for k in args.ack_batches if k < cbest["prefetch"]]
     if batched:
         top = max(batched, key=lambda p: p["acks_per_s"])
-        out["batched"] = {"ack": "basic.ack multiple=true every `ack_every` messages", "points": batched,
-                          "best": {"prefetch": top["prefetch"], "ack_every": top["ack_every"],
-                                   "rate_per_s": top["acks_per_s"]}}
+        out["batched"] = {
+            "ack": "basic.ack multiple=true every `ack_every` messages",
+            "points": batched,
+            "best": {"prefetch": top["prefetch"], "ack_every": top["ack_every"], "rate_per_s": top["acks_per_s"]},
+        }
     return out
 
 
@@ -565,16 +602,18 @@ async def bench_mq(args: argparse.Namespace, vhost: str, meter: CpuMeter) -> tup
         await topology.declare(pub_channel)
         publish = make_publish(pub_channel)
         publish_result = await bench_publish(args, publish, meter)
-        consume_result = await bench_consume(args, conn, pub_channel, publish,
-                                             publish_result["best"]["rate_per_s"], meter)
+        consume_result = await bench_consume(
+            args, conn, pub_channel, publish, publish_result["best"]["rate_per_s"], meter
+        )
         return facts, publish_result, consume_result
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(conn.close(), timeout=10)
 
 
-def ack_window(acked_times: list[float], start: float, end: float, warmup: float,
-               limit: int) -> tuple[list[float], float, bool]:
+def ack_window(
+    acked_times: list[float], start: float, end: float, warmup: float, limit: int
+) -> tuple[list[float], float, bool]:
     """The acks counted, the span they are counted over, and whether the queue was drained. The
     warm-up (the first acks while the prefetch window fills) is skipped like in the other stages,
     unless the queue was drained so fast that nothing would be left."""
@@ -587,8 +626,9 @@ def ack_window(acked_times: list[float], start: float, end: float, warmup: float
     return counted, max(stop - measure_from, 1e-9), drained
 
 
-async def consume_point(conn: Any, prefetch: int, available: int, args: argparse.Namespace,
-                        meter: CpuMeter, ack_every: int = 1) -> dict[str, Any]:
+async def consume_point(
+    conn: Any, prefetch: int, available: int, args: argparse.Namespace, meter: CpuMeter, ack_every: int = 1
+) -> dict[str, Any]:
     channel = await conn.channel(publisher_confirms=False)
     limit = min(available, args.max_ops)
     done = asyncio.Event()
@@ -768,8 +808,11 @@ def cleanup(args: argparse.Namespace, db: str, vhost: str, created: dict[str, bo
                         ok = True
                         break
                 status["vhost_deleted"] = ok
-                log(f"deleted scratch vhost {vhost}" if ok else
-                    f"FAILED to delete vhost {vhost}: {proc.stderr.strip()[:300]}")
+                log(
+                    f"deleted scratch vhost {vhost}"
+                    if ok
+                    else f"FAILED to delete vhost {vhost}: {proc.stderr.strip()[:300]}"
+                )
             except Exception as exc:  # noqa: BLE001
                 status["vhost_deleted"] = False
                 log(f"FAILED to delete scratch vhost {vhost}: {exc!r} (rabbitmqctl delete_vhost {vhost})")
@@ -806,13 +849,18 @@ def summarize(result: dict[str, Any]) -> dict[str, Any] | None:
 def batched_limit(result: dict[str, Any], single: dict[str, float]) -> dict[str, Any]:
     """The limits once each stage is batched (group commit, pipelined confirms, multiple-ack): per
     stage the best of its single-payment and batched points, so batching can only raise it."""
-    bests = {k: max(v, (result[k].get("batched") or {}).get("best", {}).get("rate_per_s") or 0.0)
-             for k, v in single.items()}
+    bests = {
+        k: max(v, (result[k].get("batched") or {}).get("best", {}).get("rate_per_s") or 0.0) for k, v in single.items()
+    }
     stage = min(bests, key=lambda k: bests[k])
-    return {"stage": stage, "rate_per_s": bests[stage], "best_rates_per_s": bests,
-            # publish_confirm's own points are its batched form (a window of publishes per confirm wait)
-            "best_batch": {k: (result[k].get("batched") or {}).get("best") or result[k]["best"] for k in single},
-            "all_stages_sharing_machine_per_s": round(1.0 / sum(1.0 / v for v in bests.values()), 1)}
+    return {
+        "stage": stage,
+        "rate_per_s": bests[stage],
+        "best_rates_per_s": bests,
+        # publish_confirm's own points are its batched form (a window of publishes per confirm wait)
+        "best_batch": {k: (result[k].get("batched") or {}).get("best") or result[k]["best"] for k in single},
+        "all_stages_sharing_machine_per_s": round(1.0 / sum(1.0 / v for v in bests.values()), 1),
+    }
 
 
 def contention_warnings(result: dict[str, Any], cores: int | None) -> list[str]:
@@ -826,32 +874,48 @@ def contention_warnings(result: dict[str, Any], cores: int | None) -> list[str]:
             other = point["cpu_cores_used"].get("other")
             if other is not None and other > 0.25:
                 label = {k: point[k] for k in ("connections", "window", "prefetch") if k in point}
-                warnings.append(f"{stage} {label}: other processes used {other} of {cores} cores; "
-                                "this rate understates the idle machine")
+                warnings.append(
+                    f"{stage} {label}: other processes used {other} of {cores} cores; "
+                    "this rate understates the idle machine"
+                )
     return warnings
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.raw_limits", description=__doc__.split("\n\n")[0])
-    p.add_argument("--seconds", type=positive_float, default=4.0,
-                   help="measured duration of each point (default 4)")
-    p.add_argument("--warmup", type=float, default=None,
-                   help="un-measured warm-up before each point (default min(0.5, seconds/5))")
-    p.add_argument("--db-connections", type=int_list, default=[1, 8, 32, 64],
-                   help="MariaDB connection counts to measure (default 1,8,32,64)")
-    p.add_argument("--db-batches", type=int_list_or_empty, default=[1, 4, 16, 64],
-                   help="payments per transaction for the batched db_commit points (default 1,4,16,64; "
-                        "empty string: none)")
-    p.add_argument("--db-batch-connections", type=int, default=8,
-                   help="connections for the batched db_commit points (default 8)")
-    p.add_argument("--ack-batches", type=int_list_or_empty, default=[16],
-                   help="messages per multiple-ack for the batched consume_ack points, at the best prefetch "
-                        "(default 16; empty string: none)")
-    p.add_argument("--publish-windows", type=int_list, default=[64, 256],
-                   help="publishes in flight for the pipelined points; one-at-a-time is always measured "
-                        "(default 64,256)")
-    p.add_argument("--prefetch", type=int_list, default=[64, 256],
-                   help="consumer prefetch counts (default 64,256)")
+    p.add_argument("--seconds", type=positive_float, default=4.0, help="measured duration of each point (default 4)")
+    p.add_argument(
+        "--warmup", type=float, default=None, help="un-measured warm-up before each point (default min(0.5, seconds/5))"
+    )
+    p.add_argument(
+        "--db-connections",
+        type=int_list,
+        default=[1, 8, 32, 64],
+        help="MariaDB connection counts to measure (default 1,8,32,64)",
+    )
+    p.add_argument(
+        "--db-batches",
+        type=int_list_or_empty,
+        default=[1, 4, 16, 64],
+        help="payments per transaction for the batched db_commit points (default 1,4,16,64; empty string: none)",
+    )
+    p.add_argument(
+        "--db-batch-connections", type=int, default=8, help="connections for the batched db_commit points (default 8)"
+    )
+    p.add_argument(
+        "--ack-batches",
+        type=int_list_or_empty,
+        default=[16],
+        help="messages per multiple-ack for the batched consume_ack points, at the best prefetch "
+        "(default 16; empty string: none)",
+    )
+    p.add_argument(
+        "--publish-windows",
+        type=int_list,
+        default=[64, 256],
+        help="publishes in flight for the pipelined points; one-at-a-time is always measured (default 64,256)",
+    )
+    p.add_argument("--prefetch", type=int_list, default=[64, 256], help="consumer prefetch counts (default 64,256)")
     p.add_argument("--prefill-min", type=int, default=2000, help="messages queued at least before a consume point")
     p.add_argument("--prefill-max", type=int, default=100_000, help="messages queued at most before a consume point")
     p.add_argument("--max-ops", type=int, default=2_000_000, help="cap on operations per point")
@@ -919,8 +983,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if status.get("database_dropped", True) and status.get("vhost_deleted", True) else 1
 
 
-def result_document(args: argparse.Namespace, result: dict[str, Any], started: dt.datetime, duration: float,
-                    status: dict[str, Any]) -> dict[str, Any]:
+def result_document(
+    args: argparse.Namespace, result: dict[str, Any], started: dt.datetime, duration: float, status: dict[str, Any]
+) -> dict[str, Any]:
     return {
         "schema": SCHEMA,
         "started_at": started.isoformat(timespec="seconds"),

@@ -23,10 +23,12 @@ def _p(step: dict[str, Any] | None, key: str, q: str = "p99") -> Any:
 def settings_line(doc: dict[str, Any]) -> str:
     knee = doc.get("knee") or {}
     hw, servers, dur = knee.get("hardware") or {}, knee.get("servers") or {}, knee.get("durability") or {}
-    return (f"{hw.get('cores')} cores ({hw.get('cpu_model')}), MariaDB {servers.get('mariadb')} with "
-            f"`innodb_flush_log_at_trx_commit={dur.get('innodb_flush_log_at_trx_commit')}` "
-            f"(sync_binlog {dur.get('sync_binlog')}, binlog {'on' if dur.get('log_bin') else 'off'}), RabbitMQ "
-            f"{servers.get('rabbitmq')} with a {dur.get('queue_type')} queue, persistent messages, publisher confirms")
+    return (
+        f"{hw.get('cores')} cores ({hw.get('cpu_model')}), MariaDB {servers.get('mariadb')} with "
+        f"`innodb_flush_log_at_trx_commit={dur.get('innodb_flush_log_at_trx_commit')}` "
+        f"(sync_binlog {dur.get('sync_binlog')}, binlog {'on' if dur.get('log_bin') else 'off'}), RabbitMQ "
+        f"{servers.get('rabbitmq')} with a {dur.get('queue_type')} queue, persistent messages, publisher confirms"
+    )
 
 
 def headline(doc: dict[str, Any]) -> list[str]:
@@ -50,8 +52,11 @@ def headline(doc: dict[str, Any]) -> list[str]:
 
 def comparison(doc: dict[str, Any]) -> list[str]:
     off = {s["rate"]: s for s in (doc.get("batching_off") or {}).get("steps", [])}
-    lines = ["| rate/s | API p99 ms off / on | e2e p99 ms off / on | system CPU ms per payment off / on | "
-             "limiting stage off / on | verdict off / on |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| rate/s | API p99 ms off / on | e2e p99 ms off / on | system CPU ms per payment off / on | "
+        "limiting stage off / on | verdict off / on |",
+        "|---|---|---|---|---|---|",
+    ]
     for on in (doc.get("stepup") or {}).get("steps", []):
         a = off.get(on["rate"])
         lines.append(
@@ -59,7 +64,8 @@ def comparison(doc: dict[str, Any]) -> list[str]:
             f"{_p(a, 'e2e_latency_ms')} / {_p(on, 'e2e_latency_ms')} | "
             f"{system_cpu_ms(a) if a else None} / {system_cpu_ms(on)} | "
             f"{(a or {}).get('limiting_stage')} / {on.get('limiting_stage')} | "
-            f"{(a or {}).get('verdict')} / {on.get('verdict')} |")
+            f"{(a or {}).get('verdict')} / {on.get('verdict')} |"
+        )
     checks = (doc.get("batching_comparison") or {}).get("checks") or {}
     lines += ["", "| check (issue 22) | value | target | met |", "|---|---|---|---|"]
     lines += [f"| {name} | {c.get('value')} | {c.get('target')} | {c.get('met')} |" for name, c in checks.items()]

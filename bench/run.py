@@ -65,11 +65,13 @@ def pids_named(name: str, cmdline_contains: str = "") -> list[int]:
     out = subprocess.run(["pgrep", "-x", name], capture_output=True, text=True).stdout
     pids = [int(p) for p in out.split()]
     if cmdline_contains:
+
         def matches(pid: int) -> bool:
             try:
                 return cmdline_contains in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
             except OSError:
                 return False
+
         pids = [p for p in pids if matches(p)]
     return pids
 
@@ -132,8 +134,18 @@ def wait_quiet(max_cores: float = 0.15, deadline_s: float = 90.0) -> float:
 
 def run_load(env: Deployment, rate: float, seconds: float, targets: list[str]) -> tuple[dict[str, Any], float]:
     """One `chancepay load` subprocess; returns its summary and its own CPU seconds."""
-    args = [sys.executable, "-m", "chancepay", "load", "--rate", str(rate), "--duration", str(seconds),
-            "--converge-timeout", "60"]
+    args = [
+        sys.executable,
+        "-m",
+        "chancepay",
+        "load",
+        "--rate",
+        str(rate),
+        "--duration",
+        str(seconds),
+        "--converge-timeout",
+        "60",
+    ]
     for url in targets:
         args += ["--target", url]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -167,12 +179,14 @@ def sustained(summary: dict[str, Any], rate: float) -> tuple[bool, str]:
 def role_pids(deployment: Deployment) -> Callable[[], dict[str, list[int]]]:
     """The deployment's processes as they are *now* (a restarted role has a new pid), by role,
     and the servers."""
+
     def find() -> dict[str, list[int]]:
         pids: dict[str, list[int]] = {p.role: [] for p in deployment.processes.values()}
         for process in deployment.processes.values():
             if process.proc is not None and process.proc.poll() is None:
                 pids[process.role].append(process.proc.pid)
         return {**pids, **server_pids()}
+
     return find
 
 
@@ -217,8 +231,14 @@ def measure_step(env: Deployment, rate: float, seconds: float) -> dict[str, Any]
     }
 
 
-def step_up(steps: list[float], seconds: float, tmp: Path, history_rows: int = 0,
-            overrides: dict[str, str] | None = None, label: str = "stepup") -> dict[str, Any]:
+def step_up(
+    steps: list[float],
+    seconds: float,
+    tmp: Path,
+    history_rows: int = 0,
+    overrides: dict[str, str] | None = None,
+    label: str = "stepup",
+) -> dict[str, Any]:
     """Step up through `steps` on a fresh deployment whose roles get `overrides` (settings)."""
     env = Deployment(tmp / (f"{label}-history" if history_rows else label))
     results: list[dict[str, Any]] = []
@@ -238,8 +258,10 @@ def step_up(steps: list[float], seconds: float, tmp: Path, history_rows: int = 0
             log(f"[{label}] step {rate:g}/s for {seconds:g} s (servers idle after {quiet} s)")
             step = measure_step(env, rate, seconds)
             results.append(step)
-            log(f"  -> {step['verdict']}: api p99 {step['api_latency_ms']}, e2e p99 {step['e2e_latency_ms']}, "
-                f"max outbox {step['max_outbox_depth']}, limiting {step['limiting_stage']} {step['stage_lag_ms']}")
+            log(
+                f"  -> {step['verdict']}: api p99 {step['api_latency_ms']}, e2e p99 {step['e2e_latency_ms']}, "
+                f"max outbox {step['max_outbox_depth']}, limiting {step['limiting_stage']} {step['stage_lag_ms']}"
+            )
             if not step["sustained"]:
                 break
             best = step
@@ -248,9 +270,14 @@ def step_up(steps: list[float], seconds: float, tmp: Path, history_rows: int = 0
                 break
     finally:
         env.destroy()
-    return {"settings": dict(overrides or {}), "steps": results, "best": best,
-            "knee": analysis.knee(results), "limiting_stage": analysis.run_limiting_stage(results),
-            **({"history": history} if history else {})}
+    return {
+        "settings": dict(overrides or {}),
+        "steps": results,
+        "best": best,
+        "knee": analysis.knee(results),
+        "limiting_stage": analysis.run_limiting_stage(results),
+        **({"history": history} if history else {}),
+    }
 
 
 def compare_history(empty: dict[str, Any], full: dict[str, Any]) -> dict[str, Any]:
@@ -295,12 +322,16 @@ def scale_out(rate: float, seconds: float, tmp: Path) -> dict[str, Any]:
         wall = time.monotonic() - began
         cpu = meter.stop()
         published = sum(env.processes[f"scanner-{i}"].metric("chancepay_outbox_published_total") for i in range(2))
-        duplicates = sum(env.processes[f"wallet-{i}"].metric("chancepay_wallet_messages_total", outcome="duplicate")
-                         for i in range(2))
+        duplicates = sum(
+            env.processes[f"wallet-{i}"].metric("chancepay_wallet_messages_total", outcome="duplicate")
+            for i in range(2)
+        )
         per_scanner = [env.processes[f"scanner-{i}"].metric("chancepay_outbox_published_total") for i in range(2)]
         per_wallet = [
-            sum(env.processes[f"wallet-{i}"].metric("chancepay_wallet_messages_total", outcome=o)
-                for o in ("succeeded", "failed"))
+            sum(
+                env.processes[f"wallet-{i}"].metric("chancepay_wallet_messages_total", outcome=o)
+                for o in ("succeeded", "failed")
+            )
             for i in range(2)
         ]
         ok, why = sustained(summary, rate)
@@ -327,7 +358,10 @@ def raw_limits(seconds: float) -> dict[str, Any] | None:
     log("raw limits (bench.raw_limits)")
     result = subprocess.run(
         [sys.executable, "-m", "bench.raw_limits", "--seconds", str(seconds)],
-        capture_output=True, text=True, timeout=900, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
     )
     if result.returncode != 0:
         log(f"raw limits failed: {result.stderr[-1000:]}")
@@ -361,8 +395,16 @@ def setting_facts(raw: dict[str, Any] | None) -> dict[str, Any]:
         "hardware": {k: machine.get(k) for k in ("cpu_model", "cores", "cores_usable", "memory_bytes", "kernel")},
         "servers": {"mariadb": mariadb.get("version"), "rabbitmq": rabbitmq.get("version")},
         "durability": {
-            **{k: mariadb.get(k) for k in ("innodb_flush_log_at_trx_commit", "sync_binlog", "log_bin",
-                                           "innodb_doublewrite", "innodb_flush_method")},
+            **{
+                k: mariadb.get(k)
+                for k in (
+                    "innodb_flush_log_at_trx_commit",
+                    "sync_binlog",
+                    "log_bin",
+                    "innodb_doublewrite",
+                    "innodb_flush_method",
+                )
+            },
             "fsync_probe": machine.get("fsync_probe"),
             "queue_type": rabbitmq.get("queue_type"),
             "messages_persistent": True,
@@ -386,7 +428,8 @@ def add_ratios(doc: dict[str, Any]) -> None:
     if best and batched.get("all_stages_sharing_machine_per_s"):
         doc["ratio_to_batched_limit"] = round(best["rate"] / batched["rate_per_s"], 3)
         doc["ratio_to_batched_all_stages_sharing_machine"] = round(
-            best["rate"] / batched["all_stages_sharing_machine_per_s"], 3)
+            best["rate"] / batched["all_stages_sharing_machine_per_s"], 3
+        )
 
 
 def compare_with_batching_off(doc: dict[str, Any], steps: list[float], seconds: float, tmp: Path) -> None:
@@ -400,8 +443,10 @@ def compare_with_batching_off(doc: dict[str, Any], steps: list[float], seconds: 
 
 
 def _step_lines(steps: list[dict[str, Any]]) -> list[str]:
-    lines = [f"{'rate/s':>7} {'achieved':>8} {'api p50/p99 ms':>16} {'e2e p50/p99 ms':>16} "
-             f"{'max outbox':>10} {'cores':>5} {'limiting':>8}  verdict"]
+    lines = [
+        f"{'rate/s':>7} {'achieved':>8} {'api p50/p99 ms':>16} {'e2e p50/p99 ms':>16} "
+        f"{'max outbox':>10} {'cores':>5} {'limiting':>8}  verdict"
+    ]
     for s in steps:
         api, e2e = s["api_latency_ms"] or {}, s["e2e_latency_ms"] or {}
         lines.append(
@@ -415,49 +460,76 @@ def _step_lines(steps: list[dict[str, Any]]) -> list[str]:
 def table(doc: dict[str, Any]) -> str:
     lines = _step_lines(doc["stepup"]["steps"])
     best = doc["stepup"]["best"]
-    lines.append(f"best sustained rate: {best['rate'] if best else None}/s; knee (e2e p99 < 100 ms): "
-                 f"{(doc.get('knee') or {}).get('rate')}/s; limiting stage: {doc['stepup'].get('limiting_stage')}")
+    lines.append(
+        f"best sustained rate: {best['rate'] if best else None}/s; knee (e2e p99 < 100 ms): "
+        f"{(doc.get('knee') or {}).get('rate')}/s; limiting stage: {doc['stepup'].get('limiting_stage')}"
+    )
     if doc.get("ratio_to_smallest_limit") is not None:
-        lines.append(f"ratio to the smallest physical limit ({doc['smallest_limit']['stage']}, "
-                     f"{doc['smallest_limit']['rate_per_s']}/s): {doc['ratio_to_smallest_limit']}")
+        lines.append(
+            f"ratio to the smallest physical limit ({doc['smallest_limit']['stage']}, "
+            f"{doc['smallest_limit']['rate_per_s']}/s): {doc['ratio_to_smallest_limit']}"
+        )
     if doc.get("ratio_to_all_stages_sharing_machine") is not None:
-        lines.append(f"ratio to the all-stages-sharing limit: {doc['ratio_to_all_stages_sharing_machine']}"
-                     f" (batched limits: {doc.get('ratio_to_batched_all_stages_sharing_machine')})")
+        lines.append(
+            f"ratio to the all-stages-sharing limit: {doc['ratio_to_all_stages_sharing_machine']}"
+            f" (batched limits: {doc.get('ratio_to_batched_all_stages_sharing_machine')})"
+        )
     if doc.get("batching_comparison"):
         lines.append("batching off (size 1):")
         lines += _step_lines(doc["batching_off"]["steps"])
         lines.append(f"batching off vs on: {json.dumps(doc['batching_comparison']['checks'])}")
     if doc.get("history"):
         h = doc["history"]
-        lines.append(f"with {h['history']['rows']:,} finalized payments of history "
-                     f"({h['history']['table_bytes']} bytes, pre-filled in {h['history']['prefill_seconds']} s):")
+        lines.append(
+            f"with {h['history']['rows']:,} finalized payments of history "
+            f"({h['history']['table_bytes']} bytes, pre-filled in {h['history']['prefill_seconds']} s):"
+        )
         lines += _step_lines(h["steps"])
         lines.append(f"history vs empty: {json.dumps(doc['history_vs_empty'])}")
     if doc.get("scaleout"):
         so = doc["scaleout"]
-        lines.append(f"scale-out 2+2+2 at {so['rate']}/s: {so['verdict']}, published {so['published']} for "
-                     f"{so['accepted']} accepted, published twice {so['published_twice']}")
+        lines.append(
+            f"scale-out 2+2+2 at {so['rate']}/s: {so['verdict']}, published {so['published']} for "
+            f"{so['accepted']} accepted, published twice {so['published_twice']}"
+        )
     return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", default="10,100,200,300,400,600,800,1000,1200,1600",
-                   help="comma-separated rates (payments/s), tried in order until one is not sustained")
+    p.add_argument(
+        "--steps",
+        default="10,100,200,300,400,600,800,1000,1200,1600",
+        help="comma-separated rates (payments/s), tried in order until one is not sustained",
+    )
     p.add_argument("--step-seconds", type=float, default=15.0)
     p.add_argument("--raw-seconds", type=float, default=3.0)
-    p.add_argument("--scaleout-rate", type=float, default=None,
-                   help="default: 80%% of the best sustained rate (six processes on the same cores cost more "
-                        "than three: at the knee itself scale-out measures overload, not correctness)")
+    p.add_argument(
+        "--scaleout-rate",
+        type=float,
+        default=None,
+        help="default: 80%% of the best sustained rate (six processes on the same cores cost more "
+        "than three: at the knee itself scale-out measures overload, not correctness)",
+    )
     p.add_argument("--scaleout-seconds", type=float, default=20.0)
-    p.add_argument("--skip-raw", action="store_true",
-                   help="reuse the raw limits last measured (.bench/raw-limits.json) instead of measuring")
-    p.add_argument("--history-rows", type=int, default=0,
-                   help="also run the step-up on tables pre-filled with this many finalized payments "
-                        "(make bench-history: 10,000,000) and compare with the empty run")
+    p.add_argument(
+        "--skip-raw",
+        action="store_true",
+        help="reuse the raw limits last measured (.bench/raw-limits.json) instead of measuring",
+    )
+    p.add_argument(
+        "--history-rows",
+        type=int,
+        default=0,
+        help="also run the step-up on tables pre-filled with this many finalized payments "
+        "(make bench-history: 10,000,000) and compare with the empty run",
+    )
     p.add_argument("--skip-scaleout", action="store_true")
-    p.add_argument("--no-compare", action="store_true",
-                   help="skip the batching-off step-up (every batch size 1) that the default run compares with")
+    p.add_argument(
+        "--no-compare",
+        action="store_true",
+        help="skip the batching-off step-up (every batch size 1) that the default run compares with",
+    )
     p.add_argument("--output", default=str(ROOT / ".bench" / "latest.json"))
     return p.parse_args(argv)
 
@@ -474,16 +546,20 @@ def main(argv: list[str] | None = None) -> int:
     # Role logs stay in .bench/logs/<start time>/ for a post-mortem of a failed step.
     logs = Path(args.output).parent / "logs" / doc["started_at"].replace(":", "")
     tmp = logs
-    doc["raw_limits"] = recorded_raw_limits(args.raw_seconds, reuse=args.skip_raw,
-                                            store=Path(args.output).parent / "raw-limits.json")
+    doc["raw_limits"] = recorded_raw_limits(
+        args.raw_seconds, reuse=args.skip_raw, store=Path(args.output).parent / "raw-limits.json"
+    )
     doc["stepup"] = step_up(steps, args.step_seconds, tmp)
     if args.history_rows:
         doc["history"] = step_up(steps, args.step_seconds, tmp, history_rows=args.history_rows)
         doc["history_vs_empty"] = compare_history(doc["stepup"], doc["history"])
     best = doc["stepup"]["best"]
     add_ratios(doc)
-    doc["knee"] = {**(doc["stepup"]["knee"] or {"rate": None}), "max_sustained_rate": best["rate"] if best else None,
-                   **setting_facts(doc.get("raw_limits"))}
+    doc["knee"] = {
+        **(doc["stepup"]["knee"] or {"rate": None}),
+        "max_sustained_rate": best["rate"] if best else None,
+        **setting_facts(doc.get("raw_limits")),
+    }
     if not args.no_compare:
         compare_with_batching_off(doc, steps, args.step_seconds, tmp)
     if not args.skip_scaleout:

@@ -51,8 +51,14 @@ class StageSampler(threading.Thread):
         return {"queue_ready": float(ok.message_count), "queue_consumers": float(ok.consumer_count)}
 
     async def _run(self) -> None:
-        conn = pymysql.connect(host=HOST, port=MYSQL_PORT, user=self.env.orch_user, password=self.env.orch_password,
-                               database=self.env.orch_db, autocommit=True)
+        conn = pymysql.connect(
+            host=HOST,
+            port=MYSQL_PORT,
+            user=self.env.orch_user,
+            password=self.env.orch_password,
+            database=self.env.orch_db,
+            autocommit=True,
+        )
         amqp: Any = None
         channel: Any = None
         try:
@@ -78,8 +84,10 @@ class StageSampler(threading.Thread):
         """Per sampled value its mean and max over the step, and the samples taken."""
         out: dict[str, Any] = {"samples": len(self.samples["pending"]), "errors": self.errors}
         for name, values in self.samples.items():
-            out[name] = {"mean": round(sum(values) / len(values), 1) if values else 0.0,
-                         "max": round(max(values), 1) if values else 0.0}
+            out[name] = {
+                "mean": round(sum(values) / len(values), 1) if values else 0.0,
+                "max": round(max(values), 1) if values else 0.0,
+            }
         return out
 
     def means(self) -> dict[str, float]:

@@ -79,8 +79,9 @@ def compare(requests: dict[str, bool | None], inbox: dict[str, bool | None], rep
             report.mismatched.append(uuid)  # final without the wallet ever deciding it
 
 
-async def check_uuids(orch: Database, wallet: Database, accepted: Sequence[str], *,
-                      also: Sequence[str] = ()) -> InvariantReport:
+async def check_uuids(
+    orch: Database, wallet: Database, accepted: Sequence[str], *, also: Sequence[str] = ()
+) -> InvariantReport:
     """The invariants for a known set of accepted payments (a load run), each of which must have
     a request row; `also`: more uuids to compare that need not have been accepted (the test suite
     passes every uuid of both tables, so an orphan inbox row is found too)."""
@@ -97,10 +98,7 @@ async def check_live(orch: Database, wallet: Database, *, window_hours: float, s
     """The invariants over every payment created in the last `window_hours` (database clock)."""
     window_us = int(window_hours * 3600e6)
     stale_us = int(stale_seconds * 1e6)
-    requests = {
-        u: succeed_from_column(s)
-        for u, s in await orch.fetchall(sql.RECENT_REQUESTS, (window_us,))
-    }
+    requests = {u: succeed_from_column(s) for u, s in await orch.fetchall(sql.RECENT_REQUESTS, (window_us,))}
     inbox_rows = await wallet.fetchall(sql.RECENT_INBOX, (window_us,))
     inbox = {u: succeed_from_column(s) for u, s in inbox_rows}
     # An inbox row just inside the window may belong to a request just outside it.
@@ -108,15 +106,9 @@ async def check_live(orch: Database, wallet: Database, *, window_hours: float, s
     requests.update(await _succeed_by_uuid(orch, "request", missing))
     report = InvariantReport(checked=len(requests))
     compare(requests, inbox, report)
-    outbox = {
-        u: int(a)
-        for u, a in await orch.fetchall(sql.STALE_OUTBOX, (stale_us,))
-    }
+    outbox = {u: int(a) for u, a in await orch.fetchall(sql.STALE_OUTBOX, (stale_us,))}
     report.unexplained_outbox = [u for u, attempts in outbox.items() if attempts == 0]
-    stale_pending = [
-        u
-        for (u,) in await orch.fetchall(sql.STALE_PENDING_IN_WINDOW, (stale_us, window_us))
-    ]
+    stale_pending = [u for (u,) in await orch.fetchall(sql.STALE_PENDING_IN_WINDOW, (stale_us, window_us))]
     # Stale, pending, held by neither the outbox nor the inbox: only the queue could still hold it.
     report.lost = [u for u in stale_pending if u not in outbox and u not in inbox]
     return report

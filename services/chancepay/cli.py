@@ -43,8 +43,11 @@ def _positive(kind: type[float] | type[int]) -> Callable[[str], Any]:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chancepay", description="ChancePay (随缘付) payment pipeline")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for role, text in (("orchestrator", "the payments API (port 8000)"), ("scanner", "the outbox scanner (port 8001)"),
-                       ("wallet", "the wallet consumer (port 8002)")):
+    for role, text in (
+        ("orchestrator", "the payments API (port 8000)"),
+        ("scanner", "the outbox scanner (port 8001)"),
+        ("wallet", "the wallet consumer (port 8002)"),
+    ):
         # --port-hint: what moves this role under the command that started it (`chancepay dev` passes it).
         sub.add_parser(role, help=text).add_argument("--port-hint", default=None, help=argparse.SUPPRESS)
     sub.add_parser("migrate", help="create or upgrade both schemas, then exit")
@@ -60,13 +63,22 @@ def _add_load(sub: Any) -> None:
     load = sub.add_parser("load", help="open-loop load at RATE payments/s for DURATION s, then a JSON summary")
     load.add_argument("--rate", type=_positive(float), required=True, help="payments per second (open loop)")
     load.add_argument("--duration", type=_positive(float), required=True, help="seconds of load")
-    load.add_argument("--converge-timeout", type=_positive(float), default=120.0,
-                      help="seconds to wait for convergence")
-    load.add_argument("--concurrency", type=_positive(int), default=64,
-                      help="HTTP connections (requests beyond them queue, and their wait counts as latency)")
-    load.add_argument("--target", action="append", default=None, metavar="URL",
-                      help="orchestrator base URL; repeat to spread arrivals round-robin "
-                           "(default CHANCEPAY_ORCHESTRATOR_URL)")
+    load.add_argument(
+        "--converge-timeout", type=_positive(float), default=120.0, help="seconds to wait for convergence"
+    )
+    load.add_argument(
+        "--concurrency",
+        type=_positive(int),
+        default=64,
+        help="HTTP connections (requests beyond them queue, and their wait counts as latency)",
+    )
+    load.add_argument(
+        "--target",
+        action="append",
+        default=None,
+        metavar="URL",
+        help="orchestrator base URL; repeat to spread arrivals round-robin (default CHANCEPAY_ORCHESTRATOR_URL)",
+    )
 
 
 def _add_outbox(sub: Any) -> None:
@@ -83,10 +95,12 @@ def _add_outbox(sub: Any) -> None:
 def _add_dlq(sub: Any) -> None:
     dlq = sub.add_parser("dlq", help="the dead-letter queue: list, show, replay through the outbox, purge")
     dlq_sub = dlq.add_subparsers(dest="action", required=True, metavar="ACTION")
-    for name, text in (("list", "messages in the DLQ, one JSON line each, with why they are there"),
-                       ("show", "one message in full (ID: its message id / uuid, or #position)"),
-                       ("replay", "pending payments back into the outbox (the DLQ copy removed)"),
-                       ("purge", "remove messages from the DLQ")):
+    for name, text in (
+        ("list", "messages in the DLQ, one JSON line each, with why they are there"),
+        ("show", "one message in full (ID: its message id / uuid, or #position)"),
+        ("replay", "pending payments back into the outbox (the DLQ copy removed)"),
+        ("purge", "remove messages from the DLQ"),
+    ):
         p_ = dlq_sub.add_parser(name, help=text)
         SUBPARSERS[f"dlq_{name}"] = p_
         if name == "show":
@@ -106,9 +120,12 @@ def _add_trace(sub: Any) -> None:
 def _add_dev(sub: Any) -> None:
     dev = sub.add_parser("dev", help="run the three roles under a restarting supervisor (what `make run` uses)")
     dev.add_argument("--roles", default=",".join(ROLES), help="comma-separated roles to run")
-    dev.add_argument("--ports", default="", metavar="ROLE=PORT,...",
-                     help="move roles, e.g. orchestrator=18000,wallet=18002 "
-                          "(also points the wallet at the orchestrator)")
+    dev.add_argument(
+        "--ports",
+        default="",
+        metavar="ROLE=PORT,...",
+        help="move roles, e.g. orchestrator=18000,wallet=18002 (also points the wallet at the orchestrator)",
+    )
     # `make run` passes --via-make: hints then name its variables (ORCHESTRATOR_PORT=...).
     dev.add_argument("--via-make", action="store_true", help=argparse.SUPPRESS)
     SUBPARSERS["dev"] = dev
@@ -195,9 +212,16 @@ async def _check_databases(settings: Settings, *, orchestrator: bool, wallet: bo
 def _load(settings: Settings, args: argparse.Namespace) -> int:
     from chancepay.load import load_main
 
-    return _run(lambda: load_main(settings, rate=args.rate, duration=args.duration,
-                                  converge_timeout=args.converge_timeout, concurrency=args.concurrency,
-                                  targets=args.target))
+    return _run(
+        lambda: load_main(
+            settings,
+            rate=args.rate,
+            duration=args.duration,
+            converge_timeout=args.converge_timeout,
+            concurrency=args.concurrency,
+            targets=args.target,
+        )
+    )
 
 
 def _ops(settings: Settings, args: argparse.Namespace) -> int:

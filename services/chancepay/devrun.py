@@ -87,7 +87,8 @@ class _Children:
     def spawn(self, role: str) -> None:
         self.running[role] = subprocess.Popen(
             [sys.executable, "-m", "chancepay", role, "--port-hint", port_knob(role, self.via_make)],
-            env=role_environ(role, self.ports))
+            env=role_environ(role, self.ports),
+        )
         self.started_at[role] = time.monotonic()
         self.log.info("supervisor started role", child=role, pid=self.running[role].pid, restarts=self.restarts[role])
 
@@ -101,17 +102,22 @@ class _Children:
                 code = child.returncode
                 del self.running[role]
                 if code == EXIT_CANNOT_START:
-                    self.log.error("[FAILED TO START]", child=role, exit_code=code,
-                                   reason="the role cannot start as configured (see its line above); "
-                                          "not restarting it, stopping the others")
+                    self.log.error(
+                        "[FAILED TO START]",
+                        child=role,
+                        exit_code=code,
+                        reason="the role cannot start as configured (see its line above); "
+                        "not restarting it, stopping the others",
+                    )
                     return code
                 if now - self.started_at[role] > 60:
                     self.restarts[role] = 0  # it ran a good while: forget earlier crashes
                 delay = capped_exponential(self.restarts[role] + 1, 0.5, self.max_backoff)
                 self.restarts[role] += 1
                 self.next_start[role] = now + delay
-                self.log.warning("supervisor: role exited, restarting", child=role, exit_code=code,
-                                 restart_in_seconds=delay)
+                self.log.warning(
+                    "supervisor: role exited, restarting", child=role, exit_code=code, restart_in_seconds=delay
+                )
             if role not in self.running and now >= self.next_start[role]:
                 self.spawn(role)
         return 0
@@ -131,8 +137,9 @@ class _Children:
                 child.wait()
 
 
-def supervise(roles: list[str], max_backoff: float = 30.0, ports: dict[str, int] | None = None,
-              via_make: bool = False) -> int:
+def supervise(
+    roles: list[str], max_backoff: float = 30.0, ports: dict[str, int] | None = None, via_make: bool = False
+) -> int:
     unknown = [r for r in roles if r not in ALLOWED]
     if unknown:
         get_logger().error("[FAILED TO START]", error=f"unknown roles {unknown}; choose from {ALLOWED}")

@@ -78,8 +78,9 @@ class Ops:
                 await db.close()
         if self.settings.pushgateway_url:
             try:
-                push_to_gateway(self.settings.pushgateway_url, job="chancepay-operator", registry=self.metrics.registry,
-                                timeout=5)
+                push_to_gateway(
+                    self.settings.pushgateway_url, job="chancepay-operator", registry=self.metrics.registry, timeout=5
+                )
             except Exception as exc:
                 self.log.error("[FAILED TO PUSH METRICS]", error=repr(exc))
 
@@ -88,9 +89,16 @@ class Ops:
         statement = sql.LIST_OUTBOX if all_rows else sql.LIST_OUTBOX_EXHAUSTED
         rows = await self.orch.fetchall(statement, (self.settings.scanner_max_attempts,) if not all_rows else None)
         for uuid, attempts, age_us, next_in_us, last_error in rows:
-            _out({"uuid": uuid, "attempts": attempts, "exhausted": attempts >= self.settings.scanner_max_attempts,
-                  "age_seconds": round(int(age_us) / 1e6, 3),
-                  "next_attempt_in_seconds": round(int(next_in_us) / 1e6, 3), "last_error": last_error})
+            _out(
+                {
+                    "uuid": uuid,
+                    "attempts": attempts,
+                    "exhausted": attempts >= self.settings.scanner_max_attempts,
+                    "age_seconds": round(int(age_us) / 1e6, 3),
+                    "next_attempt_in_seconds": round(int(next_in_us) / 1e6, 3),
+                    "last_error": last_error,
+                }
+            )
         self.count("outbox_list")
         return 0
 
@@ -101,8 +109,7 @@ class Ops:
         else:
             for u in uuids:
                 parse_uuid(u)
-            changed = await self.orch.execute(sql.among(sql.RETRY_EXHAUSTED_OUTBOX, len(uuids)),
-                                              (max_attempts, *uuids))
+            changed = await self.orch.execute(sql.among(sql.RETRY_EXHAUSTED_OUTBOX, len(uuids)), (max_attempts, *uuids))
         self.log.info("outbox rows back into rotation", rows=changed, uuids=uuids or "all exhausted")
         self.count("outbox_retry", changed)
         # A uuid with no outbox row at all (never created, or long since published) could not be
@@ -125,6 +132,7 @@ class Ops:
     async def queued_dead_letters(self) -> int | None:
         """Messages still in the DLQ queue, not yet moved by the wallet (a passive declare: reads a
         count, delivers nothing). None when the broker does not answer."""
+
         async def depth(channel: Any) -> int:
             return int((await channel.queue_declare(topology.DLQ, passive=True)).message_count)
 
@@ -142,8 +150,12 @@ class Ops:
     async def _note_queued(self) -> None:
         queued = await self.queued_dead_letters()
         if queued:
-            self.log.warning("dead letters not yet moved into the wallet's dead_letter table (the wallet moves "
-                             "them within seconds; is a wallet running?)", queue=topology.DLQ, messages=queued)
+            self.log.warning(
+                "dead letters not yet moved into the wallet's dead_letter table (the wallet moves "
+                "them within seconds; is a wallet running?)",
+                queue=topology.DLQ,
+                messages=queued,
+            )
 
     async def _rows(self, limit: int) -> list[dict[str, Any]]:
         return await self.wallet.fetchrows(sql.LIST_DEAD_LETTERS, (limit,))
@@ -157,9 +169,16 @@ class Ops:
             parse_error = None
         except InvalidPayload as exc:
             parse_error = str(exc)
-        death = {k: v for k, v in (("reason", row["reason"]), ("queue", row["source_queue"]),
-                                   ("count", row["death_count"]), ("time", row["dead_lettered_at"]))
-                 if v is not None}
+        death = {
+            k: v
+            for k, v in (
+                ("reason", row["reason"]),
+                ("queue", row["source_queue"]),
+                ("count", row["death_count"]),
+                ("time", row["dead_lettered_at"]),
+            )
+            if v is not None
+        }
         return {
             "position": position,
             "id": row["id"],
@@ -216,15 +235,19 @@ class Ops:
             request = await self.orch.fetchrow(sql.SELECT_REQUEST, (uuid,)) if uuid else None
             if request is None:
                 summary["not_a_payment"] += 1
-                self.log.error(OPS_TAG, action="dlq replay", uuid=uuid, message_id=row["message_id"],
-                               reason="no payment with this uuid: left in the DLQ (see `chancepay dlq show`)")
+                self.log.error(
+                    OPS_TAG,
+                    action="dlq replay",
+                    uuid=uuid,
+                    message_id=row["message_id"],
+                    reason="no payment with this uuid: left in the DLQ (see `chancepay dlq show`)",
+                )
                 continue
             payment = Payment.from_row(request)
             if payment.succeed is not None:
                 summary["already_final"] += 1
                 await self.wallet.execute(sql.DELETE_DEAD_LETTER, (row["id"],))
-                self.log.info("dlq replay: payment already final; DLQ copy removed", uuid=uuid,
-                              succeed=payment.succeed)
+                self.log.info("dlq replay: payment already final; DLQ copy removed", uuid=uuid, succeed=payment.succeed)
                 continue
             # The outbox row is committed before the dead letter is deleted: a crash in between
             # leaves both, and a second replay is harmless (INSERT IGNORE; the inbox deduplicates).
@@ -270,17 +293,38 @@ class Ops:
         story: dict[str, Any] = {"uuid": uuid}
         row = await self.orch.fetchrow(sql.SELECT_REQUEST, (uuid,))
         request = None if row is None else Payment.from_row(row)
-        story["request"] = None if request is None else {
-            **dump_details(request.details), "status": request.status.value,
-            "createdAt": request.created_at, "finalizedAt": request.finalized_at}
+        story["request"] = (
+            None
+            if request is None
+            else {
+                **dump_details(request.details),
+                "status": request.status.value,
+                "createdAt": request.created_at,
+                "finalizedAt": request.finalized_at,
+            }
+        )
         outbox = await self.orch.fetchone(sql.TRACE_OUTBOX, (uuid,))
-        story["outbox"] = None if outbox is None else {
-            "attempts": outbox[0], "next_attempt_in_seconds": round(int(outbox[1]) / 1e6, 3), "last_error": outbox[2],
-            "exhausted": outbox[0] >= self.settings.scanner_max_attempts}
+        story["outbox"] = (
+            None
+            if outbox is None
+            else {
+                "attempts": outbox[0],
+                "next_attempt_in_seconds": round(int(outbox[1]) / 1e6, 3),
+                "last_error": outbox[2],
+                "exhausted": outbox[0] >= self.settings.scanner_max_attempts,
+            }
+        )
         inbox = await self.wallet.fetchone(sql.TRACE_INBOX, (uuid,))
-        story["inbox"] = None if inbox is None else {
-            "succeed": succeed_from_column(inbox[0]), "deliveries": inbox[1], "createdAt": inbox[2],
-            "finalizedAt": inbox[3]}
+        story["inbox"] = (
+            None
+            if inbox is None
+            else {
+                "succeed": succeed_from_column(inbox[0]),
+                "deliveries": inbox[1],
+                "createdAt": inbox[2],
+                "finalizedAt": inbox[3],
+            }
+        )
         parked = await self.wallet.fetchone(sql.TRACE_PENDING_CALLBACK, (uuid,))
         story["parked_callback"] = None if parked is None else {"attempts": parked[0], "last_error": parked[1]}
         rows = await self.wallet.fetchrows(sql.LIST_DEAD_LETTERS, (limit,))
@@ -294,17 +338,23 @@ class Ops:
 def _story(s: dict[str, Any]) -> str:
     r, o, i, p, d = s["request"], s["outbox"], s["inbox"], s["parked_callback"], s["dlq"]
     if r is None:
-        return ("no payment with this uuid" + (": but the wallet has an inbox row (an orphan: see `chancepay audit`)"
-                                               if i else ""))
+        return "no payment with this uuid" + (
+            ": but the wallet has an inbox row (an orphan: see `chancepay audit`)" if i else ""
+        )
     parts = [f"accepted {r['createdAt']}"]
     if o is not None:
-        parts.append("exhausted in the outbox: `chancepay outbox retry`" if o["exhausted"] else
-                     f"waiting in the outbox (attempt {o['attempts']}, next in {o['next_attempt_in_seconds']} s)")
+        parts.append(
+            "exhausted in the outbox: `chancepay outbox retry`"
+            if o["exhausted"]
+            else f"waiting in the outbox (attempt {o['attempts']}, next in {o['next_attempt_in_seconds']} s)"
+        )
     elif i is None:
         parts.append("published; not decided by the wallet yet")
     if i is not None:
-        parts.append("decided by the wallet: " + ("success" if i["succeed"] else "failure" if i["succeed"] is False
-                                                  else "pending"))
+        parts.append(
+            "decided by the wallet: "
+            + ("success" if i["succeed"] else "failure" if i["succeed"] is False else "pending")
+        )
     if d:
         parts.append(f"dead-lettered: {len(d)} message(s) in the DLQ (`chancepay dlq show {s['uuid']}`)")
     if p is not None:
@@ -334,4 +384,3 @@ async def ops_main(settings: Settings, args: Any) -> int:
         return 1
     finally:
         await ops.close()
-

@@ -63,8 +63,9 @@ class PassSummary:
 
 
 class Reconciler:
-    def __init__(self, settings: Settings, db: Database, orchestrator: ResultsClient, wallet: httpx.AsyncClient,
-                 metrics: Metrics) -> None:
+    def __init__(
+        self, settings: Settings, db: Database, orchestrator: ResultsClient, wallet: httpx.AsyncClient, metrics: Metrics
+    ) -> None:
         self.settings = settings
         self.db = db
         self.orchestrator = orchestrator
@@ -77,22 +78,33 @@ class Reconciler:
         self.wallet_up = Dependency("wallet", budget, since=since)
         self.orchestrator_up = Dependency("orchestrator", budget, since=since)
 
-    async def _wait_for(self, dependency: Dependency, step: Callable[[], Awaitable[T]], what: str,
-                        retry_on: type[BaseException] | tuple[type[BaseException], ...]) -> T:
+    async def _wait_for(
+        self,
+        dependency: Dependency,
+        step: Callable[[], Awaitable[T]],
+        what: str,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...],
+    ) -> T:
         """`step`, waited for (core/waiting.py) while `dependency` was never reached in this pass;
         a failure after that is the caller's to report."""
         if dependency.reached:
             return await step()
         opened, result = await retry_until_up(
-            step, dependency, log=self.log, tag=RECONCILE_TAG, backoff=Backoff(0.5, 10.0), retry_on=retry_on,
+            step,
+            dependency,
+            log=self.log,
+            tag=RECONCILE_TAG,
+            backoff=Backoff(0.5, 10.0),
+            retry_on=retry_on,
             describe=lambda exc: {"step": what, "error": repr(exc)[:500]},
             give_up_after=max(0.0, dependency.budget - dependency.waited()),
         )
         assert opened  # no stop event: it returns only once `step` succeeded
         return cast(T, result)
 
-    async def _http(self, dependency: Dependency, call: Callable[[], Awaitable[httpx.Response]],
-                    what: str) -> httpx.Response:
+    async def _http(
+        self, dependency: Dependency, call: Callable[[], Awaitable[httpx.Response]], what: str
+    ) -> httpx.Response:
         async def answered() -> httpx.Response:
             response = await call()
             if response.status_code >= 500:  # the role answers, its database does not yet
@@ -104,8 +116,12 @@ class Reconciler:
     async def run_pass(self, age_seconds: float) -> PassSummary:
         summary = PassSummary()
         stale = (int(age_seconds * 1e6), self.settings.reconcile_batch)
-        rows = await self._wait_for(self.db.dependency, lambda: self.db.fetchrows(sql.SELECT_STALE_PENDING, stale),
-                                    "read stale requests", DatabaseUnavailable)
+        rows = await self._wait_for(
+            self.db.dependency,
+            lambda: self.db.fetchrows(sql.SELECT_STALE_PENDING, stale),
+            "read stale requests",
+            DatabaseUnavailable,
+        )
         for row in rows:
             summary.examined += 1
             with bound(uuid=row["uuid"]):
@@ -122,8 +138,9 @@ class Reconciler:
         if in_outbox:
             summary.left_in_outbox += 1
             return
-        response = await self._http(self.wallet_up, lambda: self.wallet.get(f"/internal/inbox/{uuid}"),
-                                    "ask the wallet")
+        response = await self._http(
+            self.wallet_up, lambda: self.wallet.get(f"/internal/inbox/{uuid}"), "ask the wallet"
+        )
         if response.status_code == 404:
             await self.db.execute(sql.REENQUEUE_OUTBOX, (uuid, message.encode()))
             summary.reenqueued += 1
@@ -151,6 +168,7 @@ class Reconciler:
     async def _finalize(self, result: Result) -> Outcome:
         """The orchestrator's outcome for `result`, waited for like the wallet (NotUpYet while it
         does not answer); a failure no wait cures raises NotFinalized."""
+
         async def send() -> Outcome:
             (answer,) = await self.orchestrator.send([result])
             if isinstance(answer, Failure) and answer.unreachable:
@@ -168,8 +186,9 @@ async def reconcile_main(settings: Settings, age: float | None = None) -> int:
     log = get_logger()
     metrics = Metrics("reconcile")
     headers = {"Authorization": f"Bearer {settings.internal_token}"}
-    db = Database(settings.orchestrator_db_url, pool_size=2, timeout=settings.db_timeout,
-                  wait_budget=RECONCILE_WAIT_SECONDS)
+    db = Database(
+        settings.orchestrator_db_url, pool_size=2, timeout=settings.db_timeout, wait_budget=RECONCILE_WAIT_SECONDS
+    )
     timeout = httpx.Timeout(settings.callback_timeout * 2)
     summary: PassSummary | Any = None
     try:
@@ -177,10 +196,9 @@ async def reconcile_main(settings: Settings, age: float | None = None) -> int:
             aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=timeout.read)) as orch,
             httpx.AsyncClient(base_url=settings.wallet_url, headers=headers, timeout=timeout) as wallet,
         ):
-            summary = await Reconciler(settings, db, ResultsClient(orch, settings.orchestrator_url), wallet,
-                                       metrics).run_pass(
-                settings.reconcile_age if age is None else age
-            )
+            summary = await Reconciler(
+                settings, db, ResultsClient(orch, settings.orchestrator_url), wallet, metrics
+            ).run_pass(settings.reconcile_age if age is None else age)
     except Exception as exc:
         metrics.reconcile_failures.inc()
         log.error(RECONCILE_TAG, error=repr(exc))

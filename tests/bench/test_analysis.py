@@ -8,19 +8,42 @@ from typing import Any
 from bench import analysis
 
 
-def _step(rate: float, *, sustained: bool = True, api: float = 5.0, e2e: float = 40.0,
-          cpu: dict[str, float] | None = None, limiting: str | None = "api") -> dict[str, Any]:
-    return {"rate": rate, "sustained": sustained, "api_latency_ms": {"p99": api}, "e2e_latency_ms": {"p99": e2e},
-            "cpu_ms_per_payment": cpu or {"orchestrator": 1.0, "load_generator": 5.0},
-            "limiting_stage": limiting, "stage_lag_ms": {}}
+def _step(
+    rate: float,
+    *,
+    sustained: bool = True,
+    api: float = 5.0,
+    e2e: float = 40.0,
+    cpu: dict[str, float] | None = None,
+    limiting: str | None = "api",
+) -> dict[str, Any]:
+    return {
+        "rate": rate,
+        "sustained": sustained,
+        "api_latency_ms": {"p99": api},
+        "e2e_latency_ms": {"p99": e2e},
+        "cpu_ms_per_payment": cpu or {"orchestrator": 1.0, "load_generator": 5.0},
+        "limiting_stage": limiting,
+        "stage_lag_ms": {},
+    }
 
 
 def test_batching_off_sets_the_sizes_this_code_has_and_names_the_missing_ones() -> None:
-    known = {"CHANCEPAY_CALLBACK_BATCH_SIZE", "CHANCEPAY_SCANNER_BATCH_SIZE", "CHANCEPAY_SCANNER_IDLE_MAX_SECONDS",
-             "CHANCEPAY_API_GROUP_SIZE", "CHANCEPAY_FOO_BATCH_SIZE", "CHANCEPAY_DB_POOL_SIZE"}
+    known = {
+        "CHANCEPAY_CALLBACK_BATCH_SIZE",
+        "CHANCEPAY_SCANNER_BATCH_SIZE",
+        "CHANCEPAY_SCANNER_IDLE_MAX_SECONDS",
+        "CHANCEPAY_API_GROUP_SIZE",
+        "CHANCEPAY_FOO_BATCH_SIZE",
+        "CHANCEPAY_DB_POOL_SIZE",
+    }
     overrides, missing = analysis.batching_off(known)
-    assert overrides == {"CHANCEPAY_API_GROUP_SIZE": "1", "CHANCEPAY_CALLBACK_BATCH_SIZE": "1",
-                         "CHANCEPAY_SCANNER_IDLE_MAX_SECONDS": "0", "CHANCEPAY_FOO_BATCH_SIZE": "1"}
+    assert overrides == {
+        "CHANCEPAY_API_GROUP_SIZE": "1",
+        "CHANCEPAY_CALLBACK_BATCH_SIZE": "1",
+        "CHANCEPAY_SCANNER_IDLE_MAX_SECONDS": "0",
+        "CHANCEPAY_FOO_BATCH_SIZE": "1",
+    }
     assert missing == ["CHANCEPAY_WALLET_BATCH_SIZE"]
 
 
@@ -46,26 +69,46 @@ def test_stage_lags_by_littles_law_and_the_largest_limits() -> None:
 def test_the_run_is_limited_where_it_first_failed() -> None:
     steps = [_step(100), _step(200, limiting="scanner"), _step(400, sustained=False, limiting="wallet")]
     assert analysis.run_limiting_stage(steps)["stage"] == "wallet"
-    assert analysis.run_limiting_stage(steps[:2]) == {"rate": 200, "sustained": True, "stage": "scanner",
-                                                      "stage_lag_ms": {}}
+    assert analysis.run_limiting_stage(steps[:2]) == {
+        "rate": 200,
+        "sustained": True,
+        "stage": "scanner",
+        "stage_lag_ms": {},
+    }
     assert analysis.run_limiting_stage([]) is None
 
 
 def test_the_knee_is_the_highest_sustained_rate_under_100_ms() -> None:
-    steps = [_step(10, e2e=150.0), _step(100, e2e=60.0), _step(300, e2e=99.0), _step(400, e2e=120.0),
-             _step(500, sustained=False, e2e=50.0)]
+    steps = [
+        _step(10, e2e=150.0),
+        _step(100, e2e=60.0),
+        _step(300, e2e=99.0),
+        _step(400, e2e=120.0),
+        _step(500, sustained=False, e2e=50.0),
+    ]
     knee = analysis.knee(steps)
     assert knee is not None and (knee["rate"], knee["e2e_p99_ms"]) == (300, 99.0)
     assert analysis.knee([_step(10, e2e=100.0)]) is None
 
 
 def test_batching_off_against_on() -> None:
-    off = {"best": {"rate": 300}, "steps": [
-        _step(10, api=4.0, cpu={"orchestrator": 10.0, "load_generator": 3.0}),
-        _step(300, cpu={"orchestrator": 2.0, "mariadb": 1.0}), _step(400, sustained=False)]}
-    on = {"best": {"rate": 800}, "steps": [
-        _step(10, api=3.5, cpu={"orchestrator": 4.0, "load_generator": 3.0}),
-        _step(300, cpu={"orchestrator": 1.0, "mariadb": 0.5}), _step(600, e2e=80.0), _step(800, e2e=150.0)]}
+    off = {
+        "best": {"rate": 300},
+        "steps": [
+            _step(10, api=4.0, cpu={"orchestrator": 10.0, "load_generator": 3.0}),
+            _step(300, cpu={"orchestrator": 2.0, "mariadb": 1.0}),
+            _step(400, sustained=False),
+        ],
+    }
+    on = {
+        "best": {"rate": 800},
+        "steps": [
+            _step(10, api=3.5, cpu={"orchestrator": 4.0, "load_generator": 3.0}),
+            _step(300, cpu={"orchestrator": 1.0, "mariadb": 0.5}),
+            _step(600, e2e=80.0),
+            _step(800, e2e=150.0),
+        ],
+    }
     out = analysis.compare_batching(off, on, 2000.0)
     assert out["best_rate"] == [300, 800] and out["best_rate_ratio"] == 2.667
     assert [r["rate"] for r in out["per_rate"]] == [10, 300]
@@ -91,12 +134,21 @@ def test_the_report_renders_a_document(tmp_path, capsys) -> None:
     from bench import report
 
     steps = [_step(10), _step(300)]
-    doc = {"stepup": {"steps": steps, "best": steps[-1], "limiting_stage": {"stage": "api"}},
-           "batching_off": {"steps": steps[:1]},
-           "knee": {"rate": 300, "e2e_p99_ms": 40.0, "api_p99_ms": 5.0, "hardware": {"cores": 2},
-                    "servers": {"mariadb": "10.11"}, "durability": {"innodb_flush_log_at_trx_commit": 1}},
-           "batching_comparison": analysis.compare_batching({"best": steps[0], "steps": steps[:1]},
-                                                            {"best": steps[-1], "steps": steps}, 1000.0)}
+    doc = {
+        "stepup": {"steps": steps, "best": steps[-1], "limiting_stage": {"stage": "api"}},
+        "batching_off": {"steps": steps[:1]},
+        "knee": {
+            "rate": 300,
+            "e2e_p99_ms": 40.0,
+            "api_p99_ms": 5.0,
+            "hardware": {"cores": 2},
+            "servers": {"mariadb": "10.11"},
+            "durability": {"innodb_flush_log_at_trx_commit": 1},
+        },
+        "batching_comparison": analysis.compare_batching(
+            {"best": steps[0], "steps": steps[:1]}, {"best": steps[-1], "steps": steps}, 1000.0
+        ),
+    }
     path = tmp_path / "latest.json"
     path.write_text(json.dumps(doc))
     assert report.main([str(path)]) == 0

@@ -49,14 +49,21 @@ def images() -> dict[str, dict[str, Any]]:
 
     built = build_images()
     for info in built.values():
-        print(f"\nimage {info['ref']}: {info['size_bytes'] / 1e6:.0f} MB, built (or found cached) in "
-              f"{info['build_seconds']} s", file=sys.stderr)
+        print(
+            f"\nimage {info['ref']}: {info['size_bytes'] / 1e6:.0f} MB, built (or found cached) in "
+            f"{info['build_seconds']} s",
+            file=sys.stderr,
+        )
     return built
 
 
 class ChartInstall:
-    def __init__(self, workdir: Path, values: dict[str, Any] | None = None,
-                 other_secrets: dict[str, dict[str, str]] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        values: dict[str, Any] | None = None,
+        other_secrets: dict[str, dict[str, str]] | None = None,
+    ) -> None:
         self.workdir = workdir
         self.values = values or chart_values()
         self.other_secrets = other_secrets or {}
@@ -74,8 +81,9 @@ class ChartInstall:
     def environ(self, container: dict[str, Any], secret: dict[str, str] | None = None) -> dict[str, str]:
         """The container's environment as the kubelet builds it, Service names resolved here, and
         paths under a mounted Secret the chart does not render (TLS) pointed at a copy here."""
-        env = chart.container_env(container, self.servers.secret if secret is None else secret,
-                                  chart.config_maps(self.rendered))
+        env = chart.container_env(
+            container, self.servers.secret if secret is None else secret, chart.config_maps(self.rendered)
+        )
         env = {k: local_url(v) if "://" in v else v for k, v in env.items()}
         volumes = {v["name"]: v for v in self._pod_spec_of(container).get("volumes", [])}
         for m in container.get("volumeMounts", []):
@@ -83,7 +91,9 @@ class ChartInstall:
             if source in self.other_secrets:
                 here = self.workdir / "mounts" / m["name"]
                 here.mkdir(parents=True, exist_ok=True)
-                items = volumes[m["name"]]["secret"].get("items") or [{"key": k, "path": k} for k in self.other_secrets[source]]
+                items = volumes[m["name"]]["secret"].get("items") or [
+                    {"key": k, "path": k} for k in self.other_secrets[source]
+                ]
                 for item in items:
                     (here / item["path"]).write_text(self.other_secrets[source][item["key"]])
                 env = {k: v.replace(m["mountPath"].rstrip("/") + "/", f"{here}/") for k, v in env.items()}
@@ -102,8 +112,13 @@ class ChartInstall:
         """Run the (Cron)Job's container command to completion, as a process here."""
         c = self.container(kind, name_suffix)
         assert c["command"][0] == "chancepay", c["command"]
-        return subprocess.run([sys.executable, "-m", "chancepay", *c["command"][1:]], env=self.environ(c),
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [sys.executable, "-m", "chancepay", *c["command"][1:]],
+            env=self.environ(c),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def start_role(self, role: str) -> Role:
         c = self.container("Deployment", f"-{role}")
@@ -118,8 +133,9 @@ class ChartInstall:
         (pod,) = [h["object"] for h in self.rendered.hooks if h["events"] == ["test"]]
         c = chart.pod_spec(pod)["containers"][0]
         assert c["command"][0] == "python"
-        return subprocess.run([sys.executable, *c["command"][1:]], env=self.environ(c), capture_output=True,
-                              text=True, timeout=timeout)
+        return subprocess.run(
+            [sys.executable, *c["command"][1:]], env=self.environ(c), capture_output=True, text=True, timeout=timeout
+        )
 
     def stop(self) -> None:
         for r in self.roles.values():

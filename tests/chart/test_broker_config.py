@@ -30,8 +30,10 @@ def test_broker_takes_its_memory_from_the_limit_and_dumps_crashes_to_a_writable_
     assert _term(ctl("eval", "application:get_env(ra, wal_max_size_bytes).")) == f"{{ok,{wal}}}"
 
     # A VM halting with a slogan writes a crash dump: to ERL_CRASH_DUMP on the logs emptyDir.
-    env = {e["name"]: e.get("value") for e in chart.pod_spec(install.rendered.get("StatefulSet", "-rabbitmq"))
-           ["containers"][0]["env"]}
+    env = {
+        e["name"]: e.get("value")
+        for e in chart.pod_spec(install.rendered.get("StatefulSet", "-rabbitmq"))["containers"][0]["env"]
+    }
     assert env["ERL_CRASH_DUMP"] == "/var/log/rabbitmq/erl_crash.dump"
     pod = install.servers.rabbitmq
     pod.exec("rabbitmqctl", "eval", 'erlang:halt("chancepay crash dump test").', timeout=60)

@@ -93,8 +93,14 @@ def test_broker_restarts_on_a_volume_whose_group_the_kubelet_changed(chart_insta
         for e in spec["containers"][0]["env"]:
             if e["name"] == "HOME":
                 e["value"] = "/var/lib/rabbitmq"
-    pod = Pod(f"cptest-{os.getpid()}-cookie-{layout}", sts, install.rendered, install.workdir / "rabbitmq",
-              image_for=install.servers.image_for, extra_env={"rabbitmq": install.servers.host_env})
+    pod = Pod(
+        f"cptest-{os.getpid()}-cookie-{layout}",
+        sts,
+        install.rendered,
+        install.workdir / "rabbitmq",
+        image_for=install.servers.image_for,
+        extra_env={"rabbitmq": install.servers.host_env},
+    )
     try:
         pod.start()
         pod.wait_ready()

@@ -22,8 +22,11 @@ def test_default_install_starts_migrates_and_moves_a_payment(chart_install) -> N
     install.servers.rabbitmq.start()
     roles = {name: install.start_role(name) for name in ("orchestrator", "scanner", "wallet")}
     for role in roles.values():
-        wait_until(lambda role=role: httpx.get(role.url + "/healthz", timeout=2).status_code == 200, 30,
-                   what=f"{role.name} alive")
+        wait_until(
+            lambda role=role: httpx.get(role.url + "/healthz", timeout=2).status_code == 200,
+            30,
+            what=f"{role.name} alive",
+        )
     pids = {name: role.proc.pid for name, role in roles.items()}
     install.servers.mariadb.wait_ready()
     install.servers.rabbitmq.wait_ready()
@@ -67,8 +70,13 @@ def test_migrate_job_waits_for_a_database_that_is_not_up_yet(chart_install) -> N
     install = chart_install()
     c = install.container("Job", "")
     env = install.environ(c)
-    job = subprocess.Popen([sys.executable, "-m", "chancepay", "migrate"], env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True)
+    job = subprocess.Popen(
+        [sys.executable, "-m", "chancepay", "migrate"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         install.servers.mariadb.start()
         out, _ = job.communicate(timeout=180)

@@ -74,8 +74,17 @@ def _db(release: PlayedRelease, key: str) -> str:
 
 def _query(release: PlayedRelease, key: str, statement: str) -> list[tuple[Any, ...]]:
     url = DatabaseURL.parse(_db(release, key))
-    with pymysql.connect(host=url.host, port=url.port, user=url.user, password=url.password,
-                         database=url.database, connect_timeout=10) as conn, conn.cursor() as cur:
+    with (
+        pymysql.connect(
+            host=url.host,
+            port=url.port,
+            user=url.user,
+            password=url.password,
+            database=url.database,
+            connect_timeout=10,
+        ) as conn,
+        conn.cursor() as cur,
+    ):
         cur.execute(statement)
         return list(cur.fetchall())
 
@@ -85,8 +94,10 @@ def _scalar(release: PlayedRelease, key: str, statement: str) -> int:
 
 
 def _converged(release: PlayedRelease) -> bool:
-    return (_scalar(release, "orchestrator-db-url", "SELECT COUNT(*) FROM outbox") == 0
-            and _scalar(release, "orchestrator-db-url", "SELECT COUNT(*) FROM request WHERE succeed IS NULL") == 0)
+    return (
+        _scalar(release, "orchestrator-db-url", "SELECT COUNT(*) FROM outbox") == 0
+        and _scalar(release, "orchestrator-db-url", "SELECT COUNT(*) FROM request WHERE succeed IS NULL") == 0
+    )
 
 
 def _audit(release: PlayedRelease) -> dict[str, Any]:
@@ -94,10 +105,15 @@ def _audit(release: PlayedRelease) -> dict[str, Any]:
     import subprocess
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHANCEPAY_")}
-    env.update({"CHANCEPAY_ORCHESTRATOR_DB": _db(release, "orchestrator-db-url"),
-                "CHANCEPAY_WALLET_DB": _db(release, "wallet-db-url")})
-    result = subprocess.run([sys.executable, "-m", "chancepay", "audit"], env=env, capture_output=True, text=True,
-                            timeout=120)
+    env.update(
+        {
+            "CHANCEPAY_ORCHESTRATOR_DB": _db(release, "orchestrator-db-url"),
+            "CHANCEPAY_WALLET_DB": _db(release, "wallet-db-url"),
+        }
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "chancepay", "audit"], env=env, capture_output=True, text=True, timeout=120
+    )
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     assert result.returncode == 0 and lines, result.stdout[-2000:] + result.stderr[-2000:]
     report = json.loads(lines[-1])
@@ -116,8 +132,11 @@ def _check_payments(release: PlayedRelease, outcomes: list[dict[str, Any]], pref
     assert len(set(uuids)) == len(uuids), "two payments were given one uuid"
     like = " OR ".join(f"cus_id LIKE '{p}-%'" for p in prefixes)
     # One request row per Idempotency-Key (= per cusId here), and one wallet row per payment.
-    requests = _query(release, "orchestrator-db-url",
-                      f"SELECT cus_id, COUNT(*), SUM(succeed IS NOT NULL) FROM request WHERE {like} GROUP BY cus_id")
+    requests = _query(
+        release,
+        "orchestrator-db-url",
+        f"SELECT cus_id, COUNT(*), SUM(succeed IS NOT NULL) FROM request WHERE {like} GROUP BY cus_id",
+    )
     assert len(requests) == len(outcomes), (len(requests), len(outcomes))
     assert all(n == 1 and done == 1 for _, n, done in requests), [r for r in requests if r[1] != 1 or r[2] != 1][:5]
     inbox = _query(release, "wallet-db-url", f"SELECT cus_id, COUNT(*) FROM inbox WHERE {like} GROUP BY cus_id")
@@ -128,9 +147,14 @@ def _check_payments(release: PlayedRelease, outcomes: list[dict[str, Any]], pref
     assert report.violations == 0 and not report.awaiting_mirror, report.as_json()
     audit = _audit(release)
     redelivered = _scalar(release, "wallet-db-url", f"SELECT COUNT(*) FROM inbox WHERE ({like}) AND deliveries > 1")
-    return {"sent": len(outcomes), "accepted": len(accepted), "finalized": sum(int(r[2]) for r in requests),
-            "retried": sum(1 for o in outcomes if o.get("attempts", 1) > 1), "redelivered": redelivered,
-            "audit_checked": audit["checked"]}
+    return {
+        "sent": len(outcomes),
+        "accepted": len(accepted),
+        "finalized": sum(int(r[2]) for r in requests),
+        "retried": sum(1 for o in outcomes if o.get("attempts", 1) > 1),
+        "redelivered": redelivered,
+        "audit_checked": audit["checked"],
+    }
 
 
 # --------------------------------------------------------------------------- the phases
@@ -195,11 +219,18 @@ def _lifecycle(release: PlayedRelease, upgrade_tag: str, figures: dict[str, Any]
     # ---------------------------------------------------------------- payments, then the upgrade under them
     payer = Payer(None, rate=RATE, timeout=30, prefix=f"lc{pid}-a", url=release.endpoint, retry_for=15)
     with payer:
-        wait_until(lambda: len(payer.accepted) >= BEFORE_UPGRADE, 60, interval=0.2,
-                   what=f"{BEFORE_UPGRADE} payments accepted before the upgrade")
+        wait_until(
+            lambda: len(payer.accepted) >= BEFORE_UPGRADE,
+            60,
+            interval=0.2,
+            what=f"{BEFORE_UPGRADE} payments accepted before the upgrade",
+        )
         upgrade_started, upgrade_wall = time.monotonic(), time.time()
-        values = {**release.values, "config": {"logLevel": "DEBUG"},
-                  "image": {role: {"tag": upgrade_tag} for role in ROLES}}
+        values = {
+            **release.values,
+            "config": {"logLevel": "DEBUG"},
+            "image": {role: {"tag": upgrade_tag} for role in ROLES},
+        }
         values.pop("fullnameOverride")
         changed = release.upgrade(values)
         # The new tag and the log level change every role's pod template and the migrate Job
@@ -272,15 +303,17 @@ def _lifecycle(release: PlayedRelease, upgrade_tag: str, figures: dict[str, Any]
     _install(release)
     seconds["reinstall"] = round(time.monotonic() - t, 1)
     # The data survived: every payment of before is there, final, through the API.
-    assert _scalar(release, "orchestrator-db-url", f"SELECT COUNT(*) FROM request WHERE cus_id LIKE 'lc{pid}-a-%'") \
-        == len(first)
+    assert _scalar(
+        release, "orchestrator-db-url", f"SELECT COUNT(*) FROM request WHERE cus_id LIKE 'lc{pid}-a-%'"
+    ) == len(first)
     orch = release.endpoint()
     for u in list(kept)[:: max(1, len(kept) // 20)]:
         body = httpx.get(f"{orch}/payments/{u}", timeout=10).json()
         assert body["status"] != "PENDING", body
 
-    payer = Payer(None, rate=RATE, timeout=30, prefix=f"lc{pid}-b", url=release.endpoint, retry_for=15,
-                  limit=AFTER_REINSTALL)
+    payer = Payer(
+        None, rate=RATE, timeout=30, prefix=f"lc{pid}-b", url=release.endpoint, retry_for=15, limit=AFTER_REINSTALL
+    )
     with payer:
         wait_until(payer.done, 60, interval=0.2, what=f"{AFTER_REINSTALL} payments after the reinstall")
     second = payer.snapshot()

@@ -77,13 +77,18 @@ def install_and_check(release: PlayedRelease, images: dict[str, dict[str, Any]])
     # A payment through every orchestrator replica finalizes.
     uuids = []
     for pod in role_pods["orchestrator"]:
-        r = httpx.post(release.url(pod, 8000) + "/payments", json={"cusId": f"played-{pod}", "amount": "3.00"},
-                       timeout=10)
+        r = httpx.post(
+            release.url(pod, 8000) + "/payments", json={"cusId": f"played-{pod}", "amount": "3.00"}, timeout=10
+        )
         assert r.status_code == 202, r.text
         uuids.append(r.json()["uuid"])
     orch = release.url(role_pods["orchestrator"][0], 8000)
-    wait_until(lambda: all(httpx.get(f"{orch}/payments/{u}", timeout=5).json()["status"] != "PENDING" for u in uuids),
-               60, interval=0.5, what="played payments finalized")
+    wait_until(
+        lambda: all(httpx.get(f"{orch}/payments/{u}", timeout=5).json()["status"] != "PENDING" for u in uuids),
+        60,
+        interval=0.5,
+        what="played payments finalized",
+    )
 
     test_pod = release.play_job("test")
     code, log = release.wait_completed(test_pod, timeout=180)
@@ -95,17 +100,26 @@ def install_and_check(release: PlayedRelease, images: dict[str, dict[str, Any]])
     # A fault injected, found by grepping the pods' logs for the tag, as an operator would.
     publish_corrupt(release)
     wallets = role_pods["wallet"]
-    wait_until(lambda: any("[PAYLOAD_CORRUPTION_ALERT]" in release.logs(p) for p in wallets), 30,
-               what="the corruption alert in `podman logs` of a wallet")
+    wait_until(
+        lambda: any("[PAYLOAD_CORRUPTION_ALERT]" in release.logs(p) for p in wallets),
+        30,
+        what="the corruption alert in `podman logs` of a wallet",
+    )
     # Every other failure line is the start-up order at work, and says so ("waiting":true), exactly
     # what the README's recipe and the kind workflow leave out.
-    tagged = [line for p in ready for line in release.logs(p).splitlines()
-              if "[FAILED TO" in line and '"waiting":true' not in line]
+    tagged = [
+        line
+        for p in ready
+        for line in release.logs(p).splitlines()
+        if "[FAILED TO" in line and '"waiting":true' not in line
+    ]
     assert not tagged, tagged[:5]
     for pod in ready:  # no restart happened on the way
         assert release.state(pod)["RestartCount"] == 0, pod
-    return {"ready_seconds_after_migrate": {p: round(s, 1) for p, s in ready.items()},
-            "start_seconds": {p: round(s, 2) for p, s in alive.items()}}
+    return {
+        "ready_seconds_after_migrate": {p: round(s, 1) for p, s in ready.items()},
+        "start_seconds": {p: round(s, 2) for p, s in alive.items()},
+    }
 
 
 def test_default_install_played(releases, images) -> None:
@@ -139,13 +153,22 @@ def test_external_database_and_broker_with_an_existing_secret_played(releases, i
 
     def external(url: str) -> str:
         return url.replace(f"@{backing.name}-mariadb:", "@db.external.test:").replace(
-            f"@{backing.name}-rabbitmq:", "@mq.external.test:")
+            f"@{backing.name}-rabbitmq:", "@mq.external.test:"
+        )
 
-    secret = {k: external(backing.secret[k]) for k in ("orchestrator-db-url", "wallet-db-url", "admin-db-url",
-                                                      "amqp-url", "internal-token", "message-key")}
-    release = releases({"mariadb": {"enabled": False}, "rabbitmq": {"enabled": False},
-                        "secrets": {"existingSecret": f"cpp-{os.getpid()}-{os.urandom(2).hex()}-ext"}},
-                       secret=secret, extra_hosts=hosts)
+    secret = {
+        k: external(backing.secret[k])
+        for k in ("orchestrator-db-url", "wallet-db-url", "admin-db-url", "amqp-url", "internal-token", "message-key")
+    }
+    release = releases(
+        {
+            "mariadb": {"enabled": False},
+            "rabbitmq": {"enabled": False},
+            "secrets": {"existingSecret": f"cpp-{os.getpid()}-{os.urandom(2).hex()}-ext"},
+        },
+        secret=secret,
+        extra_hosts=hosts,
+    )
     assert not release.rendered.of_kind("StatefulSet") and not release.rendered.of_kind("Secret")
     release.hosts.update(hosts)
     install_and_check(release, images)

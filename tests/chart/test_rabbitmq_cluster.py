@@ -35,8 +35,17 @@ def _rabbitmqctl(pod, *args: str) -> str:
 
 def _sql(release: PlayedRelease, query: str) -> list[tuple]:
     admin = urlsplit(release.secret["admin-db-url"])
-    with pymysql.connect(host=release.hosts[admin.hostname], port=admin.port, user=admin.username,
-                         password=admin.password, autocommit=True, ssl_disabled=True) as conn, conn.cursor() as cur:
+    with (
+        pymysql.connect(
+            host=release.hosts[admin.hostname],
+            port=admin.port,
+            user=admin.username,
+            password=admin.password,
+            autocommit=True,
+            ssl_disabled=True,
+        ) as conn,
+        conn.cursor() as cur,
+    ):
         cur.execute(query)
         return list(cur.fetchall())
 
@@ -45,8 +54,9 @@ def _final_count(release: PlayedRelease, uuids: list[str]) -> int:
     if not uuids:
         return 0
     quoted = ",".join(f"'{u}'" for u in uuids)
-    return _sql(release, f"SELECT COUNT(*) FROM chancepay_orchestrator.request WHERE succeed IS NOT NULL "
-                         f"AND uuid IN ({quoted})")[0][0]
+    return _sql(
+        release, f"SELECT COUNT(*) FROM chancepay_orchestrator.request WHERE succeed IS NOT NULL AND uuid IN ({quoted})"
+    )[0][0]
 
 
 def test_three_node_broker_loses_its_leader_then_a_second_node(images) -> None:
@@ -61,9 +71,16 @@ def test_three_node_broker_loses_its_leader_then_a_second_node(images) -> None:
         release.wait_servers()
         nodes = [release.servers["rabbitmq"], release.servers["rabbitmq-1"], release.servers["rabbitmq-2"]]
         names = {pod.k8s_name: pod for pod in nodes}
-        wait_until(lambda: _rabbitmqctl(nodes[0], "cluster_status", "--formatter", "json").count("rabbit@") >= 3
-                   and len(json.loads(_rabbitmqctl(nodes[0], "cluster_status", "--formatter", "json"))
-                           ["running_nodes"]) == 3, 120, interval=1, what="three running nodes in one cluster")
+        wait_until(
+            lambda: (
+                _rabbitmqctl(nodes[0], "cluster_status", "--formatter", "json").count("rabbit@") >= 3
+                and len(json.loads(_rabbitmqctl(nodes[0], "cluster_status", "--formatter", "json"))["running_nodes"])
+                == 3
+            ),
+            120,
+            interval=1,
+            what="three running nodes in one cluster",
+        )
         code, log = release.wait_completed(migrate, timeout=300)
         assert code == 0, log[-3000:]
         for role in ROLES:
@@ -71,15 +88,26 @@ def test_three_node_broker_loses_its_leader_then_a_second_node(images) -> None:
                 release.wait_ready(pod)
 
         def members() -> list[str]:
-            rows = json.loads(_rabbitmqctl(nodes[0], "list_queues", "-p", "/", "name", "leader", "members",
-                                           "--formatter", "json"))
+            rows = json.loads(
+                _rabbitmqctl(nodes[0], "list_queues", "-p", "/", "name", "leader", "members", "--formatter", "json")
+            )
             return next((r["members"] for r in rows if r["name"] == "chancepay.payments"), [])
 
         wait_until(lambda: len(members()) == 3, 120, interval=1, what="the quorum queue on all three nodes")
 
         def leader() -> str:
-            rows = json.loads(_rabbitmqctl(nodes[0] if nodes[0].running() else nodes[1], "list_queues", "-p", "/",
-                                           "name", "leader", "--formatter", "json"))
+            rows = json.loads(
+                _rabbitmqctl(
+                    nodes[0] if nodes[0].running() else nodes[1],
+                    "list_queues",
+                    "-p",
+                    "/",
+                    "name",
+                    "leader",
+                    "--formatter",
+                    "json",
+                )
+            )
             return next(r["leader"] for r in rows if r["name"] == "chancepay.payments")
 
         orch = release.url(release.role_pods("orchestrator")[0], 8000)
@@ -93,8 +121,12 @@ def test_three_node_broker_loses_its_leader_then_a_second_node(images) -> None:
             killed_at = time.monotonic()
             podman("kill", "-s", "KILL", victim.container_name("rabbitmq"))
             after_kill = len(payer.accepted)
-            wait_until(lambda: _final_count(release, payer.accepted[after_kill:after_kill + 10]) >= 10, 120,
-                       interval=0.5, what="payments finalizing with two of three nodes")
+            wait_until(
+                lambda: _final_count(release, payer.accepted[after_kill : after_kill + 10]) >= 10,
+                120,
+                interval=0.5,
+                what="payments finalizing with two of three nodes",
+            )
             figures["seconds_to_finalize_10_after_leader_kill"] = round(time.monotonic() - killed_at, 1)
             new_leader = leader().split("@", 1)[1].split(".")[0]
             assert new_leader != lead_host
@@ -107,8 +139,12 @@ def test_three_node_broker_loses_its_leader_then_a_second_node(images) -> None:
             accepted_in_minority = len(payer.accepted)
             second.start()
             second.wait_ready()
-            wait_until(lambda: _final_count(release, payer.accepted[:accepted_in_minority]) == accepted_in_minority,
-                       180, interval=0.5, what="the backlog of the minority window finalized")
+            wait_until(
+                lambda: _final_count(release, payer.accepted[:accepted_in_minority]) == accepted_in_minority,
+                180,
+                interval=0.5,
+                what="the backlog of the minority window finalized",
+            )
             figures["seconds_to_drain_after_majority_back"] = round(time.monotonic() - minority_at - 10, 1)
 
             # 3. The killed node comes back and rejoins.
@@ -117,9 +153,15 @@ def test_three_node_broker_loses_its_leader_then_a_second_node(images) -> None:
             wait_until(lambda: len(members()) == 3, 120, interval=1, what="three members again")
             wait_until(lambda: len(payer.accepted) >= accepted_in_minority + 20, 60, what="more payments")
         accepted = payer.accepted
-        assert all(r["status"] == 202 for r in payer.snapshot()), [r for r in payer.snapshot() if r["status"] != 202][:3]
-        wait_until(lambda: _final_count(release, accepted) == len(accepted), 180, interval=0.5,
-                   what="every accepted payment final")
+        assert all(r["status"] == 202 for r in payer.snapshot()), [r for r in payer.snapshot() if r["status"] != 202][
+            :3
+        ]
+        wait_until(
+            lambda: _final_count(release, accepted) == len(accepted),
+            180,
+            interval=0.5,
+            what="every accepted payment final",
+        )
         # Nothing lost, nothing deducted twice: one inbox row per request, same result.
         requests = dict(_sql(release, "SELECT uuid, succeed FROM chancepay_orchestrator.request"))
         inbox = dict(_sql(release, "SELECT uuid, succeed FROM chancepay_wallet.inbox"))

@@ -21,8 +21,9 @@ from tests.support.servers import chart_values, local_url
 @pytest.fixture
 def tls_install(chart_install, tmp_path):
     files = tls.make_tls(["chancepay-mariadb", "chancepay-rabbitmq", "localhost"], ["127.0.0.1"])
-    install = chart_install(chart_values(tls={"enabled": True, "secretName": "chancepay-tls"}),
-                            other_secrets={"chancepay-tls": files})
+    install = chart_install(
+        chart_values(tls={"enabled": True, "secretName": "chancepay-tls"}), other_secrets={"chancepay-tls": files}
+    )
     install.servers.start()
     install.ca_dir = tls.write({"ca.crt": files["ca.crt"]}, tmp_path / "ca")
     install.other_ca = tls.write({"ca.crt": tls.make_tls(["x"], cn="another CA")["ca.crt"]}, tmp_path / "other")
@@ -80,8 +81,9 @@ def test_servers_refuse_plain_clients(tls_install) -> None:
     s = tls_install.servers.servers()
     with pytest.raises(pymysql.err.OperationalError) as plain_db:
         # ssl_disabled: PyMySQL 1.2 would otherwise upgrade on its own (its "preferred" mode).
-        pymysql.connect(host="127.0.0.1", port=s.mysql_port, user="root", password=s.admin_password,
-                        ssl_disabled=True).close()
+        pymysql.connect(
+            host="127.0.0.1", port=s.mysql_port, user="root", password=s.admin_password, ssl_disabled=True
+        ).close()
     assert plain_db.value.args[0] in (1045, 3159), plain_db.value  # insecure transport prohibited
     assert "insecure" in str(plain_db.value).lower() or plain_db.value.args[0] == 3159
     plain_mq = local_url(tls_install.servers.secret["amqp-url"]).replace("amqps://", "amqp://", 1).split("?")[0]

@@ -35,8 +35,15 @@ DERIVED = {
 # Read by cli.py / Settings for every process.
 COMMON_FIELDS = {"env", "log_level"}
 # Fields whose defaults point at 127.0.0.1 or are the public dev token: a cluster must set them.
-MUST_SET_IN_CLUSTER = {"orchestrator_db", "wallet_db", "amqp_url", "orchestrator_url", "wallet_url", "internal_token",
-                       "message_key"}
+MUST_SET_IN_CLUSTER = {
+    "orchestrator_db",
+    "wallet_db",
+    "amqp_url",
+    "orchestrator_url",
+    "wallet_url",
+    "internal_token",
+    "message_key",
+}
 
 
 def module_path(name: str) -> Path | None:
@@ -95,7 +102,9 @@ def fields_read(role: str) -> frozenset[str]:
             if not isinstance(node, ast.Attribute):
                 continue
             owner = node.value
-            owner_name = owner.id if isinstance(owner, ast.Name) else owner.attr if isinstance(owner, ast.Attribute) else ""
+            owner_name = (
+                owner.id if isinstance(owner, ast.Name) else owner.attr if isinstance(owner, ast.Attribute) else ""
+            )
             if owner_name != "settings":
                 continue
             if node.attr in fields:
@@ -110,8 +119,12 @@ def routes(role: str) -> frozenset[str]:
     found = set()
     for tree in _trees(role):
         for node in ast.walk(tree):
-            if (isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) == "Route"
-                    and node.args and isinstance(node.args[0], ast.Constant)):
+            if (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "id", getattr(node.func, "attr", "")) == "Route"
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+            ):
                 found.add(node.args[0].value)
     return frozenset(found)
 
@@ -119,8 +132,9 @@ def routes(role: str) -> frozenset[str]:
 @functools.cache
 def cli_subcommands() -> frozenset[str]:
     """Subcommands of the real console script, from `python -m chancepay --help`."""
-    out = subprocess.run([sys.executable, "-m", "chancepay", "--help"], capture_output=True, text=True,
-                         cwd=ROOT, timeout=60, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "chancepay", "--help"], capture_output=True, text=True, cwd=ROOT, timeout=60, check=True
+    ).stdout
     m = re.search(r"\{([a-z,_-]+)\}", out)
     if m:
         return frozenset(m.group(1).split(","))

@@ -21,7 +21,8 @@ def dashboard() -> dict:
 
 def dashboard_exprs() -> list[str]:
     return [t["expr"] for p in dashboard()["panels"] for t in p.get("targets", [])] + [
-        v["definition"] for v in dashboard()["templating"]["list"] if v.get("definition")]
+        v["definition"] for v in dashboard()["templating"]["list"] if v.get("definition")
+    ]
 
 
 def rule_exprs() -> list[str]:
@@ -39,8 +40,13 @@ def defined_sample_names(roles: tuple[str, ...] = SCRAPED_ROLES) -> set[str]:
     """Every sample name the scraped roles' Metrics registries can produce (labelled children too)."""
     from chancepay.core.metrics import Metrics
 
-    suffixes = {"counter": ("_total", "_created"), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count", "_created"),
-                "summary": ("", "_sum", "_count", "_created"), "info": ("_info",)}
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "gauge": ("",),
+        "histogram": ("_bucket", "_sum", "_count", "_created"),
+        "summary": ("", "_sum", "_count", "_created"),
+        "info": ("_info",),
+    }
     names = set()
     for role in roles:
         for family in Metrics(role).registry.collect():

@@ -31,8 +31,11 @@ def env_names(container):
     return set(names)
 
 
-@pytest.mark.parametrize("values", [{}, SWITCHES["mariadb.enabled=false"], SWITCHES["secrets.existingSecret=set"]],
-                         ids=["default", "external-database", "existing-secret"])
+@pytest.mark.parametrize(
+    "values",
+    [{}, SWITCHES["mariadb.enabled=false"], SWITCHES["secrets.existingSecret=set"]],
+    ids=["default", "external-database", "existing-secret"],
+)
 def test_every_role_runs_with_what_it_needs_and_nothing_else(values):
     rendered = render(values)
     env_field = codeinfo.env_to_field()
@@ -52,8 +55,13 @@ def test_every_role_runs_with_what_it_needs_and_nothing_else(values):
         assert "CHANCEPAY_CRASH_POINTS" not in names
         # The admin credentials reach migrate only (least privilege for the long-running roles).
         assert ("CHANCEPAY_ADMIN_DB" in names) == (role == "migrate"), role
-        for name in ("CHANCEPAY_ORCHESTRATOR_DB", "CHANCEPAY_WALLET_DB", "CHANCEPAY_AMQP_URL", "CHANCEPAY_INTERNAL_TOKEN",
-                     "CHANCEPAY_ADMIN_DB"):
+        for name in (
+            "CHANCEPAY_ORCHESTRATOR_DB",
+            "CHANCEPAY_WALLET_DB",
+            "CHANCEPAY_AMQP_URL",
+            "CHANCEPAY_INTERNAL_TOKEN",
+            "CHANCEPAY_ADMIN_DB",
+        ):
             if name in env:
                 assert "secretKeyRef" in env[name]["valueFrom"], f"{role}: {name} must come from the Secret"
 
@@ -80,14 +88,24 @@ def test_internal_urls_point_at_the_services():
 def test_secret_urls_match_the_in_chart_backends():
     s = render().get("Secret", "chancepay-secrets")["stringData"]
     assert s["orchestrator-db-url"] == (
-        f"mysql://chancepay_orchestrator:{s['orchestrator-db-password']}@chancepay-mariadb:3306/chancepay_orchestrator")
-    assert s["wallet-db-url"] == f"mysql://chancepay_wallet:{s['wallet-db-password']}@chancepay-mariadb:3306/chancepay_wallet"
+        f"mysql://chancepay_orchestrator:{s['orchestrator-db-password']}@chancepay-mariadb:3306/chancepay_orchestrator"
+    )
+    assert (
+        s["wallet-db-url"]
+        == f"mysql://chancepay_wallet:{s['wallet-db-password']}@chancepay-mariadb:3306/chancepay_wallet"
+    )
     assert s["amqp-url"] == f"amqp://chancepay:{s['rabbitmq-password']}@chancepay-rabbitmq:5672/%2F"
     from chancepay.core.config import DatabaseURL, Settings
 
-    settings = Settings.from_env({"CHANCEPAY_ENV": "prod", "CHANCEPAY_ORCHESTRATOR_DB": s["orchestrator-db-url"],
-                                  "CHANCEPAY_WALLET_DB": s["wallet-db-url"], "CHANCEPAY_AMQP_URL": s["amqp-url"],
-                                  "CHANCEPAY_INTERNAL_TOKEN": s["internal-token"]})
+    settings = Settings.from_env(
+        {
+            "CHANCEPAY_ENV": "prod",
+            "CHANCEPAY_ORCHESTRATOR_DB": s["orchestrator-db-url"],
+            "CHANCEPAY_WALLET_DB": s["wallet-db-url"],
+            "CHANCEPAY_AMQP_URL": s["amqp-url"],
+            "CHANCEPAY_INTERNAL_TOKEN": s["internal-token"],
+        }
+    )
     settings.require_safe_token()
     assert DatabaseURL.parse(s["wallet-db-url"]).database == "chancepay_wallet"
 
@@ -111,7 +129,9 @@ def test_ports_and_probes_match_what_the_role_serves(role):
         assert path in served, f"{role} does not serve {path}: {sorted(served)}"
     assert "/metrics" in served
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
-    assert annotations["prometheus.io/port"] == str(ROLE_PORTS[role]) and annotations["prometheus.io/path"] == "/metrics"
+    assert (
+        annotations["prometheus.io/port"] == str(ROLE_PORTS[role]) and annotations["prometheus.io/path"] == "/metrics"
+    )
 
 
 def test_ingress_routes_only_public_orchestrator_paths():
@@ -149,14 +169,21 @@ def test_network_policies_restrict_internal_and_broker_access():
     assert batch["spec"]["ingress"] == [] and batch["spec"]["policyTypes"] == ["Ingress"]
     assert batch["spec"]["podSelector"]["matchExpressions"][0]["values"] == ["migrate", "reconcile", "test"]
     # every policy selects pods that exist, by their real labels
-    pods = {o["metadata"]["name"]: pod_spec and o for o in rendered.objects if o["kind"] in ("Deployment", "StatefulSet")}
+    pods = {
+        o["metadata"]["name"]: pod_spec and o for o in rendered.objects if o["kind"] in ("Deployment", "StatefulSet")
+    }
     for name, policy in policies.items():
         selector = policy["spec"]["podSelector"]["matchLabels"]
         assert selector == pods[name]["spec"]["selector"]["matchLabels"], name
     # the pods the peers name carry those labels
-    labels = [pod_spec and o["spec"]["template"]["metadata"]["labels"] for o in rendered.objects
-              if o["kind"] in ("Deployment", "StatefulSet")]
-    labels.append(rendered.get("CronJob", "chancepay-reconcile")["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"])
+    labels = [
+        pod_spec and o["spec"]["template"]["metadata"]["labels"]
+        for o in rendered.objects
+        if o["kind"] in ("Deployment", "StatefulSet")
+    ]
+    labels.append(
+        rendered.get("CronJob", "chancepay-reconcile")["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+    )
     labels += [h["object"]["metadata"]["labels"] for h in rendered.hooks if h["object"]["kind"] == "Pod"]
     labels += [o["spec"]["template"]["metadata"]["labels"] for o in rendered.of_kind("Job")]
     seen = {lab["app.kubernetes.io/component"] for lab in labels}

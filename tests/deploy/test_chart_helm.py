@@ -65,8 +65,17 @@ def test_default_render_objects_validate(default_render):
     everything = default_render.objects + [h["object"] for h in default_render.hooks]
     assert validate_all(everything) == []
     kinds = {o["kind"] for o in default_render.objects}
-    assert {"Deployment", "StatefulSet", "Service", "Secret", "CronJob", "Job", "NetworkPolicy",
-            "ConfigMap", "ServiceAccount"} <= kinds
+    assert {
+        "Deployment",
+        "StatefulSet",
+        "Service",
+        "Secret",
+        "CronJob",
+        "Job",
+        "NetworkPolicy",
+        "ConfigMap",
+        "ServiceAccount",
+    } <= kinds
 
 
 @pytest.mark.parametrize("switch", sorted(SWITCHES))
@@ -107,9 +116,13 @@ def test_monitoring_objects_need_the_operator_crds():
 
 
 def test_schema_rejects_bad_values():
-    for bad in ({"config": {"env": "staging"}}, {"orchestrator": {"replicas": "two"}},
-                {"secrets": {"internalToken": "has spaces and @"}}, {"unknownTopLevel": 1},
-                {"orchestrator": {"extraEnv": {"NOT_CHANCEPAY": "x"}}}):
+    for bad in (
+        {"config": {"env": "staging"}},
+        {"orchestrator": {"replicas": "two"}},
+        {"secrets": {"internalToken": "has spaces and @"}},
+        {"unknownTopLevel": 1},
+        {"orchestrator": {"extraEnv": {"NOT_CHANCEPAY": "x"}}},
+    ):
         with pytest.raises(Exception, match="schema"):
             render(bad)
 
@@ -183,14 +196,19 @@ def test_checksums_are_computed_from_the_secret_itself(default_render):
     import hashlib
 
     data = default_render.get("Secret", "chancepay-secrets")["stringData"]
-    wanted = {"chancepay-orchestrator": ["orchestrator-db-url", "internal-token"],
-              "chancepay-scanner": ["orchestrator-db-url", "amqp-url", "message-key"],
-              "chancepay-wallet": ["wallet-db-url", "amqp-url", "internal-token", "message-key", "message-key-previous"],
-              "chancepay-mariadb": ["mariadb-init.sql"], "chancepay-rabbitmq": ["rabbitmq-definitions.json", "rabbitmq-erlang-cookie"]}
+    wanted = {
+        "chancepay-orchestrator": ["orchestrator-db-url", "internal-token"],
+        "chancepay-scanner": ["orchestrator-db-url", "amqp-url", "message-key"],
+        "chancepay-wallet": ["wallet-db-url", "amqp-url", "internal-token", "message-key", "message-key-previous"],
+        "chancepay-mariadb": ["mariadb-init.sql"],
+        "chancepay-rabbitmq": ["rabbitmq-definitions.json", "rabbitmq-erlang-cookie"],
+    }
     for obj in default_render.of_kind("Deployment") + default_render.of_kind("StatefulSet"):
         keys = wanted[obj["metadata"]["name"]]
         expected = hashlib.sha256("\n".join(f"{k}={data.get(k, '')}" for k in keys).encode()).hexdigest()
-        assert obj["spec"]["template"]["metadata"]["annotations"]["checksum/secret"] == expected, obj["metadata"]["name"]
+        assert obj["spec"]["template"]["metadata"]["annotations"]["checksum/secret"] == expected, obj["metadata"][
+            "name"
+        ]
 
 
 def test_broker_definitions_carry_the_dead_lettering_policy_of_topology(default_render):
@@ -209,18 +227,26 @@ def test_broker_definitions_carry_the_dead_lettering_policy_of_topology(default_
 def test_checksums_are_stable_when_the_secret_already_exists(default_render):
     """The upgrade render (lookup finds the Secret) annotates every pod exactly as the install did."""
     first = default_render.get("Secret", "chancepay-secrets")["stringData"]
-    existing = {"apiVersion": "v1", "kind": "Secret", "metadata": {
-                    "name": "chancepay-secrets", "namespace": "chancepay",
-                    "labels": {"app.kubernetes.io/managed-by": "Helm"},
-                    "annotations": {"meta.helm.sh/release-name": "other", "meta.helm.sh/release-namespace": "chancepay"}},
-                "data": {k: base64.b64encode(v.encode()).decode() for k, v in first.items()}}
+    existing = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": "chancepay-secrets",
+            "namespace": "chancepay",
+            "labels": {"app.kubernetes.io/managed-by": "Helm"},
+            "annotations": {"meta.helm.sh/release-name": "other", "meta.helm.sh/release-namespace": "chancepay"},
+        },
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in first.items()},
+    }
     import helm_render
 
     again = helm_render.render(str(CHART), {"fullnameOverride": "chancepay"}, release="other", existing=[existing])
 
     def annotations(r):
-        return {o["metadata"]["name"]: o["spec"]["template"]["metadata"]["annotations"].get("checksum/secret")
-                for o in r.of_kind("Deployment") + r.of_kind("StatefulSet")}
+        return {
+            o["metadata"]["name"]: o["spec"]["template"]["metadata"]["annotations"].get("checksum/secret")
+            for o in r.of_kind("Deployment") + r.of_kind("StatefulSet")
+        }
 
     assert annotations(again) == annotations(default_render)
     # The migrate Job's name is checked across real upgrades (Helm's Upgrade action, same release)
@@ -229,7 +255,10 @@ def test_checksums_are_stable_when_the_secret_already_exists(default_render):
 
 def test_data_volumes_change_ownership_once_and_the_erlang_cookie_is_off_the_volume(default_render):
     for name in ("chancepay-mariadb", "chancepay-rabbitmq"):
-        assert pod_spec(default_render.get("StatefulSet", name))["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch"
+        assert (
+            pod_spec(default_render.get("StatefulSet", name))["securityContext"]["fsGroupChangePolicy"]
+            == "OnRootMismatch"
+        )
     rabbit = pod_spec(default_render.get("StatefulSet", "chancepay-rabbitmq"))["containers"][0]
     home = {e["name"]: e.get("value") for e in rabbit["env"]}["HOME"]
     data = [v["mountPath"] for v in rabbit["volumeMounts"] if v["name"] == "data"][0]
@@ -255,11 +284,17 @@ def test_generated_secrets_are_kept_on_upgrade(default_render):
     """`lookup` finds the Secret of an earlier install and reuses its values."""
     first = default_render.get("Secret", "chancepay-secrets")["stringData"]
     assert len(first["internal-token"]) == 40 and first["internal-token"] != "dev-internal-token"
-    existing = {"apiVersion": "v1", "kind": "Secret", "metadata": {
-                    "name": "chancepay-secrets", "namespace": "chancepay",
-                    "labels": {"app.kubernetes.io/managed-by": "Helm"},
-                    "annotations": {"meta.helm.sh/release-name": "other", "meta.helm.sh/release-namespace": "chancepay"}},
-                "data": {k: base64.b64encode(v.encode()).decode() for k, v in first.items()}}
+    existing = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": "chancepay-secrets",
+            "namespace": "chancepay",
+            "labels": {"app.kubernetes.io/managed-by": "Helm"},
+            "annotations": {"meta.helm.sh/release-name": "other", "meta.helm.sh/release-namespace": "chancepay"},
+        },
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in first.items()},
+    }
     # a new release name so Helm does not refuse an install over an existing release
     again = render_with_existing(existing)
     assert again == first

@@ -43,10 +43,17 @@ def _helm() -> None:
 # ------------------------------------------------------------------------------------------------
 # The strict fake: every rule refuses a planted violation (and allows what the real API allows).
 
-def _request(api: helm_render.FakeKubeAPI, method: str, path: str, body: Any,
-             content_type: str = "application/strategic-merge-patch+json") -> tuple[int, dict[str, Any]]:
-    req = urllib.request.Request(api.url + path, method=method, data=json.dumps(body).encode(),
-                                 headers={"Content-Type": content_type})
+
+def _request(
+    api: helm_render.FakeKubeAPI,
+    method: str,
+    path: str,
+    body: Any,
+    content_type: str = "application/strategic-merge-patch+json",
+) -> tuple[int, dict[str, Any]]:
+    req = urllib.request.Request(
+        api.url + path, method=method, data=json.dumps(body).encode(), headers={"Content-Type": content_type}
+    )
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status, json.loads(resp.read())
@@ -56,18 +63,29 @@ def _request(api: helm_render.FakeKubeAPI, method: str, path: str, body: Any,
 
 def _path(kind: str, name: str) -> str:
     gv, plural = {
-        "Job": ("apis/batch/v1", "jobs"), "CronJob": ("apis/batch/v1", "cronjobs"),
-        "StatefulSet": ("apis/apps/v1", "statefulsets"), "Deployment": ("apis/apps/v1", "deployments"),
-        "Service": ("api/v1", "services"), "PersistentVolumeClaim": ("api/v1", "persistentvolumeclaims"),
-        "Secret": ("api/v1", "secrets"), "Pod": ("api/v1", "pods"),
+        "Job": ("apis/batch/v1", "jobs"),
+        "CronJob": ("apis/batch/v1", "cronjobs"),
+        "StatefulSet": ("apis/apps/v1", "statefulsets"),
+        "Deployment": ("apis/apps/v1", "deployments"),
+        "Service": ("api/v1", "services"),
+        "PersistentVolumeClaim": ("api/v1", "persistentvolumeclaims"),
+        "Secret": ("api/v1", "secrets"),
+        "Pod": ("api/v1", "pods"),
     }[kind]
     return f"/{gv}/namespaces/{NS}/{plural}" + (f"/{name}" if name else "")
 
 
 def _pvc(name: str = "data-x-0") -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name},
-            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "standard",
-                     "resources": {"requests": {"storage": "1Gi"}}}}
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "storageClassName": "standard",
+            "resources": {"requests": {"storage": "1Gi"}},
+        },
+    }
 
 
 @pytest.fixture(scope="module")
@@ -86,22 +104,52 @@ def _live(cluster: helm_render.Cluster, kind: str, suffix: str = "") -> dict[str
 
 # (kind, object suffix, patch, the words of the refusal)
 FORBIDDEN = {
-    "job-template": ("Job", "", {"spec": {"template": {"metadata": {"labels": {"x": "y"}}}}},
-                     "spec.template: Invalid value: field is immutable"),
+    "job-template": (
+        "Job",
+        "",
+        {"spec": {"template": {"metadata": {"labels": {"x": "y"}}}}},
+        "spec.template: Invalid value: field is immutable",
+    ),
     "job-selector": ("Job", "", {"spec": {"selector": {"matchLabels": {"x": "y"}}}}, "spec.selector"),
     "statefulset-volumeclaimtemplates": (
-        "StatefulSet", "-mariadb",
-        {"spec": {"volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {
-            "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "9Gi"}}}}]}},
-        "updates to statefulset spec for fields other than"),
-    "statefulset-servicename": ("StatefulSet", "-rabbitmq", {"spec": {"serviceName": "other"}},
-                                "(changed: serviceName)"),
-    "statefulset-selector": ("StatefulSet", "-mariadb", {"spec": {"selector": {"matchLabels": {"x": "y"}}}},
-                             "(changed: selector)"),
-    "deployment-selector": ("Deployment", "-orchestrator",
-                            {"spec": {"selector": {"matchLabels": {"x": "y"}}}}, "spec.selector"),
-    "service-clusterip": ("Service", "-orchestrator", {"spec": {"clusterIP": "10.96.9.9"}},
-                          "spec.clusterIP: Invalid value: field is immutable"),
+        "StatefulSet",
+        "-mariadb",
+        {
+            "spec": {
+                "volumeClaimTemplates": [
+                    {
+                        "metadata": {"name": "data"},
+                        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "9Gi"}}},
+                    }
+                ]
+            }
+        },
+        "updates to statefulset spec for fields other than",
+    ),
+    "statefulset-servicename": (
+        "StatefulSet",
+        "-rabbitmq",
+        {"spec": {"serviceName": "other"}},
+        "(changed: serviceName)",
+    ),
+    "statefulset-selector": (
+        "StatefulSet",
+        "-mariadb",
+        {"spec": {"selector": {"matchLabels": {"x": "y"}}}},
+        "(changed: selector)",
+    ),
+    "deployment-selector": (
+        "Deployment",
+        "-orchestrator",
+        {"spec": {"selector": {"matchLabels": {"x": "y"}}}},
+        "spec.selector",
+    ),
+    "service-clusterip": (
+        "Service",
+        "-orchestrator",
+        {"spec": {"clusterIP": "10.96.9.9"}},
+        "spec.clusterIP: Invalid value: field is immutable",
+    ),
 }
 
 
@@ -119,15 +167,21 @@ def test_strict_api_refuses_a_planted_forbidden_update(installed, case) -> None:
 def test_strict_api_allows_what_the_real_api_allows(installed) -> None:
     """StatefulSet replicas/template/updateStrategy, Deployment template, a PVC's requested size."""
     sts = _live(installed, "StatefulSet", "-rabbitmq")
-    for patch in ({"spec": {"replicas": 3}}, {"spec": {"updateStrategy": {"type": "OnDelete"}}},
-                  {"spec": {"template": {"metadata": {"annotations": {"a": "b"}}}}}):
+    for patch in (
+        {"spec": {"replicas": 3}},
+        {"spec": {"updateStrategy": {"type": "OnDelete"}}},
+        {"spec": {"template": {"metadata": {"annotations": {"a": "b"}}}}},
+    ):
         code, body = _request(installed.api, "PATCH", _path("StatefulSet", sts["metadata"]["name"]), patch)
         assert code == 200, body
     assert _live(installed, "StatefulSet", "-rabbitmq")["spec"]["replicas"] == 3
     dep = _live(installed, "Deployment", "-wallet")
-    code, body = _request(installed.api, "PATCH", _path("Deployment", dep["metadata"]["name"]),
-                          {"spec": {"replicas": 4, "template": {"spec": {"containers": [
-                              {"name": "wallet", "image": "x:1"}]}}}})
+    code, body = _request(
+        installed.api,
+        "PATCH",
+        _path("Deployment", dep["metadata"]["name"]),
+        {"spec": {"replicas": 4, "template": {"spec": {"containers": [{"name": "wallet", "image": "x:1"}]}}}},
+    )
     assert code == 200, body
     live = _live(installed, "Deployment", "-wallet")
     assert live["spec"]["replicas"] == 4
@@ -140,14 +194,23 @@ def test_strict_api_allows_what_the_real_api_allows(installed) -> None:
 def test_strict_api_refuses_a_pvc_spec_change_and_a_shrink_but_not_a_growth(installed) -> None:
     code, body = _request(installed.api, "POST", _path("PersistentVolumeClaim", ""), _pvc())
     assert code == 201 and body["status"]["phase"] == "Bound", body
-    code, body = _request(installed.api, "PATCH", _path("PersistentVolumeClaim", "data-x-0"),
-                          {"spec": {"storageClassName": "fast"}})
+    code, body = _request(
+        installed.api, "PATCH", _path("PersistentVolumeClaim", "data-x-0"), {"spec": {"storageClassName": "fast"}}
+    )
     assert code == 422 and "spec is immutable after creation" in body["message"], body
-    code, body = _request(installed.api, "PATCH", _path("PersistentVolumeClaim", "data-x-0"),
-                          {"spec": {"resources": {"requests": {"storage": "5Gi"}}}})
+    code, body = _request(
+        installed.api,
+        "PATCH",
+        _path("PersistentVolumeClaim", "data-x-0"),
+        {"spec": {"resources": {"requests": {"storage": "5Gi"}}}},
+    )
     assert code == 200, body
-    code, body = _request(installed.api, "PATCH", _path("PersistentVolumeClaim", "data-x-0"),
-                          {"spec": {"resources": {"requests": {"storage": "2Gi"}}}})
+    code, body = _request(
+        installed.api,
+        "PATCH",
+        _path("PersistentVolumeClaim", "data-x-0"),
+        {"spec": {"resources": {"requests": {"storage": "2Gi"}}}},
+    )
     assert code == 422 and "can not be less than previous value" in body["message"], body
 
 
@@ -159,30 +222,51 @@ def test_strict_api_refuses_a_secret_type_change(installed) -> None:
 
 
 def test_strict_api_refuses_immutable_secret_data_and_pod_spec_changes(installed) -> None:
-    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "frozen"}, "immutable": True,
-              "data": {"k": base64.b64encode(b"v").decode()}}
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "frozen"},
+        "immutable": True,
+        "data": {"k": base64.b64encode(b"v").decode()},
+    }
     assert _request(installed.api, "POST", _path("Secret", ""), secret)[0] == 201
     code, body = _request(installed.api, "PATCH", _path("Secret", "frozen"), {"data": {"k": "eA=="}})
     assert code == 422 and "data: Invalid value: field is immutable" in body["message"], body
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
-           "spec": {"containers": [{"name": "c", "image": "a:1"}]}}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p"},
+        "spec": {"containers": [{"name": "c", "image": "a:1"}]},
+    }
     assert _request(installed.api, "POST", _path("Pod", ""), pod)[0] == 201
-    assert _request(installed.api, "PATCH", _path("Pod", "p"),
-                    {"spec": {"containers": [{"name": "c", "image": "a:2"}]}})[0] == 200
-    code, body = _request(installed.api, "PATCH", _path("Pod", "p"),
-                          {"spec": {"containers": [{"name": "c", "command": ["x"]}]}})
+    assert (
+        _request(installed.api, "PATCH", _path("Pod", "p"), {"spec": {"containers": [{"name": "c", "image": "a:2"}]}})[
+            0
+        ]
+        == 200
+    )
+    code, body = _request(
+        installed.api, "PATCH", _path("Pod", "p"), {"spec": {"containers": [{"name": "c", "command": ["x"]}]}}
+    )
     assert code == 422 and "pod updates may not change fields" in body["message"], body
 
 
-@pytest.mark.parametrize(("kind", "name", "words"), [
-    ("CronJob", "c" * 53, "at most 52 characters"),
-    ("Job", "j" * 64, "at most 63 characters"),
-    ("Service", "1-starts-with-a-digit", "a DNS-1035 label"),
-    ("StatefulSet", "s" * 64, "a DNS-1123 label"),
-])
+@pytest.mark.parametrize(
+    ("kind", "name", "words"),
+    [
+        ("CronJob", "c" * 53, "at most 52 characters"),
+        ("Job", "j" * 64, "at most 63 characters"),
+        ("Service", "1-starts-with-a-digit", "a DNS-1035 label"),
+        ("StatefulSet", "s" * 64, "a DNS-1123 label"),
+    ],
+)
 def test_strict_api_refuses_names_the_real_api_refuses(installed, kind, name, words) -> None:
-    obj = {"apiVersion": {"CronJob": "batch/v1", "Job": "batch/v1", "StatefulSet": "apps/v1"}.get(kind, "v1"),
-           "kind": kind, "metadata": {"name": name}, "spec": {}}
+    obj = {
+        "apiVersion": {"CronJob": "batch/v1", "Job": "batch/v1", "StatefulSet": "apps/v1"}.get(kind, "v1"),
+        "kind": kind,
+        "metadata": {"name": name},
+        "spec": {},
+    }
     code, body = _request(installed.api, "POST", _path(kind, ""), obj)
     assert code == 422 and words in body["message"], body
 
@@ -190,31 +274,65 @@ def test_strict_api_refuses_names_the_real_api_refuses(installed, kind, name, wo
 def test_strategic_merge_patch_follows_the_directives() -> None:
     """The patch semantics Helm relies on: merge by key, $setElementOrder, $patch: delete,
     $retainKeys, null deletes, lists without a merge key replaced."""
-    live = {"spec": {"template": {"spec": {
-        "containers": [{"name": "a", "env": [{"name": "X", "value": "1"}, {"name": "Y", "value": "2"},
-                                             {"name": "W", "value": "0"}],
-                        "args": ["--one"]}],
-        "nodeSelector": {"disk": "ssd"},
-        "volumes": [{"name": "v", "emptyDir": {}}, {"name": "w", "emptyDir": {}}]}}}}
-    patch = {"spec": {"template": {"spec": {
-        "$setElementOrder/containers": [{"name": "a"}],
-        "containers": [{"name": "a", "$setElementOrder/env": [{"name": "Z"}, {"name": "W"}, {"name": "Y"}],
-                        "env": [{"name": "X", "$patch": "delete"}, {"name": "Z", "value": "3"}],
-                        "args": ["--two"]}],
-        "volumes": [{"name": "v", "$retainKeys": ["name", "secret"], "secret": {"secretName": "s"}},
-                    {"name": "w", "$patch": "delete"}],
-        "nodeSelector": None}}}}
+    live = {
+        "spec": {
+            "template": {
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "a",
+                            "env": [
+                                {"name": "X", "value": "1"},
+                                {"name": "Y", "value": "2"},
+                                {"name": "W", "value": "0"},
+                            ],
+                            "args": ["--one"],
+                        }
+                    ],
+                    "nodeSelector": {"disk": "ssd"},
+                    "volumes": [{"name": "v", "emptyDir": {}}, {"name": "w", "emptyDir": {}}],
+                }
+            }
+        }
+    }
+    patch = {
+        "spec": {
+            "template": {
+                "spec": {
+                    "$setElementOrder/containers": [{"name": "a"}],
+                    "containers": [
+                        {
+                            "name": "a",
+                            "$setElementOrder/env": [{"name": "Z"}, {"name": "W"}, {"name": "Y"}],
+                            "env": [{"name": "X", "$patch": "delete"}, {"name": "Z", "value": "3"}],
+                            "args": ["--two"],
+                        }
+                    ],
+                    "volumes": [
+                        {"name": "v", "$retainKeys": ["name", "secret"], "secret": {"secretName": "s"}},
+                        {"name": "w", "$patch": "delete"},
+                    ],
+                    "nodeSelector": None,
+                }
+            }
+        }
+    }
     out = kube_rules.apply_patch(live, patch, "application/strategic-merge-patch+json", "Deployment")
     spec = out["spec"]["template"]["spec"]
-    assert spec["containers"] == [{"name": "a", "env": [{"name": "Z", "value": "3"}, {"name": "W", "value": "0"},
-                                                        {"name": "Y", "value": "2"}],
-                                   "args": ["--two"]}]
+    assert spec["containers"] == [
+        {
+            "name": "a",
+            "env": [{"name": "Z", "value": "3"}, {"name": "W", "value": "0"}, {"name": "Y", "value": "2"}],
+            "args": ["--two"],
+        }
+    ]
     assert spec["volumes"] == [{"name": "v", "secret": {"secretName": "s"}}]
     assert "nodeSelector" not in spec
 
 
 # ------------------------------------------------------------------------------------------------
 # Helm's Upgrade action, one ordinary change at a time.
+
 
 def _strip(obj: dict[str, Any]) -> dict[str, Any]:
     """An object as the chart rendered it, from the live copy: what the fake API added removed,
@@ -254,9 +372,13 @@ def assert_live_is_rendered(cluster: helm_render.Cluster, rendered: helm_render.
                 req["storage"] = kube_rules.canonical_quantity(req["storage"])
         assert json.dumps(got, sort_keys=True) == json.dumps(want, sort_keys=True), f"{key} differs from its manifest"
     ours = {(o["kind"], o["metadata"]["name"]) for o in rendered.manifests}
-    leftovers = {k for k, o in live.items() if (o["metadata"].get("annotations") or {}).get(
-        "meta.helm.sh/release-name") == RELEASE and k not in ours
-        and (o["metadata"].get("annotations") or {}).get("helm.sh/resource-policy") != "keep"}
+    leftovers = {
+        k
+        for k, o in live.items()
+        if (o["metadata"].get("annotations") or {}).get("meta.helm.sh/release-name") == RELEASE
+        and k not in ours
+        and (o["metadata"].get("annotations") or {}).get("helm.sh/resource-policy") != "keep"
+    }
     assert not leftovers, f"objects of an earlier revision left behind: {leftovers}"
 
 
@@ -277,16 +399,35 @@ def _existing_secret(cluster: helm_render.Cluster, name: str) -> None:
 ORDINARY_CHANGES: dict[str, tuple[dict[str, Any], bool]] = {
     "config.logLevel": ({"config": {"logLevel": "DEBUG"}}, True),
     "config.extraEnv": ({"config": {"extraEnv": {"CHANCEPAY_CALLBACK_BATCH_SIZE": "16"}}}, True),
-    "podSecurityContext": ({"podSecurityContext": {"runAsNonRoot": True, "runAsUser": 10002, "runAsGroup": 10002,
-                                                   "fsGroup": 10002, "seccompProfile": {"type": "RuntimeDefault"}}},
-                           True),
-    "containerSecurityContext": ({"containerSecurityContext": {
-        "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
-        "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "Localhost",
-                                                              "localhostProfile": "chancepay.json"}}}, True),
+    "podSecurityContext": (
+        {
+            "podSecurityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": 10002,
+                "runAsGroup": 10002,
+                "fsGroup": 10002,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            }
+        },
+        True,
+    ),
+    "containerSecurityContext": (
+        {
+            "containerSecurityContext": {
+                "allowPrivilegeEscalation": False,
+                "readOnlyRootFilesystem": True,
+                "runAsNonRoot": True,
+                "capabilities": {"drop": ["ALL"]},
+                "seccompProfile": {"type": "Localhost", "localhostProfile": "chancepay.json"},
+            }
+        },
+        True,
+    ),
     "image.pullPolicy": ({"image": {"pullPolicy": "Always"}}, True),
-    "image.tag": ({"image": {"orchestrator": {"tag": "0.3.1"}, "scanner": {"tag": "0.3.1"},
-                             "wallet": {"tag": "0.3.1"}}}, True),
+    "image.tag": (
+        {"image": {"orchestrator": {"tag": "0.3.1"}, "scanner": {"tag": "0.3.1"}, "wallet": {"tag": "0.3.1"}}},
+        True,
+    ),
     "image.digest": ({"image": {"orchestrator": {"digest": "sha256:" + "a" * 64}}}, True),
     "replicas": ({"orchestrator": {"replicas": 3}, "wallet": {"replicas": 2}, "scanner": {"replicas": 2}}, False),
     "tls.enabled": ({"tls": {"enabled": True, "secretName": "chancepay-tls"}}, True),
@@ -310,7 +451,8 @@ def test_helm_upgrade_with_an_ordinary_change(change, apply) -> None:
         assert not cluster.api.refused, cluster.api.refused
         assert_live_is_rendered(cluster, second)
         assert (_migrate_job(second) != _migrate_job(first)) is migrate_reruns, (
-            "the migrate Job must run again exactly when what it runs changed")
+            "the migrate Job must run again exactly when what it runs changed"
+        )
         if change != "nothing":
             assert cluster.api.updates[n_updates:], "the upgrade patched nothing"
         # The same upgrade again is a no-op for every workload (no pod would restart).
@@ -384,20 +526,27 @@ def test_the_previous_chart_release_upgrades_to_this_one(tmp_path) -> None:
         kept = {k: v for k, v in _live(cluster, "Secret", "-secrets")["data"].items() if k not in derived}
         assert kept == {k: v for k, v in old_secret.items() if k not in derived}, "the upgrade changed a password"
         assert {o["metadata"]["name"] for o in old.manifests if o["kind"] == "StatefulSet"} == {
-            o["metadata"]["name"] for o in new.manifests if o["kind"] == "StatefulSet"}
+            o["metadata"]["name"] for o in new.manifests if o["kind"] == "StatefulSet"
+        }
         # and an ordinary change right after
         cluster.upgrade(RELEASE, CHART, {"orchestrator": {"replicas": 2}, "config": {"logLevel": "DEBUG"}})
         assert not cluster.api.refused, cluster.api.refused
 
 
-@pytest.mark.parametrize(("values", "named"), [
-    ({"mariadb": {"persistence": {"size": "20Gi"}}}, "mariadb.persistence.size"),
-    ({"mariadb": {"persistence": {"storageClass": "fast"}}}, "mariadb.persistence.storageClass"),
-    ({"rabbitmq": {"persistence": {"size": "5Gi"}}}, "rabbitmq.persistence.size"),
-    ({"rabbitmq": {"persistence": {"storageClass": "fast"}}}, "rabbitmq.persistence.storageClass"),
-    ({"rabbitmq": {"replicas": 3}}, "rabbitmq.replicas: this upgrade would turn a single-node broker into a cluster"),
-    ({"mariadb": {"image": {"tag": "12.0.2"}}}, "mariadb.image.tag: the running MariaDB is series 11.8"),
-])
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({"mariadb": {"persistence": {"size": "20Gi"}}}, "mariadb.persistence.size"),
+        ({"mariadb": {"persistence": {"storageClass": "fast"}}}, "mariadb.persistence.storageClass"),
+        ({"rabbitmq": {"persistence": {"size": "5Gi"}}}, "rabbitmq.persistence.size"),
+        ({"rabbitmq": {"persistence": {"storageClass": "fast"}}}, "rabbitmq.persistence.storageClass"),
+        (
+            {"rabbitmq": {"replicas": 3}},
+            "rabbitmq.replicas: this upgrade would turn a single-node broker into a cluster",
+        ),
+        ({"mariadb": {"image": {"tag": "12.0.2"}}}, "mariadb.image.tag: the running MariaDB is series 11.8"),
+    ],
+)
 def test_an_install_time_value_changed_on_upgrade_is_refused_naming_it(values, named) -> None:
     with helm_render.Cluster(namespace=NS) as cluster:
         cluster.install(RELEASE, CHART)
@@ -415,8 +564,10 @@ def test_a_size_the_api_stored_in_canonical_form_is_the_same_size() -> None:
     values = {"mariadb": {"persistence": {"size": "2048Mi"}}, "rabbitmq": {"persistence": {"size": "1024Mi"}}}
     with helm_render.Cluster(namespace=NS) as cluster:
         cluster.install(RELEASE, CHART, values)
-        sizes = {o["metadata"]["name"]: o["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
-                 for o in cluster.live("StatefulSet")}
+        sizes = {
+            o["metadata"]["name"]: o["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
+            for o in cluster.live("StatefulSet")
+        }
         assert sorted(sizes.values()) == ["1Gi", "2Gi"], sizes
         cluster.upgrade(RELEASE, CHART, {**values, "config": {"logLevel": "DEBUG"}})
         assert not cluster.api.refused
@@ -428,7 +579,9 @@ def test_a_broker_scaled_by_hand_is_judged_by_its_node_names_not_its_replica_cou
     with helm_render.Cluster(namespace=NS) as cluster:
         cluster.install(RELEASE, CHART, {"rabbitmq": {"replicas": 3}})
         sts = _live(cluster, "StatefulSet", "-rabbitmq")
-        code, body = _request(cluster.api, "PATCH", _path("StatefulSet", sts["metadata"]["name"]), {"spec": {"replicas": 0}})
+        code, body = _request(
+            cluster.api, "PATCH", _path("StatefulSet", sts["metadata"]["name"]), {"spec": {"replicas": 0}}
+        )
         assert code == 200, body  # kubectl scale --replicas=0, for maintenance
         cluster.upgrade(RELEASE, CHART, {"rabbitmq": {"replicas": 3}, "config": {"logLevel": "DEBUG"}})
         assert not cluster.api.refused
@@ -438,19 +591,37 @@ def _claims_as_the_statefulset_controller_made_them(cluster: helm_render.Cluster
     for sts in cluster.live("StatefulSet"):
         tpl = sts["spec"]["volumeClaimTemplates"][0]
         for i in range(int(sts["spec"].get("replicas", 1))):
-            pvc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                   "metadata": {"name": f"{tpl['metadata']['name']}-{sts['metadata']['name']}-{i}"},
-                   "spec": {**tpl["spec"], "storageClassName": tpl["spec"].get("storageClassName", "standard")}}
+            pvc = {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": f"{tpl['metadata']['name']}-{sts['metadata']['name']}-{i}"},
+                "spec": {**tpl["spec"], "storageClassName": tpl["spec"].get("storageClassName", "standard")},
+            }
             code, body = _request(cluster.api, "POST", _path("PersistentVolumeClaim", ""), pvc)
             assert code == 201, body
 
 
-@pytest.mark.parametrize(("first", "again", "named"), [
-    ({}, {"rabbitmq": {"replicas": 3}}, "a reinstall over the volumes kept by `helm uninstall` would turn a single-node"),
-    ({"rabbitmq": {"replicas": 3}}, {}, "would turn a clustered broker into a single node"),
-    ({}, {"mariadb": {"persistence": {"size": "5Gi"}}}, "mariadb.persistence.size: the volume claim data-chancepay-mariadb-0"),
-    ({}, {"rabbitmq": {"persistence": {"storageClass": "fast"}}}, 'rabbitmq.persistence.storageClass: the volume claim'),
-])
+@pytest.mark.parametrize(
+    ("first", "again", "named"),
+    [
+        (
+            {},
+            {"rabbitmq": {"replicas": 3}},
+            "a reinstall over the volumes kept by `helm uninstall` would turn a single-node",
+        ),
+        ({"rabbitmq": {"replicas": 3}}, {}, "would turn a clustered broker into a single node"),
+        (
+            {},
+            {"mariadb": {"persistence": {"size": "5Gi"}}},
+            "mariadb.persistence.size: the volume claim data-chancepay-mariadb-0",
+        ),
+        (
+            {},
+            {"rabbitmq": {"persistence": {"storageClass": "fast"}}},
+            "rabbitmq.persistence.storageClass: the volume claim",
+        ),
+    ],
+)
 def test_a_reinstall_over_kept_volumes_is_held_to_what_they_hold(first, again, named) -> None:
     with helm_render.Cluster(namespace=NS) as cluster:
         cluster.install(RELEASE, CHART, first)
@@ -533,8 +704,14 @@ def test_uninstall_keeps_the_secret_and_a_reinstall_reuses_it() -> None:
 # Every `helm install|upgrade|uninstall` the docs tell an operator to run, run as written (Helm's
 # engine, the strict fake: what a cluster would add — pods, waiting — is not here).
 
-DOCS = ("README.md", "docs/kubernetes.md", "docs/operations.md", "charts/chancepay/CHANGELOG.md",
-        "charts/chancepay/values.yaml", "charts/chancepay/templates/NOTES.txt")
+DOCS = (
+    "README.md",
+    "docs/kubernetes.md",
+    "docs/operations.md",
+    "charts/chancepay/CHANGELOG.md",
+    "charts/chancepay/values.yaml",
+    "charts/chancepay/templates/NOTES.txt",
+)
 
 
 def documented_helm_commands() -> list[tuple[str, str]]:
@@ -659,4 +836,5 @@ def test_lint_every_documented_label_selector_selects_pods() -> None:
     for selector in selectors:
         wanted = dict(term.split("=", 1) for term in selector.split(","))
         assert any(all(labels.get(k) == v for k, v in wanted.items()) for labels in pods), (
-            f"`-l {selector}` selects no pod the chart renders")
+            f"`-l {selector}` selects no pod the chart renders"
+        )

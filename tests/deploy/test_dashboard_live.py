@@ -43,24 +43,36 @@ class Prometheus:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         (tmp / "rules.yaml").write_text(compressed_rules(RULES.read_text()))
-        (tmp / "prometheus.yml").write_text(yaml.safe_dump({
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(tmp / "rules.yaml")],
-            "scrape_configs": [{"job_name": "chancepay", "static_configs": [{"targets": targets}]}],
-        }))
+        (tmp / "prometheus.yml").write_text(
+            yaml.safe_dump(
+                {
+                    "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                    "rule_files": [str(tmp / "rules.yaml")],
+                    "scrape_configs": [{"job_name": "chancepay", "static_configs": [{"targets": targets}]}],
+                }
+            )
+        )
         with (tmp / "prometheus.log").open("wb") as log:  # the child keeps its own copy
             self.proc = subprocess.Popen(
-                ["prometheus", f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'data'}",
-                 f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
-                stdout=subprocess.DEVNULL, stderr=log)
+                [
+                    "prometheus",
+                    f"--config.file={tmp / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={tmp / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                    "--log.level=warn",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
         wait_until(lambda: httpx.get(self.url + "/-/ready", timeout=2).status_code == 200, 60, what="prometheus ready")
 
     def query(self, q: str) -> list:
         return httpx.get(self.url + "/api/v1/query", params={"query": q}, timeout=5).json()["data"]["result"]
 
     def series(self, q: str, start: float, end: float) -> list[tuple[float, float]]:
-        r = httpx.get(self.url + "/api/v1/query_range",
-                      params={"query": q, "start": start, "end": end, "step": "1"}, timeout=10).json()
+        r = httpx.get(
+            self.url + "/api/v1/query_range", params={"query": q, "start": start, "end": end, "step": "1"}, timeout=10
+        ).json()
         values = r["data"]["result"][0]["values"] if r["data"]["result"] else []
         return [(float(t), float(v)) for t, v in values]
 
@@ -81,8 +93,13 @@ def draw(series: list[tuple[float, float]], outage: tuple[float, float], fired: 
 
     t0 = series[0][0]
     fig, ax = plt.subplots(figsize=(8, 3.2), dpi=100)
-    ax.plot([t - t0 for t, _ in series], [v for _, v in series], color="#1f77b4", linewidth=2,
-            label=f"{PANEL_QUERY} (outbox backlog)")
+    ax.plot(
+        [t - t0 for t, _ in series],
+        [v for _, v in series],
+        color="#1f77b4",
+        linewidth=2,
+        label=f"{PANEL_QUERY} (outbox backlog)",
+    )
     ax.axvspan(outage[0] - t0, outage[1] - t0, color="#d62728", alpha=0.12, label="RabbitMQ unreachable")
     for name, at in fired.items():
         ax.axvline(at - t0, color="#ff7f0e", linestyle="--", linewidth=1)
@@ -132,8 +149,12 @@ def test_backlog_panel_and_alerts_live(make_stack, env, tmp_path) -> None:
             wait_until(watch, OUTAGE_SECONDS + 10, interval=0.5, what="the outage window")
             proxy.set_mode("pass")
             outage_end = time.time()
-            wait_until(lambda: float(prom.query(PANEL_QUERY)[0]["value"][1]) == 0, 120, interval=0.5,
-                       what="the panel back at 0")
+            wait_until(
+                lambda: float(prom.query(PANEL_QUERY)[0]["value"][1]) == 0,
+                120,
+                interval=0.5,
+                what="the panel back at 0",
+            )
         drained = time.time()
 
         def resolved() -> bool:
@@ -141,29 +162,41 @@ def test_backlog_panel_and_alerts_live(make_stack, env, tmp_path) -> None:
             for name, state in states.items():
                 seen.setdefault(name, set()).add(state)
             return "ChancePayOutboxBacklogGrowing" not in states
+
         wait_until(resolved, 60, interval=0.5, what="the backlog alert resolved")
         # A few seconds of the drained shape, for the picture and the assertion below.
-        wait_until(lambda: [v for _, v in prom.series(PANEL_QUERY, begin, time.time())[-5:]].count(0.0) >= 4, 30,
-                   interval=0.5, what="the panel at 0 for several scrapes")
+        wait_until(
+            lambda: [v for _, v in prom.series(PANEL_QUERY, begin, time.time())[-5:]].count(0.0) >= 4,
+            30,
+            interval=0.5,
+            what="the panel at 0 for several scrapes",
+        )
         series = prom.series(PANEL_QUERY, begin, time.time())
         peak = max(v for _, v in series)
         assert peak > 100, f"the backlog rose to {peak} rows only"
         now = time.time()
         assert [v for _, v in series[-5:]].count(0.0) >= 3, (
             f"the panel ends drained: {len(series)} points from {series[0][0] - begin:.1f} to "
-            f"{series[-1][0] - begin:.1f} s (now {now - begin:.1f}, outage end {outage_end - begin:.1f}): {series[-8:]}")
+            f"{series[-1][0] - begin:.1f} s (now {now - begin:.1f}, outage end {outage_end - begin:.1f}): {series[-8:]}"
+        )
         assert {"pending", "firing"} <= seen.get("ChancePayOutboxBacklogGrowing", set()), (seen, peak)
         assert "firing" in seen.get("ChancePayBrokerUnreachable", set()), seen
         png = tmp_path / "outbox-backlog.png"
-        draw(series, (outage_start, outage_end), {k: v for k, v in fired.items()
-                                                  if k in ("ChancePayOutboxBacklogGrowing",)}, png)
+        draw(
+            series,
+            (outage_start, outage_end),
+            {k: v for k, v in fired.items() if k in ("ChancePayOutboxBacklogGrowing",)},
+            png,
+        )
         data = png.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
         if os.environ.get("CHANCEPAY_UPDATE_DOCS") == "1":
             DOCS_IMAGE.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(png, DOCS_IMAGE)
-        print(f"\nlive dashboard: peak {peak:.0f} rows, drained {drained - outage_end:.1f} s after the broker "
-              f"returned; alerts seen {sorted((k, sorted(v)) for k, v in seen.items())}")
+        print(
+            f"\nlive dashboard: peak {peak:.0f} rows, drained {drained - outage_end:.1f} s after the broker "
+            f"returned; alerts seen {sorted((k, sorted(v)) for k, v in seen.items())}"
+        )
         assert_converged(s, payer.accepted)
     finally:
         if prom is not None:

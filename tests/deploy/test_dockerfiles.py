@@ -85,7 +85,7 @@ def test_dockerfile(role):
     assert i_pyproject < i_deps < i_code
 
     # a non-root user in the final stage, numeric and matching the chart's runAsUser
-    final = ins[max(i for i, (w, _) in enumerate(ins) if w == "FROM"):]
+    final = ins[max(i for i, (w, _) in enumerate(ins) if w == "FROM") :]
     users = [a for w, a in final if w == "USER"]
     assert users and users[-1].split(":")[0] not in ("0", "root")
     assert users[-1] == "10001:10001"
@@ -112,6 +112,11 @@ def test_role_images_differ_only_in_role_and_port():
 def test_dockerignore_keeps_the_context_small():
     for kept in ("pyproject.toml", "README.md", "services/chancepay/cli.py"):
         assert not dockerignore_excludes(kept), kept
-    for dropped in (".git", ".venv", "tests/conftest.py", "charts/chancepay/Chart.yaml",
-                    "services/chancepay/__pycache__"):
+    for dropped in (
+        ".git",
+        ".venv",
+        "tests/conftest.py",
+        "charts/chancepay/Chart.yaml",
+        "services/chancepay/__pycache__",
+    ):
         assert dockerignore_excludes(dropped), dropped

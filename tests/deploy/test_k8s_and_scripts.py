@@ -52,8 +52,14 @@ def test_plain_manifests_are_valid_and_use_an_existing_secret():
     for d in docs:
         kubernetes_validate.validate(d, "1.33", strict=True)
     assert not [d for d in docs if d["kind"] == "Secret"]  # secrets are never committed
-    refs = {e["valueFrom"]["secretKeyRef"]["name"] for d in docs if d["kind"] == "Deployment"
-            for c in d["spec"]["template"]["spec"]["containers"] for e in c["env"] if "valueFrom" in e}
+    refs = {
+        e["valueFrom"]["secretKeyRef"]["name"]
+        for d in docs
+        if d["kind"] == "Deployment"
+        for c in d["spec"]["template"]["spec"]["containers"]
+        for e in c["env"]
+        if "valueFrom" in e
+    }
     assert refs == {"chancepay-secrets"}
     assert not [d for d in docs if d["kind"] == "Pod"]  # the helm test pod is not a plain manifest
 
@@ -80,9 +86,18 @@ def test_kind_up_uses_the_repository_artefacts():
     text = (ROOT / "scripts" / "kind-up.sh").read_text()
     for role in ("orchestrator", "scanner", "wallet"):
         assert (ROOT / f"Dockerfile.{role}").exists()
-    for needed in ("kind create cluster", "k8s/kind-cluster.yaml", 'docker build -f "Dockerfile.$role"',
-                   "docker save", "kind load image-archive", "helm upgrade --install", "charts/chancepay", "--wait",
-                   "/payments", "helm test"):
+    for needed in (
+        "kind create cluster",
+        "k8s/kind-cluster.yaml",
+        'docker build -f "Dockerfile.$role"',
+        "docker save",
+        "kind load image-archive",
+        "helm upgrade --install",
+        "charts/chancepay",
+        "--wait",
+        "/payments",
+        "helm test",
+    ):
         assert needed in text, needed
     code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
     assert "kind load docker-image" not in code  # fails under Docker 29's containerd image store (kind#3795)
@@ -136,18 +151,26 @@ def run_kind_up(tmp_path, mode: str, **env: str) -> tuple[subprocess.CompletedPr
         (bin_dir / name).chmod(0o755)
     log = tmp_path / "calls.log"
     log.write_text("")
-    full_env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "STUB_LOG": str(log),
-                "STUB_KIND_VERSION": "v0.30.0", "STUB_KUBECTL_VERSION": "v1.33.4", "STUB_IID": "ab" * 32}
+    full_env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "STUB_LOG": str(log),
+        "STUB_KIND_VERSION": "v0.30.0",
+        "STUB_KUBECTL_VERSION": "v1.33.4",
+        "STUB_IID": "ab" * 32,
+    }
     full_env.pop("TAG", None)
     full_env.update(env)
-    result = subprocess.run(["bash", "scripts/kind-up.sh", mode], cwd=ROOT, capture_output=True, text=True,
-                            timeout=60, env=full_env)
+    result = subprocess.run(
+        ["bash", "scripts/kind-up.sh", mode], cwd=ROOT, capture_output=True, text=True, timeout=60, env=full_env
+    )
     return result, log.read_text()
 
 
 def pinned() -> dict[str, str]:
-    out = subprocess.run(["bash", "scripts/kind-up.sh", "pins"], cwd=ROOT, capture_output=True, text=True,
-                         check=True, timeout=30).stdout
+    out = subprocess.run(
+        ["bash", "scripts/kind-up.sh", "pins"], cwd=ROOT, capture_output=True, text=True, check=True, timeout=30
+    ).stdout
     return dict(line.split("=", 1) for line in out.splitlines())
 
 
@@ -170,13 +193,15 @@ def test_kind_up_checks_kind_and_kubectl_against_the_pins(tmp_path):
 
 
 def test_kind_up_tags_each_build_and_loads_archives(tmp_path):
-    commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                            check=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
     first, calls = run_kind_up(tmp_path, "images")
     assert first.returncode == 0, first.stderr
     tag = f"{commit}-{'ab' * 6}"
-    assert first.stdout.split() == [w for role in ("orchestrator", "scanner", "wallet")
-                                     for w in ("--set", f"image.{role}.tag={tag}")]
+    assert first.stdout.split() == [
+        w for role in ("orchestrator", "scanner", "wallet") for w in ("--set", f"image.{role}.tag={tag}")
+    ]
     for role in ("orchestrator", "scanner", "wallet"):
         assert "docker save --platform linux/amd64 -o" in calls and f"chancepay-{role}:{tag}" in calls
     assert calls.count("kind load image-archive --name chancepay") == 3

@@ -33,8 +33,11 @@ def test_promtool_check_rules():
 def test_promtool_unit_tests_of_every_alert():
     r = run(promtool(), "test", "rules", obs.RULES_TEST.name)
     assert r.returncode == 0, r.stdout + r.stderr
-    tested = {t["alertname"] for case in yaml.safe_load(obs.RULES_TEST.read_text())["tests"]
-              for t in case.get("alert_rule_test", [])}
+    tested = {
+        t["alertname"]
+        for case in yaml.safe_load(obs.RULES_TEST.read_text())["tests"]
+        for t in case.get("alert_rule_test", [])
+    }
     alerts = {r["alert"] for g in yaml.safe_load(obs.RULES.read_text())["groups"] for r in g["rules"]}
     assert alerts == tested, f"alerts without a unit test: {alerts - tested}"
 
@@ -47,9 +50,15 @@ def test_promtool_can_fail(tmp_path):
 
 def test_alerts_cover_the_issue():
     exprs = " ".join(obs.rule_exprs())
-    for needed in ("chancepay_outbox_depth", "chancepay_outbox_oldest_age_seconds", "chancepay_outbox_publish_failures_total",
-                   "chancepay_wallet_callback_failures_total", 'outcome="corrupt"', "chancepay_payments_pending_oldest_age_seconds",
-                   "chancepay_dlq_messages"):
+    for needed in (
+        "chancepay_outbox_depth",
+        "chancepay_outbox_oldest_age_seconds",
+        "chancepay_outbox_publish_failures_total",
+        "chancepay_wallet_callback_failures_total",
+        'outcome="corrupt"',
+        "chancepay_payments_pending_oldest_age_seconds",
+        "chancepay_dlq_messages",
+    ):
         assert needed in exprs, needed
 
 
@@ -64,11 +73,17 @@ def test_dashboard_backlog_panel_first_then_the_rest():
     panels = sorted(d["panels"], key=lambda p: (p["gridPos"]["y"], p["gridPos"]["x"]))
     first = panels[0]
     assert first["id"] == 1 and "outbox backlog" in first["title"].lower()
-    assert [t["expr"] for t in first["targets"]] and all("chancepay_outbox_depth" in t["expr"] for t in first["targets"])
+    assert [t["expr"] for t in first["targets"]] and all(
+        "chancepay_outbox_depth" in t["expr"] for t in first["targets"]
+    )
     exprs = " ".join(obs.dashboard_exprs())
-    for needed in ("chancepay_payments_created_total", "chancepay_payments_finalized_total",
-                   "chancepay_outbox_publish_failures_total", "chancepay_wallet_callback_failures_total",
-                   "chancepay_payment_e2e_seconds_bucket"):
+    for needed in (
+        "chancepay_payments_created_total",
+        "chancepay_payments_finalized_total",
+        "chancepay_outbox_publish_failures_total",
+        "chancepay_wallet_callback_failures_total",
+        "chancepay_payment_e2e_seconds_bucket",
+    ):
         assert needed in exprs, needed
     ids = [p["id"] for p in d["panels"]]
     assert len(ids) == len(set(ids))
@@ -81,15 +96,23 @@ def test_chart_ships_the_same_dashboard_and_rules():
     cm = render().get("ConfigMap", "chancepay-dashboard")
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(cm["data"]["chancepay-dashboard.json"]) == obs.dashboard()
-    rule = render(SWITCHES["metrics.prometheusRule.enabled=true"], monitoring_crds=True).get("PrometheusRule", "chancepay")
+    rule = render(SWITCHES["metrics.prometheusRule.enabled=true"], monitoring_crds=True).get(
+        "PrometheusRule", "chancepay"
+    )
     assert rule["spec"] == yaml.safe_load(obs.RULES.read_text())
 
 
 def test_service_monitor_scrapes_the_three_roles():
-    sm = render(SWITCHES["metrics.serviceMonitor.enabled=true"], monitoring_crds=True).get("ServiceMonitor", "chancepay")
+    sm = render(SWITCHES["metrics.serviceMonitor.enabled=true"], monitoring_crds=True).get(
+        "ServiceMonitor", "chancepay"
+    )
     assert sm["spec"]["endpoints"][0]["port"] == "http" and sm["spec"]["endpoints"][0]["path"] == "/metrics"
     expr = sm["spec"]["selector"]["matchExpressions"][0]
-    assert expr["key"] == "app.kubernetes.io/component" and sorted(expr["values"]) == ["orchestrator", "scanner", "wallet"]
+    assert expr["key"] == "app.kubernetes.io/component" and sorted(expr["values"]) == [
+        "orchestrator",
+        "scanner",
+        "wallet",
+    ]
 
 
 def test_static_metric_check_can_fail():

@@ -20,8 +20,9 @@ SCRIPT = ROOT / "scripts" / "plain-secret.sh"
 
 
 def _run(env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["bash", str(SCRIPT), "payments"], check=check, capture_output=True, text=True, timeout=120,
-                          env=env)
+    return subprocess.run(
+        ["bash", str(SCRIPT), "payments"], check=check, capture_output=True, text=True, timeout=120, env=env
+    )
 
 
 def _secret(out: str) -> dict[str, str]:
@@ -48,8 +49,15 @@ def test_plain_secret_matches_what_the_chart_generates(tmp_path: Path) -> None:
 
     def normalised(data: dict[str, str]) -> dict[str, str]:
         out = dict(data)
-        for key in ("internal-token", "mariadb-root-password", "orchestrator-db-password", "wallet-db-password",
-                    "rabbitmq-password", "message-key", "rabbitmq-erlang-cookie"):
+        for key in (
+            "internal-token",
+            "mariadb-root-password",
+            "orchestrator-db-password",
+            "wallet-db-password",
+            "rabbitmq-password",
+            "message-key",
+            "rabbitmq-erlang-cookie",
+        ):
             for k, v in out.items():
                 out[k] = v.replace(data[key], f"<{key}>")
         return out
@@ -71,18 +79,31 @@ def test_plain_secret_uses_the_helm_cli_when_there_is_one(tmp_path: Path) -> Non
     """With helm on PATH: `helm template ... --show-only templates/secret.yaml`, its `---` and
     `# Source:` lines and Helm's metadata dropped (a stand-in helm prints what the engine renders)."""
     env = _without_helm(tmp_path)
-    rendered = subprocess.run([sys.executable, str(ROOT / "scripts" / "chart-secret.py"), "payments"], check=True,
-                              capture_output=True, text=True, timeout=120).stdout
+    rendered = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "chart-secret.py"), "payments"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     (tmp_path / "rendered.yaml").write_text("---\n# Source: chancepay/templates/secret.yaml\n" + rendered)
     helm = tmp_path / "bin" / "helm"
-    helm.write_text(f'#!{shutil.which("bash")}\necho "$@" > {tmp_path}/args\nexec < {tmp_path}/rendered.yaml\n'
-                    'while IFS= read -r line; do printf "%s\\n" "$line"; done\n')
+    helm.write_text(
+        f'#!{shutil.which("bash")}\necho "$@" > {tmp_path}/args\nexec < {tmp_path}/rendered.yaml\n'
+        'while IFS= read -r line; do printf "%s\\n" "$line"; done\n'
+    )
     helm.chmod(0o755)
     data = _secret(_run({**env, "CHANCEPAY_PYTHON": "/nonexistent"}).stdout)
     assert data == yaml.safe_load(rendered)["stringData"]
     assert (tmp_path / "args").read_text().split() == [
-        "template", "chancepay", str(ROOT / "charts" / "chancepay"), "--namespace", "payments",
-        "--show-only", "templates/secret.yaml"]
+        "template",
+        "chancepay",
+        str(ROOT / "charts" / "chancepay"),
+        "--namespace",
+        "payments",
+        "--show-only",
+        "templates/secret.yaml",
+    ]
 
 
 def test_plain_secret_says_what_it_needs(tmp_path: Path) -> None:

@@ -26,8 +26,10 @@ VARIANTS = {
 def checkov() -> str:
     path = os.environ.get("CHANCEPAY_CHECKOV", "")
     if not path or not Path(path).exists():
-        pytest.fail("checkov is not installed: `make checkov` installs it (a venv of its own, see the Makefile); "
-                    "`make test` does that first and sets CHANCEPAY_CHECKOV")
+        pytest.fail(
+            "checkov is not installed: `make checkov` installs it (a venv of its own, see the Makefile); "
+            "`make test` does that first and sets CHANCEPAY_CHECKOV"
+        )
     return path
 
 
@@ -36,8 +38,24 @@ def scan(tmp_path: Path, values: dict) -> list[tuple[str, str]]:
     manifest = tmp_path / "rendered.yaml"
     manifest.write_text(yaml.safe_dump_all(rendered.objects + [h["object"] for h in rendered.hooks], sort_keys=False))
     env = {**os.environ, "BC_SKIP_MAPPING": "TRUE"}  # no network: do not fetch the platform's guideline map
-    result = subprocess.run([checkov(), "-f", str(manifest), "--framework", "kubernetes", "--quiet", "--compact",
-                             "--skip-download", "-o", "json"], capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(
+        [
+            checkov(),
+            "-f",
+            str(manifest),
+            "--framework",
+            "kubernetes",
+            "--quiet",
+            "--compact",
+            "--skip-download",
+            "-o",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert result.stdout.strip(), result.stderr[-3000:]
     report = json.loads(result.stdout)
     failed = report["results"]["failed_checks"]
@@ -63,14 +81,21 @@ def test_every_finding_is_fixed_or_explained(tmp_path) -> None:
             else:
                 unexplained.append((name, check, resource))
     assert not unexplained, "checkov findings neither fixed nor in deploy/checkov-skips.yaml:\n" + "\n".join(
-        map(str, unexplained))
+        map(str, unexplained)
+    )
     stale = [skips[i]["check"] for i in range(len(skips)) if i not in used]
     assert not stale, f"skip entries that match no finding any more (remove them): {stale}"
 
 
 def test_the_scan_can_fail(tmp_path) -> None:
     """A privileged container is a finding no skip entry covers."""
-    hostile = {"containerSecurityContext": {"allowPrivilegeEscalation": True, "readOnlyRootFilesystem": False,
-                                            "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}}}
+    hostile = {
+        "containerSecurityContext": {
+            "allowPrivilegeEscalation": True,
+            "readOnlyRootFilesystem": False,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        }
+    }
     findings = {check for check, _ in scan(tmp_path, hostile)}
     assert "CKV_K8S_20" in findings  # containers should not run with allowPrivilegeEscalation

@@ -27,17 +27,21 @@ def actionlint() -> str:
 
 def test_workflow_passes_actionlint() -> None:
     # actionlint also runs ShellCheck over every `run:` script when shellcheck is on PATH.
-    result = subprocess.run([actionlint(), "-no-color", str(WORKFLOW)], capture_output=True, text=True,
-                            timeout=120, cwd=ROOT)
+    result = subprocess.run(
+        [actionlint(), "-no-color", str(WORKFLOW)], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_actionlint_can_fail(tmp_path) -> None:
     bad = tmp_path / ".github" / "workflows" / "bad.yaml"
     bad.parent.mkdir(parents=True)
-    bad.write_text("on: push\njobs:\n  x:\n    runs-on: ubuntu-24.04\n    steps:\n      - run: echo ${{ github.evnt }}\n")
-    result = subprocess.run([actionlint(), "-no-color", str(bad)], capture_output=True, text=True, timeout=120,
-                            cwd=tmp_path)
+    bad.write_text(
+        "on: push\njobs:\n  x:\n    runs-on: ubuntu-24.04\n    steps:\n      - run: echo ${{ github.evnt }}\n"
+    )
+    result = subprocess.run(
+        [actionlint(), "-no-color", str(bad)], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
     assert result.returncode != 0 and "evnt" in result.stdout
 
 
@@ -65,8 +69,9 @@ VALIDATED_K8S_MINOR = 33  # the schemas the chart is validated against (test_cha
 
 
 def pins() -> dict[str, str]:
-    out = subprocess.run(["bash", str(KIND_UP), "pins"], capture_output=True, text=True, timeout=30, check=True,
-                         cwd=ROOT).stdout
+    out = subprocess.run(
+        ["bash", str(KIND_UP), "pins"], capture_output=True, text=True, timeout=30, check=True, cwd=ROOT
+    ).stdout
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
@@ -118,14 +123,16 @@ def test_lint_workflow_and_kind_up_agree_on_the_pins():
     pin_step = steps()[step_index(lambda s: s.get("id") == "pins", "with id pins")]
     assert "scripts/kind-up.sh pins" in pin_step["run"] and "$GITHUB_OUTPUT" in pin_step["run"]
     assert step_index(lambda s: s.get("id") == "pins", "pins") < step_index(
-        lambda s: s.get("uses", "").startswith("helm/kind-action@"), "kind-action")
+        lambda s: s.get("uses", "").startswith("helm/kind-action@"), "kind-action"
+    )
     assert action["with"]["version"] == "${{ steps.pins.outputs.kind }}"
     assert action["with"]["node_image"] == "${{ steps.pins.outputs.node_image }}"
     assert action["with"]["kubectl_version"] == "${{ steps.pins.outputs.kubectl }}"
     assert action["with"]["config"] == "k8s/kind-cluster.yaml"
     text = WORKFLOW.read_text()
-    assert "kindest/node" not in text and not re.search(r"\bv0\.\d+\.\d+\b", text), \
+    assert "kindest/node" not in text and not re.search(r"\bv0\.\d+\.\d+\b", text), (
         "a literal kind or node pin in the workflow could disagree with scripts/kind-up.sh"
+    )
     # and what kind-up.sh checks the installed kind against is the same pin
     script = KIND_UP.read_text()
     assert f"KIND_VERSION={pins()['kind']}" in script and f"KUBECTL_VERSION={pins()['kubectl']}" in script
@@ -223,10 +230,20 @@ def test_log_step_excludes_exactly_the_lines_marked_waiting(tmp_path):
 
     def run(lines: list[str]) -> subprocess.CompletedProcess:
         logs.write_text("\n".join(lines) + "\n")
-        return subprocess.run(["bash", "-euo", "pipefail", "-c", log_step()], cwd=tmp_path, capture_output=True,
-                              text=True, timeout=60, env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}",
-                                                          "FAKE_LOGS": str(logs), "NAMESPACE": "ns",
-                                                          "RELEASE": "chancepay"})
+        return subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", log_step()],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={
+                **os.environ,
+                "PATH": f"{bin_dir}:{os.environ['PATH']}",
+                "FAKE_LOGS": str(logs),
+                "NAMESPACE": "ns",
+                "RELEASE": "chancepay",
+            },
+        )
 
     ok = run(excused + calm)
     assert ok.returncode == 0, ok.stdout + ok.stderr

@@ -36,8 +36,11 @@ def test_rabbitmq_unreachable_for_30s_api_keeps_accepting_then_drains(make_stack
             before = len(payer.accepted)
             proxy.set_mode("refuse")  # the broker is gone: no connect, established connections RST
             fault_start = time.monotonic()
-            wait_until(lambda: sup.exits["scanner"] and sup.exits["wallet"], 15,
-                       what="scanner and wallet exit on losing the broker")
+            wait_until(
+                lambda: sup.exits["scanner"] and sup.exits["wallet"],
+                15,
+                what="scanner and wallet exit on losing the broker",
+            )
             deepest = 0
             while time.monotonic() - fault_start < OUTAGE_SECONDS:
                 deepest = max(deepest, outbox_depth(env))
@@ -51,8 +54,11 @@ def test_rabbitmq_unreachable_for_30s_api_keeps_accepting_then_drains(make_stack
             assert deepest >= OUTAGE_SECONDS * 3, f"the outbox must grow while the broker is away ({deepest})"
             assert len(payer.accepted) > before
             # restarted by the supervisor; once the broker is back they stay up and drain
-            wait_until(lambda: s.scanner.running and s.wallet.running and outbox_depth(env) == 0, 60,
-                       what="outbox drained after the broker came back")
+            wait_until(
+                lambda: s.scanner.running and s.wallet.running and outbox_depth(env) == 0,
+                60,
+                what="outbox drained after the broker came back",
+            )
         assert all(code != 0 for code in sup.exits["scanner"]), sup.exits
         assert sup.restarts["scanner"] >= 1 and sup.restarts["wallet"] >= 1
         failed = s.scanner.events("[FAILED TO SEND TO MQ]")
@@ -74,8 +80,12 @@ def test_rabbitmq_restarted_with_confirmed_unconsumed_messages_loses_none(make_s
             assert not port_answers("127.0.0.1", env.amqp_port)
             wait_until(lambda: sup.exits["scanner"], 15, what="the scanner exits when the broker goes away")
         # the vhost, the durable quorum queue and its persistent messages survived
-        depth = wait_until(lambda: env.queue_depth(topology.QUEUE) == 20 and 20, 90, interval=0.5,
-                           what="queue usable again with 20 messages")
+        depth = wait_until(
+            lambda: env.queue_depth(topology.QUEUE) == 20 and 20,
+            90,
+            interval=0.5,
+            what="queue usable again with 20 messages",
+        )
         assert depth == 20
         wait_until(lambda: s.scanner.running, 30, what="scanner restarted")
         s.scanner.wait_ready(timeout=60)

@@ -23,14 +23,18 @@ def test_callback_answering_500_for_30s_healed_by_the_wallet_without_the_reconci
         return ("status", 500) if time.monotonic() < fault_end[0] else ("forward",)
 
     with CallbackStub(env.base_url("orchestrator"), behaviour) as stub:
-        s = make_stack(CHANCEPAY_CALLBACK_BACKOFF_SECONDS="0.05", CHANCEPAY_CALLBACK_TIMEOUT_SECONDS="1",
-                       CHANCEPAY_CALLBACK_RETRY_MAX_SECONDS="5")
+        s = make_stack(
+            CHANCEPAY_CALLBACK_BACKOFF_SECONDS="0.05",
+            CHANCEPAY_CALLBACK_TIMEOUT_SECONDS="1",
+            CHANCEPAY_CALLBACK_RETRY_MAX_SECONDS="5",
+        )
         s.start_wallet_with(CHANCEPAY_ORCHESTRATOR_URL=stub.url)
         fault_end[0] = time.monotonic() + OUTAGE_SECONDS
         with Payer(s, rate=2, prefix="cb500") as payer:
             s.wallet.wait_for_event(CALLBACK_TAG, timeout=15)
-            wait_until(lambda: time.monotonic() >= fault_end[0], OUTAGE_SECONDS + 5, interval=0.5,
-                       what="end of the 500 window")
+            wait_until(
+                lambda: time.monotonic() >= fault_end[0], OUTAGE_SECONDS + 5, interval=0.5, what="end of the 500 window"
+            )
         accepted = payer.accepted
         assert len(accepted) >= OUTAGE_SECONDS
         assert all(r["status"] == 202 for r in payer.snapshot())
@@ -39,8 +43,11 @@ def test_callback_answering_500_for_30s_healed_by_the_wallet_without_the_reconci
         # no message was looped through the broker meanwhile: one delivery each
         assert all(d == 1 for (d,) in env.wallet_sql("SELECT deliveries FROM inbox"))
         s.wait_final(accepted, timeout=60)
-        wait_until(lambda: env.wallet_sql("SELECT COUNT(*) FROM pending_callback")[0][0] == 0, 30,
-                   what="every parked result delivered")
+        wait_until(
+            lambda: env.wallet_sql("SELECT COUNT(*) FROM pending_callback")[0][0] == 0,
+            30,
+            what="every parked result delivered",
+        )
         assert any("HTTP 500" in e.get("reason", "") for e in s.wallet.events(CALLBACK_TAG))
         assert s.wallet.metric("chancepay_wallet_callback_failures_total") > 0
         code, summary = run_reconcile(env, age=0)
@@ -71,8 +78,10 @@ def test_callback_times_out_after_the_orchestrator_committed_retry_gets_200(make
         timeouts = s.wallet.events(CALLBACK_TAG)
         assert len(timeouts) == 3 and all("Timeout" in e["reason"] and e["will_retry"] for e in timeouts), timeouts
         # finalized once each, never contradicted, the message acked on its first delivery
-        assert sum(s.orchestrator.metric("chancepay_payments_finalized_total", result=r)
-                   for r in ("succeeded", "failed")) == 3
+        assert (
+            sum(s.orchestrator.metric("chancepay_payments_finalized_total", result=r) for r in ("succeeded", "failed"))
+            == 3
+        )
         assert not s.orchestrator.events("[FAILED TO FINALIZE")
         assert all(d == 1 for (d,) in env.wallet_sql("SELECT deliveries FROM inbox"))
         assert_converged(s, uuids)
@@ -83,14 +92,14 @@ def test_a_parked_result_outlives_the_wallet_process(make_stack, env) -> None:
     replica) delivers it from the pending_callback table. The message is not redelivered: the
     broker plays no part in the retry, whatever its x-delivery-count does."""
     deliver = [False]
-    with CallbackStub(env.base_url("orchestrator"),
-                      lambda path, n: ("forward",) if deliver[0] else ("status", 503)) as stub:
+    with CallbackStub(
+        env.base_url("orchestrator"), lambda path, n: ("forward",) if deliver[0] else ("status", 503)
+    ) as stub:
         s = make_stack(CHANCEPAY_CALLBACK_ATTEMPTS="1", CHANCEPAY_CALLBACK_RETRY_MAX_SECONDS="1")
         s.start_wallet_with(CHANCEPAY_ORCHESTRATOR_URL=stub.url)
         (uuid,) = s.pay_many(1, "outlives")
         s.wallet.wait_for_event("result parked", uuid=uuid)
-        wait_until(lambda: len([c for c in stub.snapshot() if uuid in c["uuids"]]) >= 3, 30,
-                   what="background retries")
+        wait_until(lambda: len([c for c in stub.snapshot() if uuid in c["uuids"]]) >= 3, 30, what="background retries")
         s.wallet.kill()
         assert pending_count(env) == 1 and env.queue_depth("chancepay.payments") == 0
         deliver[0] = True

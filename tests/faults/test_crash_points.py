@@ -64,11 +64,16 @@ def test_scanner_killed_after_broker_ack_before_delete_wallet_dedupes(make_stack
     fresh = restart_role(s, "scanner")
     wait_until(lambda: s.env.orch_sql("SELECT COUNT(*) FROM outbox")[0][0] == 0, 30, what="outbox drained")
     assert fresh.metric("chancepay_outbox_published_total") == 3  # the second publish of each
-    wait_until(lambda: s.wallet.metric("chancepay_wallet_messages_total", outcome="duplicate") == 3, 30,
-               what="three duplicates")
+    wait_until(
+        lambda: s.wallet.metric("chancepay_wallet_messages_total", outcome="duplicate") == 3,
+        30,
+        what="three duplicates",
+    )
     rows = s.env.wallet_sql("SELECT uuid, deliveries FROM inbox")
     assert sorted(r[0] for r in rows) == sorted(uuids) and all(r[1] == 2 for r in rows), rows
-    finalized = sum(s.orchestrator.metric("chancepay_payments_finalized_total", result=r) for r in ("succeeded", "failed"))
+    finalized = sum(
+        s.orchestrator.metric("chancepay_payments_finalized_total", result=r) for r in ("succeeded", "failed")
+    )
     assert finalized == 3
     assert not s.orchestrator.events("[FAILED TO FINALIZE")
     assert_converged(s, uuids)
@@ -123,8 +128,9 @@ def test_orchestrator_killed_mid_group_commits_none_of_it_and_answered_none(make
         held.close()
     s.orchestrator.wait_for_event("crash point reached", crash_point="orchestrator.mid_group")
     # The held payment committed before the group left (whether its 202 got out before the kill).
-    accepted = sorted([lone.json()["uuid"], s.env.orch_sql("SELECT uuid FROM request WHERE idempotency_key = %s",
-                                                           (HOLD_KEY,))[0][0]])
+    accepted = sorted(
+        [lone.json()["uuid"], s.env.orch_sql("SELECT uuid FROM request WHERE idempotency_key = %s", (HOLD_KEY,))[0][0]]
+    )
     if held.held.exception() is None:
         assert held.held.result().json()["uuid"] in accepted
     assert sorted(r[0] for r in s.env.orch_sql("SELECT uuid FROM request")) == accepted

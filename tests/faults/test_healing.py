@@ -27,16 +27,20 @@ def test_orchestrator_replica_restarted_under_load_heals_without_reconcile(make_
             wait_until(lambda: len(payer.accepted) >= 10, 15, what="payments flowing through B")
             s.orchestrator.stop()  # SIGTERM: a rolling update takes A away
             down_at = time.monotonic()
-            wait_until(lambda: time.monotonic() - down_at >= seconds, seconds + 5, interval=0.2,
-                       what=f"A down for {seconds} s")
+            wait_until(
+                lambda: time.monotonic() - down_at >= seconds, seconds + 5, interval=0.2, what=f"A down for {seconds} s"
+            )
             s.role("orchestrator").start().wait_ready()
             wait_until(lambda: len(payer.accepted) >= 10 + 5 * seconds, seconds + 30, what="more payments after A")
         accepted = payer.accepted
         assert all(r["status"] == 202 for r in payer.snapshot()), "B kept answering"
         assert s.wallet.events("result parked"), "callbacks failed while A was down and were parked"
         s.wait_final(accepted, timeout=90)
-        wait_until(lambda: env.wallet_sql("SELECT COUNT(*) FROM pending_callback")[0][0] == 0, 30,
-                   what="every parked result delivered")
+        wait_until(
+            lambda: env.wallet_sql("SELECT COUNT(*) FROM pending_callback")[0][0] == 0,
+            30,
+            what="every parked result delivered",
+        )
         assert_converged(s, accepted)  # audit: ok; no `chancepay reconcile` ran in this test
     finally:
         b.stop()
@@ -50,8 +54,12 @@ def test_long_broker_alarm_exhausts_no_outbox_row(make_stack, env) -> None:
     """A disk alarm blocks every publisher. Time compressed by configuration: a 0.3 s confirm
     timeout and a 3-attempt limit, so 25 s of alarm are ~40 attempt windows (a 20-minute alarm
     at the defaults). Timeouts are not failed attempts: no row may reach the limit."""
-    s = make_stack(CHANCEPAY_SCANNER_CONFIRM_TIMEOUT_SECONDS="0.3", CHANCEPAY_SCANNER_MAX_ATTEMPTS="3",
-                   CHANCEPAY_SCANNER_RETRY_BASE_SECONDS="0.1", CHANCEPAY_SCANNER_RETRY_MAX_SECONDS="0.3").start()
+    s = make_stack(
+        CHANCEPAY_SCANNER_CONFIRM_TIMEOUT_SECONDS="0.3",
+        CHANCEPAY_SCANNER_MAX_ATTEMPTS="3",
+        CHANCEPAY_SCANNER_RETRY_BASE_SECONDS="0.1",
+        CHANCEPAY_SCANNER_RETRY_MAX_SECONDS="0.3",
+    ).start()
     limit = _disk_free_limit()
     uuids = s.pay_many(3, "before")
     s.wait_final(uuids, timeout=30)
@@ -69,7 +77,8 @@ def test_long_broker_alarm_exhausts_no_outbox_row(make_stack, env) -> None:
         assert s.scanner.metric("chancepay_outbox_exhausted_rows") == 0
     finally:
         rabbitmqctl("set_disk_free_limit", str(limit))
-        wait_until(lambda: "disk" not in rabbitmqctl("eval", "rabbit_alarm:get_alarms()."), 60,
-                   what="disk alarm cleared")
+        wait_until(
+            lambda: "disk" not in rabbitmqctl("eval", "rabbit_alarm:get_alarms()."), 60, what="disk alarm cleared"
+        )
     s.wait_final(uuids + during, timeout=60)
     assert_converged(s, uuids + during)

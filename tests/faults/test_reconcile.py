@@ -18,8 +18,11 @@ def test_reconcile_finalizes_from_inbox_and_reenqueues_lost_messages_audit_detec
     # lost): only the reconciler can finalize these.
     s.start_wallet_with(CHANCEPAY_ORCHESTRATOR_URL="http://127.0.0.1:1", CHANCEPAY_CALLBACK_ATTEMPTS="1")
     stuck = s.pay_many(3, "stuck")
-    wait_until(lambda: {e["uuid"] for e in s.wallet.events("result parked")} == set(stuck), 30,
-               what="the wallet parked 3 callbacks")
+    wait_until(
+        lambda: {e["uuid"] for e in s.wallet.events("result parked")} == set(stuck),
+        30,
+        what="the wallet parked 3 callbacks",
+    )
     assert len(s.env.wallet_sql("SELECT uuid FROM inbox WHERE succeed IS NOT NULL")) == 3
     assert s.env.orch_sql("SELECT COUNT(*) FROM request WHERE succeed IS NULL")[0][0] == 3
     s.wallet.stop()

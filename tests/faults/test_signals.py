@@ -35,13 +35,17 @@ def test_role_paused_with_sigstop_then_resumed_converges(make_stack, env, name: 
         role.signal(signal.SIGSTOP)
         try:
             paused_at = time.monotonic()
-            wait_until(lambda: time.monotonic() - paused_at >= PAUSE_SECONDS, PAUSE_SECONDS + 5, interval=0.5,
-                       what="pause")
+            wait_until(
+                lambda: time.monotonic() - paused_at >= PAUSE_SECONDS, PAUSE_SECONDS + 5, interval=0.5, what="pause"
+            )
         finally:
             role.signal(signal.SIGCONT)
         resumed_at = time.monotonic()
-        wait_until(lambda: any(r["started"] > resumed_at + 1 and r.get("status") == 202 for r in payer.snapshot()),
-                   30, what="payments accepted after the resume")
+        wait_until(
+            lambda: any(r["started"] > resumed_at + 1 and r.get("status") == 202 for r in payer.snapshot()),
+            30,
+            what="payments accepted after the resume",
+        )
     results = payer.snapshot()
     assert all(r.get("status") == 202 for r in results), [r for r in results if r.get("status") != 202][:3]
     assert role.running, "the role survives the pause"
@@ -51,9 +55,22 @@ def test_role_paused_with_sigstop_then_resumed_converges(make_stack, env, name: 
 
 def _load(env, rate: float, duration: float) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "chancepay", "load", "--rate", str(rate), "--duration", str(duration),
-         "--converge-timeout", "90"],
-        env=env.environ(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "chancepay",
+            "load",
+            "--rate",
+            str(rate),
+            "--duration",
+            str(duration),
+            "--converge-timeout",
+            "90",
+        ],
+        env=env.environ(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -96,8 +113,7 @@ def test_sigterm_is_handled_from_the_first_import_of_the_cli() -> None:
     no handler: a SIGTERM during the imports (about half a second, before the runner installs its
     own handler) was lost, and the pod ran on until the grace period's SIGKILL. The CLI module
     installs a plain SIGTERM handler before anything else it imports."""
-    code = ("import signal, sys; import chancepay.cli; "
-            "print(signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL)")
+    code = "import signal, sys; import chancepay.cli; print(signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out[0] == "True", "importing chancepay.cli leaves SIGTERM at its default (lost when PID 1)"
 
@@ -116,8 +132,13 @@ def test_sigterm_to_a_role_that_is_pid_1_and_still_starting_stops_it(env, name: 
     """Started as PID 1 of a PID namespace of its own (unshare, as a container runtime does) and
     terminated as soon as it catches SIGTERM at all, i.e. while still starting: it exits within
     the contract's 25 s (143 from the early handler, 0 when the runner's handler got it)."""
-    proc = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", sys.executable, "-m", "chancepay", name],
-                            env=env.environ(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--kill-child", sys.executable, "-m", "chancepay", name],
+        env=env.environ(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         child: list[int] = []
 

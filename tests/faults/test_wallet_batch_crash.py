@@ -30,8 +30,10 @@ def test_wallet_killed_mid_window_deducts_each_uuid_once(make_stack, point: str)
     assert wait_exit_code(wallet) == -signal.SIGKILL
     wallet.wait_for_event("crash point reached", crash_point=point)
 
-    before = {u: (succeed, deliveries) for u, succeed, deliveries in
-              s.env.wallet_sql("SELECT uuid, succeed, deliveries FROM inbox")}
+    before = {
+        u: (succeed, deliveries)
+        for u, succeed, deliveries in s.env.wallet_sql("SELECT uuid, succeed, deliveries FROM inbox")
+    }
     if point == "wallet.after_inbox_insert":
         assert before == {}, "nothing of the window may be committed"
     else:
@@ -42,8 +44,10 @@ def test_wallet_killed_mid_window_deducts_each_uuid_once(make_stack, point: str)
 
     restart_role(s, "wallet", CHANCEPAY_CRASH_POINTS="")
     s.wait_final(uuids, timeout=30)
-    rows = {u: (succeed, deliveries) for u, succeed, deliveries in
-            s.env.wallet_sql("SELECT uuid, succeed, deliveries FROM inbox")}
+    rows = {
+        u: (succeed, deliveries)
+        for u, succeed, deliveries in s.env.wallet_sql("SELECT uuid, succeed, deliveries FROM inbox")
+    }
     assert sorted(rows) == sorted(uuids)
     for u, (succeed, deliveries) in rows.items():
         if u in before:

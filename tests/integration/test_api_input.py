@@ -41,8 +41,12 @@ def _counts(stack: Stack) -> tuple[int, int]:
 
 def _post(stack: Stack, raw: bytes | str, content_type: str = "application/json", **headers: str) -> httpx.Response:
     body = raw.encode() if isinstance(raw, str) else raw
-    return httpx.post(stack.orchestrator.url + "/payments", content=body,
-                      headers={"Content-Type": content_type, **headers}, timeout=30)
+    return httpx.post(
+        stack.orchestrator.url + "/payments",
+        content=body,
+        headers={"Content-Type": content_type, **headers},
+        timeout=30,
+    )
 
 
 BIG_INT = "9" * 5000
@@ -117,16 +121,26 @@ def test_big_body_wrong_type_and_bad_headers(api: Stack) -> None:
         assert r.json()["error"]["code"] == "unsupported_media_type"
 
     for key in ("", "k" * 256, "spaces not allowed", "ключ"):
-        r = httpx.post(api.orchestrator.url + "/payments", content=b'{"cusId":"a","amount":"1"}',
-                       headers={"Content-Type": "application/json", "Idempotency-Key": key.encode("utf-8")})
+        r = httpx.post(
+            api.orchestrator.url + "/payments",
+            content=b'{"cusId":"a","amount":"1"}',
+            headers={"Content-Type": "application/json", "Idempotency-Key": key.encode("utf-8")},
+        )
         assert r.status_code == 400, key
         assert r.json()["error"]["code"] == "invalid_idempotency_key"
     assert _counts(api) == before
 
 
 def test_accepted_amount_spellings_are_exact(api: Stack) -> None:
-    for raw, expected in (('"12.5"', "12.50"), ("12.5", "12.50"), ('"7"', "7.00"), ("0.01", "0.01"),
-                          ('"9999999999999999.99"', "9999999999999999.99"), ("12.500", "12.50"), ("1e2", "100.00")):
+    for raw, expected in (
+        ('"12.5"', "12.50"),
+        ("12.5", "12.50"),
+        ('"7"', "7.00"),
+        ("0.01", "0.01"),
+        ('"9999999999999999.99"', "9999999999999999.99"),
+        ("12.500", "12.50"),
+        ("1e2", "100.00"),
+    ):
         r = _post(api, '{"cusId":"ok-1","amount":' + raw + "}")
         assert r.status_code == 202, (raw, r.text)
         uuid = r.json()["uuid"]
@@ -192,8 +206,9 @@ def test_idempotency_key_replays_the_original_payment(api: Stack) -> None:
 def test_concurrent_requests_with_one_key_make_one_payment(api: Stack) -> None:
     before = _counts(api)
     with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
-        responses = list(pool.map(lambda _: api.pay(cus_id="race", amount="3.00", **{"Idempotency-Key": "race-1"}),
-                                  range(32)))
+        responses = list(
+            pool.map(lambda _: api.pay(cus_id="race", amount="3.00", **{"Idempotency-Key": "race-1"}), range(32))
+        )
     assert {r.status_code for r in responses} == {202}, [r.text for r in responses if r.status_code != 202]
     assert len({r.json()["uuid"] for r in responses}) == 1
     assert sum(1 for r in responses if "idempotent-replayed" not in r.headers) == 1
@@ -213,20 +228,47 @@ def test_openapi_document_is_the_api_every_check_and_the_stateful_phase(api: Sta
     spec = httpx.get(api.orchestrator.url + "/openapi.json").json()
     assert spec["openapi"].startswith("3.") and "/payments" in spec["paths"]
     result = subprocess.run(
-        [sys.executable, "-m", "schemathesis.cli", "run", api.orchestrator.url + "/openapi.json",
-         "--checks", "all", "--max-examples", "100", "--seed", "20261207",
-         "--phases", "examples,coverage,fuzzing,stateful", "-H", f"Authorization: Bearer {TOKEN}",
-         "--request-timeout", "10"],
-        capture_output=True, text=True, timeout=240, cwd=tmp_path,
-        env={**os.environ, "SCHEMATHESIS_HOOKS": "tests.integration.openapi_hooks",
-             "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        [
+            sys.executable,
+            "-m",
+            "schemathesis.cli",
+            "run",
+            api.orchestrator.url + "/openapi.json",
+            "--checks",
+            "all",
+            "--max-examples",
+            "100",
+            "--seed",
+            "20261207",
+            "--phases",
+            "examples,coverage,fuzzing,stateful",
+            "-H",
+            f"Authorization: Bearer {TOKEN}",
+            "--request-timeout",
+            "10",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+        env={
+            **os.environ,
+            "SCHEMATHESIS_HOOKS": "tests.integration.openapi_hooks",
+            "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+        },
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "Stateful" in result.stdout and "No links point to this operation" not in result.stdout, result.stdout[-3000:]
+    assert "Stateful" in result.stdout and "No links point to this operation" not in result.stdout, result.stdout[
+        -3000:
+    ]
 
 
 def test_a_trailing_slash_is_a_json_404_not_a_redirect_built_from_the_host_header(api: Stack) -> None:
-    r = httpx.post(api.orchestrator.url + "/payments/", json={"cusId": "a", "amount": "1"},
-                   headers={"Host": "evil.example"}, follow_redirects=False)
+    r = httpx.post(
+        api.orchestrator.url + "/payments/",
+        json={"cusId": "a", "amount": "1"},
+        headers={"Host": "evil.example"},
+        follow_redirects=False,
+    )
     assert r.status_code == 404 and "location" not in r.headers, (r.status_code, r.headers)
     assert r.json()["error"]["code"] == "not_found", r.text

@@ -22,8 +22,9 @@ def _results(stack, items, headers=AUTH) -> httpx.Response:
 
 def _rows(stack, uuids):
     marks = ", ".join(["%s"] * len(uuids))
-    return stack.env.orch_sql(f"SELECT uuid, succeed, finalized_at FROM request WHERE uuid IN ({marks}) ORDER BY uuid",
-                              tuple(uuids))
+    return stack.env.orch_sql(
+        f"SELECT uuid, succeed, finalized_at FROM request WHERE uuid IN ({marks}) ORDER BY uuid", tuple(uuids)
+    )
 
 
 def test_batch_outcomes_are_per_item_and_write_once(make_stack) -> None:
@@ -32,21 +33,32 @@ def test_batch_outcomes_are_per_item_and_write_once(make_stack) -> None:
     single = httpx.post(f"{s.orchestrator.url}/internal/payments/{c}/result", json={"succeed": True}, headers=AUTH)
     assert single.status_code == 200
 
-    r = _results(s, [{"uuid": a, "succeed": True}, {"uuid": b, "succeed": False},
-                     {"uuid": c, "succeed": False}, {"uuid": UNKNOWN, "succeed": True}])
+    r = _results(
+        s,
+        [
+            {"uuid": a, "succeed": True},
+            {"uuid": b, "succeed": False},
+            {"uuid": c, "succeed": False},
+            {"uuid": UNKNOWN, "succeed": True},
+        ],
+    )
     assert r.status_code == 200, r.text
-    assert r.json() == {"results": [
-        {"uuid": a, "outcome": "applied", "status": "SUCCEEDED"},
-        {"uuid": b, "outcome": "applied", "status": "FAILED"},
-        {"uuid": c, "outcome": "conflict", "status": "SUCCEEDED"},
-        {"uuid": UNKNOWN, "outcome": "unknown", "status": None},
-    ]}
+    assert r.json() == {
+        "results": [
+            {"uuid": a, "outcome": "applied", "status": "SUCCEEDED"},
+            {"uuid": b, "outcome": "applied", "status": "FAILED"},
+            {"uuid": c, "outcome": "conflict", "status": "SUCCEEDED"},
+            {"uuid": UNKNOWN, "outcome": "unknown", "status": None},
+        ]
+    }
     stored = _rows(s, [a, b, c])
     assert {u: v for u, v, _ in stored} == {a: 1, b: 0, c: 1}, "the conflicting item left its row unchanged"
 
     again = _results(s, [{"uuid": b, "succeed": False}, {"uuid": a, "succeed": True}])
-    assert [(i["outcome"], i["status"]) for i in again.json()["results"]] == [("repeated", "FAILED"),
-                                                                             ("repeated", "SUCCEEDED")]
+    assert [(i["outcome"], i["status"]) for i in again.json()["results"]] == [
+        ("repeated", "FAILED"),
+        ("repeated", "SUCCEEDED"),
+    ]
     assert _rows(s, [a, b, c]) == stored, "a repeat changes nothing, finalized_at included"
     assert s.orchestrator.events("RESULT CONFLICT")[-1]["uuid"] == c
     assert s.orchestrator.metric("chancepay_payments_finalized_total", result="succeeded") == 2  # c single, a batch
@@ -87,9 +99,12 @@ def test_the_wallet_batches_its_results(make_stack) -> None:
     results = s.orchestrator.metric("chancepay_result_batch_size_sum")
     assert results == 300, "each result delivered exactly once, all through the batch endpoint"
     assert batches < results, f"{batches} batches for {results} results: nothing was batched"
-    single = sum(v for (name, labels), v in s.orchestrator.metrics().items()
-                 if name == "chancepay_http_request_duration_seconds_count"
-                 and ("route", "/internal/payments/{uuid}/result") in labels)
+    single = sum(
+        v
+        for (name, labels), v in s.orchestrator.metrics().items()
+        if name == "chancepay_http_request_duration_seconds_count"
+        and ("route", "/internal/payments/{uuid}/result") in labels
+    )
     assert single == 0
 
 

@@ -13,6 +13,7 @@ def test_a_transaction_sends_no_begin_and_one_commit(env) -> None:
     async def counts() -> tuple[dict[str, int], dict[str, int]]:
         db = Database(DatabaseURL.parse(env.orch_url()), pool_size=1)  # one connection: one session's counters
         try:
+
             async def status() -> dict[str, int]:
                 rows = await db.fetchall("SHOW SESSION STATUS WHERE Variable_name IN ('Com_begin', 'Com_commit')")
                 return {name: int(value) for name, value in rows}

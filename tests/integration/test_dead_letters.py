@@ -21,8 +21,10 @@ from tests.integration.test_operator import _dead_letter, dead_letters, run
 from tests.support.env import MESSAGE_KEY, wait_until
 from tests.support.faults import publish_raw
 
-ROWS = "SELECT id, dedup_key, uuid, message_id, reason, source_queue, death_count, dead_lettered_at, delivery_count, " \
-       "headers, body, stored_at FROM dead_letter ORDER BY id"
+ROWS = (
+    "SELECT id, dedup_key, uuid, message_id, reason, source_queue, death_count, dead_lettered_at, delivery_count, "
+    "headers, body, stored_at FROM dead_letter ORDER BY id"
+)
 
 
 def _body(uuid: str, cus: str) -> bytes:
@@ -36,8 +38,11 @@ def test_thirty_lists_and_ten_traces_leave_every_dead_letter_unchanged(make_stac
         _dead_letter(s, _body(uuid, f"looked-at-{i}"), uuid, MESSAGE_KEY)
     forged = "6b1e2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"  # dead-lettered by the broker itself (x-death)
     publish_raw(s, _body(forged, "m"), message_id=forged, key=None)
-    wait_until(lambda: dead_letters(env) == 4 and env.queue_depth(topology.DLQ) == 0, 30,
-               what="four dead letters moved into the wallet's table")
+    wait_until(
+        lambda: dead_letters(env) == 4 and env.queue_depth(topology.DLQ) == 0,
+        30,
+        what="four dead letters moved into the wallet's table",
+    )
     # The count the broker gave each message when the wallet received it from the DLQ (RabbitMQ
     # 4.x carries the main queue's count over for the rejected one: its delivery to the wallet).
     counts = dict(env.wallet_sql("SELECT uuid, delivery_count FROM dead_letter"))
@@ -67,8 +72,9 @@ def test_thirty_lists_and_ten_traces_leave_every_dead_letter_unchanged(make_stac
     # x-delivery-count on every redelivery; the old browse-by-requeue made it 40, or dropped it
     # on RabbitMQ 4.0 at the default delivery limit of 20).
     s.role("wallet").start().wait_ready()
-    wait_until(lambda: dead_letters(env) == 5 and env.queue_depth(topology.DLQ) == 0, 30,
-               what="the queued dead letter moved")
+    wait_until(
+        lambda: dead_letters(env) == 5 and env.queue_depth(topology.DLQ) == 0, 30, what="the queued dead letter moved"
+    )
     ((count, headers),) = env.wallet_sql("SELECT delivery_count, headers FROM dead_letter WHERE uuid = %s", (late,))
     assert count == 0 and json.loads(headers).get("x-delivery-count", 0) == 0
     assert env.wallet_sql(ROWS)[:4] == before
@@ -100,9 +106,11 @@ def test_a_redelivered_dead_letter_is_one_row(make_stack, env) -> None:
     # stored, as if the wallet died between its commit and its ack; the other one has no row.
     row, other_row = env.amqp(get_both_without_ack)
     assert (row[1], other_row[1]) == (uuid, other)
-    env.wallet_sql("INSERT INTO dead_letter (dedup_key, uuid, message_id, reason, source_queue, death_count, "
-                   "dead_lettered_at, delivery_count, headers, body) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                   row)
+    env.wallet_sql(
+        "INSERT INTO dead_letter (dedup_key, uuid, message_id, reason, source_queue, death_count, "
+        "dead_lettered_at, delivery_count, headers, body) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        row,
+    )
     wait_until(lambda: env.queue_depth(topology.DLQ) == 2, 10, what="the unacked messages back in the queue")
     s.role("wallet").start().wait_ready()
     wait_until(lambda: env.queue_depth(topology.DLQ) == 0, 30, what="the redelivered copies moved")
@@ -120,8 +128,9 @@ def _publish_to_dlq(env, body: bytes) -> bool:
         await channel.confirm_delivery()
         await topology.declare(channel)
         try:
-            return await channel.basic_publish(body, exchange="", routing_key=topology.DLQ,
-                                               properties=spec.Basic.Properties(delivery_mode=2))
+            return await channel.basic_publish(
+                body, exchange="", routing_key=topology.DLQ, properties=spec.Basic.Properties(delivery_mode=2)
+            )
         except DeliveryError:  # nacked: refused
             return None
 
@@ -161,16 +170,26 @@ def quick_dead_letter_retries(env, ms: int = 1000):
 
 
 @pytest.mark.parametrize("at_least_once", [True, False], ids=["policy", "without-policy-negative-control"])
-def test_a_message_dead_lettered_while_the_dlq_is_full_is_kept_until_it_has_room(make_stack, env,
-                                                                                  at_least_once) -> None:
+def test_a_message_dead_lettered_while_the_dlq_is_full_is_kept_until_it_has_room(
+    make_stack, env, at_least_once
+) -> None:
     if not at_least_once:  # the quorum default, at-most-once: what the policy fixes
         env.servers.rabbitmqctl("clear_policy", "-p", env.vhost, topology.POLICY_NAME)
     # Test only: a DLQ that is full and refuses more (max-length 1, reject-publish). The main queue's
     # at-least-once policy is what tests/support/env.py applies to every test vhost, as the chart
     # does to "/" (core/topology.py).
-    env.servers.rabbitmqctl("set_policy", "-p", env.vhost, "--apply-to", "queues", "--priority", "20",
-                            "test-dlq-full", r"^chancepay\.payments\.dlq$",
-                            '{"max-length": 1, "overflow": "reject-publish"}')
+    env.servers.rabbitmqctl(
+        "set_policy",
+        "-p",
+        env.vhost,
+        "--apply-to",
+        "queues",
+        "--priority",
+        "20",
+        "test-dlq-full",
+        r"^chancepay\.payments\.dlq$",
+        '{"max-length": 1, "overflow": "reject-publish"}',
+    )
     assert (topology.POLICY_NAME in env.servers.rabbitmqctl("list_policies", "-p", env.vhost)) == at_least_once
     with quick_dead_letter_retries(env):
         s = make_stack().start("orchestrator")  # no wallet yet: it would empty the DLQ into its table
@@ -194,7 +213,8 @@ def test_a_message_dead_lettered_while_the_dlq_is_full_is_kept_until_it_has_room
             # The message the main queue kept arrives.
             wait_until(lambda: dead_letters(env) == fillers + 1, 60, interval=0.5, what="the kept message")
             ((uuid, reason, queue),) = env.wallet_sql(
-                "SELECT uuid, reason, source_queue FROM dead_letter WHERE uuid = %s", (kept,))
+                "SELECT uuid, reason, source_queue FROM dead_letter WHERE uuid = %s", (kept,)
+            )
             assert (uuid, reason, queue) == (kept, "rejected", topology.QUEUE)
             assert env.queue_depth(topology.QUEUE) == 0 and env.queue_depth(topology.DLQ) == 0
         finally:

@@ -21,8 +21,13 @@ from tests.support.env import free_port
 
 def run(env, *args: str, timeout: float = 60, **environ: str) -> tuple[subprocess.CompletedProcess[str], float]:
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "chancepay", *args], env=env.environ(**environ),
-                            capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        [sys.executable, "-m", "chancepay", *args],
+        env=env.environ(**environ),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return result, time.monotonic() - started
 
 
@@ -57,17 +62,20 @@ def test_outbox_retry_of_an_unknown_uuid_exits_non_zero(env) -> None:
     assert nothing.returncode == 0 and lines(nothing.stdout) == [{"retried": 0}], "nothing to do is not a failure"
 
 
-@pytest.mark.parametrize("args", [
-    ("load", "--rate", "0", "--duration", "5"),
-    ("load", "--rate", "10", "--duration", "-1"),
-    ("load", "--rate", "ten", "--duration", "5"),
-    ("load", "--rate", "10", "--duration", "5", "--concurrency", "0"),
-    ("no-such-command",),
-    ("outbox", "retry"),
-    ("dev", "--ports", "walet=1"),
-    ("dev", "--ports", "orchestrator=70000"),
-    ("dev", "--roles", "orchestrator,walet"),
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("load", "--rate", "0", "--duration", "5"),
+        ("load", "--rate", "10", "--duration", "-1"),
+        ("load", "--rate", "ten", "--duration", "5"),
+        ("load", "--rate", "10", "--duration", "5", "--concurrency", "0"),
+        ("no-such-command",),
+        ("outbox", "retry"),
+        ("dev", "--ports", "walet=1"),
+        ("dev", "--ports", "orchestrator=70000"),
+        ("dev", "--roles", "orchestrator,walet"),
+    ],
+)
 def test_usage_errors_exit_2_with_a_usage_line(env, args) -> None:
     result, elapsed = run(env, *args)
     assert result.returncode == 2, (result.returncode, result.stdout[-1000:], result.stderr[-1000:])
@@ -80,8 +88,9 @@ def test_usage_errors_exit_2_with_a_usage_line(env, args) -> None:
 def test_migrate_without_admin_rights_says_so_and_exits_2_at_once(env) -> None:
     password = secrets.token_hex(8)
     nobody = f"mysql://cp_nobody_{env.id}:{password}@127.0.0.1:{env.mysql_port}/cp_missing_{env.id}"
-    result, elapsed = run(env, "migrate", CHANCEPAY_ADMIN_DB="", CHANCEPAY_ORCHESTRATOR_DB=nobody,
-                          CHANCEPAY_MIGRATE_WAIT_SECONDS="120")
+    result, elapsed = run(
+        env, "migrate", CHANCEPAY_ADMIN_DB="", CHANCEPAY_ORCHESTRATOR_DB=nobody, CHANCEPAY_MIGRATE_WAIT_SECONDS="120"
+    )
     assert result.returncode == 2 and elapsed < 10, (result.returncode, elapsed, result.stdout[-2000:])
     (line,) = errors(result)
     assert line["event"] == "[FAILED TO REACH DATABASE]" and line["variable"] == "CHANCEPAY_ORCHESTRATOR_DB"
@@ -100,8 +109,9 @@ def test_migrate_without_admin_rights_says_so_and_exits_2_at_once(env) -> None:
 def test_migrate_still_waits_for_a_database_that_does_not_answer(env) -> None:
     closed = free_port()
     url = f"mysql://someone:pw@127.0.0.1:{closed}/somedb"
-    result, elapsed = run(env, "migrate", CHANCEPAY_ADMIN_DB="", CHANCEPAY_ORCHESTRATOR_DB=url,
-                          CHANCEPAY_MIGRATE_WAIT_SECONDS="4")
+    result, elapsed = run(
+        env, "migrate", CHANCEPAY_ADMIN_DB="", CHANCEPAY_ORCHESTRATOR_DB=url, CHANCEPAY_MIGRATE_WAIT_SECONDS="4"
+    )
     assert result.returncode == 1 and elapsed >= 2, (result.returncode, elapsed, result.stdout[-2000:])
     failures = errors(result)
     assert failures[0].get("waiting") is True and failures[-1].get("gave_up") is True, failures
@@ -124,8 +134,10 @@ def test_the_port_in_use_hint_names_the_knob_of_the_command_run(env) -> None:
     holder.listen()
     port = holder.getsockname()[1]
     try:
-        for extra, knob in ((("--via-make",), "make run ORCHESTRATOR_PORT="),
-                            ((), "chancepay dev --ports orchestrator=")):
+        for extra, knob in (
+            (("--via-make",), "make run ORCHESTRATOR_PORT="),
+            ((), "chancepay dev --ports orchestrator="),
+        ):
             result, _ = run(env, "dev", *extra, "--roles", "orchestrator", "--ports", f"orchestrator={port}")
             assert result.returncode == 2, result.stdout[-2000:]
             (line,) = [x for x in lines(result.stdout) if x.get("event") == "[FAILED TO START HTTP SERVER]"]

@@ -26,8 +26,14 @@ def _outcome(r: httpx.Response) -> tuple[Any, ...]:
 
 def _sequence(prefix: str) -> list[tuple[tuple[str, str], str | None]]:
     """One payment per line: (body, key). The key `prefix-stored` was used before (same body X)."""
-    return [(X, f"{prefix}-a"), (X, f"{prefix}-a"), (Y, f"{prefix}-a"), (X, f"{prefix}-stored"),
-            (Y, f"{prefix}-stored"), (X, None)]
+    return [
+        (X, f"{prefix}-a"),
+        (X, f"{prefix}-a"),
+        (Y, f"{prefix}-a"),
+        (X, f"{prefix}-stored"),
+        (Y, f"{prefix}-stored"),
+        (X, None),
+    ]
 
 
 def _check(prefix: str, outcomes: list[tuple[Any, ...]], stored_uuid: str) -> None:
@@ -44,8 +50,9 @@ def test_an_idempotency_key_repeated_inside_one_group_behaves_as_across_groups(m
     s = make_stack(**GROUPED).start("orchestrator")
     stored = {p: s.pay(*X, **{"Idempotency-Key": f"{p}-stored"}).json()["uuid"] for p in ("across", "inside")}
 
-    across = [_outcome(s.pay(*body, **({"Idempotency-Key": key} if key else {})))
-              for body, key in _sequence("across")]  # one after the other: each its own group
+    across = [
+        _outcome(s.pay(*body, **({"Idempotency-Key": key} if key else {}))) for body, key in _sequence("across")
+    ]  # one after the other: each its own group
     _check("across", across, stored["across"])
 
     held = HeldGroup(s)
@@ -61,8 +68,11 @@ def test_an_idempotency_key_repeated_inside_one_group_behaves_as_across_groups(m
 
     # What is stored is the same on both sides: one row per key, and the keyless payment.
     for prefix in ("across", "inside"):
-        rows = s.env.orch_sql("SELECT idempotency_key, COUNT(*) FROM request WHERE idempotency_key LIKE %s "
-                              "GROUP BY idempotency_key ORDER BY 1", (f"{prefix}-%",))
+        rows = s.env.orch_sql(
+            "SELECT idempotency_key, COUNT(*) FROM request WHERE idempotency_key LIKE %s "
+            "GROUP BY idempotency_key ORDER BY 1",
+            (f"{prefix}-%",),
+        )
         assert rows == [(f"{prefix}-a", 1), (f"{prefix}-stored", 1)]
     keyless = {across[5][1], inside[5][1]}
     assert len(s.env.orch_sql(f"SELECT uuid FROM request WHERE uuid IN ({', '.join(['%s'] * 2)})", list(keyless))) == 2
@@ -74,9 +84,12 @@ def test_an_idempotency_key_repeated_inside_one_group_behaves_as_across_groups(m
 def _lock_waits(database: str) -> int:
     """INSERTs into `database`'s request table waiting for a lock (the server is shared)."""
     with admin_connect() as conn, conn.cursor() as cur:
-        cur.execute("SELECT COUNT(*) FROM information_schema.INNODB_TRX t JOIN information_schema.PROCESSLIST p "
-                    "ON p.ID = t.trx_mysql_thread_id WHERE t.trx_state = 'LOCK WAIT' AND p.DB = %s "
-                    "AND t.trx_query LIKE 'INSERT INTO request%%'", (database,))
+        cur.execute(
+            "SELECT COUNT(*) FROM information_schema.INNODB_TRX t JOIN information_schema.PROCESSLIST p "
+            "ON p.ID = t.trx_mysql_thread_id WHERE t.trx_state = 'LOCK WAIT' AND p.DB = %s "
+            "AND t.trx_query LIKE 'INSERT INTO request%%'",
+            (database,),
+        )
         return int(cur.fetchone()[0])
 
 
@@ -87,8 +100,9 @@ def test_one_bad_item_fails_no_neighbour(make_stack) -> None:
     s = make_stack(**GROUPED).start("orchestrator")
     other = connect(s)
     other_body = {"cusId": "bob", "amount": "5.00"}
-    insert_keyed(other, "00000000-0000-4000-8000-0000000000be", "raced",
-                 request_fingerprint(parse_details(other_body)))  # not committed yet
+    insert_keyed(
+        other, "00000000-0000-4000-8000-0000000000be", "raced", request_fingerprint(parse_details(other_body))
+    )  # not committed yet
     held = HeldGroup(s)
     try:
         neighbours = [held.post(f"n-{i}", f"{i + 1}.00") for i in range(3)]

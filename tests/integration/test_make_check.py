@@ -42,12 +42,17 @@ def a_developers_shell() -> dict[str, str]:
 def test_make_check_runs_as_the_readme_shows_it() -> None:
     command = readme_command("make check")
     assert command == "make check"
-    run = subprocess.run(command, shell=True, cwd=ROOT, env=a_developers_shell(), capture_output=True, text=True,
-                         timeout=600)
+    run = subprocess.run(
+        command, shell=True, cwd=ROOT, env=a_developers_shell(), capture_output=True, text=True, timeout=600
+    )
     out = run.stdout + run.stderr
     assert run.returncode == 0, out[-8000:]
-    for step in ("ruff check services tests bench", "ruff format --check services tests bench",
-                 "mypy --strict services/chancepay", "pytest -q -p no:cacheprovider tests/unit"):
+    for step in (
+        "ruff check services tests bench",
+        "ruff format --check services tests bench",
+        "mypy --strict services/chancepay",
+        "pytest -q -p no:cacheprovider tests/unit",
+    ):
         assert step in out, f"make check did not run `{step}`:\n{out[-4000:]}"
     assert re.search(r"\d+ passed", out), out[-4000:]
 

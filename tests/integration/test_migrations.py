@@ -23,8 +23,10 @@ LATEST = {"orchestrator": migrations.latest(migrations.ORCHESTRATOR), "wallet": 
 
 
 def versions(env) -> dict[str, list[int]]:
-    return {"orchestrator": [v for (v,) in env.orch_sql("SELECT version FROM schema_version ORDER BY version")],
-            "wallet": [v for (v,) in env.wallet_sql("SELECT version FROM schema_version ORDER BY version")]}
+    return {
+        "orchestrator": [v for (v,) in env.orch_sql("SELECT version FROM schema_version ORDER BY version")],
+        "wallet": [v for (v,) in env.wallet_sql("SELECT version FROM schema_version ORDER BY version")],
+    }
 
 
 def test_from_empty_and_idempotent(env) -> None:
@@ -63,9 +65,16 @@ def test_rolling_upgrade_from_the_previous_release_under_load(env_factory, make_
     accepted: list[str] = []
     with Payer(s, rate=20, prefix="upgrade") as payer:
         wait_until(lambda: len(payer.accepted) >= 40, 30, what="payments through the old release")
-        procs = [subprocess.Popen([sys.executable, "-m", "chancepay", "migrate"],
-                                  env=env.environ(CHANCEPAY_ADMIN_DB=env.servers.admin_url),
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "chancepay", "migrate"],
+                env=env.environ(CHANCEPAY_ADMIN_DB=env.servers.admin_url),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for _ in range(2)
+        ]
         outputs = [p.communicate(timeout=180)[0] for p in procs]
         assert [p.returncode for p in procs] == [0, 0], outputs
         assert sum(o.count('"migration applied"') for o in outputs) == sum(LATEST.values()), outputs
@@ -91,9 +100,16 @@ def test_rolling_upgrade_from_the_previous_release_under_load(env_factory, make_
 
 def test_two_migrates_at_once_take_turns(env_factory) -> None:
     env = env_factory(migrate=False)
-    procs = [subprocess.Popen([sys.executable, "-m", "chancepay", "migrate"],
-                              env=env.environ(CHANCEPAY_ADMIN_DB=env.servers.admin_url),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "chancepay", "migrate"],
+            env=env.environ(CHANCEPAY_ADMIN_DB=env.servers.admin_url),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outputs = [p.communicate(timeout=180)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     assert versions(env) == {k: list(range(1, v + 1)) for k, v in LATEST.items()}
@@ -113,8 +129,12 @@ def test_a_column_added_under_live_load_loses_no_payment(make_stack, env) -> Non
     with the runner `chancepay migrate` uses while payments flow through all three roles."""
     s = make_stack().start()
     example = migrations.ORCHESTRATOR + (
-        Migration(LATEST["orchestrator"] + 1, "example: request.note (nullable)",
-                  ("ALTER TABLE request ADD COLUMN note VARCHAR(64) NULL",), unless_column=("request", "note")),
+        Migration(
+            LATEST["orchestrator"] + 1,
+            "example: request.note (nullable)",
+            ("ALTER TABLE request ADD COLUMN note VARCHAR(64) NULL",),
+            unless_column=("request", "note"),
+        ),
     )
 
     async def migrate_now() -> list[int]:

@@ -28,8 +28,16 @@ from chancepay.core.db import Database, DatabaseUnavailable
 PASSWORD = "s3cret-Pass"
 PROTOCOL_41, SECURE_CONNECTION, PLUGIN_AUTH, CONNECT_WITH_DB = 0x200, 0x8000, 0x80000, 0x8
 LONG_PASSWORD, TRANSACTIONS, MULTI_RESULTS, LENENC_DATA = 0x1, 0x2000, 0x20000, 0x200000
-CAPABILITIES = PROTOCOL_41 | SECURE_CONNECTION | PLUGIN_AUTH | CONNECT_WITH_DB | LONG_PASSWORD | TRANSACTIONS \
-    | MULTI_RESULTS | LENENC_DATA
+CAPABILITIES = (
+    PROTOCOL_41
+    | SECURE_CONNECTION
+    | PLUGIN_AUTH
+    | CONNECT_WITH_DB
+    | LONG_PASSWORD
+    | TRANSACTIONS
+    | MULTI_RESULTS
+    | LENENC_DATA
+)
 
 
 def _lenenc(b: bytes) -> bytes:
@@ -42,8 +50,9 @@ class MySQL84AuthStandIn:
 
     def __init__(self) -> None:
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        self.pem = self.key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                      serialization.PublicFormat.SubjectPublicKeyInfo)
+        self.pem = self.key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(8)
@@ -88,13 +97,25 @@ class MySQL84AuthStandIn:
     def _session(self, conn: socket.socket) -> None:
         try:
             scramble = os.urandom(20)
-            hello = (b"\x0a" + b"8.4.5-standin\x00" + struct.pack("<I", 7) + scramble[:8] + b"\x00"
-                     + struct.pack("<H", CAPABILITIES & 0xFFFF) + b"\xff" + struct.pack("<H", 2)
-                     + struct.pack("<H", CAPABILITIES >> 16) + bytes([21]) + b"\x00" * 10 + scramble[8:] + b"\x00"
-                     + b"caching_sha2_password\x00")
+            hello = (
+                b"\x0a"
+                + b"8.4.5-standin\x00"
+                + struct.pack("<I", 7)
+                + scramble[:8]
+                + b"\x00"
+                + struct.pack("<H", CAPABILITIES & 0xFFFF)
+                + b"\xff"
+                + struct.pack("<H", 2)
+                + struct.pack("<H", CAPABILITIES >> 16)
+                + bytes([21])
+                + b"\x00" * 10
+                + scramble[8:]
+                + b"\x00"
+                + b"caching_sha2_password\x00"
+            )
             self._send(conn, 0, hello)
             seq, resp = self._recv(conn)
-            user = resp[32:resp.index(b"\x00", 32)].decode()
+            user = resp[32 : resp.index(b"\x00", 32)].decode()
             # The fast path cannot work: nothing is cached after a "restart". Ask for the full exchange.
             self._send(conn, seq + 1, b"\x01\x04")
             seq, req = self._recv(conn)
@@ -102,8 +123,9 @@ class MySQL84AuthStandIn:
                 self.public_key_requests += 1
                 self._send(conn, seq + 1, b"\x01" + self.pem)
                 seq, req = self._recv(conn)
-            plain = self.key.decrypt(req, padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(),
-                                                       label=None))
+            plain = self.key.decrypt(
+                req, padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None)
+            )
             password = bytes(b ^ scramble[i % len(scramble)] for i, b in enumerate(plain)).rstrip(b"\x00").decode()
             ok = password == PASSWORD
             self.logins.append((user, ok))
@@ -128,8 +150,17 @@ class MySQL84AuthStandIn:
 
     def _result_one(self, conn: socket.socket, seq: int) -> None:
         eof = b"\xfe\x00\x00\x02\x00"
-        column = (_lenenc(b"def") + _lenenc(b"") + _lenenc(b"") + _lenenc(b"") + _lenenc(b"1") + _lenenc(b"")
-                  + b"\x0c" + struct.pack("<HIBHB", 63, 1, 8, 0x81, 0) + b"\x00\x00")
+        column = (
+            _lenenc(b"def")
+            + _lenenc(b"")
+            + _lenenc(b"")
+            + _lenenc(b"")
+            + _lenenc(b"1")
+            + _lenenc(b"")
+            + b"\x0c"
+            + struct.pack("<HIBHB", 63, 1, 8, 0x81, 0)
+            + b"\x00\x00"
+        )
         for payload in (b"\x01", column, eof, _lenenc(b"1"), eof):
             self._send(conn, seq, payload)
             seq += 1
@@ -146,8 +177,11 @@ def mysql84():
 
 
 def _database(port: int, password: str = PASSWORD) -> Database:
-    return Database(DatabaseURL.parse(f"mysql://chancepay_orchestrator:{password}@127.0.0.1:{port}/chancepay_orchestrator"),
-                    pool_size=1, timeout=5)
+    return Database(
+        DatabaseURL.parse(f"mysql://chancepay_orchestrator:{password}@127.0.0.1:{port}/chancepay_orchestrator"),
+        pool_size=1,
+        timeout=5,
+    )
 
 
 def test_roles_log_in_with_caching_sha2_password_over_plain_tcp(mysql84) -> None:

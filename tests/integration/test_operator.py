@@ -61,9 +61,12 @@ def _dead_letter(stack: Stack, body: bytes, message_id: str, key: str | None) ->
     async def publish(channel):
         await channel.confirm_delivery()
         await topology.declare(channel)
-        return await channel.basic_publish(body, exchange="", routing_key=topology.DLQ,
-                                           properties=spec.Basic.Properties(delivery_mode=2, message_id=message_id,
-                                                                            headers=headers))
+        return await channel.basic_publish(
+            body,
+            exchange="",
+            routing_key=topology.DLQ,
+            properties=spec.Basic.Properties(delivery_mode=2, message_id=message_id, headers=headers),
+        )
 
     assert isinstance(stack.env.amqp(publish), spec.Basic.Ack)
 
@@ -77,8 +80,11 @@ def test_dlq_list_show_replay_purge(make_stack, env) -> None:
     publish_raw(s, json.dumps({"uuid": forged, "cusId": "m", "amount": "1.00"}).encode(), message_id=forged, key=None)
     s.wallet.wait_for_event("[PAYLOAD_CORRUPTION_ALERT]", uuid=forged)
     # The wallet moves the DLQ's messages into its dead_letter table (README "Dead letters").
-    wait_until(lambda: dead_letters(env) == 2 and env.queue_depth(topology.DLQ) == 0, 15,
-               what="two dead letters moved into the wallet's table")
+    wait_until(
+        lambda: dead_letters(env) == 2 and env.queue_depth(topology.DLQ) == 0,
+        15,
+        what="two dead letters moved into the wallet's table",
+    )
 
     code, listed = run(env, "dlq", "list")
     assert code == 0 and [m["uuid"] for m in listed] == [pending, forged]
@@ -104,8 +110,9 @@ def test_dlq_list_show_replay_purge(make_stack, env) -> None:
     code, again = run(env, "dlq", "replay", "--all")
     assert code == 1 and again == [{"replayed": 0, "already_final": 0, "not_a_payment": 1}], "idempotent"
     code, unknown = run(env, "dlq", "replay", "no-such-message")
-    assert code == 1 and unknown == [{"replayed": 0, "already_final": 0, "not_a_payment": 0,
-                                      "not_in_dlq": ["no-such-message"]}]
+    assert code == 1 and unknown == [
+        {"replayed": 0, "already_final": 0, "not_a_payment": 0, "not_in_dlq": ["no-such-message"]}
+    ]
 
     assert run(env, "dlq", "purge", "no-such-message") == (1, [{"purged": 0, "not_in_dlq": ["no-such-message"]}])
     code, purged = run(env, "dlq", "purge", forged)

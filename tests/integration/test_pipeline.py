@@ -42,10 +42,14 @@ def test_happy_path_50_payments_all_final_and_mirrored(stack: Stack) -> None:
     assert got["cusId"] == "cus-0" and got["amount"] == "1.25"
 
     assert stack.orchestrator.metric("chancepay_payments_created_total") == 50
-    finalized = sum(stack.orchestrator.metric("chancepay_payments_finalized_total", result=r) for r in ("succeeded", "failed"))
+    finalized = sum(
+        stack.orchestrator.metric("chancepay_payments_finalized_total", result=r) for r in ("succeeded", "failed")
+    )
     assert finalized == 50
     assert stack.scanner.metric("chancepay_outbox_published_total") == 50
-    wallet_total = sum(stack.wallet.metric("chancepay_wallet_messages_total", outcome=o) for o in ("succeeded", "failed"))
+    wallet_total = sum(
+        stack.wallet.metric("chancepay_wallet_messages_total", outcome=o) for o in ("succeeded", "failed")
+    )
     assert wallet_total == 50
     assert stack.scanner.metric("chancepay_outbox_depth") == 0
     # every log line is one JSON object carrying its role; payment lines carry the uuid
@@ -88,16 +92,22 @@ def test_callback_failure_keeps_request_pending_then_heals(make_stack) -> None:
     assert got == {"uuid": uuid, "succeed": bool(inbox[0][0])}
     # Parked for background retries, the message itself acked (no prefetch slot held meanwhile).
     s.wallet.wait_for_event("result parked for background retries", uuid=uuid)
-    wait_until(lambda: s.env.wallet_sql("SELECT COUNT(*) FROM pending_callback WHERE uuid=%s", (uuid,))[0][0] == 1, 10,
-               what="the pending_callback row")
+    wait_until(
+        lambda: s.env.wallet_sql("SELECT COUNT(*) FROM pending_callback WHERE uuid=%s", (uuid,))[0][0] == 1,
+        10,
+        what="the pending_callback row",
+    )
     wait_until(lambda: s.wallet.metric("chancepay_wallet_callbacks_pending") == 1, 10, what="pending gauge")
 
     # The orchestrator becomes reachable for the wallet: the parked result is delivered.
     s.wallet.stop()
     s.role("wallet").start().wait_ready()
     s.wait_final([uuid], timeout=30)
-    wait_until(lambda: s.env.wallet_sql("SELECT COUNT(*) FROM pending_callback")[0][0] == 0, 10,
-               what="the parked row deleted once delivered")
+    wait_until(
+        lambda: s.env.wallet_sql("SELECT COUNT(*) FROM pending_callback")[0][0] == 0,
+        10,
+        what="the parked row deleted once delivered",
+    )
     assert s.env.orch_sql("SELECT succeed FROM request WHERE uuid=%s", (uuid,))[0][0] == inbox[0][0]
     assert s.env.wallet_sql("SELECT COUNT(*) FROM inbox")[0][0] == 1
     assert_invariants(s.env)
@@ -110,8 +120,11 @@ def test_same_message_twice_is_deducted_once(stack: Stack) -> None:
 
     body = json.dumps({"uuid": uuid, "cusId": "bob", "amount": "7.00"}).encode()
     publish_raw(stack, body, message_id=uuid)
-    wait_until(lambda: stack.wallet.metric("chancepay_wallet_messages_total", outcome="duplicate") == 1, 15,
-               what="duplicate counted")
+    wait_until(
+        lambda: stack.wallet.metric("chancepay_wallet_messages_total", outcome="duplicate") == 1,
+        15,
+        what="duplicate counted",
+    )
     assert stack.env.wallet_sql("SELECT succeed, finalized_at, deliveries FROM inbox WHERE uuid=%s", (uuid,)) == [
         (first[0], first[1], 2)
     ]
@@ -120,7 +133,10 @@ def test_same_message_twice_is_deducted_once(stack: Stack) -> None:
     wait_until(lambda: stack.wallet.metric("chancepay_wallet_callbacks_total") == 2, 10, what="second callback")
     assert not stack.wallet.events("[FAILED")
     assert not stack.orchestrator.events("[FAILED")
-    assert sum(stack.orchestrator.metric("chancepay_payments_finalized_total", result=r) for r in ("succeeded", "failed")) == 1
+    assert (
+        sum(stack.orchestrator.metric("chancepay_payments_finalized_total", result=r) for r in ("succeeded", "failed"))
+        == 1
+    )
 
 
 def test_scanner_stopped_outbox_grows_then_drains(make_stack) -> None:
@@ -156,22 +172,40 @@ def test_two_scanners_publish_each_row_once(make_stack) -> None:
 
 @pytest.mark.slow
 def test_load_10_per_second_for_30_seconds_converges(stack: Stack) -> None:
-    result = stack.env.chancepay("load", "--rate", "10", "--duration", "30", "--converge-timeout", "60",
-                                 CHANCEPAY_ORCHESTRATOR_URL=stack.orchestrator.url, timeout=180)
+    result = stack.env.chancepay(
+        "load",
+        "--rate",
+        "10",
+        "--duration",
+        "30",
+        "--converge-timeout",
+        "60",
+        CHANCEPAY_ORCHESTRATOR_URL=stack.orchestrator.url,
+        timeout=180,
+    )
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["sent"] == 300 and summary["accepted"] == 300
     assert summary["converged"] and summary["pending"] == 0 and summary["outbox_depth"] == 0
     assert summary["succeeded"] + summary["failed"] == 300
-    assert summary["invariants"] == {"checked": 300, "ok": True, "lost": 0, "duplicated": 0, "mismatched": 0,
-                                     "orphan_inbox": 0, "unexplained_outbox": 0, "awaiting_mirror": 0}
+    assert summary["invariants"] == {
+        "checked": 300,
+        "ok": True,
+        "lost": 0,
+        "duplicated": 0,
+        "mismatched": 0,
+        "orphan_inbox": 0,
+        "unexplained_outbox": 0,
+        "awaiting_mirror": 0,
+    }
     assert summary["api_latency_ms"]["p99"] is not None and summary["e2e_latency_ms"]["p99"] is not None
     print("load summary:", json.dumps(summary))
 
 
 def test_wallet_user_cannot_touch_the_orchestrator_schema(env) -> None:
-    with pymysql.connect(host="127.0.0.1", port=env.mysql_port, user=env.wallet_user,
-                         password=env.wallet_password) as conn:
+    with pymysql.connect(
+        host="127.0.0.1", port=env.mysql_port, user=env.wallet_user, password=env.wallet_password
+    ) as conn:
         with conn.cursor() as cur, pytest.raises(pymysql.err.OperationalError) as denied:
             cur.execute(f"SELECT COUNT(*) FROM `{env.orch_db}`.request")
     assert denied.value.args[0] in (1044, 1142), denied.value
@@ -182,7 +216,12 @@ def test_migrate_is_idempotent_and_requires_strict_mode(env) -> None:
     assert again.returncode == 0, again.stdout + again.stderr
     tables = {r[0] for r in env.orch_sql("SHOW TABLES")}
     assert tables == {"request", "outbox", "schema_version"}
-    assert {r[0] for r in env.wallet_sql("SHOW TABLES")} == {"inbox", "pending_callback", "dead_letter", "schema_version"}
+    assert {r[0] for r in env.wallet_sql("SHOW TABLES")} == {
+        "inbox",
+        "pending_callback",
+        "dead_letter",
+        "schema_version",
+    }
     # The server's global sql_mode may be anything: every session of the roles forces strict mode,
     # so an amount that does not fit is an error, never a silently clamped value.
     import asyncio
@@ -194,8 +233,10 @@ def test_migrate_is_idempotent_and_requires_strict_mode(env) -> None:
         db = Database(DatabaseURL.parse(env.orch_url()))
         try:
             await db.check_strict()
-            await db.execute("INSERT INTO request (uuid, cus_id, amount) VALUES (%s, %s, %s)",
-                             ("00000000-0000-4000-8000-000000000001", "strict", "99999999999999999999.99"))
+            await db.execute(
+                "INSERT INTO request (uuid, cus_id, amount) VALUES (%s, %s, %s)",
+                ("00000000-0000-4000-8000-000000000001", "strict", "99999999999999999999.99"),
+            )
         except Exception as exc:
             return exc
         finally:
@@ -218,8 +259,9 @@ def test_bad_configuration_refuses_to_start(env) -> None:
     (line,) = [json.loads(x) for x in bad.stdout.splitlines() if x.startswith("{")]
     assert bad.returncode == 2 and line["event"] == "[FAILED TO START]", bad.stdout + bad.stderr
     assert "CHANCEPAY_WALLET_SUCCESS_RATE" in bad.stdout
-    prod_default_token = env.chancepay("wallet", CHANCEPAY_ENV="prod", CHANCEPAY_INTERNAL_TOKEN="dev-internal-token",
-                                       timeout=30)
+    prod_default_token = env.chancepay(
+        "wallet", CHANCEPAY_ENV="prod", CHANCEPAY_INTERNAL_TOKEN="dev-internal-token", timeout=30
+    )
     assert prod_default_token.returncode == 2
     assert "CHANCEPAY_INTERNAL_TOKEN" in prod_default_token.stdout
 

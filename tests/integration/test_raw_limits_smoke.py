@@ -29,8 +29,10 @@ pytestmark = [
     pytest.mark.timeout(240),
     # A smoke test of the bench tool, which measures the machine's own servers (bench/README.md);
     # it does not depend on which pair the rest of the run tests.
-    pytest.mark.skipif(os.environ.get("CHANCEPAY_TEST_SERVERS", "debian12") != "debian12",
-                       reason="bench.raw_limits measures Debian 12's servers; run once, in the debian12 pass"),
+    pytest.mark.skipif(
+        os.environ.get("CHANCEPAY_TEST_SERVERS", "debian12") != "debian12",
+        reason="bench.raw_limits measures Debian 12's servers; run once, in the debian12 pass",
+    ),
     pytest.mark.skipif(not _port_open(3306), reason="MariaDB not listening on 127.0.0.1:3306"),
     pytest.mark.skipif(not _port_open(5672), reason="RabbitMQ not listening on 127.0.0.1:5672"),
     pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="rabbitmqctl not on PATH"),
@@ -53,8 +55,9 @@ def _databases() -> set[str]:
 
 
 def _vhosts() -> set[str]:
-    out = subprocess.run(["rabbitmqctl", "list_vhosts", "-q", "name"], capture_output=True, text=True,
-                         timeout=120, check=True).stdout
+    out = subprocess.run(
+        ["rabbitmqctl", "list_vhosts", "-q", "name"], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
     return set(out.split())
 
 
@@ -64,21 +67,55 @@ def _positive(value: object) -> bool:
 
 def test_raw_limits_smoke() -> None:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(REPO), str(REPO / "services"), env.get("PYTHONPATH")) if p
-    )
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), str(REPO / "services"), env.get("PYTHONPATH")) if p)
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.raw_limits", "--seconds", "0.5", "--warmup", "0.1",
-         "--db-connections", "1,4", "--publish-windows", "8", "--prefetch", "8",
-         "--db-batches", "1,4", "--db-batch-connections", "2", "--ack-batches", "4",
-         "--prefill-min", "200", "--prefill-max", "5000", "--fsync-seconds", "0.1"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=200,
+        [
+            sys.executable,
+            "-m",
+            "bench.raw_limits",
+            "--seconds",
+            "0.5",
+            "--warmup",
+            "0.1",
+            "--db-connections",
+            "1,4",
+            "--publish-windows",
+            "8",
+            "--prefetch",
+            "8",
+            "--db-batches",
+            "1,4",
+            "--db-batch-connections",
+            "2",
+            "--ack-batches",
+            "4",
+            "--prefill-min",
+            "200",
+            "--prefill-max",
+            "5000",
+            "--fsync-seconds",
+            "0.1",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=200,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     doc = json.loads(proc.stdout)  # exactly one JSON document on stdout
 
-    for key in ("schema", "config", "machine", "db_commit", "publish_confirm", "consume_ack",
-                "smallest_limit", "warnings", "cleanup"):
+    for key in (
+        "schema",
+        "config",
+        "machine",
+        "db_commit",
+        "publish_confirm",
+        "consume_ack",
+        "smallest_limit",
+        "warnings",
+        "cleanup",
+    ):
         assert key in doc, key
 
     machine = doc["machine"]

@@ -23,9 +23,11 @@ from tests.support import servers as servers_mod
 from tests.support.env import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.skipif(os.environ.get("CHANCEPAY_TEST_SERVERS", "debian12") != "debian12",
-                                reason="the README's commands use this machine's own MariaDB and RabbitMQ on their "
-                                       "default ports: the debian12 pass runs it")
+pytestmark = pytest.mark.skipif(
+    os.environ.get("CHANCEPAY_TEST_SERVERS", "debian12") != "debian12",
+    reason="the README's commands use this machine's own MariaDB and RabbitMQ on their "
+    "default ports: the debian12 pass runs it",
+)
 
 
 def readme_block(heading: str) -> list[str]:
@@ -41,8 +43,9 @@ def readme_block(heading: str) -> list[str]:
 
 def existing_databases() -> set[str]:
     with servers_mod.current().admin_connect() as conn, conn.cursor() as cur:
-        cur.execute("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME IN (%s, %s)",
-                    DEFAULT_DATABASES)
+        cur.execute(
+            "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME IN (%s, %s)", DEFAULT_DATABASES
+        )
         return {row[0] for row in cur.fetchall()}
 
 
@@ -50,16 +53,21 @@ def test_the_readme_quickstart_runs_as_written(tmp_path) -> None:
     assert readme_block("The two commands")[0].startswith("make run")
     commands = readme_block("In a second terminal")
     assert len(commands) >= 6, commands
-    wait_until(lambda: all(port_free(p) for p in DEFAULT_PORTS.values()), 60, interval=0.5,
-               what="ports 8000-8002 free for make run")
+    wait_until(
+        lambda: all(port_free(p) for p in DEFAULT_PORTS.values()),
+        60,
+        interval=0.5,
+        what="ports 8000-8002 free for make run",
+    )
     made_here = not existing_databases()
     shell = bare_environ()
     for var in ("VENV", "ORCHESTRATOR_PORT", "SCANNER_PORT", "WALLET_PORT"):
         shell.pop(var, None)
     log_path = tmp_path / "make-run.log"
     log = log_path.open("wb")
-    proc = subprocess.Popen(["bash", "-c", "make run"], cwd=ROOT, env=shell, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        ["bash", "-c", "make run"], cwd=ROOT, env=shell, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
 
     def output() -> str:
         return log_path.read_text(errors="replace")[-4000:]
@@ -68,8 +76,9 @@ def test_the_readme_quickstart_runs_as_written(tmp_path) -> None:
         if proc.poll() is not None:
             raise AssertionError(f"make run exited {proc.returncode}:\n{output()}")
         try:
-            return all(httpx.get(f"http://127.0.0.1:{p}/readyz", timeout=2).status_code == 200
-                       for p in DEFAULT_PORTS.values())
+            return all(
+                httpx.get(f"http://127.0.0.1:{p}/readyz", timeout=2).status_code == 200 for p in DEFAULT_PORTS.values()
+            )
         except httpx.HTTPError:
             return False
 
@@ -80,8 +89,9 @@ def test_the_readme_quickstart_runs_as_written(tmp_path) -> None:
             if "<uuid>" in command:
                 assert uuid, f"no uuid yet for: {command}"
                 command = command.replace("<uuid>", uuid)
-            done = subprocess.run(["bash", "-c", command], cwd=ROOT, env=shell, capture_output=True, text=True,
-                                  timeout=240)
+            done = subprocess.run(
+                ["bash", "-c", command], cwd=ROOT, env=shell, capture_output=True, text=True, timeout=240
+            )
             assert done.returncode == 0, (command, done.returncode, done.stdout[-2000:], done.stderr[-2000:])
             if uuid is None and "POST" in command:
                 found = re.search(r'"uuid":"([0-9a-f-]{36})"', done.stdout)
@@ -97,7 +107,8 @@ def test_the_readme_quickstart_runs_as_written(tmp_path) -> None:
     for port in DEFAULT_PORTS.values():
         wait_until(lambda port=port: port_free(port), 30, what=f"port {port} free after Ctrl-C")
     if made_here:
-        reset = subprocess.run(["bash", "-c", "make reset"], cwd=ROOT, env=shell, capture_output=True, text=True,
-                               timeout=120)
+        reset = subprocess.run(
+            ["bash", "-c", "make reset"], cwd=ROOT, env=shell, capture_output=True, text=True, timeout=120
+        )
         assert reset.returncode == 0, reset.stdout + reset.stderr
         assert not existing_databases(), "make reset left a database"

@@ -21,8 +21,9 @@ def test_unauthorized_internal_calls_are_logged_and_counted(stack: Stack) -> Non
     assert wallet_line["reason"] == "wrong token"
     everything = "\n".join(stack.orchestrator.raw + stack.wallet.raw)
     assert TOKEN not in everything and "not-the-token" not in everything, "a token in the logs"
-    assert stack.orchestrator.metric("chancepay_http_auth_failures_total",
-                                     route="/internal/payments/{uuid}/result") == 1
+    assert (
+        stack.orchestrator.metric("chancepay_http_auth_failures_total", route="/internal/payments/{uuid}/result") == 1
+    )
     assert stack.wallet.metric("chancepay_http_auth_failures_total", route="/internal/inbox/{uuid}") == 1
 
 
@@ -35,12 +36,15 @@ def test_client_errors_are_countable_by_route_and_code(stack: Stack) -> None:
 
     def counted() -> bool:
         m = stack.orchestrator.metrics()
-        return all(m.get(("chancepay_http_client_errors_total", key)) == 1 for key in (
-            (("code", "invalid_json"), ("route", "/payments")),
-            (("code", "invalid_field"), ("route", "/payments")),
-            (("code", "invalid_uuid"), ("route", "/payments/{uuid}")),
-            (("code", "not_found"), ("route", "unmatched")),
-        ))
+        return all(
+            m.get(("chancepay_http_client_errors_total", key)) == 1
+            for key in (
+                (("code", "invalid_json"), ("route", "/payments")),
+                (("code", "invalid_field"), ("route", "/payments")),
+                (("code", "invalid_uuid"), ("route", "/payments/{uuid}")),
+                (("code", "not_found"), ("route", "unmatched")),
+            )
+        )
 
     wait_until(counted, 10, what="4xx counted by route and code")
 

@@ -24,9 +24,11 @@ import pytest
 from tests.support import servers as servers_mod
 from tests.support.env import wait_until
 
-pytestmark = pytest.mark.skipif(os.environ.get("CHANCEPAY_TEST_SERVERS", "debian12") != "debian12",
-                                reason="the defaults point at this machine's own MariaDB and RabbitMQ (127.0.0.1:3306, "
-                                       ":5672): the debian12 pass runs it")
+pytestmark = pytest.mark.skipif(
+    os.environ.get("CHANCEPAY_TEST_SERVERS", "debian12") != "debian12",
+    reason="the defaults point at this machine's own MariaDB and RabbitMQ (127.0.0.1:3306, "
+    ":5672): the debian12 pass runs it",
+)
 DEFAULT_PORTS = {"orchestrator": 8000, "scanner": 8001, "wallet": 8002}
 DEFAULT_DATABASES = ("chancepay_orchestrator", "chancepay_wallet")  # and users of the same names
 
@@ -37,8 +39,13 @@ def bare_environ(**extra: str) -> dict[str, str]:
 
 
 def cli(*args: str, timeout: float = 120, **extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "chancepay", *args], env=bare_environ(**extra),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "chancepay", *args],
+        env=bare_environ(**extra),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def json_lines(text: str) -> list[dict]:
@@ -72,8 +79,9 @@ def default_install():
     local admin URL and otherwise the defaults); removed afterwards if this test made them."""
     servers = servers_mod.current()
     with servers.admin_connect() as conn, conn.cursor() as cur:
-        cur.execute("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME IN (%s, %s)",
-                    DEFAULT_DATABASES)
+        cur.execute(
+            "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME IN (%s, %s)", DEFAULT_DATABASES
+        )
         existed = {row[0] for row in cur.fetchall()}
         cur.execute("SELECT User FROM mysql.user WHERE User IN (%s, %s)", DEFAULT_DATABASES)
         users_existed = {row[0] for row in cur.fetchall()}
@@ -96,12 +104,21 @@ def default_install():
 @pytest.fixture
 def roles_on_default_ports(default_install, tmp_path):
     """`chancepay dev` with no variable and no --ports: the three roles on 8000-8002."""
-    wait_until(lambda: all(port_free(p) for p in DEFAULT_PORTS.values()), 60, interval=0.5,
-               what=f"ports {sorted(DEFAULT_PORTS.values())} free for the roles' defaults")
+    wait_until(
+        lambda: all(port_free(p) for p in DEFAULT_PORTS.values()),
+        60,
+        interval=0.5,
+        what=f"ports {sorted(DEFAULT_PORTS.values())} free for the roles' defaults",
+    )
     log_path = tmp_path / "dev.log"
     log = log_path.open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "chancepay", "dev"], env=bare_environ(), stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chancepay", "dev"],
+        env=bare_environ(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
     def output() -> str:
         return log_path.read_text(errors="replace")
@@ -109,8 +126,9 @@ def roles_on_default_ports(default_install, tmp_path):
     def ready() -> bool:
         if proc.poll() is not None:
             raise AssertionError(f"chancepay dev exited {proc.returncode}:\n{output()[-4000:]}")
-        return all(httpx.get(f"http://127.0.0.1:{p}/readyz", timeout=2).status_code == 200
-                   for p in DEFAULT_PORTS.values())
+        return all(
+            httpx.get(f"http://127.0.0.1:{p}/readyz", timeout=2).status_code == 200 for p in DEFAULT_PORTS.values()
+        )
 
     try:
         try:
@@ -142,8 +160,11 @@ def test_every_command_works_in_a_second_shell_with_no_variable(roles_on_default
     r = httpx.post("http://127.0.0.1:8000/payments", json={"cusId": "second-shell", "amount": "3.00"}, timeout=10)
     assert r.status_code == 202, r.text
     uuid = r.json()["uuid"]
-    wait_until(lambda: httpx.get(f"http://127.0.0.1:8000/payments/{uuid}", timeout=5).json()["status"] != "PENDING",
-               30, what="the payment finalized")
+    wait_until(
+        lambda: httpx.get(f"http://127.0.0.1:8000/payments/{uuid}", timeout=5).json()["status"] != "PENDING",
+        30,
+        what="the payment finalized",
+    )
 
     audit = cli("audit")
     assert audit.returncode == 0, audit.stdout[-2000:] + audit.stderr[-2000:]

@@ -12,16 +12,24 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PYTHON312 = subprocess.run([str(ROOT / "scripts" / "find-python.sh"), "3.12"], capture_output=True,
-                           text=True).stdout.strip()
-pytestmark = pytest.mark.skipif(os.environ.get("CHANCEPAY_TEST_SERVERS", "debian12") != "debian12",
-                                reason="one pass is enough: the Makefile does not depend on the servers")
+PYTHON312 = subprocess.run(
+    [str(ROOT / "scripts" / "find-python.sh"), "3.12"], capture_output=True, text=True
+).stdout.strip()
+pytestmark = pytest.mark.skipif(
+    os.environ.get("CHANCEPAY_TEST_SERVERS", "debian12") != "debian12",
+    reason="one pass is enough: the Makefile does not depend on the servers",
+)
 
 
 def make(*args: str) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "MFLAGS"))}
-    return subprocess.run(["make", "--no-print-directory", "-C", str(ROOT), *args], env=environ,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        ["make", "--no-print-directory", "-C", str(ROOT), *args],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.mark.parametrize("target, variable", [("test-venv", "TEST_VENV"), ("venv", "VENV")])
@@ -31,8 +39,7 @@ def test_a_venv_left_without_pip_is_repaired_by_the_next_run(tmp_path, target: s
     venv = tmp_path / "venv"
     # What an interrupted `python -m venv` leaves: an interpreter, no pip, no marker.
     subprocess.run([PYTHON312, "-m", "venv", "--without-pip", str(venv)], check=True)
-    assert subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "--version"],
-                          capture_output=True).returncode != 0
+    assert subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "--version"], capture_output=True).returncode != 0
     first = make(target, f"{variable}={venv}")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert (venv / ".installed").exists(), "the marker is written last"

@@ -30,8 +30,10 @@ def create_users_and_databases_without_tables(env) -> None:
     """The state the first install used to crash on: users and databases exist (an init script,
     or a DBA, made them) but no table yet (MySQL error 1146 in the scanner's first poll)."""
     with admin_connect() as conn, conn.cursor() as cur:
-        for db, user, password in ((env.orch_db, env.orch_user, env.orch_password),
-                                   (env.wallet_db, env.wallet_user, env.wallet_password)):
+        for db, user, password in (
+            (env.orch_db, env.orch_user, env.orch_password),
+            (env.wallet_db, env.wallet_user, env.wallet_password),
+        ):
             cur.execute(f"CREATE DATABASE `{db}`")
             cur.execute("CREATE USER %s@'%%' IDENTIFIED BY %s", (user, password))
             cur.execute(f"GRANT ALL PRIVILEGES ON `{db}`.* TO %s@'%%'", (user,))
@@ -119,8 +121,9 @@ class Process:
         self.name = command[0]
         self.path = env.tmp / f"{self.name}.log"
         with open(self.path, "wb") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "chancepay", *command], env=environ,
-                                         stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "chancepay", *command], env=environ, stdout=out, stderr=subprocess.STDOUT
+            )
 
     @property
     def raw(self) -> list[str]:
@@ -178,20 +181,33 @@ def test_every_failure_line_before_the_servers_came_up_is_marked_waiting(make_st
         }
         s = make_stack(**via_proxies).start_all_unready()
         pids = {name: s.roles[name].proc.pid for name in ROLES}
-        migrate = Process(env, ["migrate"], env.environ(
-            **via_proxies, CHANCEPAY_ADMIN_DB=f"mysql://{admin_user}:{admin_password}@127.0.0.1:{db_proxy.port}/"))
+        migrate = Process(
+            env,
+            ["migrate"],
+            env.environ(
+                **via_proxies, CHANCEPAY_ADMIN_DB=f"mysql://{admin_user}:{admin_password}@127.0.0.1:{db_proxy.port}/"
+            ),
+        )
         reconcile = Process(env, ["reconcile", "--age", "0"], env.environ(**via_proxies))
         processes += [migrate, reconcile]
 
         # Before the servers are up: every process fails to reach them, and says it is waiting.
         refused = s.pay(cus_id="too-early")
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "database_unavailable"
-        expected = [(s.scanner, "[FAILED TO SEND TO MQ]", 2), (s.wallet, "[FAILED TO CONSUME FROM MQ]", 2),
-                    (s.wallet, "[FAILED TO REACH DATABASE]", 2), (s.orchestrator, "[FAILED TO REACH DATABASE]", 1),
-                    (migrate, "[FAILED TO REACH DATABASE]", 2), (reconcile, "[FAILED TO RECONCILE]", 2)]
+        expected = [
+            (s.scanner, "[FAILED TO SEND TO MQ]", 2),
+            (s.wallet, "[FAILED TO CONSUME FROM MQ]", 2),
+            (s.wallet, "[FAILED TO REACH DATABASE]", 2),
+            (s.orchestrator, "[FAILED TO REACH DATABASE]", 1),
+            (migrate, "[FAILED TO REACH DATABASE]", 2),
+            (reconcile, "[FAILED TO RECONCILE]", 2),
+        ]
         for source, tag, count in expected:
-            wait_until(lambda source=source, tag=tag, count=count: len(source.events(tag)) >= count, 60,
-                       what=f"{source.name} logging {tag} while the servers are down")
+            wait_until(
+                lambda source=source, tag=tag, count=count: len(source.events(tag)) >= count,
+                60,
+                what=f"{source.name} logging {tag} while the servers are down",
+            )
         up_at = datetime.datetime.now(datetime.UTC)
         db_proxy.set_mode("pass")
         mq_proxy.set_mode("pass")
@@ -206,8 +222,13 @@ def test_every_failure_line_before_the_servers_came_up_is_marked_waiting(make_st
 
         def failures(since=None, until=None) -> list[dict]:
             lines = [line for source in (*s.roles.values(), *processes) for line in source.lines]
-            return [line for line in lines if FAILED in str(line.get("event", ""))
-                    and (since is None or logged_at(line) >= since) and (until is None or logged_at(line) < until)]
+            return [
+                line
+                for line in lines
+                if FAILED in str(line.get("event", ""))
+                and (since is None or logged_at(line) >= since)
+                and (until is None or logged_at(line) < until)
+            ]
 
         before_up = failures(until=up_at)
         assert {line["role"] for line in before_up} == {"orchestrator", "scanner", "wallet", "migrate", "reconcile"}
@@ -223,8 +244,11 @@ def test_every_failure_line_before_the_servers_came_up_is_marked_waiting(make_st
         # Settled: a database that was up and goes away is an outage, logged without `waiting`.
         db_proxy.set_mode("refuse")
         assert s.pay(cus_id="outage").status_code == 503
-        wait_until(lambda: any(line["role"] == "scanner" for line in failures(since=settled_at)), 30,
-                   what="the scanner logging the outage")
+        wait_until(
+            lambda: any(line["role"] == "scanner" for line in failures(since=settled_at)),
+            30,
+            what="the scanner logging the outage",
+        )
         db_proxy.set_mode("pass")
         for name in ROLES:
             s.roles[name].wait_ready(timeout=60)

@@ -17,8 +17,9 @@ def test_windows_with_redeliveries_deduct_each_uuid_once(make_stack) -> None:
     stack.start("orchestrator", "scanner")
     uuids = stack.pay_many(40, prefix="w")
     wait_until(lambda: stack.env.queue_depth("chancepay.payments") == 40, 30, what="40 messages queued")
-    bodies = {u: PaymentMessage(u, {"cus_id": f"w-{i}", "amount": Decimal("12.50")}).encode()
-              for i, u in enumerate(uuids)}
+    bodies = {
+        u: PaymentMessage(u, {"cus_id": f"w-{i}", "amount": Decimal("12.50")}).encode() for i, u in enumerate(uuids)
+    }
     copies = {u: 1 for u in uuids}
 
     def publish_copies(of: list[str]) -> None:
@@ -36,12 +37,16 @@ def test_windows_with_redeliveries_deduct_each_uuid_once(make_stack) -> None:
     # Phase 2: copies of decided payments, a copy with a different amount (a conflict) and a
     # corrupt message, arriving together.
     publish_copies(uuids[1::4])
-    publish_raw(stack, PaymentMessage(uuids[3], {"cus_id": "w-3", "amount": Decimal("99.00")}).encode(),
-                message_id=uuids[3])
+    publish_raw(
+        stack, PaymentMessage(uuids[3], {"cus_id": "w-3", "amount": Decimal("99.00")}).encode(), message_id=uuids[3]
+    )
     publish_raw(stack, b'{"uuid": "not-a-uuid"', message_id="corrupt-1")
     wait_until(lambda: dead_lettered(stack.env) == 2, 30, what="the conflict and the corrupt message dead-lettered")
-    wait_until(lambda: sum(stack.env.wallet_sql("SELECT SUM(deliveries) FROM inbox")[0]) == sum(copies.values()), 30,
-               what="every copy counted")
+    wait_until(
+        lambda: sum(stack.env.wallet_sql("SELECT SUM(deliveries) FROM inbox")[0]) == sum(copies.values()),
+        30,
+        what="every copy counted",
+    )
 
     rows = stack.env.wallet_sql("SELECT uuid, succeed, deliveries, amount, created_at FROM inbox")
     assert sorted(r[0] for r in rows) == sorted(uuids)  # one row per uuid, nothing else

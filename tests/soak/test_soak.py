@@ -23,8 +23,15 @@ from tests.support.invariants import assert_converged
 from tests.support.roles import Supervisor
 
 FAULTS = (
-    "amqp_refuse", "amqp_blackhole", "db_refuse", "db_blackhole", "callback_500",
-    "sigstop", "sigterm", "sigkill", "delete_queue",
+    "amqp_refuse",
+    "amqp_blackhole",
+    "db_refuse",
+    "db_blackhole",
+    "callback_500",
+    "sigstop",
+    "sigterm",
+    "sigkill",
+    "delete_queue",
 )
 
 
@@ -62,9 +69,22 @@ def test_random_fault_mix_during_load(make_stack, env) -> None:
         for r in s.roles.values():
             r.wait_ready()
         load = subprocess.Popen(
-            [sys.executable, "-m", "chancepay", "load", "--rate", "10", "--duration", str(seconds),
-             "--converge-timeout", "240"],
-            env=env.environ(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "chancepay",
+                "load",
+                "--rate",
+                "10",
+                "--duration",
+                str(seconds),
+                "--converge-timeout",
+                "240",
+            ],
+            env=env.environ(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         started = time.monotonic()
         with Supervisor(s, "orchestrator", "scanner", "wallet") as sup:
@@ -72,7 +92,9 @@ def test_random_fault_mix_during_load(make_stack, env) -> None:
                 fault = rng.choice(FAULTS)
                 victim = rng.choice(("orchestrator", "scanner", "wallet"))
                 hold = rng.uniform(2, 10)
-                journal.append(f"{time.monotonic() - started:6.1f}s {fault} {victim if 'sig' in fault else ''} {hold:.1f}s")
+                journal.append(
+                    f"{time.monotonic() - started:6.1f}s {fault} {victim if 'sig' in fault else ''} {hold:.1f}s"
+                )
                 print("SOAK", journal[-1], flush=True)
                 role = s.roles[victim]
                 if fault.startswith("amqp_"):

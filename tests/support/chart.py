@@ -15,9 +15,11 @@ sys.path.insert(0, str(ROOT / "deploy"))
 
 import helm_render  # noqa: E402
 
-HELM_SKIP = ("helm-sdkpy (Helm's own engine) needs Python >= 3.12 and this test venv has "
-             f"{sys.version_info[0]}.{sys.version_info[1]}: give make test a python3.12 (TEST_PYTHON=..., "
-             "or any python3.12 on PATH or under pyenv) and run it again")
+HELM_SKIP = (
+    "helm-sdkpy (Helm's own engine) needs Python >= 3.12 and this test venv has "
+    f"{sys.version_info[0]}.{sys.version_info[1]}: give make test a python3.12 (TEST_PYTHON=..., "
+    "or any python3.12 on PATH or under pyenv) and run it again"
+)
 
 
 def require_helm() -> None:
@@ -43,23 +45,30 @@ def render(values: dict[str, Any] | None = None) -> helm_render.Rendered:
 
 def render_upgrade(values: dict[str, Any], secret: dict[str, str]) -> helm_render.Rendered:
     """What Helm renders when a release's Secret already exists (its `lookup` finds `secret`)."""
-    return render_with_secret({**values, "fullnameOverride": "chancepay"}, secret, secret_name="chancepay-secrets",
-                              release="other")
+    return render_with_secret(
+        {**values, "fullnameOverride": "chancepay"}, secret, secret_name="chancepay-secrets", release="other"
+    )
 
 
-def render_with_secret(values: dict[str, Any], secret: dict[str, str], *, secret_name: str,
-                       release: str = "chancepay") -> helm_render.Rendered:
+def render_with_secret(
+    values: dict[str, Any], secret: dict[str, str], *, secret_name: str, release: str = "chancepay"
+) -> helm_render.Rendered:
     """`helm install` of `release` into a namespace that still holds its Secret `secret_name`
     (Helm's ownership annotations of that release, as `helm uninstall` leaves a resource-policy:
     keep object): the chart's `lookup` finds `secret`. What a reinstall renders, and the objects
     an upgrade to these values renders (Helm's upgrade sees the same lookup)."""
     require_helm()
-    existing = {"apiVersion": "v1", "kind": "Secret",
-                "metadata": {"name": secret_name, "namespace": "chancepay",
-                             "labels": {"app.kubernetes.io/managed-by": "Helm"},
-                             "annotations": {"meta.helm.sh/release-name": release,
-                                             "meta.helm.sh/release-namespace": "chancepay"}},
-                "data": {k: base64.b64encode(v.encode()).decode() for k, v in secret.items()}}
+    existing = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": secret_name,
+            "namespace": "chancepay",
+            "labels": {"app.kubernetes.io/managed-by": "Helm"},
+            "annotations": {"meta.helm.sh/release-name": release, "meta.helm.sh/release-namespace": "chancepay"},
+        },
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in secret.items()},
+    }
     return helm_render.render(str(CHART), values, release=release, existing=[existing])
 
 
@@ -88,12 +97,19 @@ def _expand(value: str, env: dict[str, str]) -> str:
     """Kubernetes' dependent variables: $(NAME) becomes an earlier variable's value ($$ escapes)."""
     import re
 
-    return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
-                  lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)), value)
+    return re.sub(
+        r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
+        lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)),
+        value,
+    )
 
 
-def container_env(container: dict[str, Any], secrets: dict[str, str], maps: dict[str, dict[str, str]],
-                  pod: dict[str, str] | None = None) -> dict[str, str]:
+def container_env(
+    container: dict[str, Any],
+    secrets: dict[str, str],
+    maps: dict[str, dict[str, str]],
+    pod: dict[str, str] | None = None,
+) -> dict[str, str]:
     """The environment a kubelet would give `container` (value with $(VAR) expansion, secretKeyRef,
     configMapKeyRef, fieldRef metadata.name/namespace from `pod`). An optional key that is missing
     is left out, as Kubernetes does."""
@@ -130,16 +146,27 @@ def previous_release(dest: Path) -> tuple[str, Path]:
     import yaml
 
     current = yaml.safe_load((CHART / "Chart.yaml").read_text())["version"]
-    commits = subprocess.run(["git", "-C", str(ROOT), "rev-list", "HEAD", "--", "charts/chancepay"],
-                             check=True, capture_output=True, text=True).stdout.split()
+    commits = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-list", "HEAD", "--", "charts/chancepay"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     for commit in commits:
-        text = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:charts/chancepay/Chart.yaml"],
-                              check=True, capture_output=True, text=True).stdout
+        text = subprocess.run(
+            ["git", "-C", str(ROOT), "show", f"{commit}:charts/chancepay/Chart.yaml"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         version = yaml.safe_load(text)["version"]
         if version != current:
-            archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "charts/chancepay"],
-                                     check=True, capture_output=True).stdout
+            archive = subprocess.run(
+                ["git", "-C", str(ROOT), "archive", commit, "charts/chancepay"], check=True, capture_output=True
+            ).stdout
             subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
             return version, dest / "charts" / "chancepay"
-    raise RuntimeError(f"no commit of charts/chancepay/Chart.yaml with a version other than {current} "
-                       "(a shallow clone? the upgrade tests need the history: git fetch --unshallow)")
+    raise RuntimeError(
+        f"no commit of charts/chancepay/Chart.yaml with a version other than {current} "
+        "(a shallow clone? the upgrade tests need the history: git fetch --unshallow)"
+    )

@@ -46,7 +46,9 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: fl
         except Exception as exc:  # keep polling through transient errors, report the last one
             last_exc = exc
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}; last error: {last_exc!r}")
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {what or predicate}; last error: {last_exc!r}"
+            )
         time.sleep(interval)
 
 
@@ -100,6 +102,7 @@ class VhostPool:
         with self.lock:
             vhosts, self.all, self.free = list(self.all), [], []
         for vhost in vhosts:
+
             def gone(vhost: str = vhost) -> bool:
                 try:
                     servers.rabbitmqctl("delete_vhost", vhost)
@@ -119,8 +122,10 @@ def amqp_call(servers: Servers, vhost: str, fn: Callable[[Any], Any]) -> Any:
     import aiormq
 
     async def go() -> Any:
-        url = f"amqp://{quote(servers.amqp_user, safe='')}:{quote(servers.amqp_password, safe='')}" \
-              f"@127.0.0.1:{servers.amqp_port}/{quote(vhost, safe='')}"
+        url = (
+            f"amqp://{quote(servers.amqp_user, safe='')}:{quote(servers.amqp_password, safe='')}"
+            f"@127.0.0.1:{servers.amqp_port}/{quote(vhost, safe='')}"
+        )
         connection = await aiormq.connect(url)
         try:
             channel = await connection.channel()
@@ -162,8 +167,10 @@ class Env:
 
     def amqp_url(self, host: str = "127.0.0.1", port: int | None = None) -> str:
         s = self.servers
-        return (f"amqp://{quote(s.amqp_user, safe='')}:{quote(s.amqp_password, safe='')}@{host}:{port or self.amqp_port}"
-                f"/{quote(self.vhost, safe='')}")
+        return (
+            f"amqp://{quote(s.amqp_user, safe='')}:{quote(s.amqp_password, safe='')}@{host}:{port or self.amqp_port}"
+            f"/{quote(self.vhost, safe='')}"
+        )
 
     def base_url(self, role: str) -> str:
         return f"http://127.0.0.1:{self.ports[role]}"
@@ -221,15 +228,32 @@ class Env:
 
     # ------------------------------------------------------------------ data access (as the roles' own users)
     def orch_sql(self, sql: str, args: Any = None) -> list[tuple]:
-        with pymysql.connect(host="127.0.0.1", port=self.mysql_port, user=self.orch_user, password=self.orch_password,
-                             database=self.orch_db, autocommit=True) as conn, conn.cursor() as cur:
+        with (
+            pymysql.connect(
+                host="127.0.0.1",
+                port=self.mysql_port,
+                user=self.orch_user,
+                password=self.orch_password,
+                database=self.orch_db,
+                autocommit=True,
+            ) as conn,
+            conn.cursor() as cur,
+        ):
             cur.execute(sql, args)
             return list(cur.fetchall())
 
     def wallet_sql(self, sql: str, args: Any = None) -> list[tuple]:
-        with pymysql.connect(host="127.0.0.1", port=self.mysql_port, user=self.wallet_user,
-                             password=self.wallet_password, database=self.wallet_db, autocommit=True) as conn, \
-                conn.cursor() as cur:
+        with (
+            pymysql.connect(
+                host="127.0.0.1",
+                port=self.mysql_port,
+                user=self.wallet_user,
+                password=self.wallet_password,
+                database=self.wallet_db,
+                autocommit=True,
+            ) as conn,
+            conn.cursor() as cur,
+        ):
             cur.execute(sql, args)
             return list(cur.fetchall())
 
@@ -319,7 +343,11 @@ def previous_release(tmp_path: Path) -> str:
     out = tmp_path / "previous-release"
     if not out.exists():
         out.mkdir()
-        archive = subprocess.run(["git", "-C", str(root), "archive", PREVIOUS_RELEASE, "services/chancepay"],
-                                 capture_output=True, check=True, timeout=60).stdout
+        archive = subprocess.run(
+            ["git", "-C", str(root), "archive", PREVIOUS_RELEASE, "services/chancepay"],
+            capture_output=True,
+            check=True,
+            timeout=60,
+        ).stdout
         subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True, timeout=60)
     return str(out / "services")

@@ -31,12 +31,12 @@ class DatabaseDown(Exception):
     """What a fake raises for "the database does not answer" when a test wants a plain error."""
 
 
-def message(body: bytes, headers: dict[str, Any] | None = None, message_id: str | None = None,
-            tag: int = 7) -> Any:
+def message(body: bytes, headers: dict[str, Any] | None = None, message_id: str | None = None, tag: int = 7) -> Any:
     """An aiormq DeliveredMessage, as far as a consumer reads it."""
     props = spec.Basic.Properties(headers=headers or {}, message_id=message_id)
-    return SimpleNamespace(body=body, header=SimpleNamespace(properties=props),
-                           delivery=SimpleNamespace(delivery_tag=tag))
+    return SimpleNamespace(
+        body=body, header=SimpleNamespace(properties=props), delivery=SimpleNamespace(delivery_tag=tag)
+    )
 
 
 class FakeChannel:
@@ -66,8 +66,13 @@ class FakeInbox:
     deduct_many (a window, wallet/window.py) answers each delivery the same way, or raises the
     first exception, recording each window's uuids in `windows`."""
 
-    def __init__(self, decision: Decision | BaseException | Mapping[str, Decision | BaseException] | None = None,
-                 *, park_fails: bool = False, parked: Sequence[ParkedCallback] = ()) -> None:
+    def __init__(
+        self,
+        decision: Decision | BaseException | Mapping[str, Decision | BaseException] | None = None,
+        *,
+        park_fails: bool = False,
+        parked: Sequence[ParkedCallback] = (),
+    ) -> None:
         self.decision = decision
         self.park_fails = park_fails
         self.deducted: list[tuple[str, bool]] = []
@@ -181,8 +186,9 @@ class FakeDatabase:
     """Statements are recorded; fetches answer from `rows` (statement -> rows, default none);
     `fail` (an exception) makes every statement raise it."""
 
-    def __init__(self, rows: dict[str, list[Any]] | None = None, *, schema_ready: bool = True,
-                 fail: BaseException | None = None) -> None:
+    def __init__(
+        self, rows: dict[str, list[Any]] | None = None, *, schema_ready: bool = True, fail: BaseException | None = None
+    ) -> None:
         self.rows = rows or {}
         self.ready = schema_ready
         self.fail = fail

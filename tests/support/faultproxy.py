@@ -244,9 +244,7 @@ class _Conn:
             if not data:
                 return
 
-    async def _write_side(
-        self, queue: asyncio.Queue, writer: asyncio.StreamWriter, direction: str
-    ) -> None:
+    async def _write_side(self, queue: asyncio.Queue, writer: asyncio.StreamWriter, direction: str) -> None:
         proxy = self.proxy
         loop = asyncio.get_running_loop()
         while True:
@@ -373,9 +371,7 @@ class FaultProxy:
             if self._thread is not None:
                 raise RuntimeError("FaultProxy already started")
             ready: concurrent.futures.Future[None] = concurrent.futures.Future()
-            thread = threading.Thread(
-                target=self._thread_main, args=(ready,), name=self.name, daemon=True
-            )
+            thread = threading.Thread(target=self._thread_main, args=(ready,), name=self.name, daemon=True)
             self._thread = thread
             thread.start()
             try:
@@ -423,8 +419,11 @@ class FaultProxy:
         return self._call(self._reset_all_async())
 
     def wait_for(
-        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 5.0,
-        interval: float = 0.01, what: str = "condition",
+        self,
+        predicate: Callable[[dict[str, Any]], bool],
+        timeout: float = 5.0,
+        interval: float = 0.01,
+        what: str = "condition",
     ) -> dict[str, Any]:
         """Poll ``predicate(self.stats())`` until true; raise TimeoutError at the deadline."""
         deadline = time.monotonic() + timeout
@@ -438,16 +437,12 @@ class FaultProxy:
 
     def wait_for_connections(self, n: int, timeout: float = 5.0) -> int:
         """Wait until at least ``n`` connections have been accepted in total."""
-        snap = self.wait_for(
-            lambda s: s["connections_accepted"] >= n, timeout, what=f"{n} accepted connections"
-        )
+        snap = self.wait_for(lambda s: s["connections_accepted"] >= n, timeout, what=f"{n} accepted connections")
         return snap["connections_accepted"]
 
     def wait_for_active(self, n: int, timeout: float = 5.0) -> int:
         """Wait until exactly ``n`` connections are open through the proxy."""
-        snap = self.wait_for(
-            lambda s: s["connections_active"] == n, timeout, what=f"{n} active connections"
-        )
+        snap = self.wait_for(lambda s: s["connections_active"] == n, timeout, what=f"{n} active connections")
         return snap["connections_active"]
 
     def __repr__(self) -> str:
@@ -502,9 +497,7 @@ class FaultProxy:
         await asyncio.sleep(0)  # let the transports' connection_lost callbacks close sockets
 
     def _make_listen_socket(self, port: int) -> socket.socket:
-        infos = socket.getaddrinfo(
-            self.listen_host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
+        infos = socket.getaddrinfo(self.listen_host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         family, type_, proto, _, sockaddr = infos[0]
         deadline = time.monotonic() + 3.0
         while True:
@@ -744,7 +737,7 @@ def _http_handler(controller: _Controller) -> type[BaseHTTPRequestHandler]:
                     return
                 self._dispatch(mode, params)
             elif path.startswith("/mode/"):
-                self._dispatch(path[len("/mode/"):], params)
+                self._dispatch(path[len("/mode/") :], params)
             elif path in ("/reset_all", "/shutdown"):
                 self._dispatch(path[1:], params)
             else:
@@ -760,18 +753,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--listen", type=_hostport, required=True, help="HOST:PORT to listen on (port 0: any)")
     parser.add_argument("--upstream", type=_hostport, required=True, help="HOST:PORT to forward to")
-    parser.add_argument("--control", type=_hostport, default=None,
-                        help="HOST:PORT for the HTTP control API (port 0: any); off by default")
+    parser.add_argument(
+        "--control",
+        type=_hostport,
+        default=None,
+        help="HOST:PORT for the HTTP control API (port 0: any); off by default",
+    )
     parser.add_argument("--mode", default="pass", help="initial mode, e.g. 'pass' or 'delay seconds=0.2'")
     parser.add_argument("--no-stdin", action="store_true", help="do not read commands from stdin")
-    parser.add_argument("--exit-on-stdin-eof", action="store_true",
-                        help="exit when stdin closes (ties the proxy's life to its parent)")
+    parser.add_argument(
+        "--exit-on-stdin-eof", action="store_true", help="exit when stdin closes (ties the proxy's life to its parent)"
+    )
     parser.add_argument("--connect-timeout", type=float, default=5.0)
     args = parser.parse_args(argv)
 
     stop = threading.Event()
-    proxy = FaultProxy(args.upstream[0], args.upstream[1], args.listen[0], args.listen[1],
-                       connect_timeout=args.connect_timeout)
+    proxy = FaultProxy(
+        args.upstream[0], args.upstream[1], args.listen[0], args.listen[1], connect_timeout=args.connect_timeout
+    )
     try:
         cmd, params = _parse_command(args.mode)
         proxy.set_mode(cmd, **params)
@@ -817,14 +816,16 @@ def main(argv: list[str] | None = None) -> int:
             if args.exit_on_stdin_eof:
                 stop.set()
 
-        emit({
-            "event": "faultproxy.ready",
-            "listen": f"{proxy.listen_host}:{proxy.port}",
-            "upstream": f"{proxy.upstream_host}:{proxy.upstream_port}",
-            "control": control_addr,
-            "mode": proxy.mode,
-            "pid": os.getpid(),
-        })
+        emit(
+            {
+                "event": "faultproxy.ready",
+                "listen": f"{proxy.listen_host}:{proxy.port}",
+                "upstream": f"{proxy.upstream_host}:{proxy.upstream_port}",
+                "control": control_addr,
+                "mode": proxy.mode,
+                "pid": os.getpid(),
+            }
+        )
         if not args.no_stdin:
             threading.Thread(target=stdin_loop, name="faultproxy-stdin", daemon=True).start()
         while not stop.wait(0.2):

@@ -34,8 +34,9 @@ def publish_raw(stack: Stack, body: bytes, message_id: str = "raw", key: str | N
             body,
             exchange=topology.EXCHANGE,
             routing_key=topology.ROUTING_KEY,
-            properties=spec.Basic.Properties(delivery_mode=2, message_id=message_id, content_type="application/json",
-                                             headers=headers),
+            properties=spec.Basic.Properties(
+                delivery_mode=2, message_id=message_id, content_type="application/json", headers=headers
+            ),
             mandatory=True,
         )
 
@@ -97,7 +98,9 @@ class CallbackStub:
                         r = httpx.post(
                             stub.upstream + self.path,
                             content=body,
-                            headers={k: v for k, v in self.headers.items() if k.lower() in ("authorization", "content-type")},
+                            headers={
+                                k: v for k, v in self.headers.items() if k.lower() in ("authorization", "content-type")
+                            },
                             timeout=10,
                         )
                         status, payload = r.status_code, r.content
@@ -144,7 +147,9 @@ def rabbitmq_app_stopped() -> Iterator[None]:
         yield
     finally:
         rabbitmqctl("start_app")
-        wait_until(lambda: port_answers("127.0.0.1", port), 120, interval=0.5, what=f"RabbitMQ port {port} after start_app")
+        wait_until(
+            lambda: port_answers("127.0.0.1", port), 120, interval=0.5, what=f"RabbitMQ port {port} after start_app"
+        )
 
 
 def seeded_random(seed: int | None = None) -> tuple[int, _random.Random]:

@@ -20,23 +20,35 @@ from tests.support.env import wait_until
 from tests.support.roles import Stack
 
 # A stack whose groups leave only behind a commit in flight or when full (no linger in a test).
-GROUPED = {"CHANCEPAY_API_GROUP_SIZE": "64", "CHANCEPAY_API_GROUP_LINGER_SECONDS": "600",
-           "CHANCEPAY_DB_TIMEOUT_SECONDS": "30"}
+GROUPED = {
+    "CHANCEPAY_API_GROUP_SIZE": "64",
+    "CHANCEPAY_API_GROUP_LINGER_SECONDS": "600",
+    "CHANCEPAY_DB_TIMEOUT_SECONDS": "30",
+}
 HOLD_KEY = "hold-the-group"
 
 
 def connect(stack: Stack) -> pymysql.connections.Connection:
     """A connection as the orchestrator's user, autocommit off (the test's own transaction)."""
     e = stack.env
-    return pymysql.connect(host="127.0.0.1", port=e.mysql_port, user=e.orch_user, password=e.orch_password,
-                           database=e.orch_db, autocommit=False)
+    return pymysql.connect(
+        host="127.0.0.1",
+        port=e.mysql_port,
+        user=e.orch_user,
+        password=e.orch_password,
+        database=e.orch_db,
+        autocommit=False,
+    )
 
 
 def insert_keyed(conn: pymysql.connections.Connection, uuid: str, key: str, request_hash: str = "0" * 64) -> None:
     """A request row with `key`, in `conn`'s transaction (not committed)."""
     with conn.cursor() as cur:
-        cur.execute("INSERT INTO request (uuid, cus_id, amount, idempotency_key, request_hash) "
-                    "VALUES (%s, 'holder', 1.00, %s, %s)", (uuid, key, request_hash))
+        cur.execute(
+            "INSERT INTO request (uuid, cus_id, amount, idempotency_key, request_hash) "
+            "VALUES (%s, 'holder', 1.00, %s, %s)",
+            (uuid, key, request_hash),
+        )
 
 
 class HeldGroup:

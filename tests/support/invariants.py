@@ -24,6 +24,7 @@ def check(env: Env, accepted: list[str] | None = None) -> InvariantReport:
 
 def check_urls(orch_url: str, wallet_url: str, accepted: list[str] | None = None) -> InvariantReport:
     """`check` over the two schemas at these URLs (e.g. a played release's, from its Secret)."""
+
     async def go() -> InvariantReport:
         orch = Database(DatabaseURL.parse(orch_url), pool_size=1, timeout=30)
         wallet = Database(DatabaseURL.parse(wallet_url), pool_size=1, timeout=30)
@@ -53,8 +54,12 @@ def assert_converged(stack: Stack, accepted: list[str] | None = None, timeout: f
     the contract's invariants twice over: on every payment of this Env (check above) and as a live
     system (`chancepay audit`, which also flags outbox rows stuck without a recorded failure)."""
     env = stack.env
-    wait_until(lambda: outbox_depth(env) == 0 and pending_count(env) == 0, timeout, interval=0.25,
-               what=f"convergence (outbox={_safe(outbox_depth, env)}, pending={_safe(pending_count, env)})")
+    wait_until(
+        lambda: outbox_depth(env) == 0 and pending_count(env) == 0,
+        timeout,
+        interval=0.25,
+        what=f"convergence (outbox={_safe(outbox_depth, env)}, pending={_safe(pending_count, env)})",
+    )
     assert_invariants(env, accepted)
     code, report = run_audit(env)
     assert code == 0 and report["ok"], f"chancepay audit: {report}"

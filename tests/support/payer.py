@@ -22,9 +22,16 @@ class Payer:
     Idempotency-Key until that many seconds passed (each outcome then records its `attempts`
     and `first_failure`); 0 = one attempt, as before."""
 
-    def __init__(self, stack: Stack | None, rate: float = 5.0, timeout: float = 30.0, prefix: str = "pay",
-                 url: str | Callable[[], str] | None = None, limit: int | None = None,
-                 retry_for: float = 0.0) -> None:
+    def __init__(
+        self,
+        stack: Stack | None,
+        rate: float = 5.0,
+        timeout: float = 30.0,
+        prefix: str = "pay",
+        url: str | Callable[[], str] | None = None,
+        limit: int | None = None,
+        retry_for: float = 0.0,
+    ) -> None:
         self.stack = stack
         self.url = url
         self.rate = rate
@@ -83,8 +90,11 @@ class Payer:
         started = time.monotonic()
         outcome: dict[str, Any] = {"i": i, "started": started, **self._attempt(i)}
         attempts = 1
-        while (self.retry_for and outcome["status"] in (None, 502, 503, 504)
-               and time.monotonic() - started < self.retry_for):
+        while (
+            self.retry_for
+            and outcome["status"] in (None, 502, 503, 504)
+            and time.monotonic() - started < self.retry_for
+        ):
             outcome.setdefault("first_failure", outcome.get("status") or outcome.get("error"))
             time.sleep(0.2)
             outcome.update(self._attempt(i))

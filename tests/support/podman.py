@@ -40,13 +40,22 @@ def environ() -> dict[str, str]:
     return {**os.environ, "CONTAINERS_CONF": str(CONTAINERS_CONF)}
 
 
-def podman(*args: str, check: bool = True, timeout: float = 300, input: bytes | None = None,
-           capture: bool = True) -> subprocess.CompletedProcess[bytes]:
-    result = subprocess.run(["podman", *args], env=environ(), input=input, timeout=timeout,
-                            stdout=subprocess.PIPE if capture else None, stderr=subprocess.PIPE if capture else None)
+def podman(
+    *args: str, check: bool = True, timeout: float = 300, input: bytes | None = None, capture: bool = True
+) -> subprocess.CompletedProcess[bytes]:
+    result = subprocess.run(
+        ["podman", *args],
+        env=environ(),
+        input=input,
+        timeout=timeout,
+        stdout=subprocess.PIPE if capture else None,
+        stderr=subprocess.PIPE if capture else None,
+    )
     if check and result.returncode != 0:
-        raise RuntimeError(f"podman {' '.join(args[:6])} ... exited {result.returncode}: "
-                           f"{(result.stderr or b'').decode(errors='replace')[-2000:]}")
+        raise RuntimeError(
+            f"podman {' '.join(args[:6])} ... exited {result.returncode}: "
+            f"{(result.stderr or b'').decode(errors='replace')[-2000:]}"
+        )
     return result
 
 
@@ -73,8 +82,9 @@ def _build_lock() -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def debootstrap_image(ref: str, suite: str, packages: Sequence[str], changes: Sequence[str],
-                      users: Sequence[tuple[str, int]] = ()) -> str:
+def debootstrap_image(
+    ref: str, suite: str, packages: Sequence[str], changes: Sequence[str], users: Sequence[tuple[str, int]] = ()
+) -> str:
     """Make `ref` from a minimal Debian root with `packages`, unless it exists. Returns `ref`."""
     if image_exists(ref):
         return ref
@@ -83,8 +93,12 @@ def debootstrap_image(ref: str, suite: str, packages: Sequence[str], changes: Se
             return ref
         with tempfile.TemporaryDirectory(prefix="chancepay-rootfs-", dir="/var/tmp") as tmp:
             root = Path(tmp) / "root"
-            subprocess.run(["debootstrap", "--variant=minbase", f"--include={','.join(packages)}", suite,
-                            str(root), MIRROR], check=True, stdout=subprocess.DEVNULL, timeout=1200)
+            subprocess.run(
+                ["debootstrap", "--variant=minbase", f"--include={','.join(packages)}", suite, str(root), MIRROR],
+                check=True,
+                stdout=subprocess.DEVNULL,
+                timeout=1200,
+            )
             for name, uid in users:
                 subprocess.run(["chroot", str(root), "groupmod", "-g", str(uid), name], check=True)
                 subprocess.run(["chroot", str(root), "usermod", "-u", str(uid), "-g", str(uid), name], check=True)
@@ -95,8 +109,9 @@ def debootstrap_image(ref: str, suite: str, packages: Sequence[str], changes: Se
             args = ["import"]
             for change in changes:
                 args += ["--change", change]
-            result = subprocess.run(["podman", *args, "-", ref], stdin=tar.stdout, env=environ(),
-                                    capture_output=True, timeout=900)
+            result = subprocess.run(
+                ["podman", *args, "-", ref], stdin=tar.stdout, env=environ(), capture_output=True, timeout=900
+            )
             assert tar.stdout is not None
             tar.stdout.close()
             tar.wait()
@@ -108,8 +123,9 @@ def debootstrap_image(ref: str, suite: str, packages: Sequence[str], changes: Se
 def standin_servers_image() -> str:
     recipe = "|".join((STANDIN_RECIPE_VERSION, STANDIN_SUITE, *STANDIN_PACKAGES, STANDIN_PATH, repr(STANDIN_USERS)))
     ref = f"localhost/chancepay-standin-servers:{STANDIN_SUITE}-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}"
-    return debootstrap_image(ref, STANDIN_SUITE, STANDIN_PACKAGES,
-                             [f"ENV PATH={STANDIN_PATH}", "ENV LANG=C.UTF-8"], STANDIN_USERS)
+    return debootstrap_image(
+        ref, STANDIN_SUITE, STANDIN_PACKAGES, [f"ENV PATH={STANDIN_PATH}", "ENV LANG=C.UTF-8"], STANDIN_USERS
+    )
 
 
 # The ChancePay images' base here: Debian 12 with its own Python 3.11 (the Dockerfiles' default is
@@ -134,8 +150,17 @@ def build_role_image(role: str, tag: str) -> tuple[str, float]:
     import time
 
     ref = f"localhost/chancepay-{role}:{tag}"
-    args = ["build", "--network", "host", "-f", str(ROOT / f"Dockerfile.{role}"),
-            "--build-arg", f"PYTHON_IMAGE={python_base_image()}", "-t", ref]
+    args = [
+        "build",
+        "--network",
+        "host",
+        "-f",
+        str(ROOT / f"Dockerfile.{role}"),
+        "--build-arg",
+        f"PYTHON_IMAGE={python_base_image()}",
+        "-t",
+        ref,
+    ]
     if HOST_CA_BUNDLE.exists():
         args += ["--secret", f"id=pip_cert,src={HOST_CA_BUNDLE}"]
     started = time.monotonic()

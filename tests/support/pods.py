@@ -168,8 +168,10 @@ class Pod:
         if not self.pod_name:
             for host, ip in self.add_hosts.items():
                 args += ["--add-host", f"{host}:{ip}"]
-        env = {**chart.container_env(c, self.secrets, self.maps, {"name": self.k8s_name, "namespace": self.namespace}),
-               **self.extra_env.get(c["name"], {})}
+        env = {
+            **chart.container_env(c, self.secrets, self.maps, {"name": self.k8s_name, "namespace": self.namespace}),
+            **self.extra_env.get(c["name"], {}),
+        }
         for k, v in env.items():
             args += ["-e", f"{k}={v}"]
         for m in c.get("volumeMounts", []):
@@ -200,8 +202,10 @@ class Pod:
             podman("rm", "-f", self.container_name(c["name"]), check=False)
             result = podman(*self._run_args(c, detach=False), check=False, timeout=600)
             if result.returncode != 0:
-                raise AssertionError(f"init container {c['name']} of {self.name} exited {result.returncode}:\n"
-                                     f"{(result.stdout + result.stderr).decode(errors='replace')[-3000:]}")
+                raise AssertionError(
+                    f"init container {c['name']} of {self.name} exited {result.returncode}:\n"
+                    f"{(result.stdout + result.stderr).decode(errors='replace')[-3000:]}"
+                )
         for c in self.spec["containers"]:
             podman("rm", "-f", self.container_name(c["name"]), check=False)
             podman(*self._run_args(c, detach=True))
@@ -243,8 +247,9 @@ class Pod:
             if self.probe("readinessProbe", c["name"]):
                 return time.monotonic() - start
             if time.monotonic() - start > budget:
-                raise AssertionError(f"{self.container_name(c['name'])} not ready within {budget}s:\n"
-                                     f"{self.logs(c['name'])[-4000:]}")
+                raise AssertionError(
+                    f"{self.container_name(c['name'])} not ready within {budget}s:\n{self.logs(c['name'])[-4000:]}"
+                )
             time.sleep(0.5)
 
     def logs(self, container: str | None = None) -> str:

@@ -63,15 +63,24 @@ def pick_subnet() -> int:
 
 
 class PlayedRelease:
-    def __init__(self, workdir: Path, name: str, values: dict[str, Any] | None = None, *,
-                 secret: dict[str, str] | None = None, extra_hosts: dict[str, str] | None = None,
-                 octet: int | None = None, helm: Any = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        name: str,
+        values: dict[str, Any] | None = None,
+        *,
+        secret: dict[str, str] | None = None,
+        extra_hosts: dict[str, str] | None = None,
+        octet: int | None = None,
+        helm: Any = None,
+    ) -> None:
         self.workdir = workdir
         self.name = name
         self.values = {**(values or {}), "fullnameOverride": name}
         self.helm = helm  # a started helm_render.Cluster, or None
-        self.rendered = (chart.render(self.values) if helm is None
-                         else helm.install(HELM_RELEASE, str(chart.CHART), self.values))
+        self.rendered = (
+            chart.render(self.values) if helm is None else helm.install(HELM_RELEASE, str(chart.CHART), self.values)
+        )
         self.secret_name = (self.values.get("secrets") or {}).get("existingSecret") or f"{name}-secrets"
         self.secret = secret if secret is not None else chart.secret_data(self.rendered)
         self.octet = octet or pick_subnet()
@@ -154,9 +163,19 @@ class PlayedRelease:
         for sts in self.rendered.of_kind("StatefulSet"):
             for i in range(sts["spec"]["replicas"]):
                 pod_name = f"{sts['metadata']['name']}-{i}"
-                pod = Pod(f"cpplay-{pod_name}", sts, self.rendered, self.workdir / pod_name,
-                          image_for=lambda ref: image, add_hosts=self.hosts, secrets=self.secret, network=NETWORK,
-                          ip=self.ips[pod_name], k8s_name=pod_name, namespace=NAMESPACE)
+                pod = Pod(
+                    f"cpplay-{pod_name}",
+                    sts,
+                    self.rendered,
+                    self.workdir / pod_name,
+                    image_for=lambda ref: image,
+                    add_hosts=self.hosts,
+                    secrets=self.secret,
+                    network=NETWORK,
+                    ip=self.ips[pod_name],
+                    k8s_name=pod_name,
+                    namespace=NAMESPACE,
+                )
                 key = sts["metadata"]["name"].removeprefix(f"{self.name}-")
                 self.servers[key if i == 0 else f"{key}-{i}"] = pod.start()
 
@@ -202,8 +221,9 @@ class PlayedRelease:
         else:
             (obj,) = self.rendered.of_kind(kind)
             spec = chart.pod_spec(obj)
-            labels = (obj["spec"]["jobTemplate"]["spec"]["template"] if kind == "CronJob"
-                      else obj["spec"]["template"])["metadata"]["labels"]
+            labels = (obj["spec"]["jobTemplate"]["spec"]["template"] if kind == "CronJob" else obj["spec"]["template"])[
+                "metadata"
+            ]["labels"]
             name = f"{obj['metadata']['name']}-run"
         self._play(name, spec, labels)
         return name
@@ -242,8 +262,12 @@ class PlayedRelease:
         if not isinstance(port, int):
             port = next(cp["containerPort"] for cp in c["ports"] if cp["name"] == port)
         try:
-            return httpx.get(f"http://{self.ips[pod_name]}:{port}{p['path']}",
-                             timeout=c[kind].get("timeoutSeconds", 1)).status_code < 400
+            return (
+                httpx.get(
+                    f"http://{self.ips[pod_name]}:{port}{p['path']}", timeout=c[kind].get("timeoutSeconds", 1)
+                ).status_code
+                < 400
+            )
         except httpx.HTTPError:
             return False
 
@@ -265,8 +289,9 @@ class PlayedRelease:
         start = time.monotonic()
         while not self.probe(pod_name, "readinessProbe"):
             if time.monotonic() - start > budget:
-                raise AssertionError(f"{pod_name} not ready within its startup budget {budget}s:\n"
-                                     f"{self.logs(pod_name)[-3000:]}")
+                raise AssertionError(
+                    f"{pod_name} not ready within its startup budget {budget}s:\n{self.logs(pod_name)[-3000:]}"
+                )
             time.sleep(0.5)
         return time.monotonic() - start
 
@@ -290,23 +315,34 @@ class PlayedRelease:
         Returns what changed: {"job": (old name, new name), "deployments": [roles whose pod
         template changed], "statefulsets": [StatefulSets whose pod template changed]}."""
         old = self.rendered
-        new = (self.render_again(values) if self.helm is None
-               else self.helm.upgrade(HELM_RELEASE, str(chart.CHART), {**values, "fullnameOverride": self.name}))
+        new = (
+            self.render_again(values)
+            if self.helm is None
+            else self.helm.upgrade(HELM_RELEASE, str(chart.CHART), {**values, "fullnameOverride": self.name})
+        )
         if not (self.values.get("secrets") or {}).get("existingSecret"):
             assert chart.secret_data(new) == self.secret, "the upgrade rendered other passwords: lookup missed"
 
         def templates(r: Any, kind: str) -> dict[str, Any]:
             return {o["metadata"]["name"]: o["spec"]["template"] for o in r.of_kind(kind)}
 
-        changed = {kind: [name.removeprefix(f"{self.name}-") for name, t in templates(new, kind).items()
-                          if templates(old, kind).get(name) != t]
-                   for kind in ("Deployment", "StatefulSet")}
+        changed = {
+            kind: [
+                name.removeprefix(f"{self.name}-")
+                for name, t in templates(new, kind).items()
+                if templates(old, kind).get(name) != t
+            ]
+            for kind in ("Deployment", "StatefulSet")
+        }
         jobs = [[o["metadata"]["name"] for o in r.of_kind("Job")] for r in (old, new)]
         self.values = {**values, "fullnameOverride": self.name}
         self.rendered = new
         self.revision += 1
-        return {"job": (jobs[0][0] if jobs[0] else None, jobs[1][0] if jobs[1] else None),
-                "deployments": changed["Deployment"], "statefulsets": changed["StatefulSet"]}
+        return {
+            "job": (jobs[0][0] if jobs[0] else None, jobs[1][0] if jobs[1] else None),
+            "deployments": changed["Deployment"],
+            "statefulsets": changed["StatefulSet"],
+        }
 
     def _service_of(self, role: str) -> str | None:
         dep = self.rendered.get("Deployment", f"{self.name}-{role}")
@@ -338,7 +374,7 @@ class PlayedRelease:
         spec = self.specs[pod_name]
         grace = float(spec.get("terminationGracePeriodSeconds", 30))
         container = self.container(pod_name)
-        hook = ((spec["containers"][0].get("lifecycle") or {}).get("preStop") or {})
+        hook = (spec["containers"][0].get("lifecycle") or {}).get("preStop") or {}
         start = time.monotonic()
         record: dict[str, Any] = {}
         if "exec" in hook:
@@ -390,8 +426,16 @@ class PlayedRelease:
             if service and i == 0:
                 self._set_service(service, self.ips[new])
             stopped = self.terminate(old)
-            records.append({"old": old, "new": new, "play_seconds": round(played, 2), "ready_seconds": round(ready, 2),
-                            "replace_seconds": round(time.monotonic() - started, 2), **stopped})
+            records.append(
+                {
+                    "old": old,
+                    "new": new,
+                    "play_seconds": round(played, 2),
+                    "ready_seconds": round(ready, 2),
+                    "replace_seconds": round(time.monotonic() - started, 2),
+                    **stopped,
+                }
+            )
         return records
 
     def uninstall(self) -> tuple[list[str], dict[str, dict[str, Any]]]:
@@ -432,8 +476,9 @@ class PlayedRelease:
         Secret; the caller plays it as an install (start_servers on the kept volumes, ...)."""
         if values is not None:
             self.values = {**values, "fullnameOverride": self.name}
-        self.rendered = (self.render_again() if self.helm is None
-                         else self.helm.install(HELM_RELEASE, str(chart.CHART), self.values))
+        self.rendered = (
+            self.render_again() if self.helm is None else self.helm.install(HELM_RELEASE, str(chart.CHART), self.values)
+        )
         if not (self.values.get("secrets") or {}).get("existingSecret"):
             assert chart.secret_data(self.rendered) == self.secret, "the reinstall did not find the kept Secret"
         self.revision = 1
@@ -461,4 +506,3 @@ def build_images() -> dict[str, dict[str, Any]]:
         ref, seconds = pm.build_role_image(role, version)
         out[role] = {"ref": ref, "build_seconds": round(seconds, 1), "size_bytes": pm.image_size(ref)}
     return out
-

@@ -159,8 +159,11 @@ class Stack:
             self.role(name).start()
         for name in ROLES:
             role = self.roles[name]
-            wait_until(lambda role=role: httpx.get(role.url + "/healthz", timeout=2).status_code == 200, 30,
-                       what=f"{name} /healthz")
+            wait_until(
+                lambda role=role: httpx.get(role.url + "/healthz", timeout=2).status_code == 200,
+                30,
+                what=f"{name} /healthz",
+            )
         return self
 
     def start_wallet_with(self, **wallet_overrides: str) -> Stack:
@@ -221,7 +224,9 @@ class Stack:
     def wait_final(self, uuids: list[str], timeout: float = 60) -> None:
         def all_final() -> bool:
             placeholders = ",".join(["%s"] * len(uuids))
-            rows = self.env.orch_sql(f"SELECT COUNT(*) FROM request WHERE succeed IS NULL AND uuid IN ({placeholders})", uuids)
+            rows = self.env.orch_sql(
+                f"SELECT COUNT(*) FROM request WHERE succeed IS NULL AND uuid IN ({placeholders})", uuids
+            )
             return rows[0][0] == 0
 
         wait_until(all_final, timeout, interval=0.2, what=f"{len(uuids)} payments to finalize")

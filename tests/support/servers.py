@@ -60,10 +60,17 @@ class Servers:
 
     def admin_connect(self, database: str | None = None) -> pymysql.connections.Connection:
         if self.admin_socket:
-            return pymysql.connect(unix_socket=self.admin_socket, user=self.admin_user, database=database,
-                                   autocommit=True)
-        return pymysql.connect(host=self.mysql_host, port=self.mysql_port, user=self.admin_user,
-                               password=self.admin_password, database=database, autocommit=True)
+            return pymysql.connect(
+                unix_socket=self.admin_socket, user=self.admin_user, database=database, autocommit=True
+            )
+        return pymysql.connect(
+            host=self.mysql_host,
+            port=self.mysql_port,
+            user=self.admin_user,
+            password=self.admin_password,
+            database=database,
+            autocommit=True,
+        )
 
     def versions(self) -> tuple[str, str]:
         with self.admin_connect() as conn, conn.cursor() as cur:
@@ -123,8 +130,13 @@ def free_port() -> int:
 
 
 # --------------------------------------------------------------------------- the chart's servers
-SERVICE_HOSTS = ("chancepay-mariadb", "chancepay-rabbitmq", "chancepay-orchestrator", "chancepay-scanner",
-                 "chancepay-wallet")
+SERVICE_HOSTS = (
+    "chancepay-mariadb",
+    "chancepay-rabbitmq",
+    "chancepay-orchestrator",
+    "chancepay-scanner",
+    "chancepay-wallet",
+)
 
 
 def chart_values(ports: dict[str, int] | None = None, **more: Any) -> dict[str, Any]:
@@ -133,7 +145,9 @@ def chart_values(ports: dict[str, int] | None = None, **more: Any) -> dict[str, 
     p = ports or {}
     values: dict[str, Any] = {
         "mariadb": {"service": {"port": p.get("mariadb") or free_port()}},
-        "rabbitmq": {"service": {"port": p.get("amqp") or free_port(), "metricsPort": p.get("mq_metrics") or free_port()}},
+        "rabbitmq": {
+            "service": {"port": p.get("amqp") or free_port(), "metricsPort": p.get("mq_metrics") or free_port()}
+        },
     }
     for role in ("orchestrator", "scanner", "wallet"):
         port = p.get(role) or free_port()
@@ -162,8 +176,12 @@ def local_url(url: str) -> str:
 class ChartServers:
     """The chart's MariaDB and RabbitMQ pods, run from one render (see the module docstring)."""
 
-    def __init__(self, workdir: Path, values: dict[str, Any] | None = None,
-                 other_secrets: dict[str, dict[str, str]] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        values: dict[str, Any] | None = None,
+        other_secrets: dict[str, dict[str, str]] | None = None,
+    ) -> None:
         from tests.support import podman
 
         self.other_secrets = other_secrets or {}
@@ -184,12 +202,25 @@ class ChartServers:
         self.secret = chart.secret_data(rendered)
         hosts = dict.fromkeys(SERVICE_HOSTS, "127.0.0.1")
         started = {name: pod.started for name, pod in getattr(self, "_pods", {}).items()}
-        self.mariadb = Pod(f"cptest-{self.tag}-mariadb", rendered.get("StatefulSet", "-mariadb"), rendered,
-                           self.workdir / "mariadb", image_for=self.image_for, add_hosts=hosts,
-                           other_secrets=self.other_secrets)
-        self.rabbitmq = Pod(f"cptest-{self.tag}-rabbitmq", rendered.get("StatefulSet", "-rabbitmq"), rendered,
-                            self.workdir / "rabbitmq", image_for=self.image_for, add_hosts=hosts,
-                            extra_env={"rabbitmq": self.host_env}, other_secrets=self.other_secrets)
+        self.mariadb = Pod(
+            f"cptest-{self.tag}-mariadb",
+            rendered.get("StatefulSet", "-mariadb"),
+            rendered,
+            self.workdir / "mariadb",
+            image_for=self.image_for,
+            add_hosts=hosts,
+            other_secrets=self.other_secrets,
+        )
+        self.rabbitmq = Pod(
+            f"cptest-{self.tag}-rabbitmq",
+            rendered.get("StatefulSet", "-rabbitmq"),
+            rendered,
+            self.workdir / "rabbitmq",
+            image_for=self.image_for,
+            add_hosts=hosts,
+            extra_env={"rabbitmq": self.host_env},
+            other_secrets=self.other_secrets,
+        )
         self._pods = {"mariadb": self.mariadb, "rabbitmq": self.rabbitmq}
         for name, names in started.items():
             self._pods[name].started = names
@@ -218,8 +249,7 @@ class ChartServers:
     def rabbitmqctl(self, *args: str) -> str:
         result = self.rabbitmq.exec("rabbitmqctl", "-q", *args, timeout=120)
         if result.returncode != 0:
-            raise subprocess.CalledProcessError(result.returncode, ["rabbitmqctl", *args],
-                                                result.stdout, result.stderr)
+            raise subprocess.CalledProcessError(result.returncode, ["rabbitmqctl", *args], result.stdout, result.stderr)
         return result.stdout.decode()
 
     def servers(self) -> Servers:

@@ -482,11 +482,23 @@ def _http(control: str, method: str, path: str, body: dict | None = None) -> tup
 
 def test_cli_switches_modes_over_http_and_stdin(echo):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.faultproxy",
-         "--listen", f"{HOST}:0", "--upstream", f"{HOST}:{echo.port}",
-         "--control", f"{HOST}:0"],
-        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, bufsize=1,
+        [
+            sys.executable,
+            "-m",
+            "tests.support.faultproxy",
+            "--listen",
+            f"{HOST}:0",
+            "--upstream",
+            f"{HOST}:{echo.port}",
+            "--control",
+            f"{HOST}:0",
+        ],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        bufsize=1,
     )
     try:
         ready = json.loads(proc.stdout.readline())
@@ -508,8 +520,7 @@ def test_cli_switches_modes_over_http_and_stdin(echo):
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(addr, timeout=IO_TIMEOUT)
 
-        assert cmd("delay 0.05") == {"ok": True, "mode": "delay", "params": {"seconds": 0.05},
-                                     "command": "delay 0.05"}
+        assert cmd("delay 0.05") == {"ok": True, "mode": "delay", "params": {"seconds": 0.05}, "command": "delay 0.05"}
         with socket.create_connection(addr, timeout=IO_TIMEOUT) as s:
             s.settimeout(IO_TIMEOUT)
             assert round_trip(s, b"same port") == b"same port"
@@ -535,9 +546,21 @@ def test_cli_switches_modes_over_http_and_stdin(echo):
 
 def test_cli_exits_cleanly_on_sigterm(echo):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.faultproxy",
-         "--listen", f"{HOST}:0", "--upstream", f"{HOST}:{echo.port}", "--no-stdin"],
-        cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "tests.support.faultproxy",
+            "--listen",
+            f"{HOST}:0",
+            "--upstream",
+            f"{HOST}:{echo.port}",
+            "--no-stdin",
+        ],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         ready = json.loads(proc.stdout.readline())

@@ -19,19 +19,51 @@ from chancepay.core.payment import PaymentMessage
 UUID = "0b7b3c0e-8a8e-4d3b-9a55-0c2f3e4d5a6b"
 
 
-@pytest.mark.parametrize("value,expected", [
-    ("12.50", "12.50"), ("12.5", "12.50"), ("1", "1.00"), (Decimal("0.01"), "0.01"),
-    (Decimal("12.500"), "12.50"), (Decimal("1E+2"), "100.00"), ("9999999999999999.99", "9999999999999999.99"),
-])
+@pytest.mark.parametrize(
+    "value,expected",
+    [
+        ("12.50", "12.50"),
+        ("12.5", "12.50"),
+        ("1", "1.00"),
+        (Decimal("0.01"), "0.01"),
+        (Decimal("12.500"), "12.50"),
+        (Decimal("1E+2"), "100.00"),
+        ("9999999999999999.99", "9999999999999999.99"),
+    ],
+)
 def test_valid_amounts(value, expected) -> None:
     assert f"{parse_amount(value):.2f}" == expected
 
 
-@pytest.mark.parametrize("value", [
-    "0", "0.00", "-1", Decimal("-0.01"), Decimal(0), "1.234", Decimal("1.234"), "1e3", " 1", "1 ", "1,00", "",
-    "10000000000000000", Decimal("1E+400"), Decimal("NaN"), Decimal("Infinity"), True, False, None, 1.5, 12,
-    [], {}, "٣",  # Arabic-Indic digit: str.isdigit() would accept it, the regex must not
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "0",
+        "0.00",
+        "-1",
+        Decimal("-0.01"),
+        Decimal(0),
+        "1.234",
+        Decimal("1.234"),
+        "1e3",
+        " 1",
+        "1 ",
+        "1,00",
+        "",
+        "10000000000000000",
+        Decimal("1E+400"),
+        Decimal("NaN"),
+        Decimal("Infinity"),
+        True,
+        False,
+        None,
+        1.5,
+        12,
+        [],
+        {},
+        "٣",  # Arabic-Indic digit: str.isdigit() would accept it, the regex must not
+    ],
+)
 def test_invalid_amounts(value) -> None:
     with pytest.raises(InvalidField) as err:
         parse_amount(value)
@@ -77,12 +109,18 @@ def test_message_round_trip() -> None:
     assert PaymentMessage.decode(msg.encode()) == msg
 
 
-@pytest.mark.parametrize("body", [
-    b"not json", b"[]", b'{"uuid":"%s","cusId":"a"}' % UUID.encode(),
-    b'{"uuid":"%s","cusId":"a","amount":"1","extra":1}' % UUID.encode(),
-    b'{"uuid":"nope","cusId":"a","amount":"1"}', b'{"uuid":"%s","cusId":"a","amount":"-1"}' % UUID.encode(),
-    b'{"uuid":"%s","uuid":"%s","cusId":"a","amount":"1"}' % (UUID.encode(), UUID.encode()),
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"[]",
+        b'{"uuid":"%s","cusId":"a"}' % UUID.encode(),
+        b'{"uuid":"%s","cusId":"a","amount":"1","extra":1}' % UUID.encode(),
+        b'{"uuid":"nope","cusId":"a","amount":"1"}',
+        b'{"uuid":"%s","cusId":"a","amount":"-1"}' % UUID.encode(),
+        b'{"uuid":"%s","uuid":"%s","cusId":"a","amount":"1"}' % (UUID.encode(), UUID.encode()),
+    ],
+)
 def test_corrupt_messages(body) -> None:
     with pytest.raises(InvalidPayload):
         PaymentMessage.decode(body)

@@ -13,7 +13,10 @@ from chancepay.core.config import VARIABLES, ConfigError, DatabaseURL, Settings
 
 def test_defaults_are_the_contract() -> None:
     s = Settings.from_env({})
-    assert s.orchestrator_db == "mysql://chancepay_orchestrator:chancepay_orchestrator@127.0.0.1:3306/chancepay_orchestrator"
+    assert (
+        s.orchestrator_db
+        == "mysql://chancepay_orchestrator:chancepay_orchestrator@127.0.0.1:3306/chancepay_orchestrator"
+    )
     assert s.wallet_db == "mysql://chancepay_wallet:chancepay_wallet@127.0.0.1:3306/chancepay_wallet"
     assert s.amqp_url == "amqp://guest:guest@127.0.0.1:5672/%2F"
     assert s.orchestrator_url == "http://127.0.0.1:8000" and s.wallet_url == "http://127.0.0.1:8002"
@@ -33,21 +36,35 @@ def test_every_variable_is_a_settings_field() -> None:
 
 
 def test_each_check_names_its_variable() -> None:
-    for env, bad in (("CHANCEPAY_SCANNER_LEASE_SECONDS", "0"), ("CHANCEPAY_CALLBACK_BATCH_SIZE", "201"),
-                     ("CHANCEPAY_MIGRATE_WAIT_SECONDS", "-1"), ("CHANCEPAY_PORT", "0"), ("CHANCEPAY_ENV", "qa"),
-                     ("CHANCEPAY_WALLET_DB", "x"), ("CHANCEPAY_ADMIN_DB", "x"), ("CHANCEPAY_MESSAGE_KEY", ""),
-                     ("CHANCEPAY_DB_TIMEOUT_SECONDS", "soon")):
+    for env, bad in (
+        ("CHANCEPAY_SCANNER_LEASE_SECONDS", "0"),
+        ("CHANCEPAY_CALLBACK_BATCH_SIZE", "201"),
+        ("CHANCEPAY_MIGRATE_WAIT_SECONDS", "-1"),
+        ("CHANCEPAY_PORT", "0"),
+        ("CHANCEPAY_ENV", "qa"),
+        ("CHANCEPAY_WALLET_DB", "x"),
+        ("CHANCEPAY_ADMIN_DB", "x"),
+        ("CHANCEPAY_MESSAGE_KEY", ""),
+        ("CHANCEPAY_DB_TIMEOUT_SECONDS", "soon"),
+    ):
         with pytest.raises(ConfigError, match=env):
             Settings.from_env({env: bad})
     assert Settings.from_env({"CHANCEPAY_LOG_LEVEL": "debug", "CHANCEPAY_CALLBACK_BATCH_LINGER_SECONDS": "0"})
 
 
-@pytest.mark.parametrize("env", [
-    {"CHANCEPAY_WALLET_SUCCESS_RATE": "1.5"}, {"CHANCEPAY_WALLET_SUCCESS_RATE": "half"},
-    {"CHANCEPAY_PORT": "70000"}, {"CHANCEPAY_ENV": "staging"}, {"CHANCEPAY_LOG_LEVEL": "LOUD"},
-    {"CHANCEPAY_DB_POOL_SIZE": "0"}, {"CHANCEPAY_ORCHESTRATOR_DB": "postgres://x@y/z"},
-    {"CHANCEPAY_INTERNAL_TOKEN": ""},
-])
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"CHANCEPAY_WALLET_SUCCESS_RATE": "1.5"},
+        {"CHANCEPAY_WALLET_SUCCESS_RATE": "half"},
+        {"CHANCEPAY_PORT": "70000"},
+        {"CHANCEPAY_ENV": "staging"},
+        {"CHANCEPAY_LOG_LEVEL": "LOUD"},
+        {"CHANCEPAY_DB_POOL_SIZE": "0"},
+        {"CHANCEPAY_ORCHESTRATOR_DB": "postgres://x@y/z"},
+        {"CHANCEPAY_INTERNAL_TOKEN": ""},
+    ],
+)
 def test_bad_values_are_refused(env) -> None:
     with pytest.raises(ConfigError):
         Settings.from_env(env)
@@ -87,10 +104,12 @@ def _redraw(path: Path, pattern: str, drawn: str) -> None:
     match = re.search(pattern, text, flags=re.M)
     assert match, f"{path.relative_to(ROOT)}: no settings block ({pattern})"
     if os.environ.get("CHANCEPAY_UPDATE_DOCS") == "1":
-        path.write_text(text[:match.start()] + drawn + text[match.end():])
+        path.write_text(text[: match.start()] + drawn + text[match.end() :])
         return
-    assert match.group(0) == drawn, (f"{path.relative_to(ROOT)} is not what core/config.py declares; "
-                                     "CHANCEPAY_UPDATE_DOCS=1 pytest tests/unit/test_config.py redraws it")
+    assert match.group(0) == drawn, (
+        f"{path.relative_to(ROOT)} is not what core/config.py declares; "
+        "CHANCEPAY_UPDATE_DOCS=1 pytest tests/unit/test_config.py redraws it"
+    )
 
 
 def test_the_docs_table_is_drawn_from_the_declarations() -> None:
@@ -114,8 +133,11 @@ def test_the_readme_and_contract_name_only_declared_defaults() -> None:
 
 def test_message_key_refused_outside_dev_when_default_or_short() -> None:
     base = {"CHANCEPAY_ENV": "prod", "CHANCEPAY_INTERNAL_TOKEN": "t" * 40}
-    for bad in ({}, {"CHANCEPAY_MESSAGE_KEY": "short-key"},
-                {"CHANCEPAY_MESSAGE_KEY": "k" * 40, "CHANCEPAY_MESSAGE_KEY_PREVIOUS": "dev-message-key"}):
+    for bad in (
+        {},
+        {"CHANCEPAY_MESSAGE_KEY": "short-key"},
+        {"CHANCEPAY_MESSAGE_KEY": "k" * 40, "CHANCEPAY_MESSAGE_KEY_PREVIOUS": "dev-message-key"},
+    ):
         with pytest.raises(ConfigError, match="CHANCEPAY_MESSAGE_KEY"):
             Settings.from_env({**base, **bad}).require_safe_message_key()
     ok = Settings.from_env({**base, "CHANCEPAY_MESSAGE_KEY": "k" * 32})
@@ -151,9 +173,14 @@ def test_database_url_tls_parameters() -> None:
     encrypted_only = DatabaseURL.parse("mysql://u:p@db/x?ssl-mode=REQUIRED").ssl_context()
     assert encrypted_only.verify_mode == ssl.CERT_NONE
     assert "ssl-mode=VERIFY_IDENTITY" in verified.redacted() and "p@" not in verified.redacted()
-    for bad, why in (("?ssl_ca=/x", "unknown parameter"), ("?sslmode=require", "unknown parameter"),
-                     ("?ssl-mode=VERIFY_IDENTITY", "needs ssl-ca"), ("?ssl-mode=bogus", "ssl-mode must be"),
-                     ("?ssl-ca=/x&ssl-mode=DISABLED", "contradicts"), ("?ssl-ca=/x&ssl-cert=/c", "go together")):
+    for bad, why in (
+        ("?ssl_ca=/x", "unknown parameter"),
+        ("?sslmode=require", "unknown parameter"),
+        ("?ssl-mode=VERIFY_IDENTITY", "needs ssl-ca"),
+        ("?ssl-mode=bogus", "ssl-mode must be"),
+        ("?ssl-ca=/x&ssl-mode=DISABLED", "contradicts"),
+        ("?ssl-ca=/x&ssl-cert=/c", "go together"),
+    ):
         with pytest.raises(ConfigError, match=why):
             DatabaseURL.parse("mysql://u:p@db/x" + bad)
 
@@ -162,8 +189,10 @@ def test_amqp_urls_several_nodes_and_tls() -> None:
     from chancepay.core.config import amqp_urls, redact_amqp
 
     assert amqp_urls("amqp://a/%2F") == ["amqp://a/%2F"]
-    assert amqp_urls(" amqp://a:5672/v , amqps://b:5671/v?cafile=/ca.pem,") == ["amqp://a:5672/v",
-                                                                                 "amqps://b:5671/v?cafile=/ca.pem"]
+    assert amqp_urls(" amqp://a:5672/v , amqps://b:5671/v?cafile=/ca.pem,") == [
+        "amqp://a:5672/v",
+        "amqps://b:5671/v?cafile=/ca.pem",
+    ]
     for bad in ("", " , ", "http://a/", "amqps://b/?no_verify_ssl=1"):
         with pytest.raises(ConfigError):
             amqp_urls(bad)
@@ -202,8 +231,11 @@ def test_every_metric_is_declared_in_the_metrics_module() -> None:
     from chancepay.core.metrics import ROLES, Metrics, declarations
 
     package = Path(__file__).resolve().parents[2] / "services" / "chancepay"
-    outside = [str(p.relative_to(package)) for p in package.rglob("*.py") if p.name != "metrics.py"
-               and re.search(r"\b(Counter|Gauge|Histogram|Summary|Info|Enum)\(", p.read_text())]
+    outside = [
+        str(p.relative_to(package))
+        for p in package.rglob("*.py")
+        if p.name != "metrics.py" and re.search(r"\b(Counter|Gauge|Histogram|Summary|Info|Enum)\(", p.read_text())
+    ]
     assert not outside, f"metrics built outside core/metrics.py: {outside}"
     assert all(d.roles and set(d.roles) <= set(ROLES) for d in declarations())
     registered = {d.attr for role in ROLES for d in declarations() if role in d.roles}

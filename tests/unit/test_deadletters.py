@@ -12,8 +12,14 @@ WHEN = dt.datetime(2026, 12, 7, 8, 0, 0, tzinfo=dt.UTC)
 
 
 def headers(**extra):
-    death = {"reason": b"rejected", "queue": topology.QUEUE.encode(), "time": WHEN, "count": 1,
-             "exchange": b"chancepay", "routing-keys": [b"payment.requested"]}
+    death = {
+        "reason": b"rejected",
+        "queue": topology.QUEUE.encode(),
+        "time": WHEN,
+        "count": 1,
+        "exchange": b"chancepay",
+        "routing-keys": [b"payment.requested"],
+    }
     return {"x-death": [death], "x-first-death-reason": b"rejected", "x-chancepay-signature": b"v1=ab", **extra}
 
 
@@ -40,8 +46,16 @@ def test_row_of_reads_uuid_death_and_count_and_keeps_headers_as_json() -> None:
 
 def test_a_message_published_straight_into_the_dlq_has_no_death() -> None:
     _, uuid, mid, reason, queue, count, when, delivery_count, hdrs, _ = deadletters.row_of(b"junk", None, {})
-    assert (uuid, mid, reason, queue, count, when, delivery_count, json.loads(hdrs)) == \
-           (None, None, None, None, None, None, 0, {})
+    assert (uuid, mid, reason, queue, count, when, delivery_count, json.loads(hdrs)) == (
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        0,
+        {},
+    )
 
 
 def test_a_dead_letter_whose_insert_fails_is_held_and_retried_never_handed_back(monkeypatch) -> None:
@@ -65,8 +79,11 @@ def test_a_dead_letter_whose_insert_fails_is_held_and_retried_never_handed_back(
                 return types.SimpleNamespace(delivery=spec.Basic.GetEmpty())
             self.given = True
             props = types.SimpleNamespace(message_id="m1", headers={"x-delivery-count": "not a count"})
-            return types.SimpleNamespace(delivery=types.SimpleNamespace(delivery_tag=7), body=b'{"uuid":"x"}',
-                                         header=types.SimpleNamespace(properties=props))
+            return types.SimpleNamespace(
+                delivery=types.SimpleNamespace(delivery_tag=7),
+                body=b'{"uuid":"x"}',
+                header=types.SimpleNamespace(properties=props),
+            )
 
         async def basic_ack(self, tag: int) -> None:
             calls.append(f"ack {tag}")
@@ -89,7 +106,8 @@ def test_a_dead_letter_whose_insert_fails_is_held_and_retried_never_handed_back(
 
     monkeypatch.setattr(asyncio, "sleep", no_wait)
     held: list[int] = []
-    moved = asyncio.run(deadletters.move_batch(Channel(), Db(), 10,
-                                               on_store_failure=lambda exc, attempt, delay: held.append(attempt)))
+    moved = asyncio.run(
+        deadletters.move_batch(Channel(), Db(), 10, on_store_failure=lambda exc, attempt, delay: held.append(attempt))
+    )
     assert moved == 1 and held == [1, 2]
     assert calls == ["wait", "wait", "stored", "ack 7"], calls  # held, retried, stored, then acked; no nack

@@ -12,8 +12,15 @@ ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared"
 
 
-DOC_PAGES = ["README.md", "docs/operations.md", "docs/kubernetes.md", "docs/performance.md", "docs/design.md",
-             "docs/contributing.md", "charts/chancepay/CHANGELOG.md"]
+DOC_PAGES = [
+    "README.md",
+    "docs/operations.md",
+    "docs/kubernetes.md",
+    "docs/performance.md",
+    "docs/design.md",
+    "docs/contributing.md",
+    "charts/chancepay/CHANGELOG.md",
+]
 
 
 @pytest.mark.parametrize("page", DOC_PAGES)
@@ -51,8 +58,9 @@ def test_the_readme_is_a_door() -> None:
         assert f"]({page})" in text, f"README does not link {page}"
 
 
-@pytest.mark.parametrize("copy,original", [("docs/CONTRACT.md", "CONTRACT.md"),
-                                           ("docs/seed/chancepay-mvp.md", "seed/chancepay-mvp.md")])
+@pytest.mark.parametrize(
+    "copy,original", [("docs/CONTRACT.md", "CONTRACT.md"), ("docs/seed/chancepay-mvp.md", "seed/chancepay-mvp.md")]
+)
 def test_docs_copies_match_the_shared_originals(copy: str, original: str) -> None:
     if not (SHARED / original).exists():
         pytest.skip(f"no shared folder next to this clone ({SHARED}): nothing to compare with")
@@ -67,8 +75,9 @@ def _docs() -> str:
 
 
 def test_every_log_tag_the_code_emits_is_documented() -> None:
-    tags = {tag for src in SOURCES for tag in re.findall(r'"(\[(?:FAILED TO [A-Z :]+|[A-Z_]+_ALERT)\])"',
-                                                          src.read_text())}
+    tags = {
+        tag for src in SOURCES for tag in re.findall(r'"(\[(?:FAILED TO [A-Z :]+|[A-Z_]+_ALERT)\])"', src.read_text())
+    }
     assert len(tags) >= 10, tags
     missing = sorted(t for t in tags if f"`{t}`" not in _docs())
     assert not missing, f"log tags the code emits but no doc page explains (docs/operations.md): {missing}"
@@ -79,6 +88,11 @@ def test_every_metric_the_code_registers_is_documented() -> None:
     names = {name for src in SOURCES for name in re.findall(built, src.read_text())}
     assert len(names) >= 15, names
     docs = _docs()
-    missing = sorted(n for n in names if f"`{n}" not in docs and f"`{n}_total" not in docs
-                     and not any(f"`{n}" in part for part in re.findall(r"`chancepay_[^`]*`", docs)))
+    missing = sorted(
+        n
+        for n in names
+        if f"`{n}" not in docs
+        and f"`{n}_total" not in docs
+        and not any(f"`{n}" in part for part in re.findall(r"`chancepay_[^`]*`", docs))
+    )
     assert not missing, f"metrics the code registers but no doc page lists (docs/operations.md): {missing}"

@@ -43,8 +43,12 @@ def test_layers() -> None:
         elif part[0] in ROLES:
             bad = {m for m in imports if m.startswith(roles + tools) and not m.startswith(f"chancepay.{part[0]}")}
         elif path.stem in TOOLS:
-            bad = {m for m in imports if m.startswith(roles + tuple(t for t in tools if t != f"chancepay.{path.stem}"))
-                   and m != "chancepay.audit"}  # load reports with audit's checker
+            bad = {
+                m
+                for m in imports
+                if m.startswith(roles + tuple(t for t in tools if t != f"chancepay.{path.stem}"))
+                and m != "chancepay.audit"
+            }  # load reports with audit's checker
         else:
             assert path.name in ("cli.py", "__init__.py", "__main__.py"), f"{path}: a role, a tool or core?"
             bad = set()

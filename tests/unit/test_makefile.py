@@ -26,8 +26,11 @@ def test_make_runs_database_urls_are_the_code_defaults() -> None:
 def test_make_run_passes_its_own_port_knobs_to_the_supervisor() -> None:
     recipe = MAKEFILE.split("\nrun:", 1)[1].split("\n\n", 1)[0]
     assert "chancepay dev --via-make --ports orchestrator=$(ORCHESTRATOR_PORT)" in recipe
-    for role, variable in (("orchestrator", "ORCHESTRATOR_PORT"), ("scanner", "SCANNER_PORT"),
-                           ("wallet", "WALLET_PORT")):
+    for role, variable in (
+        ("orchestrator", "ORCHESTRATOR_PORT"),
+        ("scanner", "SCANNER_PORT"),
+        ("wallet", "WALLET_PORT"),
+    ):
         assert f"{variable} ?=" in MAKEFILE
         assert port_knob(role, via_make=True).startswith(f"make run {variable}=")
         assert port_knob(role, via_make=False).startswith(f"chancepay dev --ports {role}=")
@@ -37,8 +40,11 @@ DOCS_WITH_VERBS = ("README.md", "docs/contributing.md")
 
 
 def test_every_make_verb_the_docs_name_is_a_target() -> None:
-    targets = {t for mk in [ROOT / "Makefile", *(ROOT / "mk").glob("*.mk")]
-               for t in re.findall(r"^([a-z0-9-]+):", mk.read_text(), re.MULTILINE)}
+    targets = {
+        t
+        for mk in [ROOT / "Makefile", *(ROOT / "mk").glob("*.mk")]
+        for t in re.findall(r"^([a-z0-9-]+):", mk.read_text(), re.MULTILINE)
+    }
     for page in DOCS_WITH_VERBS:
         named = set(re.findall(r"\bmake ([a-z][a-z0-9-]*)", (ROOT / page).read_text()))
         assert {"check", "test", "test-unit"} <= named or page != "README.md", named

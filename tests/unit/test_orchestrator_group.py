@@ -44,6 +44,7 @@ class FakeCommit:
 
 def run(case: Callable[[], Awaitable[None]]) -> Callable[[], None]:
     """The unit tier has no async plugin: each case runs in its own event loop."""
+
     @functools.wraps(case)
     def test() -> None:
         asyncio.run(case())
@@ -163,8 +164,9 @@ class GroupDatabase:
     """A Database for PaymentService: `run(work)` hands `work` a cursor that records statements;
     the key look-up answers `stored` rows; a statement starting with `fail_on` raises `fail`."""
 
-    def __init__(self, stored: list[dict[str, Any]] | None = None, fail_on: str = "",
-                 fail: BaseException | None = None) -> None:
+    def __init__(
+        self, stored: list[dict[str, Any]] | None = None, fail_on: str = "", fail: BaseException | None = None
+    ) -> None:
         self.stored = stored or []
         self.fail_on, self.fail = fail_on, fail
         self.transactions: list[list[tuple[str, Any]]] = []
@@ -205,16 +207,29 @@ def _item(amount: str, key: str | None = None) -> NewPayment:
 
 
 def _stored(item: NewPayment) -> dict[str, Any]:
-    return {"uuid": "00000000-0000-4000-8000-000000000001", "cus_id": "alice",
-            "amount": Decimal(item.details["amount"]), "succeed": None, "created_at": None, "finalized_at": None,
-            "request_hash": item.fingerprint, "idempotency_key": item.key}
+    return {
+        "uuid": "00000000-0000-4000-8000-000000000001",
+        "cus_id": "alice",
+        "amount": Decimal(item.details["amount"]),
+        "succeed": None,
+        "created_at": None,
+        "finalized_at": None,
+        "request_hash": item.fingerprint,
+        "idempotency_key": item.key,
+    }
 
 
 def test_keys_inside_a_group_are_answered_as_across_groups() -> None:
     stored_key = _item("1.00", "stored")
     db = GroupDatabase([_stored(stored_key)])
-    items = [_item("1.00", "k"), _item("1.00", "k"), _item("2.00", "k"), _item("1.00", "stored"),
-             _item("2.00", "stored"), _item("3.00")]
+    items = [
+        _item("1.00", "k"),
+        _item("1.00", "k"),
+        _item("2.00", "k"),
+        _item("1.00", "stored"),
+        _item("2.00", "stored"),
+        _item("3.00"),
+    ]
     answers = asyncio.run(_service(db).create_group(items))
     (first, replayed_first), (replay, replayed) = answers[0], answers[1]
     assert not replayed_first and replayed and replay.uuid == first.uuid == items[0].uuid
@@ -225,7 +240,9 @@ def test_keys_inside_a_group_are_answered_as_across_groups() -> None:
     (transaction,) = db.transactions
     assert [s.split(" (")[0].split(" FROM")[0] for s, _ in transaction] == [
         "SELECT uuid, cus_id, amount, succeed, created_at, finalized_at, request_hash, idempotency_key",
-        "INSERT INTO request", "INSERT INTO outbox"]
+        "INSERT INTO request",
+        "INSERT INTO outbox",
+    ]
     inserted = transaction[2][1][::2]
     assert sorted(inserted) == sorted([items[0].uuid, items[5].uuid]), "one row per new key, and the keyless"
 
@@ -239,8 +256,11 @@ def test_a_database_failure_fails_the_whole_group_and_runs_nothing_alone() -> No
 
 def test_one_bad_item_rolls_the_group_back_and_each_runs_alone() -> None:
     duplicate = IntegrityError(1062, "Duplicate entry 'k' for key 'uq_request_idempotency_key'")
-    db = GroupDatabase(fail_on="INSERT INTO request (uuid, cus_id, amount, idempotency_key, request_hash) VALUES "
-                       "(%s, %s, %s, %s, %s), ", fail=duplicate)  # the multi-row INSERT only
+    db = GroupDatabase(
+        fail_on="INSERT INTO request (uuid, cus_id, amount, idempotency_key, request_hash) VALUES "
+        "(%s, %s, %s, %s, %s), ",
+        fail=duplicate,
+    )  # the multi-row INSERT only
     items = [_item("1.00"), _item("2.00"), _item("3.00", "k")]
     answers = asyncio.run(_service(db).create_group(items))
     assert answers == [(i.accepted(), False) for i in items]

@@ -63,8 +63,15 @@ def test_openapi_uses_the_rules_the_api_enforces() -> None:
 
 
 def test_rows_are_read_by_column_name() -> None:
-    row = {"finalized_at": None, "amount": Decimal("3.10"), "uuid": UUID, "created_at": None, "succeed": 1,
-           "cus_id": "bob", "request_hash": "ignored"}
+    row = {
+        "finalized_at": None,
+        "amount": Decimal("3.10"),
+        "uuid": UUID,
+        "created_at": None,
+        "succeed": 1,
+        "cus_id": "bob",
+        "request_hash": "ignored",
+    }
     p = Payment.from_row(row)
     assert (p.uuid, p.details, p.status) == (UUID, {"cus_id": "bob", "amount": Decimal("3.10")}, Status.SUCCEEDED)
     assert p.accepted_json() == {"uuid": UUID, "cusId": "bob", "amount": "3.10", "status": "SUCCEEDED"}
@@ -93,7 +100,6 @@ def test_the_message_is_exactly_the_declared_fields() -> None:
         PaymentMessage.decode(b'{"uuid":"%s","cusId":"alice"}' % UUID.encode())
 
 
-
 # --------------------------------------------------------------------------- the result
 def test_the_nullable_succeed_column_maps_in_one_place() -> None:
     assert [payment.succeed_from_column(v) for v in (None, 0, 1, True)] == [None, False, True, True]
@@ -108,8 +114,9 @@ def test_result_bodies_written_by_the_wallet_are_read_by_the_orchestrator() -> N
     sent = [Result(UUID, True), Result(UUID.replace("0b", "1b", 1), False)]
     assert payment.parse_results(json.loads(payment.dump_results(sent))) == sent
     assert payment.parse_result({"succeed": False}, UUID) == Result(UUID, False)
-    answer = payment.dump_outcomes([(sent[0].uuid, Outcome.APPLIED, Status.SUCCEEDED),
-                                    (sent[1].uuid, Outcome.UNKNOWN, None)])
+    answer = payment.dump_outcomes(
+        [(sent[0].uuid, Outcome.APPLIED, Status.SUCCEEDED), (sent[1].uuid, Outcome.UNKNOWN, None)]
+    )
     assert answer["results"][1] == {"uuid": sent[1].uuid, "outcome": "unknown", "status": None}
     assert payment.load_outcomes(json.dumps(answer).encode(), sent) == [Outcome.APPLIED, Outcome.UNKNOWN]
     with pytest.raises(InvalidPayload):
@@ -118,14 +125,17 @@ def test_result_bodies_written_by_the_wallet_are_read_by_the_orchestrator() -> N
         payment.load_outcomes(b'{"results": [{"uuid": "x", "outcome": "maybe"}]}', [Result("x", True)])
 
 
-@pytest.mark.parametrize(("doc", "code"), [
-    ({"results": []}, "invalid_field"),
-    ({"results": [{"uuid": UUID, "succeed": 1}]}, "invalid_field"),
-    ({"results": [{"uuid": UUID.upper(), "succeed": True}]}, "invalid_field"),
-    ({"results": [{"uuid": UUID, "succeed": True}, {"uuid": UUID, "succeed": False}]}, "duplicate_uuid"),
-    ({"results": [{"uuid": UUID, "succeed": True}] * (payment.MAX_RESULTS + 1)}, "invalid_field"),
-    ({"results": [{"uuid": UUID, "succeed": True}], "x": 1}, "invalid_field"),
-])
+@pytest.mark.parametrize(
+    ("doc", "code"),
+    [
+        ({"results": []}, "invalid_field"),
+        ({"results": [{"uuid": UUID, "succeed": 1}]}, "invalid_field"),
+        ({"results": [{"uuid": UUID.upper(), "succeed": True}]}, "invalid_field"),
+        ({"results": [{"uuid": UUID, "succeed": True}, {"uuid": UUID, "succeed": False}]}, "duplicate_uuid"),
+        ({"results": [{"uuid": UUID, "succeed": True}] * (payment.MAX_RESULTS + 1)}, "invalid_field"),
+        ({"results": [{"uuid": UUID, "succeed": True}], "x": 1}, "invalid_field"),
+    ],
+)
 def test_bad_result_batches_are_refused_with_their_code(doc: dict[str, Any], code: str) -> None:
     with pytest.raises(payment.InvalidResults) as refused:
         payment.parse_results(doc)
@@ -140,24 +150,24 @@ def test_openapi_takes_the_result_schemas_from_the_declaration() -> None:
 
 
 # The whole of step 1 of the recipe (README "Adding a field to a payment"): one more entry in FIELDS.
-NEW_FIELD = '''
+NEW_FIELD = """
     Field(
         "memo", "memo", parse_memo, str, str,
         {"type": "string", "maxLength": 20},
         "VARCHAR(20) NULL",
         "A note for the customer's statement",
     ),
-'''
-PARSE_MEMO = '''
+"""
+PARSE_MEMO = """
 
 def parse_memo(value: Any) -> str:
     if not isinstance(value, str) or len(value) > 20:
         raise InvalidField("memo", "must be a string of at most 20 characters")
     return value
 
-'''
+"""
 
-CHECK = textwrap.dedent('''
+CHECK = textwrap.dedent("""
     from decimal import Decimal
     import pytest
     from chancepay.core import payment, sql
@@ -194,7 +204,7 @@ CHECK = textwrap.dedent('''
     assert Payment.from_row(row).accepted_json()["memo"] == "rent"
     assert request_fingerprint(details) != request_fingerprint({{**details, "memo": "other"}})
     print("ok")
-''')
+""")
 
 
 def test_a_new_field_follows_from_one_declaration(tmp_path: Path) -> None:
@@ -208,9 +218,13 @@ def test_a_new_field_follows_from_one_declaration(tmp_path: Path) -> None:
     field_class = "\n@dataclasses.dataclass(frozen=True)\nclass Field:"
     text = text.replace("\n" + field_class, PARSE_MEMO + field_class, 1)
     source.write_text(text)
-    out = subprocess.run([sys.executable, "-c", CHECK.format(scratch=str(scratch), uuid=UUID)],
-                         env={"PYTHONPATH": str(scratch), "PATH": "/usr/bin:/bin"},
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", CHECK.format(scratch=str(scratch), uuid=UUID)],
+        env={"PYTHONPATH": str(scratch), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stdout + out.stderr
     # and the copy left alone is today's payment
     assert [f.wire for f in payment.FIELDS] == ["cusId", "amount"]

@@ -39,9 +39,12 @@ def outcomes(*items: tuple[str, str]) -> bytes:
 def test_one_request_one_answer_per_result() -> None:
     answers, http, _ = send(lambda url, body: (200, outcomes((A, "applied"), (B, "conflict"))))
     assert answers == [Outcome.APPLIED, Outcome.CONFLICT]
-    assert http.posts == [("http://orchestrator:8000/internal/payments/results",
-                           b'{"results":[{"uuid":"%s","succeed":true},{"uuid":"%s","succeed":false}]}'
-                           % (A.encode(), B.encode()))]
+    assert http.posts == [
+        (
+            "http://orchestrator:8000/internal/payments/results",
+            b'{"results":[{"uuid":"%s","succeed":true},{"uuid":"%s","succeed":false}]}' % (A.encode(), B.encode()),
+        )
+    ]
 
 
 def test_no_outcomes_is_a_failure_with_its_reason() -> None:
@@ -51,8 +54,9 @@ def test_no_outcomes_is_a_failure_with_its_reason() -> None:
     assert answers == [Failure("HTTP 503: db down", retry_helps=True, unreachable=True)] * 2
     answers, _, _ = send(lambda url, body: (200, outcomes((B, "applied"), (A, "applied"))))
     # An answer that cannot be read is as good as none: retried, and "waiting" until first reached.
-    assert all(isinstance(a, Failure) and "do not match" in a.reason and a.retry_helps and a.unreachable
-               for a in answers)
+    assert all(
+        isinstance(a, Failure) and "do not match" in a.reason and a.retry_helps and a.unreachable for a in answers
+    )
 
 
 def test_the_previous_orchestrator_gets_one_request_per_result_for_a_while() -> None:
@@ -70,8 +74,12 @@ def test_the_previous_orchestrator_gets_one_request_per_result_for_a_while() -> 
 
 def test_the_fallback_ends_after_its_time() -> None:
     now = [0.0]
-    shim = compat.PreviousOrchestratorFallback(FakeHTTP(lambda url, body: (200, b"")), "http://o", Log(),  # type: ignore[arg-type]
-                                               clock=lambda: now[0])
+    shim = compat.PreviousOrchestratorFallback(
+        FakeHTTP(lambda url, body: (200, b"")),
+        "http://o",
+        Log(),  # type: ignore[arg-type]
+        clock=lambda: now[0],
+    )
     assert not shim.active()
     shim.switch_on("HTTP 404")
     now[0] = compat.OFF_SECONDS - 1

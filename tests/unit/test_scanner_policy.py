@@ -13,12 +13,21 @@ from chancepay.scanner.policy import OutboxRow, next_idle_sleep, retry_delay, so
 
 def test_scanner_sorts_publish_results() -> None:
     rows = [OutboxRow(f"u{i}", b"{}", 0) for i in range(5)]
-    results: list[Any] = [spec.Basic.Ack(), aiormq.exceptions.DeliveryError(None, spec.Basic.Nack()), TimeoutError(),
-                          ConnectionResetError(), object()]
+    results: list[Any] = [
+        spec.Basic.Ack(),
+        aiormq.exceptions.DeliveryError(None, spec.Basic.Nack()),
+        TimeoutError(),
+        ConnectionResetError(),
+        object(),
+    ]
     acked, failures = sort_results(rows, results)
     assert acked == ["u0"]
     assert [(f.row.uuid, f.reason) for f in failures] == [
-        ("u1", "nack"), ("u2", "timeout"), ("u3", "connection"), ("u4", "returned")]
+        ("u1", "nack"),
+        ("u2", "timeout"),
+        ("u3", "connection"),
+        ("u4", "returned"),
+    ]
 
 
 def test_scanner_retry_delay_is_capped_exponential() -> None:

@@ -58,7 +58,7 @@ def test_the_event_loop_itself_still_works() -> None:
     assert asyncio.run(pure()) == 1
 
 
-PLANTED = '''
+PLANTED = """
 import socket
 
 
@@ -71,7 +71,7 @@ def test_swallows_the_refusal():
 
 def test_asks_for_the_servers(servers):
     pass
-'''
+"""
 
 
 def test_a_test_that_swallows_the_refusal_still_fails(tmp_path: Path) -> None:
@@ -79,9 +79,26 @@ def test_a_test_that_swallows_the_refusal_still_fails(tmp_path: Path) -> None:
     (tmp_path / "test_planted.py").write_text(PLANTED)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tests.unit.conftest",
-         "--rootdir", str(tmp_path), "-c", os.devnull, str(tmp_path / "test_planted.py")],
-        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "tests.unit.conftest",
+            "--rootdir",
+            str(tmp_path),
+            "-c",
+            os.devnull,
+            str(tmp_path / "test_planted.py"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
     )
     out = run.stdout + run.stderr
     assert run.returncode == 1, out

@@ -113,8 +113,7 @@ def test_retry_until_up_gives_up_after_its_budget_with_an_unmarked_line() -> Non
     _, step = _flaky(10**6, ConnectionRefusedError("refused"))
 
     async def go() -> None:
-        await retry_until_up(step, db, log=log, tag=TAG, backoff=Backoff(0.02, 0.02, exact=True),
-                             give_up_after=0.2)
+        await retry_until_up(step, db, log=log, tag=TAG, backoff=Backoff(0.02, 0.02, exact=True), give_up_after=0.2)
 
     with pytest.raises(ConnectionRefusedError):
         asyncio.run(go())
@@ -141,8 +140,9 @@ def test_retry_until_up_returns_when_stopped() -> None:
     async def go() -> tuple[bool, object]:
         stop = asyncio.Event()
         asyncio.get_running_loop().call_later(0.05, stop.set)
-        return await retry_until_up(step, Dependency("broker", 600), log=_Log(), tag=TAG,
-                                    backoff=Backoff(0.01, 0.01), stop=stop)
+        return await retry_until_up(
+            step, Dependency("broker", 600), log=_Log(), tag=TAG, backoff=Backoff(0.01, 0.01), stop=stop
+        )
 
     assert asyncio.run(go()) == (False, None)
 

@@ -16,8 +16,9 @@ UUIDS = [f"0b7b3c0e-8a8e-4d3b-9a55-0c2f3e4d5a{i:02d}" for i in range(5)]
 
 def callbacks(results: FakeResults, *, tries: int = 3, batch_size: int = 1) -> tuple[Callbacks, RecordingLog]:
     log = RecordingLog()
-    return Callbacks(results, Metrics("wallet"), tries=tries, backoff=0.001, batch_size=batch_size,
-                     batch_linger=0.05, log=log), log
+    return Callbacks(
+        results, Metrics("wallet"), tries=tries, backoff=0.001, batch_size=batch_size, batch_linger=0.05, log=log
+    ), log
 
 
 def test_results_arriving_together_share_one_request_each_with_its_own_answer() -> None:

@@ -31,13 +31,28 @@ KEY = Settings.from_env({}).message_key
 
 
 def delivery(inbox: FakeInbox, callbacks: FakeCallbacks, log: RecordingLog | None = None) -> Delivery:
-    return Delivery(inbox=inbox, callbacks=callbacks, metrics=Metrics("wallet"), crash=CrashPoints(frozenset()),
-                    message_keys=(KEY,), flip=lambda: True, park_delay=lambda: 0.2,
-                    database=Dependency("database", 600.0), hold=lambda outage: 0.0, log=log or RecordingLog())
+    return Delivery(
+        inbox=inbox,
+        callbacks=callbacks,
+        metrics=Metrics("wallet"),
+        crash=CrashPoints(frozenset()),
+        message_keys=(KEY,),
+        flip=lambda: True,
+        park_delay=lambda: 0.2,
+        database=Dependency("database", 600.0),
+        hold=lambda outage: 0.0,
+        log=log or RecordingLog(),
+    )
 
 
-def handle(inbox: FakeInbox, callbacks: FakeCallbacks, *, signed: bool = True, body: bytes | None = None,
-           log: RecordingLog | None = None) -> Verdict:
+def handle(
+    inbox: FakeInbox,
+    callbacks: FakeCallbacks,
+    *,
+    signed: bool = True,
+    body: bytes | None = None,
+    log: RecordingLog | None = None,
+) -> Verdict:
     body = body if body is not None else PaymentMessage(UUID, ALICE).encode()
     headers = {signing.HEADER: signing.sign(body, KEY)} if signed else {}
     return asyncio.run(delivery(inbox, callbacks, log).handle(body, headers, UUID))
@@ -78,10 +93,10 @@ def test_a_refused_result_is_rejected_acked_not_parked(answer: Answer) -> None:
 def test_conflicts_unsigned_and_corrupt_messages_are_dead_lettered_without_a_callback() -> None:
     callbacks, log = FakeCallbacks(), RecordingLog()
     assert handle(FakeInbox(Decision(Deduction.CONFLICT, True)), callbacks).action is Action.DEAD_LETTER
-    assert handle(FakeInbox(Decision(Deduction.NEW, True)), callbacks, signed=False, log=log).action \
-        is Action.DEAD_LETTER
-    assert handle(FakeInbox(Decision(Deduction.NEW, True)), callbacks, body=b'{"uuid":1}').action \
-        is Action.DEAD_LETTER
+    assert (
+        handle(FakeInbox(Decision(Deduction.NEW, True)), callbacks, signed=False, log=log).action is Action.DEAD_LETTER
+    )
+    assert handle(FakeInbox(Decision(Deduction.NEW, True)), callbacks, body=b'{"uuid":1}').action is Action.DEAD_LETTER
     assert callbacks.calls == []
     assert log.tagged(CORRUPTION_TAG)[0]["uuid"] == UUID  # from the message id
 
@@ -102,10 +117,15 @@ def test_a_programming_error_at_the_deduction_is_not_taken_for_an_outage() -> No
 
 
 # --------------------------------------------------------------------------- the AMQP side
-@pytest.mark.parametrize(("action", "call"), [
-    (Action.ACK, ("ack", 7)), (Action.REJECTED, ("ack", 7)), (Action.REQUEUE, ("nack", True)),
-    (Action.DEAD_LETTER, ("reject", False)),
-])
+@pytest.mark.parametrize(
+    ("action", "call"),
+    [
+        (Action.ACK, ("ack", 7)),
+        (Action.REJECTED, ("ack", 7)),
+        (Action.REQUEUE, ("nack", True)),
+        (Action.DEAD_LETTER, ("reject", False)),
+    ],
+)
 def test_settle_is_the_one_place_a_delivery_is_acked_requeued_or_rejected(action: Action, call: Any) -> None:
     channel = FakeChannel()
     asyncio.run(settle(channel, 7, action))

@@ -19,8 +19,9 @@ def test_once_forgets_the_taken_and_refused_and_reschedules_the_rest() -> None:
     answers: dict[str, Answer] = {A: Outcome.APPLIED, B: Outcome.CONFLICT, C: Failure("HTTP 503", unreachable=True)}
     inbox = FakeInbox(parked=[ParkedCallback(A, True, 0), ParkedCallback(B, False, 2), ParkedCallback(C, True, 4)])
     callbacks, log = FakeCallbacks(lambda r: answers[r.uuid]), RecordingLog()
-    retrier = ParkedRetrier(inbox, callbacks, next_delay=lambda attempts: float(attempts),
-                            database=Dependency("database", 600.0), log=log)
+    retrier = ParkedRetrier(
+        inbox, callbacks, next_delay=lambda attempts: float(attempts), database=Dependency("database", 600.0), log=log
+    )
     assert asyncio.run(retrier.retry_parked_once()) == 3
     assert [tries for _, tries in callbacks.calls] == [1, 1, 1]  # one try each: the back-off is the table's
     assert {r for r, _ in callbacks.calls} == {Result(A, True), Result(B, False), Result(C, True)}

@@ -28,9 +28,18 @@ NEW, DUP, CONFLICT, CORRUPT = (f"0b7b3c0e-8a8e-4d3b-9a55-0c2f3e4d5a6{i}" for i i
 
 
 def delivery(inbox: Any, callbacks: FakeCallbacks, log: RecordingLog) -> Delivery:
-    return Delivery(inbox=inbox, callbacks=callbacks, metrics=Metrics("wallet"), crash=CrashPoints(frozenset()),
-                    message_keys=(KEY,), flip=lambda: True, park_delay=lambda: 0.2,
-                    database=Dependency("database", 600.0), hold=lambda outage: 0.0, log=log)
+    return Delivery(
+        inbox=inbox,
+        callbacks=callbacks,
+        metrics=Metrics("wallet"),
+        crash=CrashPoints(frozenset()),
+        message_keys=(KEY,),
+        flip=lambda: True,
+        park_delay=lambda: 0.2,
+        database=Dependency("database", 600.0),
+        hold=lambda outage: 0.0,
+        log=log,
+    )
 
 
 def signed(uuid: str, body: bytes | None = None) -> tuple[bytes, dict[str, str], str]:
@@ -38,8 +47,15 @@ def signed(uuid: str, body: bytes | None = None) -> tuple[bytes, dict[str, str],
     return body, {signing.HEADER: signing.sign(body, KEY)}, uuid
 
 
-def handle_together(inbox: FakeInbox, callbacks: FakeCallbacks, messages: list[tuple[bytes, Any, str]],
-                    log: RecordingLog, *, size: int = 32, linger: float = 10.0) -> list[Verdict]:
+def handle_together(
+    inbox: FakeInbox,
+    callbacks: FakeCallbacks,
+    messages: list[tuple[bytes, Any, str]],
+    log: RecordingLog,
+    *,
+    size: int = 32,
+    linger: float = 10.0,
+) -> list[Verdict]:
     async def run() -> list[Verdict]:
         d = delivery(InboxWindow(inbox, size=size, linger=linger), callbacks, log)
         return list(await asyncio.wait_for(asyncio.gather(*(d.handle(*m) for m in messages)), timeout=5))
@@ -48,11 +64,17 @@ def handle_together(inbox: FakeInbox, callbacks: FakeCallbacks, messages: list[t
 
 
 def test_a_window_gives_each_delivery_its_own_verdict_from_one_transaction() -> None:
-    inbox = FakeInbox({NEW: Decision(Deduction.NEW, True), DUP: Decision(Deduction.DUPLICATE, False, 2),
-                       CONFLICT: Decision(Deduction.CONFLICT, True)})
+    inbox = FakeInbox(
+        {
+            NEW: Decision(Deduction.NEW, True),
+            DUP: Decision(Deduction.DUPLICATE, False, 2),
+            CONFLICT: Decision(Deduction.CONFLICT, True),
+        }
+    )
     callbacks, log = FakeCallbacks(), RecordingLog()
-    verdicts = handle_together(inbox, callbacks, [signed(NEW), signed(DUP), signed(CONFLICT),
-                                                  signed(CORRUPT, b'{"uuid": 1}')], log)
+    verdicts = handle_together(
+        inbox, callbacks, [signed(NEW), signed(DUP), signed(CONFLICT), signed(CORRUPT, b'{"uuid": 1}')], log
+    )
     assert [v.action for v in verdicts] == [Action.ACK, Action.ACK, Action.DEAD_LETTER, Action.DEAD_LETTER]
     assert inbox.windows == [[NEW, DUP, CONFLICT]]  # one transaction; the corrupt one never reached it
     # The duplicate's stored result is sent again; nothing for the conflict or the corrupt message.
@@ -81,8 +103,9 @@ def test_a_lone_delivery_waits_for_nobody() -> None:
 
 def test_a_full_window_is_decided_at_once_and_the_rest_in_the_next() -> None:
     inbox = FakeInbox(Decision(Deduction.NEW, True))
-    verdicts = handle_together(inbox, FakeCallbacks(), [signed(u) for u in (NEW, DUP, CONFLICT)], RecordingLog(),
-                               size=2)
+    verdicts = handle_together(
+        inbox, FakeCallbacks(), [signed(u) for u in (NEW, DUP, CONFLICT)], RecordingLog(), size=2
+    )
     assert [v.action for v in verdicts] == [Action.ACK] * 3
     assert inbox.windows == [[NEW, DUP]] and inbox.deducted[-1] == (CONFLICT, True)
 
@@ -148,8 +171,7 @@ def test_deduct_many_with_one_uuid_twice_decides_the_second_as_a_duplicate_of_th
         async def execute(self, statement: str, args: Any = None) -> None:
             await super().execute(statement, args)
             if statement == sql.INSERT_INBOX_DECIDED and self.rowcount == 1:
-                self.stored[args[0]] = {"cus_id": args[1], "amount": args[2], "succeed": int(args[3]),
-                                        "deliveries": 1}
+                self.stored[args[0]] = {"cus_id": args[1], "amount": args[2], "succeed": int(args[3]), "deliveries": 1}
 
     cursor = Remembering(created=0, stored={})
     decisions = asyncio.run(Inbox(ScriptedDatabase(cursor)).deduct_many(window(NEW, NEW)))  # type: ignore[arg-type]

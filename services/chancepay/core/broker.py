@@ -37,9 +37,14 @@ async def open_with_retry(
     process started and its start-up budget lasts (core/waiting.py); after that, without."""
     broker = broker or Dependency("broker", STARTUP_WAIT_SECONDS)
     opened, _ = await retry_until_up(
-        open_once, broker, log=log, tag=tag, backoff=Backoff(FIRST_RETRY_SECONDS, MAX_RETRY_SECONDS, rng=rng),
+        open_once,
+        broker,
+        log=log,
+        tag=tag,
+        backoff=Backoff(FIRST_RETRY_SECONDS, MAX_RETRY_SECONDS, rng=rng),
         describe=lambda exc: {"reason": "connection", "error": f"broker not reachable yet: {exc!r}"[:500]},
-        stop=stop, on_failure=on_failure,
+        stop=stop,
+        on_failure=on_failure,
     )
     return opened
 

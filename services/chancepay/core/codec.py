@@ -72,7 +72,7 @@ def parse_amount(value: Any) -> Decimal:
     """A positive amount with at most two fraction digits, below 10^16, from a JSON string or
     an exact JSON number (already a Decimal, see strict_json_loads). Never a float."""
     if isinstance(value, bool) or not isinstance(value, (str, Decimal)):
-        raise InvalidField("amount", "must be a decimal string or number, e.g. \"12.50\"")
+        raise InvalidField("amount", 'must be a decimal string or number, e.g. "12.50"')
     if isinstance(value, str):
         if not AMOUNT_STR_RE.fullmatch(value):
             raise InvalidField("amount", "must look like 12 or 12.50 (digits, at most two fraction digits)")
@@ -127,8 +127,10 @@ def readable_uuid(body: bytes, message_id: Any = None) -> str | None:
         doc = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         doc = None
-    for candidate in ((doc.get("uuid") if isinstance(doc, dict) else None),
-                      message_id.decode("utf-8", "replace") if isinstance(message_id, bytes) else message_id):
+    for candidate in (
+        (doc.get("uuid") if isinstance(doc, dict) else None),
+        message_id.decode("utf-8", "replace") if isinstance(message_id, bytes) else message_id,
+    ):
         if isinstance(candidate, str) and UUID_RE.fullmatch(candidate):
             return candidate
     return None

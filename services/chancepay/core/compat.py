@@ -29,8 +29,9 @@ _OUTCOME_OF_STATUS = {200: Outcome.APPLIED, 409: Outcome.CONFLICT, 404: Outcome.
 
 
 class PreviousOrchestratorFallback:
-    def __init__(self, http: aiohttp.ClientSession, base: str, log: Any,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, http: aiohttp.ClientSession, base: str, log: Any, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.http = http
         self.base = base
         self.log = log
@@ -47,16 +48,18 @@ class PreviousOrchestratorFallback:
 
     def switch_on(self, reason: str) -> None:
         self.until = self.clock() + OFF_SECONDS
-        self.log.warning("batched callbacks refused; one request per result for a while", reason=reason,
-                         seconds=OFF_SECONDS)
+        self.log.warning(
+            "batched callbacks refused; one request per result for a while", reason=reason, seconds=OFF_SECONDS
+        )
 
     async def send(self, results: Sequence[Result]) -> list[Answer]:
         return list(await asyncio.gather(*(self._send_one(r) for r in results)))
 
     async def _send_one(self, result: Result) -> Answer:
         try:
-            async with self.http.post(f"{self.base}/internal/payments/{result.uuid}/result",
-                                      json={"succeed": result.succeed}) as response:
+            async with self.http.post(
+                f"{self.base}/internal/payments/{result.uuid}/result", json={"succeed": result.succeed}
+            ) as response:
                 body = await response.read()
                 status = response.status
         except (aiohttp.ClientError, TimeoutError) as exc:

@@ -209,8 +209,16 @@ class Setting(Generic[T]):
     environment), then each of `checks`. `shown` is the default as the docs show it, when the bare
     value would mislead; `secret` values never appear in a repr."""
 
-    def __init__(self, env: str, parse: Callable[[str], T], default: str, help: str, *checks: Check,
-                 shown: str | None = None, secret: bool = False) -> None:
+    def __init__(
+        self,
+        env: str,
+        parse: Callable[[str], T],
+        default: str,
+        help: str,
+        *checks: Check,
+        shown: str | None = None,
+        secret: bool = False,
+    ) -> None:
         self.env, self.parse, self.default, self.help, self.checks = env, parse, default, help, checks
         self.shown = shown if shown is not None else f"`{default}`" if default else "(empty)"
         self.secret = secret
@@ -243,114 +251,239 @@ class Setting(Generic[T]):
 class Settings:
     """Every setting, read once from an environ (`from_env`) and frozen."""
 
-    env = Setting("CHANCEPAY_ENV", str, "dev", "dev or prod; prod refuses the default internal token",
-                  one_of("dev", "prod"))
+    env = Setting(
+        "CHANCEPAY_ENV", str, "dev", "dev or prod; prod refuses the default internal token", one_of("dev", "prod")
+    )
     orchestrator_db = Setting(
-        "CHANCEPAY_ORCHESTRATOR_DB", str,
+        "CHANCEPAY_ORCHESTRATOR_DB",
+        str,
         "mysql://chancepay_orchestrator:chancepay_orchestrator@127.0.0.1:3306/chancepay_orchestrator",
         "orchestrator schema (request, outbox); the user `make run` provisions, so a second shell needs no variable",
-        database_url, secret=True)
-    wallet_db = Setting("CHANCEPAY_WALLET_DB", str,
-                        "mysql://chancepay_wallet:chancepay_wallet@127.0.0.1:3306/chancepay_wallet",
-                        "wallet schema (inbox); the user `make run` provisions", database_url, secret=True)
+        database_url,
+        secret=True,
+    )
+    wallet_db = Setting(
+        "CHANCEPAY_WALLET_DB",
+        str,
+        "mysql://chancepay_wallet:chancepay_wallet@127.0.0.1:3306/chancepay_wallet",
+        "wallet schema (inbox); the user `make run` provisions",
+        database_url,
+        secret=True,
+    )
     admin_db = Setting(
-        "CHANCEPAY_ADMIN_DB", str, "",
+        "CHANCEPAY_ADMIN_DB",
+        str,
+        "",
         "migrate only: an admin URL; when set, migrate also creates both databases and least-privilege users",
-        database_url_or_empty, shown="(empty; `make` sets root over the unix socket)", secret=True)
+        database_url_or_empty,
+        shown="(empty; `make` sets root over the unix socket)",
+        secret=True,
+    )
     amqp_url = Setting(
-        "CHANCEPAY_AMQP_URL", str, "amqp://guest:guest@127.0.0.1:5672/%2F",
+        "CHANCEPAY_AMQP_URL",
+        str,
+        "amqp://guest:guest@127.0.0.1:5672/%2F",
         "RabbitMQ; several comma-separated URLs = the nodes of one cluster, tried in turn (from a random one); "
-        "`amqps://` = TLS, verified (`?cafile=`)", amqp_url, secret=True)
-    orchestrator_url = Setting("CHANCEPAY_ORCHESTRATOR_URL", str, "http://127.0.0.1:8000",
-                               "where the wallet and the reconciler reach the orchestrator")
-    wallet_url = Setting("CHANCEPAY_WALLET_URL", str, "http://127.0.0.1:8002",
-                         "where the reconciler reaches the wallet")
-    internal_token = Setting("CHANCEPAY_INTERNAL_TOKEN", str, DEFAULT_INTERNAL_TOKEN,
-                             "bearer token for `/internal/*`", not_empty, secret=True)
+        "`amqps://` = TLS, verified (`?cafile=`)",
+        amqp_url,
+        secret=True,
+    )
+    orchestrator_url = Setting(
+        "CHANCEPAY_ORCHESTRATOR_URL",
+        str,
+        "http://127.0.0.1:8000",
+        "where the wallet and the reconciler reach the orchestrator",
+    )
+    wallet_url = Setting(
+        "CHANCEPAY_WALLET_URL", str, "http://127.0.0.1:8002", "where the reconciler reaches the wallet"
+    )
+    internal_token = Setting(
+        "CHANCEPAY_INTERNAL_TOKEN",
+        str,
+        DEFAULT_INTERNAL_TOKEN,
+        "bearer token for `/internal/*`",
+        not_empty,
+        secret=True,
+    )
     message_key = Setting(
-        "CHANCEPAY_MESSAGE_KEY", str, DEFAULT_MESSAGE_KEY,
+        "CHANCEPAY_MESSAGE_KEY",
+        str,
+        DEFAULT_MESSAGE_KEY,
         "HMAC key the scanner signs messages with and the wallet verifies them with (scanner and wallet only); "
-        f"refused outside dev when default or shorter than {MIN_MESSAGE_KEY_BYTES} bytes", not_empty, secret=True)
-    message_key_previous = Setting("CHANCEPAY_MESSAGE_KEY_PREVIOUS", str, "",
-                                   "a second key the wallet accepts while keys are rotated", secret=True)
-    port = Setting("CHANCEPAY_PORT", _port, "",
-                   "HTTP port of this role (orchestrator 8000, scanner 8001, wallet 8002)", tcp_port,
-                   shown="role's port")
-    host = Setting("CHANCEPAY_HOST", str, "0.0.0.0", "HTTP bind address",
-                   shown="`0.0.0.0` (`make run` / `chancepay dev`: `127.0.0.1` unless set)")
-    wallet_success_rate = Setting("CHANCEPAY_WALLET_SUCCESS_RATE", float, "0.5",
-                                  "probability the coin flip succeeds", between(0, 1))
-    log_level = Setting("CHANCEPAY_LOG_LEVEL", str, "INFO", "DEBUG, INFO, WARNING or ERROR",
-                        one_of("DEBUG", "INFO", "WARNING", "ERROR", fold=str.upper))
+        f"refused outside dev when default or shorter than {MIN_MESSAGE_KEY_BYTES} bytes",
+        not_empty,
+        secret=True,
+    )
+    message_key_previous = Setting(
+        "CHANCEPAY_MESSAGE_KEY_PREVIOUS", str, "", "a second key the wallet accepts while keys are rotated", secret=True
+    )
+    port = Setting(
+        "CHANCEPAY_PORT",
+        _port,
+        "",
+        "HTTP port of this role (orchestrator 8000, scanner 8001, wallet 8002)",
+        tcp_port,
+        shown="role's port",
+    )
+    host = Setting(
+        "CHANCEPAY_HOST",
+        str,
+        "0.0.0.0",
+        "HTTP bind address",
+        shown="`0.0.0.0` (`make run` / `chancepay dev`: `127.0.0.1` unless set)",
+    )
+    wallet_success_rate = Setting(
+        "CHANCEPAY_WALLET_SUCCESS_RATE", float, "0.5", "probability the coin flip succeeds", between(0, 1)
+    )
+    log_level = Setting(
+        "CHANCEPAY_LOG_LEVEL",
+        str,
+        "INFO",
+        "DEBUG, INFO, WARNING or ERROR",
+        one_of("DEBUG", "INFO", "WARNING", "ERROR", fold=str.upper),
+    )
     db_pool_size = Setting("CHANCEPAY_DB_POOL_SIZE", int, "10", "max connections per process", positive)
     db_timeout = Setting("CHANCEPAY_DB_TIMEOUT_SECONDS", float, "5", "connect and statement timeout", positive)
     api_group_size = Setting(
-        "CHANCEPAY_API_GROUP_SIZE", int, "32",
+        "CHANCEPAY_API_GROUP_SIZE",
+        int,
+        "32",
         "orchestrator: concurrent POST /payments committed together, one transaction (a lone payment is flushed "
         "at once; arrivals during a commit form the next group); `1` = one transaction per payment",
-        between(1, 1000))
+        between(1, 1000),
+    )
     api_group_linger = Setting(
-        "CHANCEPAY_API_GROUP_LINGER_SECONDS", float, "0.002",
-        "orchestrator: a group not yet full waits at most this long for the commit in flight", non_negative)
-    scanner_batch_size = Setting("CHANCEPAY_SCANNER_BATCH_SIZE", int, "200", "outbox rows claimed per poll",
-                                 positive)
-    scanner_poll_interval = Setting("CHANCEPAY_SCANNER_POLL_INTERVAL_SECONDS", float, "0.02",
-                                    "sleep between polls when the outbox had nothing due (the shortest, when "
-                                    "CHANCEPAY_SCANNER_IDLE_MAX_SECONDS is larger)", positive)
-    scanner_idle_max = Setting("CHANCEPAY_SCANNER_IDLE_MAX_SECONDS", float, "0.05",
-                               "adaptive idle: the sleep between polls doubles after an empty poll, up to this, "
-                               "and halves after one that found rows (no sleep after a full batch); at or below "
-                               "the poll interval, a fixed interval", non_negative)
-    scanner_lease = Setting("CHANCEPAY_SCANNER_LEASE_SECONDS", float, "30",
-                            "a claimed row is invisible to other scanners this long", positive)
-    scanner_confirm_timeout = Setting("CHANCEPAY_SCANNER_CONFIRM_TIMEOUT_SECONDS", float, "5",
-                                      "wait this long for the broker's publisher confirm", positive)
-    scanner_max_attempts = Setting("CHANCEPAY_SCANNER_MAX_ATTEMPTS", int, "20",
-                                   "failed publish attempts after which a row stays but is no longer retried",
-                                   positive)
-    scanner_retry_base = Setting("CHANCEPAY_SCANNER_RETRY_BASE_SECONDS", float, "1",
-                                 "back-off after a failed attempt: base × 2^(attempts−1), capped")
+        "CHANCEPAY_API_GROUP_LINGER_SECONDS",
+        float,
+        "0.002",
+        "orchestrator: a group not yet full waits at most this long for the commit in flight",
+        non_negative,
+    )
+    scanner_batch_size = Setting("CHANCEPAY_SCANNER_BATCH_SIZE", int, "200", "outbox rows claimed per poll", positive)
+    scanner_poll_interval = Setting(
+        "CHANCEPAY_SCANNER_POLL_INTERVAL_SECONDS",
+        float,
+        "0.02",
+        "sleep between polls when the outbox had nothing due (the shortest, when "
+        "CHANCEPAY_SCANNER_IDLE_MAX_SECONDS is larger)",
+        positive,
+    )
+    scanner_idle_max = Setting(
+        "CHANCEPAY_SCANNER_IDLE_MAX_SECONDS",
+        float,
+        "0.05",
+        "adaptive idle: the sleep between polls doubles after an empty poll, up to this, "
+        "and halves after one that found rows (no sleep after a full batch); at or below "
+        "the poll interval, a fixed interval",
+        non_negative,
+    )
+    scanner_lease = Setting(
+        "CHANCEPAY_SCANNER_LEASE_SECONDS",
+        float,
+        "30",
+        "a claimed row is invisible to other scanners this long",
+        positive,
+    )
+    scanner_confirm_timeout = Setting(
+        "CHANCEPAY_SCANNER_CONFIRM_TIMEOUT_SECONDS",
+        float,
+        "5",
+        "wait this long for the broker's publisher confirm",
+        positive,
+    )
+    scanner_max_attempts = Setting(
+        "CHANCEPAY_SCANNER_MAX_ATTEMPTS",
+        int,
+        "20",
+        "failed publish attempts after which a row stays but is no longer retried",
+        positive,
+    )
+    scanner_retry_base = Setting(
+        "CHANCEPAY_SCANNER_RETRY_BASE_SECONDS",
+        float,
+        "1",
+        "back-off after a failed attempt: base × 2^(attempts−1), capped",
+    )
     scanner_retry_max = Setting("CHANCEPAY_SCANNER_RETRY_MAX_SECONDS", float, "60", "cap of the publish back-off")
     wallet_prefetch = Setting("CHANCEPAY_WALLET_PREFETCH", int, "64", "unacknowledged messages per wallet", positive)
     wallet_batch_size = Setting(
-        "CHANCEPAY_WALLET_BATCH_SIZE", int, "32",
+        "CHANCEPAY_WALLET_BATCH_SIZE",
+        int,
+        "32",
         "deliveries decided in one inbox transaction (at most the prefetch); `1` = one transaction per delivery",
-        positive)
+        positive,
+    )
     wallet_batch_linger = Setting(
-        "CHANCEPAY_WALLET_BATCH_LINGER_SECONDS", float, "0.002",
+        "CHANCEPAY_WALLET_BATCH_LINGER_SECONDS",
+        float,
+        "0.002",
         "a window of deliveries is decided when full, when no delivery joined it for two event-loop ticks, or "
-        "this long after its first delivery", non_negative)
-    callback_timeout = Setting("CHANCEPAY_CALLBACK_TIMEOUT_SECONDS", float, "2", "timeout of one result callback",
-                               positive)
-    callback_attempts = Setting("CHANCEPAY_CALLBACK_ATTEMPTS", int, "3",
-                                "callback tries per delivery (capped exponential back-off with full jitter)", positive)
+        "this long after its first delivery",
+        non_negative,
+    )
+    callback_timeout = Setting(
+        "CHANCEPAY_CALLBACK_TIMEOUT_SECONDS", float, "2", "timeout of one result callback", positive
+    )
+    callback_attempts = Setting(
+        "CHANCEPAY_CALLBACK_ATTEMPTS",
+        int,
+        "3",
+        "callback tries per delivery (capped exponential back-off with full jitter)",
+        positive,
+    )
     callback_backoff = Setting("CHANCEPAY_CALLBACK_BACKOFF_SECONDS", float, "0.2", "first callback back-off")
     callback_retry_max = Setting(
-        "CHANCEPAY_CALLBACK_RETRY_MAX_SECONDS", float, "30",
+        "CHANCEPAY_CALLBACK_RETRY_MAX_SECONDS",
+        float,
+        "30",
         "a result still undelivered after a delivery's tries is retried in the background; cap of that back-off",
-        positive)
+        positive,
+    )
     callback_batch_size = Setting(
-        "CHANCEPAY_CALLBACK_BATCH_SIZE", int, "32",
+        "CHANCEPAY_CALLBACK_BATCH_SIZE",
+        int,
+        "32",
         f"results per batched callback (`POST /internal/payments/results`, at most {MAX_RESULTS}); `1` = a batch "
-        "of one per result", between(1, MAX_RESULTS))
-    callback_batch_linger = Setting("CHANCEPAY_CALLBACK_BATCH_LINGER_SECONDS", float, "0.002",
-                                    "a batch is sent when full or this long after its first result", non_negative)
-    reconcile_age = Setting("CHANCEPAY_RECONCILE_AGE_SECONDS", float, "60",
-                            "reconcile only requests pending longer than this (database clock)")
-    reconcile_batch = Setting("CHANCEPAY_RECONCILE_BATCH", int, "500", "requests examined per reconcile pass",
-                              positive)
+        "of one per result",
+        between(1, MAX_RESULTS),
+    )
+    callback_batch_linger = Setting(
+        "CHANCEPAY_CALLBACK_BATCH_LINGER_SECONDS",
+        float,
+        "0.002",
+        "a batch is sent when full or this long after its first result",
+        non_negative,
+    )
+    reconcile_age = Setting(
+        "CHANCEPAY_RECONCILE_AGE_SECONDS",
+        float,
+        "60",
+        "reconcile only requests pending longer than this (database clock)",
+    )
+    reconcile_batch = Setting("CHANCEPAY_RECONCILE_BATCH", int, "500", "requests examined per reconcile pass", positive)
     pushgateway_url = Setting(
-        "CHANCEPAY_PUSHGATEWAY_URL", str, "",
-        "reconcile only: push its counters to this Prometheus Pushgateway (a CronJob has no scrape endpoint)")
+        "CHANCEPAY_PUSHGATEWAY_URL",
+        str,
+        "",
+        "reconcile only: push its counters to this Prometheus Pushgateway (a CronJob has no scrape endpoint)",
+    )
     migrate_wait = Setting(
-        "CHANCEPAY_MIGRATE_WAIT_SECONDS", float, "120",
+        "CHANCEPAY_MIGRATE_WAIT_SECONDS",
+        float,
+        "120",
         "migrate only: keep retrying this long while the database is unreachable (a server that refuses the "
-        "user and no admin URL to provision it: exit 2 at once)", non_negative)
-    shutdown_grace = Setting("CHANCEPAY_SHUTDOWN_GRACE_SECONDS", float, "20",
-                             "after SIGTERM, finish in-flight work for at most this long")
+        "user and no admin URL to provision it: exit 2 at once)",
+        non_negative,
+    )
+    shutdown_grace = Setting(
+        "CHANCEPAY_SHUTDOWN_GRACE_SECONDS", float, "20", "after SIGTERM, finish in-flight work for at most this long"
+    )
     crash_points = Setting(
-        "CHANCEPAY_CRASH_POINTS", str, "",
-        "fault testing only: comma-separated crash point names at which the process SIGKILLs itself")
+        "CHANCEPAY_CRASH_POINTS",
+        str,
+        "",
+        "fault testing only: comma-separated crash point names at which the process SIGKILLs itself",
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -387,8 +520,10 @@ class Settings:
         """Scanner and wallet refuse, outside dev, the public default key or a short one."""
         if self.env == "dev":
             return
-        for name, key in (("CHANCEPAY_MESSAGE_KEY", self.message_key),
-                          ("CHANCEPAY_MESSAGE_KEY_PREVIOUS", self.message_key_previous)):
+        for name, key in (
+            ("CHANCEPAY_MESSAGE_KEY", self.message_key),
+            ("CHANCEPAY_MESSAGE_KEY_PREVIOUS", self.message_key_previous),
+        ):
             if name.endswith("PREVIOUS") and not key:
                 continue
             if key == DEFAULT_MESSAGE_KEY:

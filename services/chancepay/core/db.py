@@ -23,9 +23,7 @@ from chancepay.core.errors import ChancePayError
 from chancepay.core.waiting import STARTUP_WAIT_SECONDS, Dependency
 
 # Forced on every session, whatever the server's global default, and verified at start-up.
-STRICT_SQL_MODE = (
-    "STRICT_ALL_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION"
-)
+STRICT_SQL_MODE = "STRICT_ALL_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION"
 T = TypeVar("T")
 ER_DUP_ENTRY = 1062
 # Deadlock and lock-wait timeout: the server rolled the transaction back; running it again is safe.
@@ -35,10 +33,16 @@ RETRYABLE_ERRORS = (1213, 1205)
 # user), command or column denied (1142, 1143), no such table (1146), unknown column (1054: a
 # schema older than the code). On a first install the roles start before `chancepay migrate` has
 # run; they must wait, not crash.
-NOT_PROVISIONED_ERRORS = {1044: "access denied to the database", 1045: "access denied for the user",
-                          1049: "unknown database", 1054: "unknown column (schema older than the code)",
-                          1142: "command denied to the user", 1143: "column access denied to the user",
-                          1146: "table missing", 1698: "access denied for the user"}
+NOT_PROVISIONED_ERRORS = {
+    1044: "access denied to the database",
+    1045: "access denied for the user",
+    1049: "unknown database",
+    1054: "unknown column (schema older than the code)",
+    1142: "command denied to the user",
+    1143: "column access denied to the user",
+    1146: "table missing",
+    1698: "access denied for the user",
+}
 IntegrityError = asyncmy.errors.IntegrityError
 
 
@@ -83,8 +87,15 @@ async def fetchrows(cur: Any) -> list[dict[str, Any]]:
 
 
 class Database:
-    def __init__(self, url: DatabaseURL, *, pool_size: int = 10, timeout: float = 5.0,
-                 wait_budget: float = STARTUP_WAIT_SECONDS, autocommit: bool = False) -> None:
+    def __init__(
+        self,
+        url: DatabaseURL,
+        *,
+        pool_size: int = 10,
+        timeout: float = 5.0,
+        wait_budget: float = STARTUP_WAIT_SECONDS,
+        autocommit: bool = False,
+    ) -> None:
         self.url = url
         # autocommit: every statement its own transaction and no COMMIT round trip (the scanner's
         # idle probe, a plain read); otherwise the first statement opens the transaction.
@@ -153,8 +164,11 @@ class Database:
             detail = exc.args[1] if len(exc.args) > 1 else str(exc)
             if code in NOT_PROVISIONED_ERRORS:
                 # Access denied: the user is missing or this URL is not the one migrate provisioned.
-                ask = ("has `chancepay migrate` (with CHANCEPAY_ADMIN_DB) created this user, with this password?"
-                       if code in (1044, 1045, 1698) else "has `chancepay migrate` run?")
+                ask = (
+                    "has `chancepay migrate` (with CHANCEPAY_ADMIN_DB) created this user, with this password?"
+                    if code in (1044, 1045, 1698)
+                    else "has `chancepay migrate` run?"
+                )
                 raise SchemaNotReady(f"{code} {NOT_PROVISIONED_ERRORS[code]} ({detail}); {ask}") from exc
             if isinstance(exc, asyncmy.errors.OperationalError):
                 if code in RETRYABLE_ERRORS:
@@ -190,6 +204,7 @@ class Database:
 
     async def fetchrow(self, statement: str, args: Any = None) -> dict[str, Any] | None:
         """One row by column name, or None."""
+
         async def work(cur: Any) -> dict[str, Any] | None:
             await cur.execute(statement, args)
             return await fetchrow(cur)
@@ -198,6 +213,7 @@ class Database:
 
     async def fetchrows(self, statement: str, args: Any = None) -> list[dict[str, Any]]:
         """Every row by column name."""
+
         async def work(cur: Any) -> list[dict[str, Any]]:
             await cur.execute(statement, args)
             return await fetchrows(cur)
@@ -213,6 +229,7 @@ class Database:
 
     async def execute(self, statement: str, args: Any = None) -> int:
         """One statement in its own transaction; returns the affected row count."""
+
         async def work(cur: Any) -> int:
             await cur.execute(statement, args)
             return int(cur.rowcount)

@@ -104,8 +104,7 @@ def _count(value: Any) -> int:
         return 0
 
 
-async def move_batch(channel: Any, db: Any, limit: int, *,
-                     on_store_failure: Any = None, stop: Any = None) -> int:
+async def move_batch(channel: Any, db: Any, limit: int, *, on_store_failure: Any = None, stop: Any = None) -> int:
     """Move up to `limit` messages from the DLQ queue into `dead_letter`: each is inserted and
     committed, then acked. A message is never handed back because its insert failed (every
     requeue counts against the DLQ's delivery limit, 20 by default on RabbitMQ 4.0): it is held,

@@ -61,8 +61,14 @@ def _count_refusal(request: Request, status: int, code: str) -> None:
         if metrics is not None:
             metrics.http_auth_failures.labels(route=route).inc()
         client = request.client.host if request.client else None
-        get_logger().error(AUTH_TAG, status=status, route=route, method=request.method, client=client,
-                           reason="missing bearer token" if "authorization" not in request.headers else "wrong token")
+        get_logger().error(
+            AUTH_TAG,
+            status=status,
+            route=route,
+            method=request.method,
+            client=client,
+            reason="missing bearer token" if "authorization" not in request.headers else "wrong token",
+        )
 
 
 async def _api_error_handler(request: Request, exc: Exception) -> Response:

@@ -68,8 +68,14 @@ class Declared(Generic[M]):
         raise AttributeError(self.attr)
 
 
-def counter(name: str, doc: str, labels: tuple[str, ...] = (), *, roles: tuple[str, ...],
-            preset: dict[str, tuple[str, ...]] | None = None) -> Declared[Counter]:
+def counter(
+    name: str,
+    doc: str,
+    labels: tuple[str, ...] = (),
+    *,
+    roles: tuple[str, ...],
+    preset: dict[str, tuple[str, ...]] | None = None,
+) -> Declared[Counter]:
     return Declared(lambda: Counter(name, doc, labels, registry=None), roles, preset or {})
 
 
@@ -77,29 +83,41 @@ def gauge(name: str, doc: str, *, roles: tuple[str, ...]) -> Declared[Gauge]:
     return Declared(lambda: Gauge(name, doc, registry=None), roles, {})
 
 
-def histogram(name: str, doc: str, labels: tuple[str, ...] = (), *, roles: tuple[str, ...],
-              buckets: tuple[float, ...] = LATENCY_BUCKETS) -> Declared[Histogram]:
+def histogram(
+    name: str,
+    doc: str,
+    labels: tuple[str, ...] = (),
+    *,
+    roles: tuple[str, ...],
+    buckets: tuple[float, ...] = LATENCY_BUCKETS,
+) -> Declared[Histogram]:
     return Declared(lambda: Histogram(name, doc, labels, buckets=buckets, registry=None), roles, {})
 
 
 class Metrics:
     # outbox and pending requests — read from the tables themselves at scrape time
     outbox_depth = gauge("chancepay_outbox_depth", "Rows in the outbox table.", roles=OUTBOX_READERS)
-    outbox_oldest_age = gauge("chancepay_outbox_oldest_age_seconds", "Age of the oldest outbox row (database clock).",
-                              roles=OUTBOX_READERS)
+    outbox_oldest_age = gauge(
+        "chancepay_outbox_oldest_age_seconds", "Age of the oldest outbox row (database clock).", roles=OUTBOX_READERS
+    )
     outbox_exhausted = gauge(
         "chancepay_outbox_exhausted_rows",
         "Outbox rows that reached the attempt limit: kept, no longer retried, need an operator.",
         roles=OUTBOX_READERS,
     )
-    payments_pending = gauge("chancepay_payments_pending", "Requests not finalized yet (succeed IS NULL).",
-                             roles=OUTBOX_READERS)
-    payments_pending_oldest_age = gauge("chancepay_payments_pending_oldest_age_seconds",
-                                        "Age of the oldest pending request (database clock).", roles=OUTBOX_READERS)
+    payments_pending = gauge(
+        "chancepay_payments_pending", "Requests not finalized yet (succeed IS NULL).", roles=OUTBOX_READERS
+    )
+    payments_pending_oldest_age = gauge(
+        "chancepay_payments_pending_oldest_age_seconds",
+        "Age of the oldest pending request (database clock).",
+        roles=OUTBOX_READERS,
+    )
 
     # scanner
-    outbox_published = counter("chancepay_outbox_published_total", "Outbox messages confirmed by the broker.",
-                               roles=("scanner",))
+    outbox_published = counter(
+        "chancepay_outbox_published_total", "Outbox messages confirmed by the broker.", roles=("scanner",)
+    )
     outbox_publish_failures = counter(
         "chancepay_outbox_publish_failures_total",
         "Failed publish attempts ([FAILED TO SEND TO MQ]); the outbox row stays.",
@@ -107,16 +125,24 @@ class Metrics:
         roles=("scanner",),
         preset={"reason": ("nack", "returned", "timeout", "connection")},
     )
-    outbox_publish_seconds = histogram("chancepay_outbox_publish_seconds",
-                                       "Time from publish to broker confirm, per batch.", roles=("scanner",))
+    outbox_publish_seconds = histogram(
+        "chancepay_outbox_publish_seconds", "Time from publish to broker confirm, per batch.", roles=("scanner",)
+    )
 
     # orchestrator
-    payments_created = counter("chancepay_payments_created_total", "Payments accepted (202).",
-                               roles=("orchestrator",))
-    payments_finalized = counter("chancepay_payments_finalized_total", "Requests finalized write-once.", ("result",),
-                                 roles=("orchestrator",), preset={"result": ("succeeded", "failed")})
-    payment_e2e_seconds = histogram("chancepay_payment_e2e_seconds",
-                                    "Create to finalization of a request (database clock).", roles=("orchestrator",))
+    payments_created = counter("chancepay_payments_created_total", "Payments accepted (202).", roles=("orchestrator",))
+    payments_finalized = counter(
+        "chancepay_payments_finalized_total",
+        "Requests finalized write-once.",
+        ("result",),
+        roles=("orchestrator",),
+        preset={"result": ("succeeded", "failed")},
+    )
+    payment_e2e_seconds = histogram(
+        "chancepay_payment_e2e_seconds",
+        "Create to finalization of a request (database clock).",
+        roles=("orchestrator",),
+    )
     result_batch_size = histogram(
         "chancepay_result_batch_size",
         "Results per POST /internal/payments/results (the wallet's batched callbacks).",
@@ -129,11 +155,17 @@ class Metrics:
         roles=("orchestrator",),
         buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
     )
-    api_group_waiting = gauge("chancepay_api_group_waiting",
-                              "POST /payments waiting for their group to be flushed (at scrape time).",
-                              roles=("orchestrator",))
-    http_request_seconds = histogram("chancepay_http_request_duration_seconds", "HTTP request latency.",
-                                     ("route", "method", "status"), roles=("orchestrator",))
+    api_group_waiting = gauge(
+        "chancepay_api_group_waiting",
+        "POST /payments waiting for their group to be flushed (at scrape time).",
+        roles=("orchestrator",),
+    )
+    http_request_seconds = histogram(
+        "chancepay_http_request_duration_seconds",
+        "HTTP request latency.",
+        ("route", "method", "status"),
+        roles=("orchestrator",),
+    )
 
     # every serving role
     broker_connect_failures = counter(
@@ -141,27 +173,40 @@ class Metrics:
         "Attempts to open the broker connection that failed (broker not reachable yet, or gone).",
         roles=BROKER_USERS,
     )
-    http_client_errors = counter("chancepay_http_client_errors_total",
-                                 "Requests answered 4xx, by route template and error code (no uuid labels).",
-                                 ("route", "code"), roles=SERVING)
+    http_client_errors = counter(
+        "chancepay_http_client_errors_total",
+        "Requests answered 4xx, by route template and error code (no uuid labels).",
+        ("route", "code"),
+        roles=SERVING,
+    )
     http_auth_failures = counter(
         "chancepay_http_auth_failures_total",
         "Requests to /internal/* refused for a missing or wrong bearer token ([FAILED TO AUTHORIZE REQUEST]).",
         ("route",),
         roles=SERVING,
     )
-    db_unavailable = counter("chancepay_db_unavailable_total",
-                             "Requests or polls that failed because the database was unreachable or timed out.",
-                             roles=SERVING)
+    db_unavailable = counter(
+        "chancepay_db_unavailable_total",
+        "Requests or polls that failed because the database was unreachable or timed out.",
+        roles=SERVING,
+    )
 
     # wallet
-    wallet_messages = counter("chancepay_wallet_messages_total", "Messages handled by the wallet.", ("outcome",),
-                              roles=("wallet",), preset={"outcome": ("succeeded", "failed", "duplicate", "corrupt")})
-    wallet_callback_failures = counter("chancepay_wallet_callback_failures_total",
-                                       "Result callbacks that failed ([FAILED TO CALLBACK FROM WALLET]).",
-                                       roles=("wallet",))
-    wallet_callbacks = counter("chancepay_wallet_callbacks_total", "Result callbacks the orchestrator accepted.",
-                               roles=("wallet",))
+    wallet_messages = counter(
+        "chancepay_wallet_messages_total",
+        "Messages handled by the wallet.",
+        ("outcome",),
+        roles=("wallet",),
+        preset={"outcome": ("succeeded", "failed", "duplicate", "corrupt")},
+    )
+    wallet_callback_failures = counter(
+        "chancepay_wallet_callback_failures_total",
+        "Result callbacks that failed ([FAILED TO CALLBACK FROM WALLET]).",
+        roles=("wallet",),
+    )
+    wallet_callbacks = counter(
+        "chancepay_wallet_callbacks_total", "Result callbacks the orchestrator accepted.", roles=("wallet",)
+    )
     dlq_messages = gauge(
         "chancepay_dlq_messages",
         "Dead letters: rows of the wallet's dead_letter table plus messages still in chancepay.payments.dlq "
@@ -173,17 +218,27 @@ class Metrics:
         "Decided payments whose result the wallet still has to deliver (pending_callback rows, read at scrape).",
         roles=("wallet",),
     )
-    wallet_callbacks_pending_oldest_age = gauge("chancepay_wallet_callbacks_pending_oldest_age_seconds",
-                                                "Age of the oldest pending_callback row (database clock).",
-                                                roles=("wallet",))
+    wallet_callbacks_pending_oldest_age = gauge(
+        "chancepay_wallet_callbacks_pending_oldest_age_seconds",
+        "Age of the oldest pending_callback row (database clock).",
+        roles=("wallet",),
+    )
 
     # reconciler and operator commands (pushed to a Pushgateway when one is configured)
-    reconcile_repairs = counter("chancepay_reconcile_repairs_total", "Repairs made by chancepay reconcile.", ("kind",),
-                                roles=("reconcile",))
-    reconcile_failures = counter("chancepay_reconcile_failures_total",
-                                 "Reconcile steps that failed ([FAILED TO RECONCILE]).", roles=("reconcile",))
-    operator_actions = counter("chancepay_operator_actions_total", "Operator actions, by action (rows or messages).",
-                               ("action",), roles=("operator",))
+    reconcile_repairs = counter(
+        "chancepay_reconcile_repairs_total", "Repairs made by chancepay reconcile.", ("kind",), roles=("reconcile",)
+    )
+    reconcile_failures = counter(
+        "chancepay_reconcile_failures_total",
+        "Reconcile steps that failed ([FAILED TO RECONCILE]).",
+        roles=("reconcile",),
+    )
+    operator_actions = counter(
+        "chancepay_operator_actions_total",
+        "Operator actions, by action (rows or messages).",
+        ("action",),
+        roles=("operator",),
+    )
 
     def __init__(self, role: str) -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # the *_created series only double the scrape

@@ -30,9 +30,7 @@ class Migration:
     unless_column: tuple[str, str] | None = None
 
 
-ORCHESTRATOR: tuple[Migration, ...] = (
-    Migration(1, "request and outbox", sql.ORCHESTRATOR_V1),
-)
+ORCHESTRATOR: tuple[Migration, ...] = (Migration(1, "request and outbox", sql.ORCHESTRATOR_V1),)
 WALLET: tuple[Migration, ...] = (
     Migration(1, "inbox", sql.WALLET_V1),
     Migration(2, "pending_callback: results the wallet still has to deliver", sql.WALLET_V2),
@@ -54,6 +52,8 @@ def pending(current: int, migrations: tuple[Migration, ...]) -> list[Migration]:
     if versions != list(range(1, len(versions) + 1)):
         raise ValueError(f"migration versions must be 1, 2, 3, ... in order: {versions}")
     if current > latest(migrations):
-        raise SchemaTooNew(f"the schema is at version {current}, newer than this code knows ({latest(migrations)}): "
-                           "run the newer release's migrate, or roll this release forward")
+        raise SchemaTooNew(
+            f"the schema is at version {current}, newer than this code knows ({latest(migrations)}): "
+            "run the newer release's migrate, or roll this release forward"
+        )
     return [m for m in migrations if m.version > current]

@@ -60,18 +60,28 @@ class Field:
 
 FIELDS: tuple[Field, ...] = (
     Field(
-        "cus_id", "cusId", parse_cus_id, str, str,
+        "cus_id",
+        "cusId",
+        parse_cus_id,
+        str,
+        str,
         {"type": "string", "pattern": _anchored(CUS_ID_RE.pattern)},
         "VARCHAR(64) CHARACTER SET ascii NOT NULL",
         "The paying customer: 1-64 characters of A-Z a-z 0-9 _ . : -",
     ),
     Field(
-        "amount", "amount", parse_amount, format_amount, Decimal,
-        {"oneOf": [
-            # greater than zero: the pattern, and not all zeros ("0", "00.00")
-            {"type": "string", "pattern": _anchored(AMOUNT_STR_RE.pattern), "not": {"pattern": "^0+(\\.0+)?$"}},
-            {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1e16, "multipleOf": 0.01},
-        ]},
+        "amount",
+        "amount",
+        parse_amount,
+        format_amount,
+        Decimal,
+        {
+            "oneOf": [
+                # greater than zero: the pattern, and not all zeros ("0", "00.00")
+                {"type": "string", "pattern": _anchored(AMOUNT_STR_RE.pattern), "not": {"pattern": "^0+(\\.0+)?$"}},
+                {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1e16, "multipleOf": 0.01},
+            ]
+        },
         "DECIMAL(18,2) NOT NULL",
         "Exact decimal > 0, at most two fraction digits, below 10^16",
     ),
@@ -179,8 +189,13 @@ class Payment:
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Payment:
         """A `request` row read by column name (core/sql.py SELECT_REQUEST)."""
-        return cls(str(row["uuid"]), details_from_row(row), succeed_from_column(row["succeed"]),
-                   row["created_at"], row["finalized_at"])
+        return cls(
+            str(row["uuid"]),
+            details_from_row(row),
+            succeed_from_column(row["succeed"]),
+            row["created_at"],
+            row["finalized_at"],
+        )
 
     def message(self) -> PaymentMessage:
         return PaymentMessage(self.uuid, self.details)
@@ -306,15 +321,20 @@ def parse_results(doc: Mapping[str, Any]) -> list[Result]:
 
 def dump_results(results: Sequence[Result]) -> bytes:
     """The wallet's batch body (parse_results reads it)."""
-    return json.dumps({"results": [{"uuid": r.uuid, "succeed": r.succeed} for r in results]},
-                      separators=(",", ":")).encode()
+    return json.dumps(
+        {"results": [{"uuid": r.uuid, "succeed": r.succeed} for r in results]}, separators=(",", ":")
+    ).encode()
 
 
 def dump_outcomes(outcomes: Sequence[tuple[str, Outcome, Status | None]]) -> dict[str, Any]:
     """The orchestrator's answer to a batch: (uuid, outcome, stored status or None if unknown)
     per item, in the order sent."""
-    return {"results": [{"uuid": uuid, "outcome": outcome.value, "status": status.value if status else None}
-                        for uuid, outcome, status in outcomes]}
+    return {
+        "results": [
+            {"uuid": uuid, "outcome": outcome.value, "status": status.value if status else None}
+            for uuid, outcome, status in outcomes
+        ]
+    }
 
 
 def load_outcomes(body: bytes, sent: Sequence[Result]) -> list[Outcome]:
@@ -348,8 +368,9 @@ def request_schema() -> dict[str, Any]:
         "type": "object",
         "additionalProperties": False,
         "required": [f.wire for f in FIELDS],
-        "properties": {f.wire: {**f.schema, **({"description": f.description} if f.description else {})}
-                       for f in FIELDS},
+        "properties": {
+            f.wire: {**f.schema, **({"description": f.description} if f.description else {})} for f in FIELDS
+        },
     }
 
 
@@ -363,8 +384,11 @@ def _answer_properties() -> dict[str, Any]:
 
 def accepted_schema() -> dict[str, Any]:
     """The 202 answer."""
-    return {"type": "object", "required": ["uuid", *(f.wire for f in FIELDS), "status"],
-            "properties": _answer_properties()}
+    return {
+        "type": "object",
+        "required": ["uuid", *(f.wire for f in FIELDS), "status"],
+        "properties": _answer_properties(),
+    }
 
 
 def payment_schema() -> dict[str, Any]:
@@ -385,14 +409,21 @@ _FINAL_STATUS = [Status.SUCCEEDED.value, Status.FAILED.value]
 
 def result_schema() -> dict[str, Any]:
     """POST /internal/payments/{uuid}/result's body."""
-    return {"type": "object", "additionalProperties": False, "required": ["succeed"],
-            "properties": {"succeed": {"type": "boolean"}}}
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["succeed"],
+        "properties": {"succeed": {"type": "boolean"}},
+    }
 
 
 def result_applied_schema() -> dict[str, Any]:
     """Its 200 answer."""
-    return {"type": "object", "required": ["uuid", "status"],
-            "properties": {"uuid": {"type": "string"}, "status": {"type": "string", "enum": _FINAL_STATUS}}}
+    return {
+        "type": "object",
+        "required": ["uuid", "status"],
+        "properties": {"uuid": {"type": "string"}, "status": {"type": "string", "enum": _FINAL_STATUS}},
+    }
 
 
 def results_schema() -> dict[str, Any]:

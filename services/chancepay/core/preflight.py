@@ -22,8 +22,10 @@ START_TAG = "[FAILED TO START]"
 ACCESS_DENIED = (1044, 1045, 1698)
 UNKNOWN_DATABASE = 1049
 MISSING_SCHEMA = (1146, 1054)
-PROVISION = ("run `make run` (it provisions the databases and users), or `chancepay migrate` with "
-             "CHANCEPAY_ADMIN_DB set to an admin URL")
+PROVISION = (
+    "run `make run` (it provisions the databases and users), or `chancepay migrate` with "
+    "CHANCEPAY_ADMIN_DB set to an admin URL"
+)
 
 
 class CannotProceed(ChancePayError):
@@ -53,14 +55,15 @@ def server_answer(exc: BaseException) -> str:
 
 def database_hint(code: int | None, variable: str) -> str:
     if code in ACCESS_DENIED:
-        return (f"the server refused this user or password: {PROVISION}; or set {variable} to the URL your "
-                "databases were provisioned with")
+        return (
+            f"the server refused this user or password: {PROVISION}; or set {variable} to the URL your "
+            "databases were provisioned with"
+        )
     if code == UNKNOWN_DATABASE:
         return f"the database does not exist: {PROVISION}"
     if code in MISSING_SCHEMA:
         return "the schema is missing or older than this code: run `chancepay migrate` (or `make run`)"
-    return (f"nothing usable answered there: start MariaDB (`make services`), or set {variable} to your "
-            "database's URL")
+    return f"nothing usable answered there: start MariaDB (`make services`), or set {variable} to your database's URL"
 
 
 async def check_database(url: DatabaseURL, variable: str, timeout: float) -> None:
@@ -70,8 +73,13 @@ async def check_database(url: DatabaseURL, variable: str, timeout: float) -> Non
         await db.schema_version()
     except DatabaseUnavailable as exc:
         code = error_code(exc) if isinstance(exc, SchemaNotReady) else None
-        raise CannotProceed(DATABASE_TAG, variable=variable, url=url.redacted(), answer=server_answer(exc),
-                            hint=database_hint(code, variable)) from None
+        raise CannotProceed(
+            DATABASE_TAG,
+            variable=variable,
+            url=url.redacted(),
+            answer=server_answer(exc),
+            hint=database_hint(code, variable),
+        ) from None
     finally:
         await db.close()
 
@@ -81,14 +89,18 @@ async def check_api(base_url: str, variable: str = "CHANCEPAY_ORCHESTRATOR_URL",
     url = base_url.rstrip("/") + "/readyz"
     answer: str
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session, \
-                session.get(url) as response:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
+            session.get(url) as response,
+        ):
             if response.status == 200:
                 return
             body = (await response.text(errors="replace"))[:300]
             answer = f"HTTP {response.status}: {body}"
-            hint = ("the API answers but is not ready (its database or broker): see the roles' log lines, or "
-                    "`chancepay migrate`")
+            hint = (
+                "the API answers but is not ready (its database or broker): see the roles' log lines, or "
+                "`chancepay migrate`"
+            )
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         answer = str(exc) or type(exc).__name__
         hint = f"start the roles (`make run`), or point {variable} at the orchestrator's URL"

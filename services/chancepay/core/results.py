@@ -34,8 +34,11 @@ class ResultsClient:
         if self.compat.active():
             return await self.compat.send(results)
         try:
-            async with self.http.post(f"{self.base}/internal/payments/results", data=dump_results(results),
-                                      headers={"Content-Type": "application/json"}) as response:
+            async with self.http.post(
+                f"{self.base}/internal/payments/results",
+                data=dump_results(results),
+                headers={"Content-Type": "application/json"},
+            ) as response:
                 body = await response.read()
                 status = response.status
         except (aiohttp.ClientError, TimeoutError) as exc:

@@ -78,10 +78,18 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    server = _Server(uvicorn.Config(
-        app, host=host, port=port, log_config=None, access_log=False, lifespan="off",
-        timeout_graceful_shutdown=max(1, int(settings.shutdown_grace)), server_header=False,
-    ))
+    server = _Server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=max(1, int(settings.shutdown_grace)),
+            server_header=False,
+        )
+    )
     started = await _start_http(server, host, port)
     if isinstance(started, int):
         return started
@@ -109,8 +117,13 @@ async def _start_http(server: _Server, host: str, port: int) -> asyncio.Task[Non
     try:
         sock = bind_socket(host, port)
     except OSError as exc:
-        log.error("[FAILED TO START HTTP SERVER]", host=host, port=port, error=str(exc),
-                  hint=f"another process holds the port: stop it, or move this role: {port_hint}")
+        log.error(
+            "[FAILED TO START HTTP SERVER]",
+            host=host,
+            port=port,
+            error=str(exc),
+            hint=f"another process holds the port: stop it, or move this role: {port_hint}",
+        )
         return EXIT_CANNOT_START
     server_task = asyncio.create_task(server.serve(sockets=[sock]), name="http")
     while not server.started:
@@ -143,6 +156,7 @@ async def _drain_worker(worker_task: asyncio.Future[None], grace: float) -> int:
 def beside(main: Worker, background: Sequence[Worker], grace: float) -> Worker:
     """One worker: `main`, with `background` workers run beside it; main's end (a fatal error or
     a stop) stops them, each given `grace` seconds to finish."""
+
     async def run(stop: asyncio.Event) -> None:
         tasks = [asyncio.ensure_future(worker(stop)) for worker in background]
         try:

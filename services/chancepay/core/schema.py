@@ -41,8 +41,11 @@ LOCAL_ADMIN_URL = "mysql://root@localhost/?unix_socket=/run/mysqld/mysqld.sock"
 def _refused(exc: SchemaNotReady, url: DatabaseURL, variable: str, codes: tuple[int, ...], hint: str) -> None:
     """An answer that waiting will not change: one line, exit 2 (CannotProceed)."""
     if error_code(exc) in codes:
-        raise CannotProceed(DATABASE_TAG, exit_code=2, variable=variable, url=url.redacted(), answer=server_answer(exc),
-                            hint=hint) from None
+        raise CannotProceed(
+            DATABASE_TAG, exit_code=2, variable=variable, url=url.redacted(), answer=server_answer(exc), hint=hint
+        ) from None
+
+
 IDENTIFIER = re.compile(r"[A-Za-z0-9_]{1,64}")
 
 
@@ -76,14 +79,22 @@ async def provision(admin: DatabaseURL, targets: list[DatabaseURL], timeout: flo
         await db.close()
 
 
-async def waiting_for_database(step: Callable[[], Awaitable[None]], what: str, database: Dependency,
-                               wait_seconds: float) -> None:
+async def waiting_for_database(
+    step: Callable[[], Awaitable[None]], what: str, database: Dependency, wait_seconds: float
+) -> None:
     """Run `step`; while the database is unreachable (or the users are not there yet), retry with
     a capped, jittered back-off (core/waiting.py: each line `"waiting": true` until the database
     was reached) until `wait_seconds` have passed, then give up with the last error."""
-    await retry_until_up(step, database, log=get_logger(), tag=DATABASE_TAG, backoff=Backoff(0.5, 5.0),
-                         retry_on=DatabaseUnavailable, describe=lambda exc: {"step": what, "error": str(exc)},
-                         give_up_after=wait_seconds)
+    await retry_until_up(
+        step,
+        database,
+        log=get_logger(),
+        tag=DATABASE_TAG,
+        backoff=Backoff(0.5, 5.0),
+        retry_on=DatabaseUnavailable,
+        describe=lambda exc: {"step": what, "error": str(exc)},
+        give_up_after=wait_seconds,
+    )
 
 
 async def apply(db: Database, migrations: tuple[Migration, ...], *, lock_seconds: float = 300) -> list[int]:
@@ -137,10 +148,15 @@ async def migrate(settings: Settings) -> None:
             try:
                 await provision(admin, [orchestrator, wallet], settings.db_timeout)
             except SchemaNotReady as exc:
-                _refused(exc, admin, "CHANCEPAY_ADMIN_DB", ACCESS_DENIED,
-                         "the admin URL's user is refused or may not create databases and users: give an admin "
-                         f"URL that can (locally: {LOCAL_ADMIN_URL} as a user allowed to use that socket, "
-                         "e.g. under sudo), or provision them yourself and migrate without it")
+                _refused(
+                    exc,
+                    admin,
+                    "CHANCEPAY_ADMIN_DB",
+                    ACCESS_DENIED,
+                    "the admin URL's user is refused or may not create databases and users: give an admin "
+                    f"URL that can (locally: {LOCAL_ADMIN_URL} as a user allowed to use that socket, "
+                    "e.g. under sudo), or provision them yourself and migrate without it",
+                )
                 raise
 
         await waiting_for_database(provision_once, "provision databases and users", database, remaining())
@@ -149,18 +165,24 @@ async def migrate(settings: Settings) -> None:
 
         variable = "CHANCEPAY_ORCHESTRATOR_DB" if url is orchestrator else "CHANCEPAY_WALLET_DB"
 
-        async def bring_up(db: Database = db, steps: tuple[Migration, ...] = steps, url: DatabaseURL = url,
-                           variable: str = variable) -> None:
+        async def bring_up(
+            db: Database = db, steps: tuple[Migration, ...] = steps, url: DatabaseURL = url, variable: str = variable
+        ) -> None:
             try:
                 await db.check_strict()
                 await apply(db, steps)
             except SchemaNotReady as exc:
                 if not settings.admin_db:
-                    _refused(exc, url, variable, (*ACCESS_DENIED, UNKNOWN_DATABASE),
-                             "no admin rights (CHANCEPAY_ADMIN_DB is not set) and this user or its database is "
-                             "missing: run `make migrate` (or `make run`), or set CHANCEPAY_ADMIN_DB to an admin "
-                             f"URL (locally: {LOCAL_ADMIN_URL}), or set {variable} to the URL it was "
-                             "provisioned with")
+                    _refused(
+                        exc,
+                        url,
+                        variable,
+                        (*ACCESS_DENIED, UNKNOWN_DATABASE),
+                        "no admin rights (CHANCEPAY_ADMIN_DB is not set) and this user or its database is "
+                        "missing: run `make migrate` (or `make run`), or set CHANCEPAY_ADMIN_DB to an admin "
+                        f"URL (locally: {LOCAL_ADMIN_URL}), or set {variable} to the URL it was "
+                        "provisioned with",
+                    )
                 raise
 
         try:

@@ -19,6 +19,8 @@ def among(statement: str, count: int, **identifiers: str) -> str:
     """`statement` with its `IN ({placeholders})` list written for `count` values (and any other
     identifier it names, validated by the caller)."""
     return statement.format(placeholders=", ".join(["%s"] * count), **identifiers)
+
+
 _R_FIELDS = ", ".join(f"r.{c}" for c in COLUMNS)
 
 # --------------------------------------------------------------------------- schema
@@ -141,14 +143,12 @@ GRANT_ALL_ON_DB = "GRANT ALL PRIVILEGES ON `{db}`.* TO %s@'%%'"
 
 # --------------------------------------------------------------------------- orchestrator
 INSERT_REQUEST = (
-    f"INSERT INTO request (uuid, {_FIELDS}, idempotency_key, request_hash) "
-    f"VALUES (%s, {_FIELD_PLACEHOLDERS}, %s, %s)"
+    f"INSERT INTO request (uuid, {_FIELDS}, idempotency_key, request_hash) VALUES (%s, {_FIELD_PLACEHOLDERS}, %s, %s)"
 )
 INSERT_OUTBOX = "INSERT INTO outbox (uuid, payload) VALUES (%s, %s)"
 SELECT_REQUEST = f"SELECT uuid, {_FIELDS}, succeed, created_at, finalized_at FROM request WHERE uuid = %s"
 SELECT_REQUEST_BY_IDEMPOTENCY_KEY = (
-    f"SELECT uuid, {_FIELDS}, succeed, created_at, finalized_at, request_hash "
-    "FROM request WHERE idempotency_key = %s"
+    f"SELECT uuid, {_FIELDS}, succeed, created_at, finalized_at, request_hash FROM request WHERE idempotency_key = %s"
 )
 # Group commit (orchestrator/service.py, PaymentService.create_group): in one transaction, the
 # stored rows of the group's idempotency keys (those items are answered from them, not inserted),
@@ -223,13 +223,10 @@ RECORD_OUTBOX_RETRY = (
 # The common path is one statement: the coin was flipped in memory and the row is inserted
 # already final. Only if the uuid exists (a redelivery) does the wallet lock and read it.
 INSERT_INBOX_DECIDED = (
-    f"INSERT IGNORE INTO inbox (uuid, {_FIELDS}, succeed, finalized_at) "
-    f"VALUES (%s, {_FIELD_PLACEHOLDERS}, %s, NOW(6))"
+    f"INSERT IGNORE INTO inbox (uuid, {_FIELDS}, succeed, finalized_at) VALUES (%s, {_FIELD_PLACEHOLDERS}, %s, NOW(6))"
 )
 LOCK_INBOX = f"SELECT {_FIELDS}, succeed, deliveries FROM inbox WHERE uuid = %s FOR UPDATE"
-FINALIZE_INBOX = (
-    "UPDATE inbox SET succeed = %s, finalized_at = NOW(6) WHERE uuid = %s AND succeed IS NULL"
-)
+FINALIZE_INBOX = "UPDATE inbox SET succeed = %s, finalized_at = NOW(6) WHERE uuid = %s AND succeed IS NULL"
 COUNT_INBOX_DELIVERY = "UPDATE inbox SET deliveries = deliveries + 1 WHERE uuid = %s"
 # A window of deliveries (wallet/window.py): one multi-row INSERT IGNORE of rows already final,
 # uuids distinct and sorted (one lock order for every wallet). Fewer rows inserted than sent (a
@@ -300,8 +297,10 @@ SELECT_STALE_PENDING = (
 REENQUEUE_OUTBOX = "INSERT IGNORE INTO outbox (uuid, payload) VALUES (%s, %s)"
 
 # --------------------------------------------------------------------------- dead letters
-_DL_FIELDS = ("id, dedup_key, uuid, message_id, reason, source_queue, death_count, dead_lettered_at, delivery_count, "
-              "headers, body, stored_at")
+_DL_FIELDS = (
+    "id, dedup_key, uuid, message_id, reason, source_queue, death_count, dead_lettered_at, delivery_count, "
+    "headers, body, stored_at"
+)
 STORE_DEAD_LETTER = (
     "INSERT IGNORE INTO dead_letter (dedup_key, uuid, message_id, reason, source_queue, death_count, "
     "dead_lettered_at, delivery_count, headers, body) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"

@@ -44,14 +44,30 @@ POLICY_DEFINITION: dict[str, Any] = {"dead-letter-strategy": "at-least-once", "o
 
 def policy(vhost: str = "/") -> dict[str, Any]:
     """The policy as an entry of a RabbitMQ definitions file's "policies"."""
-    return {"vhost": vhost, "name": POLICY_NAME, "pattern": POLICY_PATTERN, "apply-to": "queues",
-            "priority": POLICY_PRIORITY, "definition": dict(POLICY_DEFINITION)}
+    return {
+        "vhost": vhost,
+        "name": POLICY_NAME,
+        "pattern": POLICY_PATTERN,
+        "apply-to": "queues",
+        "priority": POLICY_PRIORITY,
+        "definition": dict(POLICY_DEFINITION),
+    }
 
 
 def set_policy_args(vhost: str = "/") -> list[str]:
     """`rabbitmqctl` arguments that apply the policy to `vhost`."""
-    return ["set_policy", "-p", vhost, "--apply-to", "queues", "--priority", str(POLICY_PRIORITY), POLICY_NAME,
-            POLICY_PATTERN, json.dumps(POLICY_DEFINITION, sort_keys=True)]
+    return [
+        "set_policy",
+        "-p",
+        vhost,
+        "--apply-to",
+        "queues",
+        "--priority",
+        str(POLICY_PRIORITY),
+        POLICY_NAME,
+        POLICY_PATTERN,
+        json.dumps(POLICY_DEFINITION, sort_keys=True),
+    ]
 
 
 async def declare(channel: Any) -> None:

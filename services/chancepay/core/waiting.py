@@ -66,8 +66,9 @@ class Dependency:
     """One thing a process needs (its database, the broker, the orchestrator it calls back) and
     whether a failure to reach it is still waiting. Created when the process starts using it."""
 
-    def __init__(self, name: str, budget: float, *, since: float | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, name: str, budget: float, *, since: float | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.name = name
         self.budget = budget
         self.clock = clock

@@ -184,8 +184,9 @@ async def post_results(request: Request) -> Response:
     results = await _read_results(request, parse_results)
     finalized = await r.service.finalize(results)
     r.metrics.result_batch_size.observe(len(results))
-    return JSONResponse(dump_outcomes([(f.result.uuid, f.outcome, f.payment.status if f.payment else None)
-                                       for f in finalized]))
+    return JSONResponse(
+        dump_outcomes([(f.result.uuid, f.outcome, f.payment.status if f.payment else None) for f in finalized])
+    )
 
 
 async def openapi(request: Request) -> Response:
@@ -224,8 +225,9 @@ def build_app(settings: Settings, db: Database, metrics: Metrics, crash: CrashPo
         required = migrations.latest(migrations.ORCHESTRATOR)
         return {"database": await db.ping(), "schema": await db.schema_ready(required)}
 
-    service = PaymentService(db, metrics, crash=crash, group_size=settings.api_group_size,
-                             group_linger=settings.api_group_linger)
+    service = PaymentService(
+        db, metrics, crash=crash, group_size=settings.api_group_size, group_linger=settings.api_group_linger
+    )
 
     async def refresh() -> None:
         metrics.api_group_waiting.set(service.group.waiting if service.group else 0)
@@ -233,8 +235,10 @@ def build_app(settings: Settings, db: Database, metrics: Metrics, crash: CrashPo
 
     # No redirect_slashes: `POST /payments/` would get a bodiless 307 to a URL built from the
     # Host header; a JSON 404 like every other unknown path is the honest answer.
-    app = Starlette(routes=[*ROUTES, *health_routes(metrics, ready, refresh)],
-                    exception_handlers={**EXCEPTION_HANDLERS, DatabaseUnavailable: db_unavailable})
+    app = Starlette(
+        routes=[*ROUTES, *health_routes(metrics, ready, refresh)],
+        exception_handlers={**EXCEPTION_HANDLERS, DatabaseUnavailable: db_unavailable},
+    )
     app.router.redirect_slashes = False
     app.state.orchestrator = Resources(settings, db, service, metrics, crash)
     app.state.metrics = metrics

@@ -23,8 +23,14 @@ R = TypeVar("R")
 
 
 class GroupCommit(Generic[T, R]):
-    def __init__(self, commit: Callable[[list[T]], Awaitable[Sequence[R | BaseException]]], size: int,
-                 linger: float, *, observe: Callable[[int], None] = lambda size: None) -> None:
+    def __init__(
+        self,
+        commit: Callable[[list[T]], Awaitable[Sequence[R | BaseException]]],
+        size: int,
+        linger: float,
+        *,
+        observe: Callable[[int], None] = lambda size: None,
+    ) -> None:
         if size < 1 or linger < 0:
             raise ValueError("size must be >= 1 and linger >= 0")
         self._commit = commit

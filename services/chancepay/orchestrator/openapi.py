@@ -39,7 +39,7 @@ OPENAPI: dict[str, Any] = {
                         "required": False,
                         "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
                         "description": "Same key and same body: the original payment again "
-                                       "(Idempotent-Replayed: true).",
+                        "(Idempotent-Replayed: true).",
                     }
                 ],
                 "requestBody": {
@@ -53,10 +53,8 @@ OPENAPI: dict[str, Any] = {
                         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PaymentAccepted"}}},
                         # create -> read -> finalize: how a client (and a stateful fuzzer) follows it
                         "links": {
-                            "GetPayment": {"operationId": "getPayment",
-                                           "parameters": {"uuid": "$response.body#/uuid"}},
-                            "PostResult": {"operationId": "postResult",
-                                           "parameters": {"uuid": "$response.body#/uuid"}},
+                            "GetPayment": {"operationId": "getPayment", "parameters": {"uuid": "$response.body#/uuid"}},
+                            "PostResult": {"operationId": "postResult", "parameters": {"uuid": "$response.body#/uuid"}},
                         },
                     },
                     "400": _err("Malformed JSON or header"),
@@ -112,7 +110,7 @@ OPENAPI: dict[str, Any] = {
             "post": {
                 "operationId": "postResults",
                 "summary": "The wallet's batched result callbacks: every item finalized write-once in one "
-                           "transaction, each with its own outcome",
+                "transaction, each with its own outcome",
                 "security": [{"bearer": []}],
                 "requestBody": {
                     "required": True,
@@ -121,8 +119,8 @@ OPENAPI: dict[str, Any] = {
                 "responses": {
                     "200": {
                         "description": "One outcome per item, in the order sent: applied (finalized now), repeated "
-                                       "(already final with this value), conflict (already final with the other "
-                                       "value; unchanged), unknown (no such payment)",
+                        "(already final with this value), conflict (already final with the other "
+                        "value; unchanged), unknown (no such payment)",
                         "content": {
                             "application/json": {"schema": {"$ref": "#/components/schemas/ResultBatchOutcomes"}}
                         },
@@ -131,8 +129,9 @@ OPENAPI: dict[str, Any] = {
                     "401": _err("Missing or wrong bearer token"),
                     "413": _err("Body over 16 KiB"),
                     "415": _err("Content-Type is not application/json"),
-                    "422": _err(f"Not {{results: [{{uuid, succeed}}]}} with 1 to {payment.MAX_RESULTS} items, "
-                                "or a uuid twice"),
+                    "422": _err(
+                        f"Not {{results: [{{uuid, succeed}}]}} with 1 to {payment.MAX_RESULTS} items, or a uuid twice"
+                    ),
                     "503": _err("Database unavailable; nothing was finalized"),
                 },
             }

@@ -67,8 +67,9 @@ class NewPayment:
     @classmethod
     def of(cls, details: Details, key: str | None) -> NewPayment:
         uuid = new_uuid()
-        return cls(uuid, details, key, request_fingerprint(details) if key else None,
-                   PaymentMessage(uuid, details).encode())
+        return cls(
+            uuid, details, key, request_fingerprint(details) if key else None, PaymentMessage(uuid, details).encode()
+        )
 
     def accepted(self) -> Payment:
         # The 202 body needs no timestamps: no read-back round trip.
@@ -79,16 +80,24 @@ Created = tuple[Payment, bool]  # (payment, replayed)
 
 
 class PaymentService:
-    def __init__(self, db: Database, metrics: Metrics, *, crash: CrashPoints | None = None, group_size: int = 1,
-                 group_linger: float = 0.0) -> None:
+    def __init__(
+        self,
+        db: Database,
+        metrics: Metrics,
+        *,
+        crash: CrashPoints | None = None,
+        group_size: int = 1,
+        group_linger: float = 0.0,
+    ) -> None:
         self.db = db
         self.metrics = metrics
         self.crash = crash or CrashPoints(frozenset())
         # Size 1: no grouping at all, each create is its own transaction (the behaviour before groups).
         self.group: GroupCommit[NewPayment, Created] | None = None
         if group_size > 1:
-            self.group = GroupCommit(self.create_group, group_size, group_linger,
-                                     observe=metrics.api_group_size.observe)
+            self.group = GroupCommit(
+                self.create_group, group_size, group_linger, observe=metrics.api_group_size.observe
+            )
 
     async def create(self, details: Details, idempotency_key: str | None) -> Created:
         """Returns (payment, replayed). The request row and its outbox row commit together or not at
@@ -101,6 +110,7 @@ class PaymentService:
 
     async def create_one(self, item: NewPayment) -> Created:
         """One payment, its own transaction."""
+
         async def insert_both(cur: Any) -> None:
             await cur.execute(sql.INSERT_REQUEST, (item.uuid, *column_values(item.details), item.key, item.fingerprint))
             await cur.execute(sql.INSERT_OUTBOX, (item.uuid, item.payload))
@@ -147,8 +157,10 @@ class PaymentService:
                 leaders.setdefault(item.key, item)
         new = [i for i in items if i.key is None] + [leaders[k] for k in sorted(leaders)]  # keys in one order
         if new:
-            await cur.execute(sql.request_rows(len(new)),
-                              [v for i in new for v in (i.uuid, *column_values(i.details), i.key, i.fingerprint)])
+            await cur.execute(
+                sql.request_rows(len(new)),
+                [v for i in new for v in (i.uuid, *column_values(i.details), i.key, i.fingerprint)],
+            )
             await cur.execute(sql.outbox_rows(len(new)), [v for i in new for v in (i.uuid, i.payload)])
         self.crash.hit("orchestrator.mid_group")  # inserted, not committed
         return stored, leaders

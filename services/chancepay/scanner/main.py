@@ -36,8 +36,13 @@ def compose(settings: Settings) -> Role:
 
     app = Starlette(routes=health_routes(metrics, ready, refresh), exception_handlers=EXCEPTION_HANDLERS)
     app.state.metrics = metrics
-    return Role("scanner", app, scanner.scan_forever, closers=[db.close, probe.close],
-                starting={"db": settings.orchestrator_db_url.redacted()})
+    return Role(
+        "scanner",
+        app,
+        scanner.scan_forever,
+        closers=[db.close, probe.close],
+        starting={"db": settings.orchestrator_db_url.redacted()},
+    )
 
 
 async def run(settings: Settings) -> int:

@@ -11,8 +11,17 @@ from chancepay.scanner.policy import Failure, OutboxRow, counts_as_attempt, retr
 
 
 class Outbox:
-    def __init__(self, db: Database, *, owner: str, lease_seconds: float, max_attempts: int,
-                 retry_base: float, retry_max: float, probe: Database | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        owner: str,
+        lease_seconds: float,
+        max_attempts: int,
+        retry_base: float,
+        retry_max: float,
+        probe: Database | None = None,
+    ) -> None:
         self.db = db
         self.probe = probe
         self.owner = owner
@@ -23,12 +32,14 @@ class Outbox:
     async def claim(self, limit: int) -> list[OutboxRow]:
         """Due rows, selected FOR UPDATE SKIP LOCKED and leased (next_attempt_at pushed past the
         lease) in one short transaction: no row lock is held while publishing."""
+
         async def claim_and_lease(cur: Any) -> list[OutboxRow]:
             await cur.execute(sql.CLAIM_OUTBOX, (self.max_attempts, limit))
             rows = [OutboxRow(r[0], bytes(r[1]), int(r[2])) for r in await cur.fetchall()]
             if rows:
-                await cur.execute(sql.among(sql.LEASE_OUTBOX, len(rows)),
-                                  (self.lease_us, self.owner, *[r.uuid for r in rows]))
+                await cur.execute(
+                    sql.among(sql.LEASE_OUTBOX, len(rows)), (self.lease_us, self.owner, *[r.uuid for r in rows])
+                )
             return rows
 
         return await self.db.run(claim_and_lease)

@@ -73,8 +73,12 @@ class Publisher:
         self.connection, self.channel = connection, channel
 
     def ready(self) -> bool:
-        return (self.connection is not None and not self.connection.is_closed
-                and self.channel is not None and not self.channel.is_closed)
+        return (
+            self.connection is not None
+            and not self.connection.is_closed
+            and self.channel is not None
+            and not self.channel.is_closed
+        )
 
     async def publish(self, row: OutboxRow) -> Any:
         return await self.channel.basic_publish(
@@ -105,8 +109,9 @@ class Publisher:
 
 
 class Scanner:
-    def __init__(self, settings: Settings, db: Database, metrics: Metrics, crash: CrashPoints,
-                 probe: Database | None = None) -> None:
+    def __init__(
+        self, settings: Settings, db: Database, metrics: Metrics, crash: CrashPoints, probe: Database | None = None
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.crash = crash
@@ -115,9 +120,15 @@ class Scanner:
         # Failures to reach the broker are "waiting" until it was first reached (core/waiting.py).
         self.broker = Dependency("broker", STARTUP_WAIT_SECONDS)
         self.name = f"{socket.gethostname()}:{os.getpid()}"[:64]
-        self.outbox = Outbox(db, owner=self.name, lease_seconds=settings.scanner_lease,
-                             max_attempts=settings.scanner_max_attempts, retry_base=settings.scanner_retry_base,
-                             retry_max=settings.scanner_retry_max, probe=probe)
+        self.outbox = Outbox(
+            db,
+            owner=self.name,
+            lease_seconds=settings.scanner_lease,
+            max_attempts=settings.scanner_max_attempts,
+            retry_base=settings.scanner_retry_base,
+            retry_max=settings.scanner_retry_max,
+            probe=probe,
+        )
         self.publisher = Publisher(settings.amqp_url_list, settings.message_key, settings.scanner_confirm_timeout)
 
     def broker_ready(self) -> bool:
@@ -160,8 +171,14 @@ class Scanner:
         return len(rows)
 
     async def scan_forever(self, stop: asyncio.Event) -> None:
-        if not await open_with_retry(stop, self.publisher.connect, log=self.log, tag=SEND_TAG, broker=self.broker,
-                                     on_failure=self.metrics.broker_connect_failures.inc):
+        if not await open_with_retry(
+            stop,
+            self.publisher.connect,
+            log=self.log,
+            tag=SEND_TAG,
+            broker=self.broker,
+            on_failure=self.metrics.broker_connect_failures.inc,
+        ):
             return
         self.log.info("scanner started", scanner=self.name, batch_size=self.settings.scanner_batch_size)
         db_backoff = Backoff(0.5, 10.0, exact=True)
@@ -181,8 +198,13 @@ class Scanner:
                 if self.publisher.connection.is_closed:
                     self.log.error(SEND_TAG, reason="connection", error="broker connection closed")
                     raise FatalError("broker connection closed")
-                idle = next_idle_sleep(idle, claimed, self.settings.scanner_batch_size,
-                                       self.settings.scanner_poll_interval, self.settings.scanner_idle_max)
+                idle = next_idle_sleep(
+                    idle,
+                    claimed,
+                    self.settings.scanner_batch_size,
+                    self.settings.scanner_poll_interval,
+                    self.settings.scanner_idle_max,
+                )
                 if idle:
                     await sleep_or_stop(stop, idle)
         finally:

@@ -76,9 +76,18 @@ class Batcher:
 class Callbacks:
     """deliver(result) -> the orchestrator's Outcome, or the last try's Failure."""
 
-    def __init__(self, sender: Sender, metrics: Metrics, *, tries: int, backoff: float,
-                 rng: random.Random | None = None, batch_size: int = 1, batch_linger: float = 0.002,
-                 log: Any = None) -> None:
+    def __init__(
+        self,
+        sender: Sender,
+        metrics: Metrics,
+        *,
+        tries: int,
+        backoff: float,
+        rng: random.Random | None = None,
+        batch_size: int = 1,
+        batch_linger: float = 0.002,
+        log: Any = None,
+    ) -> None:
         self.batcher = Batcher(sender, size=batch_size, linger=batch_linger)
         self.metrics = metrics
         self.tries = tries
@@ -112,8 +121,7 @@ class Callbacks:
             # callback was first taken since this wallet started (core/waiting.py).
             reason, will_retry = answer.reason, answer.retry_helps
             waiting = self.orchestrator.fields() if answer.unreachable else {}
-        self.log.error(CALLBACK_TAG, reason=reason, attempt=attempt, succeed=succeed, will_retry=will_retry,
-                       **waiting)
+        self.log.error(CALLBACK_TAG, reason=reason, attempt=attempt, succeed=succeed, will_retry=will_retry, **waiting)
 
 
 def _outcome_reason(outcome: Outcome, succeed: bool) -> str:

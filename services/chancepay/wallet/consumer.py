@@ -36,8 +36,16 @@ async def settle(channel: Any, tag: Any, action: Action) -> None:
 
 
 class Consumer:
-    def __init__(self, urls: list[str], handle: Handler, *, prefetch: int, shutdown_grace: float,
-                 on_connect_failure: Callable[[], None] | None = None, log: Any = None) -> None:
+    def __init__(
+        self,
+        urls: list[str],
+        handle: Handler,
+        *,
+        prefetch: int,
+        shutdown_grace: float,
+        on_connect_failure: Callable[[], None] | None = None,
+        log: Any = None,
+    ) -> None:
         # Several URLs are the nodes of one cluster: start at a random one, so replicas spread out.
         self.urls = urls
         self.start = random.randrange(len(urls))
@@ -92,8 +100,12 @@ class Consumer:
         self.connection, self.channel, self.stats_channel = connection, channel, stats_channel
 
     def broker_ready(self) -> bool:
-        return (self.connection is not None and not self.connection.is_closed
-                and self.channel is not None and not self.channel.is_closed)
+        return (
+            self.connection is not None
+            and not self.connection.is_closed
+            and self.channel is not None
+            and not self.channel.is_closed
+        )
 
     async def open_channel(self) -> Any:
         """Another channel on the consumer's connection (the dead-letter mover's)."""
@@ -112,8 +124,9 @@ class Consumer:
 
     # ------------------------------------------------------------------ consuming
     async def consume_forever(self, stop: asyncio.Event) -> None:
-        if not await open_with_retry(stop, self.connect, log=self.log, tag=CONSUME_TAG, broker=self.broker,
-                                     on_failure=self.on_connect_failure):
+        if not await open_with_retry(
+            stop, self.connect, log=self.log, tag=CONSUME_TAG, broker=self.broker, on_failure=self.on_connect_failure
+        ):
             return
         ok = await self.channel.basic_consume(topology.QUEUE, self.on_message, no_ack=False)
         self.consumer_tag = ok.consumer_tag

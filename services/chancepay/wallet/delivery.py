@@ -63,10 +63,21 @@ class CallbacksPort(Protocol):
 
 
 class Delivery:
-    def __init__(self, *, inbox: InboxPort, callbacks: CallbacksPort, metrics: Metrics, crash: CrashPoints,
-                 message_keys: tuple[str, ...], flip: Callable[[], bool], park_delay: Callable[[], float],
-                 database: Dependency, rng: random.Random | None = None,
-                 hold: Callable[[float], float] = db_retry_delay, log: Any = None) -> None:
+    def __init__(
+        self,
+        *,
+        inbox: InboxPort,
+        callbacks: CallbacksPort,
+        metrics: Metrics,
+        crash: CrashPoints,
+        message_keys: tuple[str, ...],
+        flip: Callable[[], bool],
+        park_delay: Callable[[], float],
+        database: Dependency,
+        rng: random.Random | None = None,
+        hold: Callable[[float], float] = db_retry_delay,
+        log: Any = None,
+    ) -> None:
         self.inbox = inbox
         self.callbacks = callbacks
         self.metrics = metrics
@@ -115,8 +126,7 @@ class Delivery:
             assert isinstance(answer, Failure)
             return Verdict(after_park(await self._park(result, answer.reason)), answer.reason)
         if action is Action.REJECTED:
-            self.log.error(CALLBACK_TAG, reason=f"{REJECTED_REASON}; acked, needs an operator",
-                           succeed=result.succeed)
+            self.log.error(CALLBACK_TAG, reason=f"{REJECTED_REASON}; acked, needs an operator", succeed=result.succeed)
             return Verdict(action, REJECTED_REASON)
         return Verdict(action, "delivered")
 
@@ -129,8 +139,12 @@ class Delivery:
         if self.db_down_since is None:
             self.db_down_since = now
         delay = half_jitter(self.hold(now - self.db_down_since), self.rng)
-        self.log.error("[FAILED TO DEDUCT IN WALLET]", error=str(failure) or repr(failure),
-                       retry_in_seconds=round(delay, 2), **self.database.fields())
+        self.log.error(
+            "[FAILED TO DEDUCT IN WALLET]",
+            error=str(failure) or repr(failure),
+            retry_in_seconds=round(delay, 2),
+            **self.database.fields(),
+        )
         await asyncio.sleep(delay)
         return Verdict(Action.REQUEUE, f"database unavailable: {failure}")
 
@@ -141,8 +155,7 @@ class Delivery:
         except Exception as exc:
             self.log.error(CALLBACK_TAG, reason=f"could not park the result: {exc}", will_retry=True)
             return False
-        self.log.info("result parked for background retries", succeed=result.succeed,
-                      retry_in_seconds=round(delay, 2))
+        self.log.info("result parked for background retries", succeed=result.succeed, retry_in_seconds=round(delay, 2))
         return True
 
     def _dead_letter(self, body: bytes, message_id: str | None, reason: str) -> Verdict:

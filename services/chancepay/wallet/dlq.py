@@ -47,8 +47,15 @@ class DeadLetterMover:
             self.channel = await self.broker.open_channel()
 
         def held(exc: BaseException, attempt: int, delay: float) -> None:
-            self.log.error(deadletters.MOVE_TAG, queue=topology.DLQ, error=repr(exc)[:500], attempt=attempt,
-                           held=True, retry_in_seconds=round(delay, 2), **self._waiting(exc))
+            self.log.error(
+                deadletters.MOVE_TAG,
+                queue=topology.DLQ,
+                error=repr(exc)[:500],
+                attempt=attempt,
+                held=True,
+                retry_in_seconds=round(delay, 2),
+                **self._waiting(exc),
+            )
 
         return await deadletters.move_batch(self.channel, self.db, MOVE_BATCH, on_store_failure=held, stop=stop)
 
@@ -61,11 +68,22 @@ class DeadLetterMover:
 
         def failed(exc: BaseException, delay: float) -> None:  # database or broker away: they wait in the queue
             if self.broker.broker_ready():
-                self.log.error(deadletters.MOVE_TAG, queue=topology.DLQ, error=repr(exc)[:500],
-                               retry_in_seconds=round(delay, 2), **self._waiting(exc))
+                self.log.error(
+                    deadletters.MOVE_TAG,
+                    queue=topology.DLQ,
+                    error=repr(exc)[:500],
+                    retry_in_seconds=round(delay, 2),
+                    **self._waiting(exc),
+                )
 
-        await forever(once, stop, full=MOVE_BATCH, idle=MOVE_IDLE_SECONDS, backoff=Backoff(0.5, 10.0, rng=self.rng),
-                      on_failure=failed)
+        await forever(
+            once,
+            stop,
+            full=MOVE_BATCH,
+            idle=MOVE_IDLE_SECONDS,
+            backoff=Backoff(0.5, 10.0, rng=self.rng),
+            on_failure=failed,
+        )
 
     def _waiting(self, exc: BaseException) -> dict[str, Any]:
         """`"waiting": true` for a database not reached yet since start (core/waiting.py)."""

@@ -43,8 +43,9 @@ class Inbox:
         async def decide(cur: Any) -> list[Decision]:
             decisions: list[Decision | None] = [None] * len(window)
             if len({msg.uuid for msg, _ in window}) == len(window):
-                args = [v for i in order for v in (window[i][0].uuid, *column_values(window[i][0].details),
-                                                   window[i][1])]
+                args = [
+                    v for i in order for v in (window[i][0].uuid, *column_values(window[i][0].details), window[i][1])
+                ]
                 await cur.execute(sql.inbox_decided_rows(len(window)), args)
                 self.on_inserted()
                 if cur.rowcount == len(window):
@@ -64,8 +65,9 @@ class Inbox:
         await cur.execute(sql.LOCK_INBOX, (msg.uuid,))
         row = await fetchrow(cur)
         assert row is not None  # INSERT IGNORE found it; FOR UPDATE holds it
-        decision = redelivery(details_from_row(row), succeed_from_column(row["succeed"]), int(row["deliveries"]),
-                              msg.details, flipped)
+        decision = redelivery(
+            details_from_row(row), succeed_from_column(row["succeed"]), int(row["deliveries"]), msg.details, flipped
+        )
         if decision.kind is not Deduction.CONFLICT:
             await cur.execute(sql.COUNT_INBOX_DELIVERY, (msg.uuid,))
         if decision.kind is Deduction.NEW:
@@ -79,12 +81,14 @@ class Inbox:
     async def claim_parked(self, limit: int, lease_seconds: float) -> list[ParkedCallback]:
         """Due parked callbacks, hidden from other wallets for `lease_seconds` (SKIP LOCKED + a
         lease, like the scanner's outbox claim)."""
+
         async def claim(cur: Any) -> list[ParkedCallback]:
             await cur.execute(sql.CLAIM_CALLBACKS, (limit,))
             rows = [ParkedCallback(r[0], bool(r[1]), int(r[2])) for r in await cur.fetchall()]
             if rows:
-                await cur.execute(sql.among(sql.LEASE_CALLBACKS, len(rows)),
-                                  (int(lease_seconds * 1e6), *[r.uuid for r in rows]))
+                await cur.execute(
+                    sql.among(sql.LEASE_CALLBACKS, len(rows)), (int(lease_seconds * 1e6), *[r.uuid for r in rows])
+                )
             return rows
 
         return await self.db.run(claim)

@@ -96,29 +96,60 @@ def compose(settings: Settings) -> Role:
     rng = random.Random()
     crash = CrashPoints(settings.crash_point_set())
     inbox = Inbox(db, on_inserted=lambda: crash.hit("wallet.after_inbox_insert"))
-    callbacks = Callbacks(ResultsClient(http, settings.orchestrator_url), metrics, tries=settings.callback_attempts,
-                          backoff=settings.callback_backoff, rng=rng, batch_size=settings.callback_batch_size,
-                          batch_linger=settings.callback_batch_linger)
+    callbacks = Callbacks(
+        ResultsClient(http, settings.orchestrator_url),
+        metrics,
+        tries=settings.callback_attempts,
+        backoff=settings.callback_backoff,
+        rng=rng,
+        batch_size=settings.callback_batch_size,
+        batch_linger=settings.callback_batch_linger,
+    )
 
     def parked_delay(attempts: int) -> float:
         return parked_retry_delay(attempts, settings.callback_backoff, settings.callback_retry_max, rng)
 
     deductions: Inbox | InboxWindow = inbox
     if min(settings.wallet_batch_size, settings.wallet_prefetch) > 1:
-        deductions = InboxWindow(inbox, size=min(settings.wallet_batch_size, settings.wallet_prefetch),
-                                 linger=settings.wallet_batch_linger)
-    delivery = Delivery(inbox=deductions, callbacks=callbacks, metrics=metrics, crash=crash,
-                        message_keys=settings.message_keys, flip=lambda: rng.random() < settings.wallet_success_rate,
-                        park_delay=lambda: parked_delay(1), database=db.dependency, rng=rng)
-    consumer = Consumer(settings.amqp_url_list, delivery.handle, prefetch=settings.wallet_prefetch,
-                        shutdown_grace=settings.shutdown_grace, on_connect_failure=metrics.broker_connect_failures.inc)
+        deductions = InboxWindow(
+            inbox, size=min(settings.wallet_batch_size, settings.wallet_prefetch), linger=settings.wallet_batch_linger
+        )
+    delivery = Delivery(
+        inbox=deductions,
+        callbacks=callbacks,
+        metrics=metrics,
+        crash=crash,
+        message_keys=settings.message_keys,
+        flip=lambda: rng.random() < settings.wallet_success_rate,
+        park_delay=lambda: parked_delay(1),
+        database=db.dependency,
+        rng=rng,
+    )
+    consumer = Consumer(
+        settings.amqp_url_list,
+        delivery.handle,
+        prefetch=settings.wallet_prefetch,
+        shutdown_grace=settings.shutdown_grace,
+        on_connect_failure=metrics.broker_connect_failures.inc,
+    )
     retrier = ParkedRetrier(inbox, callbacks, next_delay=parked_delay, database=db.dependency, rng=rng)
     mover = DeadLetterMover(db, consumer, rng=rng)
-    worker = beside(consumer.consume_forever, [retrier.retry_parked_forever, mover.move_dead_letters_forever],
-                    grace=max(1.0, settings.shutdown_grace - 2))
-    return Role("wallet", build_app(settings, db, metrics, inbox, consumer), worker, closers=[db.close, http.close],
-                starting={"db": settings.wallet_db_url.redacted(), "success_rate": settings.wallet_success_rate,
-                          "batch_size": min(settings.wallet_batch_size, settings.wallet_prefetch)})
+    worker = beside(
+        consumer.consume_forever,
+        [retrier.retry_parked_forever, mover.move_dead_letters_forever],
+        grace=max(1.0, settings.shutdown_grace - 2),
+    )
+    return Role(
+        "wallet",
+        build_app(settings, db, metrics, inbox, consumer),
+        worker,
+        closers=[db.close, http.close],
+        starting={
+            "db": settings.wallet_db_url.redacted(),
+            "success_rate": settings.wallet_success_rate,
+            "batch_size": min(settings.wallet_batch_size, settings.wallet_prefetch),
+        },
+    )
 
 
 async def run(settings: Settings) -> int:

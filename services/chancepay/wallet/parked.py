@@ -35,8 +35,16 @@ class ParkedPort(Protocol):
 
 
 class ParkedRetrier:
-    def __init__(self, inbox: ParkedPort, callbacks: CallbacksPort, *, next_delay: Callable[[int], float],
-                 database: Dependency, rng: random.Random | None = None, log: Any = None) -> None:
+    def __init__(
+        self,
+        inbox: ParkedPort,
+        callbacks: CallbacksPort,
+        *,
+        next_delay: Callable[[int], float],
+        database: Dependency,
+        rng: random.Random | None = None,
+        log: Any = None,
+    ) -> None:
         self.inbox = inbox
         self.callbacks = callbacks
         self.next_delay = next_delay  # failed background tries so far -> seconds to the next one
@@ -65,8 +73,12 @@ class ParkedRetrier:
                 again.append((row.uuid, self.next_delay(row.attempts + 1), answer.reason))
                 continue
             if action is Action.REJECTED:
-                self.log.error(CALLBACK_TAG, uuid=row.uuid, succeed=row.succeed,
-                               reason=f"{REJECTED_REASON}; dropped, needs an operator")
+                self.log.error(
+                    CALLBACK_TAG,
+                    uuid=row.uuid,
+                    succeed=row.succeed,
+                    reason=f"{REJECTED_REASON}; dropped, needs an operator",
+                )
             done.append(row.uuid)
         await self.inbox.forget_parked(done)
         await self.inbox.reschedule_parked(again)
@@ -74,11 +86,22 @@ class ParkedRetrier:
 
     async def retry_parked_forever(self, stop: asyncio.Event) -> None:
         def failed(exc: BaseException, delay: float) -> None:  # the database away: parked rows wait
-            self.log.error("[FAILED TO REACH DATABASE]", step="read parked callbacks", error=str(exc),
-                           retry_in_seconds=round(delay, 2), **self._waiting(exc))
+            self.log.error(
+                "[FAILED TO REACH DATABASE]",
+                step="read parked callbacks",
+                error=str(exc),
+                retry_in_seconds=round(delay, 2),
+                **self._waiting(exc),
+            )
 
-        await forever(self.retry_parked_once, stop, full=RETRY_BATCH, idle=RETRY_IDLE_SECONDS,
-                      backoff=Backoff(0.5, 10.0, rng=self.rng), on_failure=failed)
+        await forever(
+            self.retry_parked_once,
+            stop,
+            full=RETRY_BATCH,
+            idle=RETRY_IDLE_SECONDS,
+            backoff=Backoff(0.5, 10.0, rng=self.rng),
+            on_failure=failed,
+        )
 
     def _waiting(self, exc: BaseException) -> dict[str, Any]:
         return self.database.fields() if isinstance(exc, DatabaseUnavailable) else {}

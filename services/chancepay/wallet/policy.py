@@ -41,8 +41,9 @@ class Decision:
         return "succeeded" if self.succeed else "failed"
 
 
-def redelivery(stored: Mapping[str, Any], stored_succeed: bool | None, deliveries: int,
-               received: Mapping[str, Any], flipped: bool) -> Decision:
+def redelivery(
+    stored: Mapping[str, Any], stored_succeed: bool | None, deliveries: int, received: Mapping[str, Any], flipped: bool
+) -> Decision:
     """A uuid already in the inbox (`stored` its details, as read back) received again with
     `received` details. A different payment under the same uuid is corrupt; a decided one keeps
     its stored result (no second deduction); a row left pending (by an older version or by hand)
@@ -111,8 +112,9 @@ def parked_retry_delay(attempts: int, base: float, cap: float, rng: random.Rando
     return half_jitter(capped_exponential(attempts, base, cap), rng)
 
 
-def callback_delays(tries: int, base: float, cap: float = CALLBACK_DELAY_CAP_SECONDS,
-                    rng: random.Random | None = None) -> list[float]:
+def callback_delays(
+    tries: int, base: float, cap: float = CALLBACK_DELAY_CAP_SECONDS, rng: random.Random | None = None
+) -> list[float]:
     """Full-jitter capped exponential back-off between `tries` quick tries (tries - 1 sleeps)."""
     rng = rng or random.Random()
     return [full_jitter(capped_exponential(i, base, cap), rng) for i in range(1, max(0, tries - 1) + 1)]
