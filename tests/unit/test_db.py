@@ -1,0 +1,85 @@
+"""core/db.py's transaction helper, over a fake pool: which driver errors are the database being
+unavailable (held and retried by every caller) and which propagate unchanged (SQL errors a caller
+handles, e.g. a duplicate key)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncmy.errors
+import pytest
+
+from chancepay.core.config import DatabaseURL
+from chancepay.core.db import Database, DatabaseUnavailable
+
+
+class Cursor:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    async def __aenter__(self) -> Cursor:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def execute(self, statement: str, args: Any = None) -> None:
+        raise self.error
+
+
+class Connection:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+        self.closed = False
+
+    def cursor(self) -> Cursor:
+        return Cursor(self.error)
+
+    async def commit(self) -> None:
+        raise AssertionError("a failed transaction must not commit")
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class Pool:
+    def __init__(self, error: BaseException) -> None:
+        self.connection = Connection(error)
+        self.released: list[Connection] = []
+
+    async def acquire(self) -> Connection:
+        return self.connection
+
+    def release(self, connection: Connection) -> None:
+        self.released.append(connection)
+
+
+def run_with(error: BaseException) -> tuple[BaseException, Pool]:
+    db = Database(DatabaseURL.parse("mysql://u:p@db.invalid:3306/x"))
+    pool = Pool(error)
+    db._pool = pool
+
+    async def work(cur: Any) -> None:
+        await cur.execute("SELECT 1")
+
+    with pytest.raises(Exception) as caught:
+        asyncio.run(db.run(work))
+    return caught.value, pool
+
+
+def test_a_broken_protocol_state_is_the_database_unavailable() -> None:
+    raised, pool = run_with(asyncmy.errors.InternalError(2014, "Packet sequence number wrong"))
+    assert isinstance(raised, DatabaseUnavailable) and "InternalError" in str(raised)
+    assert pool.connection.closed and pool.released == [pool.connection]  # never reused
+
+
+def test_a_lost_connection_is_the_database_unavailable() -> None:
+    raised, _ = run_with(asyncmy.errors.OperationalError(2013, "Lost connection to MySQL server"))
+    assert isinstance(raised, DatabaseUnavailable)
+
+
+def test_an_sql_error_propagates_unchanged() -> None:
+    duplicate = asyncmy.errors.IntegrityError(1062, "Duplicate entry 'k' for key 'idempotency_key'")
+    raised, pool = run_with(duplicate)
+    assert raised is duplicate and pool.connection.closed
