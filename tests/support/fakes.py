@@ -9,6 +9,8 @@ composition root injects, records what it was asked, and answers what the test s
 - FakeDatabase: a Database for code that only runs statements (execute / fetch*), with its
   `dependency` (core/waiting.py) and a scripted schema readiness.
 Messages: `message(body, headers, message_id, tag)` builds what aiormq hands a consumer.
+`wallet_delivery(inbox, callbacks, log)`: a wallet Delivery wired to fakes as wallet/main.py wires
+the real collaborators (the default message key, a coin that always succeeds, no hold).
 """
 
 from __future__ import annotations
@@ -19,16 +21,37 @@ from typing import Any
 
 from pamqp import commands as spec
 
+from chancepay.core.config import Settings
+from chancepay.core.crash import CrashPoints
+from chancepay.core.metrics import Metrics
 from chancepay.core.payment import Answer, Outcome, PaymentMessage, Result
 from chancepay.core.waiting import Dependency
 from chancepay.scanner.policy import Failure as PublishFailure
 from chancepay.scanner.policy import OutboxRow
+from chancepay.wallet.delivery import Delivery
 from chancepay.wallet.inbox import ParkedCallback
 from chancepay.wallet.policy import Decision
 
 
 class DatabaseDown(Exception):
     """What a fake raises for "the database does not answer" when a test wants a plain error."""
+
+
+def wallet_delivery(inbox: Any, callbacks: Any, log: Any) -> Delivery:
+    """A wallet Delivery on fakes: the default message key, a coin that always succeeds, a park
+    delay of 0.2 s and no hold before a requeue."""
+    return Delivery(
+        inbox=inbox,
+        callbacks=callbacks,
+        metrics=Metrics("wallet"),
+        crash=CrashPoints(frozenset()),
+        message_keys=(Settings.from_env({}).message_key,),
+        flip=lambda: True,
+        park_delay=lambda: 0.2,
+        database=Dependency("database", 600.0),
+        hold=lambda outage: 0.0,
+        log=log,
+    )
 
 
 def message(body: bytes, headers: dict[str, Any] | None = None, message_id: str | None = None, tag: int = 7) -> Any:

@@ -13,16 +13,13 @@ import pytest
 
 from chancepay.core import signing
 from chancepay.core.config import Settings
-from chancepay.core.crash import CrashPoints
 from chancepay.core.db import DatabaseUnavailable
-from chancepay.core.metrics import Metrics
 from chancepay.core.payment import Answer, Failure, Outcome, PaymentMessage, Result
-from chancepay.core.waiting import Dependency
 from chancepay.wallet import consumer as consumer_module
 from chancepay.wallet.consumer import PROCESS_TAG, Consumer, settle
 from chancepay.wallet.delivery import CORRUPTION_TAG, Delivery
 from chancepay.wallet.policy import Action, Decision, Deduction, Verdict
-from tests.support.fakes import FakeCallbacks, FakeChannel, FakeInbox, message
+from tests.support.fakes import FakeCallbacks, FakeChannel, FakeInbox, message, wallet_delivery
 from tests.support.recording_log import RecordingLog
 
 UUID = "0b7b3c0e-8a8e-4d3b-9a55-0c2f3e4d5a6b"
@@ -31,18 +28,7 @@ KEY = Settings.from_env({}).message_key
 
 
 def delivery(inbox: FakeInbox, callbacks: FakeCallbacks, log: RecordingLog | None = None) -> Delivery:
-    return Delivery(
-        inbox=inbox,
-        callbacks=callbacks,
-        metrics=Metrics("wallet"),
-        crash=CrashPoints(frozenset()),
-        message_keys=(KEY,),
-        flip=lambda: True,
-        park_delay=lambda: 0.2,
-        database=Dependency("database", 600.0),
-        hold=lambda outage: 0.0,
-        log=log or RecordingLog(),
-    )
+    return wallet_delivery(inbox, callbacks, log or RecordingLog())
 
 
 def handle(

@@ -10,16 +10,13 @@ from typing import Any
 
 from chancepay.core import signing, sql
 from chancepay.core.config import Settings
-from chancepay.core.crash import CrashPoints
 from chancepay.core.db import DatabaseUnavailable
-from chancepay.core.metrics import Metrics
 from chancepay.core.payment import PaymentMessage, Result
-from chancepay.core.waiting import Dependency
 from chancepay.wallet.delivery import CORRUPTION_TAG, Delivery
 from chancepay.wallet.inbox import Inbox
 from chancepay.wallet.policy import Action, Decision, Deduction, Verdict
 from chancepay.wallet.window import InboxWindow
-from tests.support.fakes import FakeCallbacks, FakeInbox
+from tests.support.fakes import FakeCallbacks, FakeInbox, wallet_delivery
 from tests.support.recording_log import RecordingLog
 
 KEY = Settings.from_env({}).message_key
@@ -28,18 +25,7 @@ NEW, DUP, CONFLICT, CORRUPT = (f"0b7b3c0e-8a8e-4d3b-9a55-0c2f3e4d5a6{i}" for i i
 
 
 def delivery(inbox: Any, callbacks: FakeCallbacks, log: RecordingLog) -> Delivery:
-    return Delivery(
-        inbox=inbox,
-        callbacks=callbacks,
-        metrics=Metrics("wallet"),
-        crash=CrashPoints(frozenset()),
-        message_keys=(KEY,),
-        flip=lambda: True,
-        park_delay=lambda: 0.2,
-        database=Dependency("database", 600.0),
-        hold=lambda outage: 0.0,
-        log=log,
-    )
+    return wallet_delivery(inbox, callbacks, log)
 
 
 def signed(uuid: str, body: bytes | None = None) -> tuple[bytes, dict[str, str], str]:
