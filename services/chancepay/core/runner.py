@@ -20,7 +20,6 @@ import uvicorn
 from chancepay.core.config import Settings
 from chancepay.core.errors import ChancePayError
 from chancepay.core.logging import get_logger
-from chancepay.core.waiting import pause
 
 Worker = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 # A process that cannot start because of how it is set up (bad configuration, port in use) exits
@@ -192,8 +191,3 @@ async def run_role(settings: Settings, role: Role) -> int:
     finally:
         for close in reversed(role.closers):
             await close()
-
-
-async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    """Sleep `seconds`, or less if `stop` is set meanwhile (core/waiting.py pause)."""
-    await pause(stop, seconds)

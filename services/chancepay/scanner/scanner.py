@@ -39,8 +39,8 @@ from chancepay.core.crash import CrashPoints
 from chancepay.core.db import Database, DatabaseUnavailable
 from chancepay.core.logging import get_logger
 from chancepay.core.metrics import Metrics
-from chancepay.core.runner import FatalError, sleep_or_stop
-from chancepay.core.waiting import STARTUP_WAIT_SECONDS, Dependency
+from chancepay.core.runner import FatalError
+from chancepay.core.waiting import STARTUP_WAIT_SECONDS, Dependency, pause, until_ok
 from chancepay.scanner.outbox import Outbox
 from chancepay.scanner.policy import OutboxRow, counts_as_attempt, next_idle_sleep, sort_results
 
@@ -183,29 +183,34 @@ class Scanner:
         self.log.info("scanner started", scanner=self.name, batch_size=self.settings.scanner_batch_size)
         db_backoff = Backoff(0.5, 10.0, exact=True)
         idle = base = self.settings.scanner_poll_interval
+
+        async def cycle() -> int:
+            # After an empty poll, a cheap read first: claim only when something is due.
+            return await self.scan_once() if idle <= base or await self.outbox.due() else 0
+
+        def database_down(exc: BaseException, delay: float) -> None:
+            self.metrics.db_unavailable.inc()
+            self.log.error(SCAN_TAG, error=str(exc), retry_in_seconds=delay, **self.db.dependency.fields())
+
         try:
             while not stop.is_set():
-                try:
-                    # After an empty poll, a cheap read first: claim only when something is due.
-                    claimed = await self.scan_once() if idle <= base or await self.outbox.due() else 0
-                    db_backoff.succeeded()
-                except DatabaseUnavailable as exc:
-                    delay = db_backoff.failed()
-                    self.metrics.db_unavailable.inc()
-                    self.log.error(SCAN_TAG, error=str(exc), retry_in_seconds=delay, **self.db.dependency.fields())
-                    await sleep_or_stop(stop, delay)
-                    continue
+                ok, claimed = await until_ok(
+                    cycle, backoff=db_backoff, on_failure=database_down, retry_on=DatabaseUnavailable, stop=stop
+                )
+                if not ok:
+                    break
+                db_backoff.succeeded()
                 if self.publisher.connection.is_closed:
                     self.log.error(SEND_TAG, reason="connection", error="broker connection closed")
                     raise FatalError("broker connection closed")
                 idle = next_idle_sleep(
                     idle,
-                    claimed,
+                    claimed or 0,
                     self.settings.scanner_batch_size,
                     self.settings.scanner_poll_interval,
                     self.settings.scanner_idle_max,
                 )
                 if idle:
-                    await sleep_or_stop(stop, idle)
+                    await pause(stop, idle)
         finally:
             await self.publisher.close()
