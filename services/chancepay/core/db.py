@@ -63,6 +63,31 @@ class StrictModeError(ChancePayError, RuntimeError):
     """The session is not in strict sql_mode: refuse to run (silent truncation loses money)."""
 
 
+def driver_error(exc: Exception) -> Exception:
+    """What a driver DatabaseError means here: not provisioned (SchemaNotReady), retryable
+    (DatabaseBusy), unreachable (DatabaseUnavailable); an SQL error (duplicate key, ...) is
+    returned unchanged."""
+    code = exc.args[0] if exc.args else None
+    detail = exc.args[1] if len(exc.args) > 1 else str(exc)
+    if code in NOT_PROVISIONED_ERRORS:
+        # Access denied: the user is missing or this URL is not the one migrate provisioned.
+        ask = (
+            "has `chancepay migrate` (with CHANCEPAY_ADMIN_DB) created this user, with this password?"
+            if code in (1044, 1045, 1698)
+            else "has `chancepay migrate` run?"
+        )
+        return SchemaNotReady(f"{code} {NOT_PROVISIONED_ERRORS[code]} ({detail}); {ask}")
+    if isinstance(exc, asyncmy.errors.OperationalError):
+        if code in RETRYABLE_ERRORS:
+            return DatabaseBusy(f"{code}: {detail}")
+        return DatabaseUnavailable(f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, asyncmy.errors.InternalError):
+        # The connection's protocol state is broken ("Packet sequence number wrong"): the
+        # database did not take the statement; like an outage, retried after a hold.
+        return DatabaseUnavailable(f"{type(exc).__name__}: {exc}")
+    return exc
+
+
 def is_duplicate_key(exc: BaseException) -> bool:
     return isinstance(exc, IntegrityError) and bool(exc.args) and exc.args[0] == ER_DUP_ENTRY
 
@@ -160,25 +185,10 @@ class Database:
         except TimeoutError:
             raise DatabaseUnavailable(f"no answer from {self.url.host}:{self.url.port} within the timeout") from None
         except asyncmy.errors.DatabaseError as exc:
-            code = exc.args[0] if exc.args else None
-            detail = exc.args[1] if len(exc.args) > 1 else str(exc)
-            if code in NOT_PROVISIONED_ERRORS:
-                # Access denied: the user is missing or this URL is not the one migrate provisioned.
-                ask = (
-                    "has `chancepay migrate` (with CHANCEPAY_ADMIN_DB) created this user, with this password?"
-                    if code in (1044, 1045, 1698)
-                    else "has `chancepay migrate` run?"
-                )
-                raise SchemaNotReady(f"{code} {NOT_PROVISIONED_ERRORS[code]} ({detail}); {ask}") from exc
-            if isinstance(exc, asyncmy.errors.OperationalError):
-                if code in RETRYABLE_ERRORS:
-                    raise DatabaseBusy(f"{code}: {detail}") from exc
-                raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
-            if isinstance(exc, asyncmy.errors.InternalError):
-                # The connection's protocol state is broken ("Packet sequence number wrong"): the
-                # database did not take the statement; like an outage, retried after a hold.
-                raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
-            raise
+            mapped = driver_error(exc)
+            if mapped is exc:
+                raise
+            raise mapped from exc
         except (asyncmy.errors.InterfaceError, OSError) as exc:
             raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
 

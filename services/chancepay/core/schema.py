@@ -130,6 +130,51 @@ async def apply(db: Database, migrations: tuple[Migration, ...], *, lock_seconds
     return applied
 
 
+async def _provision(settings: Settings, database: Dependency, budget: float) -> None:
+    """With CHANCEPAY_ADMIN_DB: create both databases and users, waiting for the server."""
+    admin = DatabaseURL.parse(settings.admin_db)
+
+    async def provision_once() -> None:
+        try:
+            await provision(admin, [settings.orchestrator_db_url, settings.wallet_db_url], settings.db_timeout)
+        except SchemaNotReady as exc:
+            _refused(
+                exc,
+                admin,
+                "CHANCEPAY_ADMIN_DB",
+                ACCESS_DENIED,
+                "the admin URL's user is refused or may not create databases and users: give an admin "
+                f"URL that can (locally: {LOCAL_ADMIN_URL} as a user allowed to use that socket, "
+                "e.g. under sudo), or provision them yourself and migrate without it",
+            )
+            raise
+
+    await waiting_for_database(provision_once, "provision databases and users", database, budget)
+
+
+async def _bring_up(settings: Settings, url: DatabaseURL, steps: tuple[Migration, ...], variable: str) -> None:
+    """One schema to its latest version through its role's user; a refusal no wait can cure exits 2."""
+    db = Database(url, pool_size=1, timeout=max(settings.db_timeout, 30))
+    try:
+        await db.check_strict()
+        await apply(db, steps)
+    except SchemaNotReady as exc:
+        if not settings.admin_db:
+            _refused(
+                exc,
+                url,
+                variable,
+                (*ACCESS_DENIED, UNKNOWN_DATABASE),
+                "no admin rights (CHANCEPAY_ADMIN_DB is not set) and this user or its database is "
+                "missing: run `make migrate` (or `make run`), or set CHANCEPAY_ADMIN_DB to an admin "
+                f"URL (locally: {LOCAL_ADMIN_URL}), or set {variable} to the URL it was "
+                "provisioned with",
+            )
+        raise
+    finally:
+        await db.close()
+
+
 async def migrate(settings: Settings) -> None:
     log = get_logger()
     orchestrator, wallet = settings.orchestrator_db_url, settings.wallet_db_url
@@ -142,51 +187,17 @@ async def migrate(settings: Settings) -> None:
         return max(0.0, deadline - time.monotonic())
 
     if settings.admin_db:
-        admin = DatabaseURL.parse(settings.admin_db)
-
-        async def provision_once() -> None:
-            try:
-                await provision(admin, [orchestrator, wallet], settings.db_timeout)
-            except SchemaNotReady as exc:
-                _refused(
-                    exc,
-                    admin,
-                    "CHANCEPAY_ADMIN_DB",
-                    ACCESS_DENIED,
-                    "the admin URL's user is refused or may not create databases and users: give an admin "
-                    f"URL that can (locally: {LOCAL_ADMIN_URL} as a user allowed to use that socket, "
-                    "e.g. under sudo), or provision them yourself and migrate without it",
-                )
-                raise
-
-        await waiting_for_database(provision_once, "provision databases and users", database, remaining())
-    for url, steps in ((orchestrator, migrations.ORCHESTRATOR), (wallet, migrations.WALLET)):
-        db = Database(url, pool_size=1, timeout=max(settings.db_timeout, 30))
-
-        variable = "CHANCEPAY_ORCHESTRATOR_DB" if url is orchestrator else "CHANCEPAY_WALLET_DB"
+        await _provision(settings, database, remaining())
+    schemas = (
+        (orchestrator, migrations.ORCHESTRATOR, "CHANCEPAY_ORCHESTRATOR_DB"),
+        (wallet, migrations.WALLET, "CHANCEPAY_WALLET_DB"),
+    )
+    for url, steps, variable in schemas:
 
         async def bring_up(
-            db: Database = db, steps: tuple[Migration, ...] = steps, url: DatabaseURL = url, variable: str = variable
+            url: DatabaseURL = url, steps: tuple[Migration, ...] = steps, variable: str = variable
         ) -> None:
-            try:
-                await db.check_strict()
-                await apply(db, steps)
-            except SchemaNotReady as exc:
-                if not settings.admin_db:
-                    _refused(
-                        exc,
-                        url,
-                        variable,
-                        (*ACCESS_DENIED, UNKNOWN_DATABASE),
-                        "no admin rights (CHANCEPAY_ADMIN_DB is not set) and this user or its database is "
-                        "missing: run `make migrate` (or `make run`), or set CHANCEPAY_ADMIN_DB to an admin "
-                        f"URL (locally: {LOCAL_ADMIN_URL}), or set {variable} to the URL it was "
-                        "provisioned with",
-                    )
-                raise
+            await _bring_up(settings, url, steps, variable)
 
-        try:
-            await waiting_for_database(bring_up, f"migrate {url.database}", database, remaining())
-            log.info("schema up to date", database=url.database, user=url.user, version=latest(steps))
-        finally:
-            await db.close()
+        await waiting_for_database(bring_up, f"migrate {url.database}", database, remaining())
+        log.info("schema up to date", database=url.database, user=url.user, version=latest(steps))

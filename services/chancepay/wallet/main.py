@@ -80,12 +80,8 @@ def build_app(settings: Settings, db: Database, metrics: Metrics, inbox: Inbox, 
     return app
 
 
-def compose(settings: Settings) -> Role:
-    """The wallet's parts, built and wired here (and only here)."""
-    settings.require_safe_token()
-    settings.require_safe_message_key()
-    metrics = Metrics("wallet")
-    db = Database(settings.wallet_db_url, pool_size=settings.db_pool_size, timeout=settings.db_timeout)
+def _callbacks(settings: Settings, metrics: Metrics, rng: random.Random) -> tuple[Callbacks, aiohttp.ClientSession]:
+    """The batched result callbacks to the orchestrator, and the HTTP session they use."""
     # aiohttp, not httpx, for the callback: measured 0.17 ms client CPU per request against
     # httpx's 1.3-4.3 ms at this concurrency (README "Performance"), on the hottest path we have.
     http = aiohttp.ClientSession(
@@ -93,9 +89,6 @@ def compose(settings: Settings) -> Role:
         headers={"Authorization": f"Bearer {settings.internal_token}"},
         connector=aiohttp.TCPConnector(limit=settings.wallet_prefetch),
     )
-    rng = random.Random()
-    crash = CrashPoints(settings.crash_point_set())
-    inbox = Inbox(db, on_inserted=lambda: crash.hit("wallet.after_inbox_insert"))
     callbacks = Callbacks(
         ResultsClient(http, settings.orchestrator_url),
         metrics,
@@ -105,17 +98,33 @@ def compose(settings: Settings) -> Role:
         batch_size=settings.callback_batch_size,
         batch_linger=settings.callback_batch_linger,
     )
+    return callbacks, http
+
+
+def _deductions(settings: Settings, inbox: Inbox) -> Inbox | InboxWindow:
+    """Deliveries decided one transaction each (batch size 1) or a window per transaction."""
+    size = min(settings.wallet_batch_size, settings.wallet_prefetch)
+    if size > 1:
+        return InboxWindow(inbox, size=size, linger=settings.wallet_batch_linger)
+    return inbox
+
+
+def compose(settings: Settings) -> Role:
+    """The wallet's parts, built and wired here (and only here)."""
+    settings.require_safe_token()
+    settings.require_safe_message_key()
+    metrics = Metrics("wallet")
+    db = Database(settings.wallet_db_url, pool_size=settings.db_pool_size, timeout=settings.db_timeout)
+    rng = random.Random()
+    crash = CrashPoints(settings.crash_point_set())
+    inbox = Inbox(db, on_inserted=lambda: crash.hit("wallet.after_inbox_insert"))
+    callbacks, http = _callbacks(settings, metrics, rng)
 
     def parked_delay(attempts: int) -> float:
         return parked_retry_delay(attempts, settings.callback_backoff, settings.callback_retry_max, rng)
 
-    deductions: Inbox | InboxWindow = inbox
-    if min(settings.wallet_batch_size, settings.wallet_prefetch) > 1:
-        deductions = InboxWindow(
-            inbox, size=min(settings.wallet_batch_size, settings.wallet_prefetch), linger=settings.wallet_batch_linger
-        )
     delivery = Delivery(
-        inbox=deductions,
+        inbox=_deductions(settings, inbox),
         callbacks=callbacks,
         metrics=metrics,
         crash=crash,
