@@ -112,6 +112,7 @@ class Deployment:
         self.vhost = f"cpb_{self.id}"
         self.orchestrator_port = free_port()
         self.wallet_port = free_port()
+        self.scanner_port = free_port()
         self.processes: dict[str, Process] = {}
         self.created = False
 
@@ -131,6 +132,7 @@ class Deployment:
                 "CHANCEPAY_AMQP_URL": f"amqp://guest:guest@{HOST}:{AMQP_PORT}/{self.vhost}",
                 "CHANCEPAY_ORCHESTRATOR_URL": f"http://{HOST}:{self.orchestrator_port}",
                 "CHANCEPAY_WALLET_URL": f"http://{HOST}:{self.wallet_port}",
+                "CHANCEPAY_SCANNER_URL": f"http://{HOST}:{self.scanner_port}",
                 "CHANCEPAY_INTERNAL_TOKEN": TOKEN,
                 "CHANCEPAY_MESSAGE_KEY": MESSAGE_KEY,
                 "CHANCEPAY_HOST": HOST,
@@ -167,7 +169,11 @@ class Deployment:
         others are pointed at."""
         name = name or role
         if port is None:
-            port = {"orchestrator": self.orchestrator_port, "wallet": self.wallet_port}.get(role, 0) or free_port()
+            port = {
+                "orchestrator": self.orchestrator_port,
+                "wallet": self.wallet_port,
+                "scanner": self.scanner_port,
+            }.get(role, 0) or free_port()
             if any(p.port == port for p in self.processes.values()):
                 port = free_port()
         process = Process(self, role, name, port, **overrides)

@@ -68,6 +68,8 @@ def role_environ(role: str, ports: dict[str, int]) -> dict[str, str]:
         env["CHANCEPAY_PORT"] = str(ports[role])
     if "orchestrator" in ports:
         env["CHANCEPAY_ORCHESTRATOR_URL"] = f"http://127.0.0.1:{ports['orchestrator']}"
+    if "scanner" in ports:
+        env["CHANCEPAY_SCANNER_URL"] = f"http://127.0.0.1:{ports['scanner']}"
     if "wallet" in ports:
         env["CHANCEPAY_WALLET_URL"] = f"http://127.0.0.1:{ports['wallet']}"
     return env

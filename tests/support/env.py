@@ -185,6 +185,7 @@ class Env:
                 "CHANCEPAY_AMQP_URL": self.amqp_url(),
                 "CHANCEPAY_ORCHESTRATOR_URL": self.base_url("orchestrator"),
                 "CHANCEPAY_WALLET_URL": self.base_url("wallet"),
+                "CHANCEPAY_SCANNER_URL": self.base_url("scanner"),
                 "CHANCEPAY_INTERNAL_TOKEN": TOKEN,
                 "CHANCEPAY_MESSAGE_KEY": MESSAGE_KEY,
                 "CHANCEPAY_HOST": "127.0.0.1",

@@ -48,3 +48,11 @@ def test_scanner_idle_sleep_adapts_between_the_poll_interval_and_the_cap() -> No
     # a cap at or below the poll interval is the fixed interval of old
     assert [next_idle_sleep(base, n, 200, base, base) for n in (0, 5)] == [base, base]
     assert next_idle_sleep(base, 0, 200, base, 0.0) == base
+
+
+def test_scanner_rests_until_the_next_nudge_after_a_nudged_poll() -> None:
+    base, cap = 0.02, 1.0
+    assert next_idle_sleep(base, 3, 200, base, cap, nudged=True) == cap  # the next rows bring their own nudge
+    assert next_idle_sleep(base, 0, 200, base, cap, nudged=True) == cap
+    assert next_idle_sleep(base, 200, 200, base, cap, nudged=True) == 0.0  # a full batch: more is due
+    assert next_idle_sleep(base, 3, 200, base, base, nudged=True) == base  # batching off: the fixed interval

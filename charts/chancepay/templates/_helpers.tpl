@@ -132,6 +132,10 @@ Service), one per replica: rabbit@<release>-rabbitmq-<i>.<release>-rabbitmq.<ns>
 {{- printf "http://%s:%v" (include "chancepay.componentName" (dict "ctx" . "component" "orchestrator")) .Values.orchestrator.service.port }}
 {{- end }}
 
+{{- define "chancepay.scannerURL" -}}
+{{- printf "http://%s:%v" (include "chancepay.componentName" (dict "ctx" . "component" "scanner")) .Values.scanner.service.port }}
+{{- end }}
+
 {{- define "chancepay.walletURL" -}}
 {{- printf "http://%s:%v" (include "chancepay.componentName" (dict "ctx" . "component" "wallet")) .Values.wallet.service.port }}
 {{- end }}

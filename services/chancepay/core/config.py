@@ -297,6 +297,13 @@ class Settings:
     wallet_url = Setting(
         "CHANCEPAY_WALLET_URL", str, "http://127.0.0.1:8002", "where the reconciler reaches the wallet"
     )
+    scanner_url = Setting(
+        "CHANCEPAY_SCANNER_URL",
+        str,
+        "http://127.0.0.1:8001",
+        "orchestrator: the scanner it nudges after each commit (POST /internal/outbox/nudge) so new rows are "
+        "published at once, not at the scanner's next idle poll; empty = no nudges",
+    )
     internal_token = Setting(
         "CHANCEPAY_INTERNAL_TOKEN",
         str,
@@ -371,9 +378,10 @@ class Settings:
     scanner_idle_max = Setting(
         "CHANCEPAY_SCANNER_IDLE_MAX_SECONDS",
         float,
-        "0.05",
+        "1",
         "adaptive idle: the sleep between polls doubles after an empty poll, up to this, "
-        "and halves after one that found rows (no sleep after a full batch); at or below "
+        "and halves after one that found rows (no sleep after a full batch); after a poll "
+        "started by a nudge, this long (nudges wake it; the poll is the safety net); at or below "
         "the poll interval, a fixed interval",
         non_negative,
     )

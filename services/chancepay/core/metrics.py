@@ -128,6 +128,16 @@ class Metrics:
     outbox_publish_seconds = histogram(
         "chancepay_outbox_publish_seconds", "Time from publish to broker confirm, per batch.", roles=("scanner",)
     )
+    scanner_nudges = counter(
+        "chancepay_scanner_nudges_total",
+        "POST /internal/outbox/nudge received: new outbox rows, claimed at once instead of at the next poll.",
+        roles=("scanner",),
+    )
+    scanner_nudge_failures = counter(
+        "chancepay_scanner_nudge_failures_total",
+        "Nudges of the scanner that failed ([FAILED TO NUDGE SCANNER]); the rows wait for its idle poll.",
+        roles=("orchestrator",),
+    )
 
     # orchestrator
     payments_created = counter("chancepay_payments_created_total", "Payments accepted (202).", roles=("orchestrator",))

@@ -220,13 +220,24 @@ ROUTES = [
 ]
 
 
-def build_app(settings: Settings, db: Database, metrics: Metrics, crash: CrashPoints) -> Starlette:
+def build_app(
+    settings: Settings,
+    db: Database,
+    metrics: Metrics,
+    crash: CrashPoints,
+    on_commit: Callable[[], None] = lambda: None,
+) -> Starlette:
     async def ready() -> dict[str, bool]:
         required = migrations.latest(migrations.ORCHESTRATOR)
         return {"database": await db.ping(), "schema": await db.schema_ready(required)}
 
     service = PaymentService(
-        db, metrics, crash=crash, group_size=settings.api_group_size, group_linger=settings.api_group_linger
+        db,
+        metrics,
+        crash=crash,
+        group_size=settings.api_group_size,
+        group_linger=settings.api_group_linger,
+        on_commit=on_commit,
     )
 
     async def refresh() -> None:

@@ -8,6 +8,7 @@ from chancepay.core.db import Database
 from chancepay.core.metrics import Metrics
 from chancepay.core.runner import Role, run_role
 from chancepay.orchestrator.app import build_app
+from chancepay.orchestrator.nudge import ScannerNudge
 
 
 def compose(settings: Settings) -> Role:
@@ -15,8 +16,11 @@ def compose(settings: Settings) -> Role:
     settings.require_safe_token()
     metrics = Metrics("orchestrator")
     db = Database(settings.orchestrator_db_url, pool_size=settings.db_pool_size, timeout=settings.db_timeout)
-    app = build_app(settings, db, metrics, CrashPoints(settings.crash_point_set()))
-    return Role("orchestrator", app, closers=[db.close], starting={"db": settings.orchestrator_db_url.redacted()})
+    nudge = ScannerNudge(settings.scanner_url, settings.internal_token, metrics)
+    app = build_app(settings, db, metrics, CrashPoints(settings.crash_point_set()), on_commit=nudge)
+    return Role(
+        "orchestrator", app, closers=[nudge.close, db.close], starting={"db": settings.orchestrator_db_url.redacted()}
+    )
 
 
 async def run(settings: Settings) -> int:

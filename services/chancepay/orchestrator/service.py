@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from chancepay.core import sql
@@ -88,8 +88,10 @@ class PaymentService:
         crash: CrashPoints | None = None,
         group_size: int = 1,
         group_linger: float = 0.0,
+        on_commit: Callable[[], None] = lambda: None,
     ) -> None:
         self.db = db
+        self.on_commit = on_commit  # new outbox rows committed (orchestrator/nudge.py); must not block
         self.metrics = metrics
         self.crash = crash or CrashPoints(frozenset())
         # Size 1: no grouping at all, each create is its own transaction (the behaviour before groups).
@@ -126,6 +128,7 @@ class PaymentService:
             if found is None:  # the other transaction rolled back between our insert and select
                 return await self.create_one(NewPayment.of(item.details, item.key))
             return _replay(item, found)
+        self.on_commit()
         return item.accepted(), False
 
     async def create_group(self, items: list[NewPayment]) -> list[Created | BaseException]:
@@ -143,6 +146,7 @@ class PaymentService:
             raise
         except Exception:
             return list(await asyncio.gather(*(self.create_one(i) for i in items), return_exceptions=True))
+        self.on_commit()
         return [_group_answer(item, stored, leaders) for item in items]
 
     async def _insert_group(self, cur: Any, items: list[NewPayment]) -> tuple[dict[str, Any], dict[str, NewPayment]]:

@@ -65,14 +65,20 @@ def retry_delay(attempts: int, base: float, cap: float) -> float:
     return capped_exponential(attempts, base, cap)
 
 
-def next_idle_sleep(current: float, claimed: int, batch_size: int, base: float, cap: float) -> float:
+def next_idle_sleep(
+    current: float, claimed: int, batch_size: int, base: float, cap: float, *, nudged: bool = False
+) -> float:
     """The sleep before the next poll, after one that claimed `claimed` rows and slept `current`
     before it. A full batch: no sleep (more is due). Otherwise adaptive: an empty poll doubles the
     sleep up to `cap`, a poll that found rows halves it down to `base`; so at low rates the scanner
     polls about as often as payments arrive instead of every `base` seconds (the idle burn), and
-    under load it stays at `base`. cap <= base: always `base` (a fixed interval)."""
+    under load it stays at `base`. cap <= base: always `base` (a fixed interval). A poll started by
+    a nudge that did not fill a batch: `cap` (the next rows bring their own nudge; the poll is only
+    the safety net)."""
     if claimed >= batch_size:
         return 0.0
+    if nudged:
+        return max(cap, base)
     if cap <= base:
         return base
     current = min(max(current, base), cap)

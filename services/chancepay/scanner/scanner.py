@@ -14,6 +14,12 @@ connection-level failure is fatal (seed design): the process exits non-zero and 
 restarts it. Until the broker, and then the outbox table, were first reached, within the start-up
 budget, the failure lines say `"waiting": true` (core/waiting.py).
 
+Waking: after a group commit the orchestrator nudges the scanner (POST /internal/outbox/nudge,
+orchestrator/nudge.py); a nudged scanner claims at once and then rests until the next nudge, its
+idle poll (CHANCEPAY_SCANNER_IDLE_MAX_SECONDS) left as the safety net for lost nudges and for the
+replicas a Service did not route the nudge to. A scanner that is never nudged adapts its poll
+interval as before (scanner/policy.py next_idle_sleep).
+
 This module is the publisher and the cycle; the database side is scanner/outbox.py, the decisions
 scanner/policy.py (pure, unit-tested).
 """
@@ -25,6 +31,7 @@ import os
 import random
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiormq
@@ -40,7 +47,7 @@ from chancepay.core.db import Database, DatabaseUnavailable
 from chancepay.core.logging import get_logger
 from chancepay.core.metrics import Metrics
 from chancepay.core.runner import FatalError
-from chancepay.core.waiting import STARTUP_WAIT_SECONDS, Dependency, pause, until_ok
+from chancepay.core.waiting import STARTUP_WAIT_SECONDS, Dependency, until_ok
 from chancepay.scanner.outbox import Outbox
 from chancepay.scanner.policy import OutboxRow, counts_as_attempt, next_idle_sleep, sort_results
 
@@ -60,6 +67,9 @@ class Publisher:
         self.confirm_timeout = confirm_timeout
         self.connection: Any = None
         self.channel: Any = None
+        # Called with the confirming channel once the topology is declared (core/durability.py);
+        # what it raises ends the attempt, and a refusal (CannotProceed) ends the retries too.
+        self.on_declared: Callable[[Any], None] | None = None
 
     async def connect(self) -> None:
         """One attempt: connect, open a confirming channel, declare the topology."""
@@ -67,6 +77,8 @@ class Publisher:
         try:
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
             await topology.declare(channel)
+            if self.on_declared is not None:
+                self.on_declared(channel)
         except BaseException:
             await close_quietly(connection)
             raise
@@ -108,6 +120,47 @@ class Publisher:
         await close_quietly(self.connection)
 
 
+def _settle(waiter: asyncio.Future[bool], woken: bool) -> None:
+    if not waiter.done():
+        waiter.set_result(woken)
+
+
+class Wakeup:
+    """Nudges that end the scanner's rest early. A nudge that arrives while the scanner is busy is
+    kept, so the next rest returns at once: a row committed before a nudge was sent is claimed by a
+    cycle that starts after the nudge arrived."""
+
+    def __init__(self) -> None:
+        self._pending = False
+        self._waiter: asyncio.Future[bool] | None = None
+
+    def nudge(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(True)
+        else:
+            self._pending = True
+
+    def interrupt(self) -> None:
+        """End a rest without a nudge (stopping)."""
+        if self._waiter is not None:
+            _settle(self._waiter, False)
+
+    async def rest(self, seconds: float) -> bool:
+        """Wait up to `seconds`; True when a nudge ended (or came before) the wait."""
+        if self._pending:
+            self._pending = False
+            return True
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] = loop.create_future()
+        self._waiter = waiter
+        timer = loop.call_later(seconds, _settle, waiter, False)
+        try:
+            return await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+
 class Scanner:
     def __init__(
         self, settings: Settings, db: Database, metrics: Metrics, crash: CrashPoints, probe: Database | None = None
@@ -130,6 +183,12 @@ class Scanner:
             probe=probe,
         )
         self.publisher = Publisher(settings.amqp_url_list, settings.message_key, settings.scanner_confirm_timeout)
+        self.wakeup = Wakeup()
+
+    def nudge(self) -> None:
+        """New rows were committed (POST /internal/outbox/nudge): claim now, not at the next poll."""
+        self.metrics.scanner_nudges.inc()
+        self.wakeup.nudge()
 
     def broker_ready(self) -> bool:
         return self.publisher.ready()
@@ -183,15 +242,19 @@ class Scanner:
         self.log.info("scanner started", scanner=self.name, batch_size=self.settings.scanner_batch_size)
         db_backoff = Backoff(0.5, 10.0, exact=True)
         idle = base = self.settings.scanner_poll_interval
+        woken = False
 
         async def cycle() -> int:
-            # After an empty poll, a cheap read first: claim only when something is due.
-            return await self.scan_once() if idle <= base or await self.outbox.due() else 0
+            # Nudged, or polling at the base interval: claim. After an empty poll, a cheap read
+            # first: claim only when something is due.
+            return await self.scan_once() if woken or idle <= base or await self.outbox.due() else 0
 
         def database_down(exc: BaseException, delay: float) -> None:
             self.metrics.db_unavailable.inc()
             self.log.error(SCAN_TAG, error=str(exc), retry_in_seconds=delay, **self.db.dependency.fields())
 
+        watch = asyncio.ensure_future(stop.wait())
+        watch.add_done_callback(lambda _: self.wakeup.interrupt())
         try:
             while not stop.is_set():
                 ok, claimed = await until_ok(
@@ -209,8 +272,9 @@ class Scanner:
                     self.settings.scanner_batch_size,
                     self.settings.scanner_poll_interval,
                     self.settings.scanner_idle_max,
+                    nudged=woken,
                 )
-                if idle:
-                    await pause(stop, idle)
+                woken = await self.wakeup.rest(idle) if idle and not stop.is_set() else False
         finally:
+            watch.cancel()
             await self.publisher.close()

@@ -1,0 +1,95 @@
+"""The orchestrator's nudge of the scanner: after a commit that wrote outbox rows, one
+`POST /internal/outbox/nudge` so the scanner claims them now instead of at its next idle poll.
+
+Fire-and-forget and coalesced: at most one nudge is in flight; commits during it ask for one more,
+sent when it returns (so every commit is followed by a nudge that started after it). Nothing waits
+for a nudge and nothing fails with it: a lost one costs only the scanner's idle poll
+(CHANCEPAY_SCANNER_IDLE_MAX_SECONDS). A failure is counted, and logged once per run of failures
+(a scanner that is down would otherwise log at the payment rate).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+
+from chancepay.core.logging import get_logger
+from chancepay.core.metrics import Metrics
+
+NUDGE_TAG = "[FAILED TO NUDGE SCANNER]"
+NUDGE_PATH = "/internal/outbox/nudge"
+NUDGE_TIMEOUT_SECONDS = 1.0
+
+
+class ScannerNudge:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        metrics: Metrics,
+        *,
+        timeout: float = NUDGE_TIMEOUT_SECONDS,
+        post: Callable[[], Awaitable[None]] | None = None,
+        log: Any = None,
+    ) -> None:
+        self.url = url.rstrip("/") + NUDGE_PATH if url else ""
+        self.token = token
+        self.metrics = metrics
+        self.timeout = timeout
+        self.post = post or self._http_post  # one nudge; raises when it was not taken
+        self.log = log or get_logger()
+        self._session: aiohttp.ClientSession | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._again = False
+        self._failing = False
+
+    def __call__(self) -> None:
+        """New outbox rows are committed: nudge the scanner (returns at once)."""
+        if not self.url:
+            return
+        if self._task is not None:
+            self._again = True
+            return
+        self._task = asyncio.get_running_loop().create_task(self._send())
+
+    async def _send(self) -> None:
+        try:
+            while True:
+                self._again = False
+                await self._post()
+                if not self._again:
+                    return
+        finally:
+            self._task = None
+
+    async def _http_post(self) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                headers={"Authorization": f"Bearer {self.token}"},
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                connector=aiohttp.TCPConnector(limit=1),
+            )
+        async with self._session.post(self.url) as response:
+            if response.status != 204:
+                raise RuntimeError(f"HTTP {response.status}")
+
+    async def _post(self) -> None:
+        try:
+            await self.post()
+        except Exception as exc:  # a lost nudge costs only the idle poll
+            self.metrics.scanner_nudge_failures.inc()
+            if not self._failing:
+                self.log.error(NUDGE_TAG, url=self.url, error=repr(exc)[:300], fallback="the scanner's idle poll")
+            self._failing = True
+        else:
+            self._failing = False
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()

@@ -1,0 +1,71 @@
+"""orchestrator/nudge.py: nudges are fire-and-forget and coalesced (at most one in flight; commits
+during it ask for exactly one more, sent after it), and a failed one is counted, logged once per
+run of failures, and raises nowhere."""
+
+from __future__ import annotations
+
+import asyncio
+
+from chancepay.core.metrics import Metrics
+from chancepay.orchestrator.nudge import NUDGE_TAG, ScannerNudge
+from tests.support.recording_log import RecordingLog
+
+
+class Scanner:
+    """A scanner that answers each nudge when the test lets it."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.received = 0
+        self.fail = fail
+        self.gate = asyncio.Event()
+
+    async def post(self) -> None:
+        await self.gate.wait()
+        self.received += 1
+        if self.fail:
+            raise ConnectionRefusedError("scanner down")
+
+
+def test_commits_during_a_nudge_in_flight_coalesce_into_one_more() -> None:
+    async def run() -> int:
+        scanner = Scanner()
+        nudge = ScannerNudge("http://scanner:8001", "t", Metrics("orchestrator"), post=scanner.post)
+        nudge()
+        await asyncio.sleep(0)  # the first is in flight
+        for _ in range(4):  # these wait for it and become one
+            nudge()
+        scanner.gate.set()
+        while nudge._task is not None:
+            await asyncio.sleep(0)
+        await nudge.close()
+        return scanner.received
+
+    assert asyncio.run(run()) == 2
+
+
+def test_an_empty_url_sends_nothing() -> None:
+    async def run() -> bool:
+        nudge = ScannerNudge("", "t", Metrics("orchestrator"), post=Scanner().post)
+        nudge()
+        return nudge._task is None
+
+    assert asyncio.run(run())
+
+
+def test_failures_are_counted_and_logged_once_per_run_of_failures() -> None:
+    metrics = Metrics("orchestrator")
+    log = RecordingLog()
+
+    async def run() -> None:
+        scanner = Scanner(fail=True)
+        scanner.gate.set()
+        nudge = ScannerNudge("http://scanner:8001", "t", metrics, post=scanner.post, log=log)
+        for _ in range(3):
+            nudge()
+            while nudge._task is not None:
+                await asyncio.sleep(0)
+        await nudge.close()
+
+    asyncio.run(run())
+    assert metrics.scanner_nudge_failures._value.get() == 3
+    assert len(log.tagged(NUDGE_TAG)) == 1
