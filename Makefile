@@ -18,6 +18,7 @@ export CHANCEPAY_WALLET_DB ?= mysql://chancepay_wallet:chancepay_wallet@127.0.0.
 ORCHESTRATOR_PORT ?= 8000
 SCANNER_PORT ?= 8001
 WALLET_PORT ?= 8002
+AUDITOR_PORT ?= 8003
 
 .PHONY: run reset check test test-debian12 test-chart test-unit test-support test-integration test-faults checkov services venv test-venv migrate bench bench-history soak lint clean help
 .DEFAULT_GOAL := help
@@ -69,8 +70,9 @@ reset: ## drop what make run made: the two databases (every payment), their user
 	scripts/reset-local.sh
 
 run: migrate ## everything a fresh machine needs, then the three roles in the foreground (Ctrl-C stops all)
-	@echo "ChancePay: API on http://127.0.0.1:$(ORCHESTRATOR_PORT) (scanner :$(SCANNER_PORT), wallet :$(WALLET_PORT)). Ctrl-C stops all."
-	exec $(VENV)/bin/chancepay dev --via-make --ports orchestrator=$(ORCHESTRATOR_PORT),scanner=$(SCANNER_PORT),wallet=$(WALLET_PORT)
+	@echo "ChancePay: API on http://127.0.0.1:$(ORCHESTRATOR_PORT) (scanner :$(SCANNER_PORT), wallet :$(WALLET_PORT), auditor :$(AUDITOR_PORT)). Ctrl-C stops all."
+	exec $(VENV)/bin/chancepay dev --via-make --ports orchestrator=$(ORCHESTRATOR_PORT),scanner=$(SCANNER_PORT),wallet=$(WALLET_PORT),auditor=$(AUDITOR_PORT) \
+		--roles orchestrator,scanner,wallet,auditor
 
 # The tiers (docs/contributing.md): tests/unit needs no server (a socket guard fails any connect);
 # tests/support and tests/bench test the harness and the benchmark; tests/deploy checks the

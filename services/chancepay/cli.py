@@ -22,7 +22,8 @@ from chancepay.core.config import ConfigError, Settings  # noqa: E402
 from chancepay.core.migrations import SchemaTooNew  # noqa: E402
 from chancepay.core.runner import install_event_loop  # noqa: E402
 
-ROLES = ("orchestrator", "scanner", "wallet")
+ROLES = ("orchestrator", "scanner", "wallet", "auditor")
+DEV_ROLES = ROLES[:3]  # `chancepay dev`'s default (`make run` names the auditor too)
 SUBPARSERS: dict[str, argparse.ArgumentParser] = {}  # for usage errors argparse cannot detect itself
 
 
@@ -47,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
         ("orchestrator", "the payments API (port 8000)"),
         ("scanner", "the outbox scanner (port 8001)"),
         ("wallet", "the wallet consumer (port 8002)"),
+        ("auditor", "the online audit of the invariants (port 8003)"),
     ):
         # --port-hint: what moves this role under the command that started it (`chancepay dev` passes it).
         sub.add_parser(role, help=text).add_argument("--port-hint", default=None, help=argparse.SUPPRESS)
@@ -119,7 +121,7 @@ def _add_trace(sub: Any) -> None:
 
 def _add_dev(sub: Any) -> None:
     dev = sub.add_parser("dev", help="run the three roles under a restarting supervisor (what `make run` uses)")
-    dev.add_argument("--roles", default=",".join(ROLES), help="comma-separated roles to run")
+    dev.add_argument("--roles", default=",".join(DEV_ROLES), help="comma-separated roles to run")
     dev.add_argument(
         "--ports",
         default="",
@@ -164,6 +166,13 @@ def _scanner(settings: Settings, args: argparse.Namespace) -> int:
 
 def _wallet(settings: Settings, args: argparse.Namespace) -> int:
     from chancepay.wallet.main import run
+
+    _role_hint(args)
+    return _run(lambda: run(settings))
+
+
+def _auditor(settings: Settings, args: argparse.Namespace) -> int:
+    from chancepay.auditor.main import run
 
     _role_hint(args)
     return _run(lambda: run(settings))
@@ -248,6 +257,7 @@ COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], int], bool]] 
     "orchestrator": (_orchestrator, False),
     "scanner": (_scanner, False),
     "wallet": (_wallet, False),
+    "auditor": (_auditor, False),
     "migrate": (_migrate, False),
     "reconcile": (_reconcile, False),
     "audit": (_audit, True),

@@ -24,16 +24,21 @@ from chancepay.core.backoff import capped_exponential
 from chancepay.core.logging import get_logger
 from chancepay.core.runner import EXIT_CANNOT_START
 
-ALLOWED = ("orchestrator", "scanner", "wallet")
+ALLOWED = ("orchestrator", "scanner", "wallet", "auditor")
 LOCAL_HOST = "127.0.0.1"
 # What moves a role, by how the supervisor was started: `make run` ignores CHANCEPAY_PORT and
 # passes its own variables as --ports; `chancepay dev` takes --ports.
-MAKE_PORT_VARIABLES = {"orchestrator": "ORCHESTRATOR_PORT", "scanner": "SCANNER_PORT", "wallet": "WALLET_PORT"}
+MAKE_PORT_VARIABLES = {
+    "orchestrator": "ORCHESTRATOR_PORT",
+    "scanner": "SCANNER_PORT",
+    "wallet": "WALLET_PORT",
+    "auditor": "AUDITOR_PORT",
+}
 
 
 def port_knob(role: str, via_make: bool, example: int = 0) -> str:
     """The setting that moves `role` to another port under the command that was run."""
-    example = example or {"orchestrator": 18000, "scanner": 18001, "wallet": 18002}.get(role, 18000)
+    example = example or {"orchestrator": 18000, "scanner": 18001, "wallet": 18002, "auditor": 18003}.get(role, 18000)
     if via_make:
         return f"make run {MAKE_PORT_VARIABLES.get(role, 'ORCHESTRATOR_PORT')}={example}"
     return f"chancepay dev --ports {role}={example}"

@@ -33,7 +33,7 @@ def test_make_run_on_debian_python_3_11_moves_a_payment(env, tmp_path) -> None:
     if not Path("/usr/bin/python3").exists():
         pytest.skip("no /usr/bin/python3 (Debian's) on this machine")
     venv = tmp_path / "venv"
-    ports = {role: free_port() for role in ROLES}
+    ports = {role: free_port() for role in (*ROLES, "auditor")}
     environ = {k: v for k, v in env.environ().items() if not k.startswith("PYENV")}
     environ.pop("RUN_PYTHON", None)
     environ.update(
@@ -43,6 +43,7 @@ def test_make_run_on_debian_python_3_11_moves_a_payment(env, tmp_path) -> None:
             "ORCHESTRATOR_PORT": str(ports["orchestrator"]),
             "SCANNER_PORT": str(ports["scanner"]),
             "WALLET_PORT": str(ports["wallet"]),
+            "AUDITOR_PORT": str(ports["auditor"]),
         }
     )
     environ.pop("CHANCEPAY_ORCHESTRATOR_URL", None)
@@ -90,6 +91,12 @@ def test_make_run_on_debian_python_3_11_moves_a_payment(env, tmp_path) -> None:
             lambda: httpx.get(f"{api}/payments/{uuid}", timeout=5).json()["status"] != "PENDING",
             60,
             what="the payment finalized by make run's roles",
+        )
+        auditor = f"http://127.0.0.1:{ports['auditor']}"
+        wait_until(
+            lambda: "chancepay_audit_last_pass_timestamp_seconds 1" in httpx.get(auditor + "/metrics", timeout=5).text,
+            60,
+            what="a pass of make run's auditor",
         )
         size = _size_mb(venv)
         print(f"\nmake run's runtime venv: {size:.1f} MB", file=sys.stderr)

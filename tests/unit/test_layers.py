@@ -20,7 +20,7 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
-ROLES = ("orchestrator", "scanner", "wallet")
+ROLES = ("orchestrator", "scanner", "wallet", "auditor")
 
 
 # Tools: operator and test commands beside the roles. They may use core, never a role's insides.

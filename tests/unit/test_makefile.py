@@ -30,6 +30,7 @@ def test_make_run_passes_its_own_port_knobs_to_the_supervisor() -> None:
         ("orchestrator", "ORCHESTRATOR_PORT"),
         ("scanner", "SCANNER_PORT"),
         ("wallet", "WALLET_PORT"),
+        ("auditor", "AUDITOR_PORT"),
     ):
         assert f"{variable} ?=" in MAKEFILE
         assert port_knob(role, via_make=True).startswith(f"make run {variable}=")

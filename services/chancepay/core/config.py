@@ -21,7 +21,7 @@ DEFAULT_INTERNAL_TOKEN = "dev-internal-token"
 DEFAULT_MESSAGE_KEY = "dev-message-key"
 MIN_MESSAGE_KEY_BYTES = 32
 
-ROLE_PORTS = {"orchestrator": 8000, "scanner": 8001, "wallet": 8002}
+ROLE_PORTS = {"orchestrator": 8000, "scanner": 8001, "wallet": 8002, "auditor": 8003}
 
 
 class ConfigError(ChancePayError, ValueError):
@@ -328,7 +328,7 @@ class Settings:
         "CHANCEPAY_PORT",
         _port,
         "",
-        "HTTP port of this role (orchestrator 8000, scanner 8001, wallet 8002)",
+        "HTTP port of this role (orchestrator 8000, scanner 8001, wallet 8002, auditor 8003)",
         tcp_port,
         shown="role's port",
     )
@@ -469,6 +469,17 @@ class Settings:
         "reconcile only requests pending longer than this (database clock)",
     )
     reconcile_batch = Setting("CHANCEPAY_RECONCILE_BATCH", int, "500", "requests examined per reconcile pass", positive)
+    auditor_interval = Setting(
+        "CHANCEPAY_AUDITOR_INTERVAL_SECONDS", float, "15", "auditor: pause between two audit passes", positive
+    )
+    auditor_grace = Setting(
+        "CHANCEPAY_AUDITOR_GRACE_SECONDS",
+        float,
+        "300",
+        "auditor: a payment pending (or an outbox row untried) longer than this is checked as lost (database clock)",
+        positive,
+    )
+    auditor_batch = Setting("CHANCEPAY_AUDITOR_BATCH", int, "5000", "auditor: rows read per query of a pass", positive)
     pushgateway_url = Setting(
         "CHANCEPAY_PUSHGATEWAY_URL",
         str,

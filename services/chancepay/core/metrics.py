@@ -23,13 +23,14 @@ from prometheus_client import (
     generate_latest,
 )
 
+from chancepay.core.invariants import VIOLATION_KINDS
 from chancepay.core.payment import MAX_RESULTS
 
 CONTENT_TYPE: str = CONTENT_TYPE_LATEST  # of Metrics.render()
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 # Who exports what. "operator" is `chancepay outbox/dlq/trace` (pushed, like reconcile's).
-ROLES = ("orchestrator", "scanner", "wallet", "reconcile", "operator")
+ROLES = ("orchestrator", "scanner", "wallet", "auditor", "reconcile", "operator")
 SERVING = ("orchestrator", "scanner", "wallet")
 OUTBOX_READERS = ("orchestrator", "scanner")  # read from the outbox/request tables at scrape time
 BROKER_USERS = ("scanner", "wallet")
@@ -81,6 +82,17 @@ def counter(
 
 def gauge(name: str, doc: str, *, roles: tuple[str, ...]) -> Declared[Gauge]:
     return Declared(lambda: Gauge(name, doc, registry=None), roles, {})
+
+
+def gauge_labelled(
+    name: str,
+    doc: str,
+    labels: tuple[str, ...],
+    *,
+    roles: tuple[str, ...],
+    preset: dict[str, tuple[str, ...]] | None = None,
+) -> Declared[Gauge]:
+    return Declared(lambda: Gauge(name, doc, labels, registry=None), roles, preset or {})
 
 
 def histogram(
@@ -233,6 +245,27 @@ class Metrics:
         "Age of the oldest pending_callback row (database clock).",
         roles=("wallet",),
     )
+
+    # auditor (the online audit, auditor/auditor.py)
+    audit_violations = gauge_labelled(
+        "chancepay_audit_violations",
+        "Payments currently violating an invariant, by kind ([FAILED TO AUDIT]); re-checked every pass, expected 0.",
+        ("kind",),
+        roles=("auditor",),
+        preset={"kind": VIOLATION_KINDS},
+    )
+    audit_unbalanced_amount = gauge(
+        "chancepay_audit_unbalanced_amount",
+        "Sum of amounts of SUCCEEDED requests minus sum of amounts of succeeded inbox rows over the audited "
+        "payments; expected 0.",
+        roles=("auditor",),
+    )
+    audit_last_pass = gauge(
+        "chancepay_audit_last_pass_timestamp_seconds",
+        "When the auditor's last complete pass ended (Unix time).",
+        roles=("auditor",),
+    )
+    audit_pass_seconds = histogram("chancepay_audit_pass_seconds", "Duration of one audit pass.", roles=("auditor",))
 
     # reconciler and operator commands (pushed to a Pushgateway when one is configured)
     reconcile_repairs = counter(

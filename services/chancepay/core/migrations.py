@@ -28,6 +28,9 @@ class Migration:
     # (table, column): skip the statements when this column already exists (ALTER TABLE ... ADD
     # COLUMN has no IF NOT EXISTS on MySQL 8.4).
     unless_column: tuple[str, str] | None = None
+    # (table, index): skip the statements when this index already exists (ADD KEY IF NOT EXISTS is
+    # MariaDB's only).
+    unless_index: tuple[str, str] | None = None
 
 
 ORCHESTRATOR: tuple[Migration, ...] = (Migration(1, "request and outbox", sql.ORCHESTRATOR_V1),)
@@ -35,6 +38,9 @@ WALLET: tuple[Migration, ...] = (
     Migration(1, "inbox", sql.WALLET_V1),
     Migration(2, "pending_callback: results the wallet still has to deliver", sql.WALLET_V2),
     Migration(3, "dead_letter: the DLQ's messages, kept by the wallet", sql.WALLET_V3),
+    Migration(
+        4, "inbox created_at index: the online audit's reads", sql.WALLET_V4, unless_index=("inbox", "ix_inbox_created")
+    ),
 )
 
 

@@ -117,6 +117,9 @@ async def apply(db: Database, migrations: tuple[Migration, ...], *, lock_seconds
                 if m.unless_column is not None:
                     await cur.execute(sql.COLUMN_EXISTS, m.unless_column)
                     skip = (await cur.fetchone())[0] > 0
+                if m.unless_index is not None:
+                    await cur.execute(sql.INDEX_EXISTS, m.unless_index)
+                    skip = (await cur.fetchone())[0] > 0
                 if not skip:
                     for statement in m.statements:
                         await cur.execute(statement)

@@ -110,6 +110,10 @@ WALLET_V3 = (
     """,
 )
 
+# The online audit (`chancepay auditor`) reads the inbox rows written since its checkpoint: an index
+# on created_at keeps that read flat with the table's history.
+WALLET_V4 = ("ALTER TABLE inbox ADD KEY ix_inbox_created (created_at)",)
+
 # The migrations' own bookkeeping, one table per schema.
 CREATE_SCHEMA_VERSION = """
     CREATE TABLE IF NOT EXISTS schema_version (
@@ -126,6 +130,10 @@ MIGRATE_UNLOCK = "SELECT RELEASE_LOCK(CONCAT('chancepay-migrate:', DATABASE()))"
 COLUMN_EXISTS = (
     "SELECT COUNT(*) FROM information_schema.columns "
     "WHERE table_schema = DATABASE() AND table_name = %s AND column_name = %s"
+)
+INDEX_EXISTS = (
+    "SELECT COUNT(*) FROM information_schema.statistics "
+    "WHERE table_schema = DATABASE() AND table_name = %s AND index_name = %s"
 )
 
 STRICT_MODE_CHECK = "SELECT @@SESSION.sql_mode"
@@ -322,6 +330,24 @@ STALE_PENDING_IN_WINDOW = (
     "AND created_at >= NOW(6) - INTERVAL %s MICROSECOND"
 )
 PENDING_AMONG = "SELECT uuid FROM request WHERE succeed IS NULL AND uuid IN ({placeholders})"
+# The online audit (auditor/auditor.py): what was written since its checkpoint, by each database's
+# own clock, in created_at order and batches. The request read spells out the three values of
+# `succeed` so that ix_request_pending (succeed, created_at) serves it as three range scans.
+AUDIT_CLOCK = "SELECT NOW(6)"
+AUDIT_NEW_REQUESTS = (
+    "SELECT uuid, succeed, amount, created_at FROM request "
+    "WHERE (succeed IS NULL OR succeed IN (0, 1)) AND created_at >= %s AND created_at <= %s "
+    "ORDER BY created_at LIMIT %s"
+)
+AUDIT_NEW_INBOX = (
+    "SELECT uuid, succeed, amount, created_at FROM inbox WHERE created_at >= %s AND created_at <= %s "
+    "ORDER BY created_at LIMIT %s"
+)
+AUDIT_AMONG = "SELECT uuid, succeed, amount FROM {table} WHERE uuid IN ({placeholders})"  # table: request|inbox
+AUDIT_STALE_PENDING = (
+    "SELECT uuid FROM request WHERE succeed IS NULL AND created_at < NOW(6) - INTERVAL %s MICROSECOND "
+    "ORDER BY created_at LIMIT %s"
+)
 OUTBOX_DEPTH = "SELECT COUNT(*) FROM outbox"
 RESULTS_AMONG = (
     "SELECT succeed, TIMESTAMPDIFF(MICROSECOND, created_at, finalized_at) FROM request WHERE uuid IN ({placeholders})"

@@ -1,0 +1,126 @@
+"""`chancepay auditor`, the online audit, as a real process against the real databases and broker:
+0 violations after a real pipeline run with its last pass advancing; each tamper kind the offline
+`chancepay audit` catches makes its gauge non-zero with a `[FAILED TO AUDIT]` line naming the uuid,
+and the gauge falls back to 0 once the tamper is undone (the violations are re-checked every pass)."""
+
+from __future__ import annotations
+
+import uuid as uuidlib
+from collections.abc import Callable
+
+import pytest
+
+from chancepay.core.invariants import VIOLATION_KINDS
+from tests.support.env import wait_until
+from tests.support.roles import Role, Stack
+from tests.support.servers import free_port
+
+LAST_PASS = "chancepay_audit_last_pass_timestamp_seconds"
+VIOLATIONS = "chancepay_audit_violations"
+UNBALANCED = "chancepay_audit_unbalanced_amount"
+
+
+def start_auditor(s: Stack) -> Role:
+    environ = s.env.environ(CHANCEPAY_AUDITOR_INTERVAL_SECONDS="0.2", CHANCEPAY_AUDITOR_GRACE_SECONDS="3")
+    auditor = Role("auditor", s.env, environ, free_port())
+    s.roles["auditor"] = auditor  # stopped with the stack at teardown
+    return auditor.start().wait_ready()
+
+
+def violations(auditor: Role) -> dict[str, float]:
+    samples = auditor.metrics()
+    return {kind: samples[(VIOLATIONS, (("kind", kind),))] for kind in VIOLATION_KINDS}
+
+
+def next_pass(auditor: Role) -> float:
+    """Wait for a pass that started after now; its end time."""
+    before = auditor.metric(LAST_PASS)
+
+    def ended() -> float:
+        last = auditor.metric(LAST_PASS)
+        return last if last > before else 0.0
+
+    return float(wait_until(ended, 20, what="an audit pass"))
+
+
+@pytest.fixture
+def audited(make_stack) -> tuple[Stack, Role]:
+    s = make_stack().start()
+    accepted = s.pay_many(20, "audited")
+    s.wait_final(accepted)
+    auditor = start_auditor(s)
+    first = wait_until(lambda: auditor.metric(LAST_PASS), 20, what="the first audit pass")
+    second = next_pass(auditor)
+    assert second > first
+    assert violations(auditor) == dict.fromkeys(VIOLATION_KINDS, 0.0)
+    assert auditor.metric(UNBALANCED) == 0
+    assert not auditor.events("[FAILED TO AUDIT]")
+    return s, auditor
+
+
+def _orphan(s: Stack) -> tuple[str, float, Callable[[], None]]:
+    u = str(uuidlib.uuid4())
+    s.env.wallet_sql("INSERT INTO inbox (uuid, cus_id, amount, succeed) VALUES (%s, 'ghost', 1.25, 1)", (u,))
+    return u, -1.25, lambda: s.env.wallet_sql("DELETE FROM inbox WHERE uuid=%s", (u,))
+
+
+def _mismatched(s: Stack) -> tuple[str, float, Callable[[], None]]:
+    # A request finalized SUCCEEDED that the wallet decided FAILED.
+    u = str(uuidlib.uuid4())
+    s.env.orch_sql(
+        "INSERT INTO request (uuid, cus_id, amount, succeed, finalized_at) VALUES (%s, 'flip', 4.00, 1, NOW(6))", (u,)
+    )
+    s.env.wallet_sql("INSERT INTO inbox (uuid, cus_id, amount, succeed) VALUES (%s, 'flip', 4.00, 0)", (u,))
+
+    def undo() -> None:
+        s.env.wallet_sql("DELETE FROM inbox WHERE uuid=%s", (u,))
+        s.env.orch_sql("DELETE FROM request WHERE uuid=%s", (u,))
+
+    return u, 4.0, undo
+
+
+def _lost(s: Stack) -> tuple[str, float, Callable[[], None]]:
+    # Accepted an hour ago, still pending, held by neither the outbox nor the inbox.
+    u = str(uuidlib.uuid4())
+    s.env.orch_sql(
+        "INSERT INTO request (uuid, cus_id, amount, created_at) VALUES (%s, 'lost', 2.00, NOW(6) - INTERVAL 1 HOUR)",
+        (u,),
+    )
+    return u, 0.0, lambda: s.env.orch_sql("DELETE FROM request WHERE uuid=%s", (u,))
+
+
+def _unexplained_outbox(s: Stack) -> tuple[str, float, Callable[[], None]]:
+    # An outbox row an hour old, never tried, no failure recorded (not due, so the scanner leaves it).
+    u = str(uuidlib.uuid4())
+    s.env.orch_sql(
+        "INSERT INTO outbox (uuid, payload, attempts, created_at, next_attempt_at) "
+        "VALUES (%s, 'x', 0, NOW(6) - INTERVAL 1 HOUR, NOW(6) + INTERVAL 1 DAY)",
+        (u,),
+    )
+    return u, 0.0, lambda: s.env.orch_sql("DELETE FROM outbox WHERE uuid=%s", (u,))
+
+
+TAMPERS = {
+    "orphan_inbox": _orphan,
+    "mismatched": _mismatched,
+    "lost": _lost,
+    "unexplained_outbox": _unexplained_outbox,
+}
+
+
+@pytest.mark.parametrize("kind", sorted(TAMPERS))
+def test_a_tamper_makes_its_kind_non_zero_with_the_uuid_logged_until_undone(audited, kind: str) -> None:
+    s, auditor = audited
+    u, unbalanced, undo = TAMPERS[kind](s)
+    expected = {**dict.fromkeys(VIOLATION_KINDS, 0.0), kind: 1.0}
+    wait_until(lambda: violations(auditor) == expected, 30, what=f"{kind} counted: {violations(auditor)}")
+    assert auditor.metric(UNBALANCED) == pytest.approx(unbalanced)
+    line = auditor.wait_for_event("[FAILED TO AUDIT]", uuid=u)
+    assert line["kind"] == kind
+    next_pass(auditor)
+    assert violations(auditor) == expected  # a lasting violation stays counted, pass after pass
+    assert len([e for e in auditor.events("[FAILED TO AUDIT]") if e.get("uuid") == u]) == 1  # logged once
+    undo()
+    wait_until(lambda: violations(auditor) == dict.fromkeys(VIOLATION_KINDS, 0.0), 30, what="healed")
+    assert auditor.metric(UNBALANCED) == 0
+    auditor.wait_for_event("audit violation healed", uuid=u)
