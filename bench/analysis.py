@@ -24,14 +24,18 @@ BATCHING_OFF = {
     "CHANCEPAY_API_GROUP_SIZE": "1",
     "CHANCEPAY_WALLET_BATCH_SIZE": "1",
     "CHANCEPAY_CALLBACK_BATCH_SIZE": "1",
-    "CHANCEPAY_SCANNER_IDLE_MAX_SECONDS": "0",
+    "CHANCEPAY_SCANNER_IDLE_MAX_SECONDS": "0",  # the fixed 20 ms poll of before issue 22
+    "CHANCEPAY_SCANNER_URL": "",  # no nudges
 }
 # Sizes that are not the batching issue 22 adds (the scanner claimed in batches before it).
 NOT_BATCHING = frozenset({"CHANCEPAY_SCANNER_BATCH_SIZE"})
 
 
 def batching_off(known: set[str]) -> tuple[dict[str, str], list[str]]:
-    """(the batching-off run's overrides among the settings `known` to this code, the wanted ones
+    """Every lever of issue 22 off (the behaviour before it): group and batch sizes 1, the scanner
+    polling at its fixed interval (claiming at every poll), no nudge.
+
+    (the batching-off run's overrides among the settings `known` to this code, the wanted ones
     it does not have). Any other *_GROUP_SIZE or *_BATCH_SIZE setting is set to 1 as well."""
     wanted = dict(BATCHING_OFF)
     for env in sorted(known):

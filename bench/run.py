@@ -1,20 +1,22 @@
 """`make bench`: the pipeline's highest sustained rate, measured against the machine's own limits.
 
-    python -m bench.run [--steps 10,100,200,...] [--step-seconds 15] [--raw-seconds 3]
+    python -m bench.run [--steps 10,100,200,...] [--step-seconds 15] [--min-payments 600] [--raw-seconds 3]
                         [--scaleout-rate R] [--skip-raw] [--skip-scaleout] [--no-compare] [--output FILE]
 
 1. Physical limits (bench.raw_limits): the API's request+outbox commit straight against MariaDB,
    publish-with-confirm to the same quorum queue, consume+ack from it.
-2. Step-up: real roles (bench.deployment: per-run databases, users and vhost), then
-   `chancepay load --rate R` at each step. A step is *sustained* when every payment was
-   accepted, the run converged with no invariant violation, the backlog drained within
-   5 s of the last arrival, the generator kept up (achieved >= 97 % of R), and latency did not
-   explode (API p99 < 1 s, end-to-end p99 < 2 s). Stepping stops at the first step that is not.
-   Each step also reports the maximum outbox depth and pending count seen while it ran, and
-   CPU seconds per payment for each role, MariaDB, RabbitMQ and the load generator itself.
-   Then the same step-up with batching off (every batch size 1; bench/analysis.py), compared
-   with it in `batching_comparison`; per step the stages' lags name the limiting stage, and
-   `knee` is the highest rate with end-to-end p99 < 100 ms, with the settings it was measured with.
+2. Step-up: real roles (bench.deployment: per-run databases, users and vhost), then `chancepay
+   load --rate R` at each step, for `--step-seconds` or longer at a low rate, so that every step
+   has at least `--min-payments` payments (a p99 of 100 samples is noise). A step is *sustained*
+   when every payment was accepted, the run converged with no invariant violation, the backlog
+   drained within 5 s of the last arrival, the generator kept up (achieved >= 97 % of R), and
+   latency did not explode (API p99 < 1 s, end-to-end p99 < 2 s). Stepping stops at the first
+   step that is not. Each step also reports the maximum outbox depth and pending count seen
+   while it ran, and CPU seconds per payment for each role, MariaDB, RabbitMQ and the load
+   generator itself. Then the same step-up with batching off (every lever of issue 22 off: batch
+   sizes 1, the scanner's fixed poll, no nudge; bench/analysis.py), compared with it in
+   `batching_comparison`; per step the stages' lags name the limiting stage, and `knee` is the
+   highest rate with end-to-end p99 < 100 ms, with the settings it was measured with.
 3. Scale-out: two orchestrators, two scanners and two wallets under load: invariants hold and
    the scanners' publish counters add up to exactly the accepted payments (no row published
    twice in normal operation).
@@ -209,6 +211,7 @@ def measure_step(env: Deployment, rate: float, seconds: float) -> dict[str, Any]
     lags = analysis.stage_lags(sampler.means(), rate, (summary.get("api_latency_ms") or {}).get("p50"))
     return {
         "rate": rate,
+        "seconds": seconds,
         "sustained": ok,
         "verdict": why,
         "achieved_rate": summary.get("achieved_rate"),
@@ -231,6 +234,11 @@ def measure_step(env: Deployment, rate: float, seconds: float) -> dict[str, Any]
     }
 
 
+def step_seconds(rate: float, seconds: float, min_payments: int) -> float:
+    """A step's duration: `seconds`, longer when that would send fewer than `min_payments`."""
+    return max(seconds, min_payments / rate) if rate > 0 else seconds
+
+
 def step_up(
     steps: list[float],
     seconds: float,
@@ -238,6 +246,7 @@ def step_up(
     history_rows: int = 0,
     overrides: dict[str, str] | None = None,
     label: str = "stepup",
+    min_payments: int = 0,
 ) -> dict[str, Any]:
     """Step up through `steps` on a fresh deployment whose roles get `overrides` (settings)."""
     env = Deployment(tmp / (f"{label}-history" if history_rows else label))
@@ -255,8 +264,9 @@ def step_up(
         env.start_all()
         for rate in steps:
             quiet = wait_quiet()
-            log(f"[{label}] step {rate:g}/s for {seconds:g} s (servers idle after {quiet} s)")
-            step = measure_step(env, rate, seconds)
+            duration = step_seconds(rate, seconds, min_payments)
+            log(f"[{label}] step {rate:g}/s for {duration:g} s (servers idle after {quiet} s)")
+            step = measure_step(env, rate, duration)
             results.append(step)
             log(
                 f"  -> {step['verdict']}: api p99 {step['api_latency_ms']}, e2e p99 {step['e2e_latency_ms']}, "
@@ -432,11 +442,15 @@ def add_ratios(doc: dict[str, Any]) -> None:
         )
 
 
-def compare_with_batching_off(doc: dict[str, Any], steps: list[float], seconds: float, tmp: Path) -> None:
-    """The same step-up with every batch at size 1 (bench/analysis.py BATCHING_OFF), in this run."""
+def compare_with_batching_off(
+    doc: dict[str, Any], steps: list[float], seconds: float, tmp: Path, min_payments: int = 0
+) -> None:
+    """The same step-up with every lever of issue 22 off (bench/analysis.py BATCHING_OFF), in this run."""
     overrides, missing = analysis.batching_off({v.env for v in config.VARIABLES})
     log(f"batching off: {overrides} (settings not in this code, skipped: {missing})")
-    doc["batching_off"] = step_up(steps, seconds, tmp, overrides=overrides, label="batching-off")
+    doc["batching_off"] = step_up(
+        steps, seconds, tmp, overrides=overrides, label="batching-off", min_payments=min_payments
+    )
     doc["batching_off"]["settings_missing"] = missing
     sharing = (doc.get("smallest_limit") or {}).get("all_stages_sharing_machine_per_s")
     doc["batching_comparison"] = analysis.compare_batching(doc["batching_off"], doc["stepup"], sharing)
@@ -503,6 +517,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="comma-separated rates (payments/s), tried in order until one is not sustained",
     )
     p.add_argument("--step-seconds", type=float, default=15.0)
+    p.add_argument(
+        "--min-payments",
+        type=int,
+        default=600,
+        help="a step lasts long enough to send at least this many payments (the 10/s step: 60 s), "
+        "so its p99 rests on enough samples",
+    )
     p.add_argument("--raw-seconds", type=float, default=3.0)
     p.add_argument(
         "--scaleout-rate",
@@ -549,9 +570,11 @@ def main(argv: list[str] | None = None) -> int:
     doc["raw_limits"] = recorded_raw_limits(
         args.raw_seconds, reuse=args.skip_raw, store=Path(args.output).parent / "raw-limits.json"
     )
-    doc["stepup"] = step_up(steps, args.step_seconds, tmp)
+    doc["stepup"] = step_up(steps, args.step_seconds, tmp, min_payments=args.min_payments)
     if args.history_rows:
-        doc["history"] = step_up(steps, args.step_seconds, tmp, history_rows=args.history_rows)
+        doc["history"] = step_up(
+            steps, args.step_seconds, tmp, history_rows=args.history_rows, min_payments=args.min_payments
+        )
         doc["history_vs_empty"] = compare_history(doc["stepup"], doc["history"])
     best = doc["stepup"]["best"]
     add_ratios(doc)
@@ -561,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
         **setting_facts(doc.get("raw_limits")),
     }
     if not args.no_compare:
-        compare_with_batching_off(doc, steps, args.step_seconds, tmp)
+        compare_with_batching_off(doc, steps, args.step_seconds, tmp, args.min_payments)
     if not args.skip_scaleout:
         rate = args.scaleout_rate or (round(0.8 * best["rate"]) if best else steps[0])
         doc["scaleout"] = scale_out(rate, args.scaleout_seconds, tmp)

@@ -36,6 +36,7 @@ def test_batching_off_sets_the_sizes_this_code_has_and_names_the_missing_ones() 
         "CHANCEPAY_API_GROUP_SIZE",
         "CHANCEPAY_FOO_BATCH_SIZE",
         "CHANCEPAY_DB_POOL_SIZE",
+        "CHANCEPAY_SCANNER_URL",
     }
     overrides, missing = analysis.batching_off(known)
     assert overrides == {
@@ -43,6 +44,7 @@ def test_batching_off_sets_the_sizes_this_code_has_and_names_the_missing_ones() 
         "CHANCEPAY_CALLBACK_BATCH_SIZE": "1",
         "CHANCEPAY_SCANNER_IDLE_MAX_SECONDS": "0",
         "CHANCEPAY_FOO_BATCH_SIZE": "1",
+        "CHANCEPAY_SCANNER_URL": "",
     }
     assert missing == ["CHANCEPAY_WALLET_BATCH_SIZE"]
 
@@ -53,6 +55,7 @@ def test_the_batching_off_settings_exist_or_are_reported_missing_for_this_code()
     known = {v.env for v in config.VARIABLES}
     overrides, missing = analysis.batching_off(known)
     assert "CHANCEPAY_CALLBACK_BATCH_SIZE" in overrides and "CHANCEPAY_SCANNER_IDLE_MAX_SECONDS" in overrides
+    assert overrides["CHANCEPAY_SCANNER_URL"] == "", "batching off: no nudge, the scanner polls as before"
     assert set(overrides) | set(missing) >= set(analysis.BATCHING_OFF)
     assert "CHANCEPAY_SCANNER_BATCH_SIZE" not in overrides
 
@@ -156,3 +159,11 @@ def test_the_report_renders_a_document(tmp_path, capsys) -> None:
     assert "| knee (highest rate with e2e p99 < 100 ms) | 300/s |" in out
     assert "`innodb_flush_log_at_trx_commit=1`" in out
     assert "| 300 | None / 5.0 |" in out and "| best_rate_at_least_2x | 30.0 | 2.0 | True |" in out
+
+
+def test_a_low_rate_step_lasts_long_enough_for_its_minimum_of_payments() -> None:
+    from bench.run import step_seconds
+
+    assert step_seconds(10, 15, 600) == 60  # the 10/s step: 600 payments, a p99 worth reading
+    assert step_seconds(800, 15, 600) == 15
+    assert step_seconds(10, 15, 0) == 15
