@@ -13,6 +13,9 @@ class RecordingLog:
     def info(self, event: str, **kw: object) -> None:
         self.lines.append((event, kw))
 
+    def warning(self, event: str, **kw: object) -> None:
+        self.lines.append((event, kw))
+
     def tagged(self, tag: str) -> list[dict]:
         """The fields of every line logged with `tag`."""
         return [kw for event, kw in self.lines if event == tag]

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from chancepay.core.backoff import Backoff
+from chancepay.core.preflight import CannotProceed
 from chancepay.core.waiting import STARTUP_WAIT_SECONDS, Dependency, retry_until_up
 
 FIRST_RETRY_SECONDS = 0.5
@@ -34,10 +35,19 @@ async def open_with_retry(
 ) -> bool:
     """Call `open_once` until it succeeds (True) or `stop` is set (False). Each failure logs `tag`
     with `"waiting": true` while `broker` (made now if not given) was never reached since the
-    process started and its start-up budget lasts (core/waiting.py); after that, without."""
+    process started and its start-up budget lasts (core/waiting.py); after that, without. A
+    refusal from `open_once` (CannotProceed: core/durability.py's gate) is raised, not retried."""
     broker = broker or Dependency("broker", STARTUP_WAIT_SECONDS)
+    refusals: list[CannotProceed] = []
+
+    async def attempt() -> None:
+        try:
+            await open_once()
+        except CannotProceed as exc:  # the broker answered, and what it holds is refused: no retry
+            refusals.append(exc)
+
     opened, _ = await retry_until_up(
-        open_once,
+        attempt,
         broker,
         log=log,
         tag=tag,
@@ -46,6 +56,8 @@ async def open_with_retry(
         stop=stop,
         on_failure=on_failure,
     )
+    if refusals:
+        raise refusals[0]
     return opened
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -44,6 +46,8 @@ NOT_PROVISIONED_ERRORS = {
     1698: "access denied for the user",
 }
 IntegrityError = asyncmy.errors.IntegrityError
+# A connection is verified (`Database.verify`) when new and again after this long in use.
+VERIFY_EVERY_SECONDS = 60.0
 
 
 class DatabaseUnavailable(ChancePayError):
@@ -132,6 +136,11 @@ class Database:
         self.dependency = Dependency("database", wait_budget)
         self._pool: Any = None
         self._pool_lock = asyncio.Lock()
+        # Called with each new connection before its first use, and again once it has been held
+        # VERIFY_EVERY_SECONDS (core/durability.py reads the server's durability settings); what
+        # it raises fails the transaction like any other error, the connection closed.
+        self.verify: Callable[[Any], Awaitable[None]] | None = None
+        self._verified: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
 
     async def _get_pool(self) -> Any:
         if self._pool is None:
@@ -171,6 +180,7 @@ class Database:
             async with asyncio.timeout(self.timeout if timeout is None else timeout):
                 conn = await pool.acquire()
                 try:
+                    await self._verify_once(conn)
                     async with conn.cursor() as cur:
                         yield cur
                     if not self.autocommit:
@@ -191,6 +201,14 @@ class Database:
             raise mapped from exc
         except (asyncmy.errors.InterfaceError, OSError) as exc:
             raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    async def _verify_once(self, conn: Any) -> None:
+        if self.verify is None:
+            return
+        now = time.monotonic()
+        if now - self._verified.get(conn, -VERIFY_EVERY_SECONDS) >= VERIFY_EVERY_SECONDS:
+            await self.verify(conn)
+            self._verified[conn] = now
 
     async def run(self, work: Callable[[Any], Awaitable[T]], *, attempts: int = 3) -> T:
         """Run `await work(cursor)` in one transaction; a deadlock or lock-wait timeout (the

@@ -267,6 +267,15 @@ class Metrics:
     )
     audit_pass_seconds = histogram("chancepay_audit_pass_seconds", "Duration of one audit pass.", roles=("auditor",))
 
+    # every serving role: what its guarantees rest on (core/durability.py)
+    durability_safe = gauge_labelled(
+        "chancepay_durability_safe",
+        "1 when a setting this role's guarantees rest on is safe, 0 when not (core/durability.py); read at start "
+        "and on each new database connection. No series before the first reading.",
+        ("component", "setting"),
+        roles=SERVING,
+    )
+
     # reconciler and operator commands (pushed to a Pushgateway when one is configured)
     reconcile_repairs = counter(
         "chancepay_reconcile_repairs_total", "Repairs made by chancepay reconcile.", ("kind",), roles=("reconcile",)

@@ -20,6 +20,7 @@ import uvicorn
 from chancepay.core.config import Settings
 from chancepay.core.errors import ChancePayError
 from chancepay.core.logging import get_logger
+from chancepay.core.preflight import CannotProceed
 
 Worker = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 # A process that cannot start because of how it is set up (bad configuration, port in use) exits
@@ -143,6 +144,9 @@ async def _drain_worker(worker_task: asyncio.Future[None], grace: float) -> int:
         log.error("[FAILED TO STOP CLEANLY]", reason="worker did not drain within the grace period")
         worker_task.cancel()
         return 1
+    except CannotProceed as exc:  # found by the worker at start: core/durability.py's refusal
+        log.error(exc.tag, **exc.fields)
+        return exc.exit_code
     except FatalError as exc:
         log.error("fatal error, exiting so the supervisor restarts this role", error=str(exc))
         return 1

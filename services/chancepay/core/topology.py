@@ -25,6 +25,8 @@ QUEUE_ARGUMENTS: dict[str, Any] = {
     "x-delivery-limit": DELIVERY_LIMIT,
 }
 DLQ_ARGUMENTS: dict[str, Any] = {"x-queue-type": "quorum"}
+# Every queue and the exchange survive a broker restart (core/durability.py reports it).
+QUEUE_DURABLE = True
 
 # At-least-once dead-lettering from the main queue into the DLQ: a message the DLQ cannot take yet
 # (full, its leader down) stays in the main queue until it can, instead of being dropped (the
@@ -74,5 +76,5 @@ async def declare(channel: Any) -> None:
     """Declare the exchange, the queue, its dead-letter queue and the binding (idempotent)."""
     await channel.exchange_declare(exchange=EXCHANGE, exchange_type="direct", durable=True)
     await channel.queue_declare(queue=DLQ, durable=True, arguments=DLQ_ARGUMENTS)
-    await channel.queue_declare(queue=QUEUE, durable=True, arguments=QUEUE_ARGUMENTS)
+    await channel.queue_declare(queue=QUEUE, durable=QUEUE_DURABLE, arguments=QUEUE_ARGUMENTS)
     await channel.queue_bind(queue=QUEUE, exchange=EXCHANGE, routing_key=ROUTING_KEY)

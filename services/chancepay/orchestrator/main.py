@@ -5,6 +5,7 @@ from __future__ import annotations
 from chancepay.core.config import Settings
 from chancepay.core.crash import CrashPoints
 from chancepay.core.db import Database
+from chancepay.core.durability import DurabilityGate
 from chancepay.core.metrics import Metrics
 from chancepay.core.runner import Role, run_role
 from chancepay.orchestrator.app import build_app
@@ -17,9 +18,14 @@ def compose(settings: Settings) -> Role:
     metrics = Metrics("orchestrator")
     db = Database(settings.orchestrator_db_url, pool_size=settings.db_pool_size, timeout=settings.db_timeout)
     nudge = ScannerNudge(settings.scanner_url, settings.internal_token, metrics)
+    gate = DurabilityGate.of(settings, metrics).watch(db, "orchestrator_db")
     app = build_app(settings, db, metrics, CrashPoints(settings.crash_point_set()), on_commit=nudge)
     return Role(
-        "orchestrator", app, closers=[nudge.close, db.close], starting={"db": settings.orchestrator_db_url.redacted()}
+        "orchestrator",
+        app,
+        gate.gated(None),
+        closers=[nudge.close, db.close],
+        starting={"db": settings.orchestrator_db_url.redacted()},
     )
 
 

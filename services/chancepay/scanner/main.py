@@ -11,6 +11,7 @@ from chancepay.core import migrations
 from chancepay.core.config import Settings
 from chancepay.core.crash import CrashPoints
 from chancepay.core.db import Database
+from chancepay.core.durability import DurabilityGate
 from chancepay.core.gauges import refresh_orchestrator_gauges
 from chancepay.core.http import EXCEPTION_HANDLERS, health_routes, require_bearer
 from chancepay.core.metrics import Metrics
@@ -27,6 +28,8 @@ def compose(settings: Settings) -> Role:
     # One autocommit connection for the idle probe (scanner/outbox.py `due`).
     probe = Database(settings.orchestrator_db_url, pool_size=1, timeout=settings.db_timeout, autocommit=True)
     scanner = Scanner(settings, db, metrics, CrashPoints(settings.crash_point_set()), probe)
+    gate = DurabilityGate.of(settings, metrics).watch(db, "orchestrator_db").watch(probe, "orchestrator_db")
+    scanner.publisher.on_declared = gate.publisher_declared
 
     async def ready() -> dict[str, bool]:
         return {
@@ -50,7 +53,7 @@ def compose(settings: Settings) -> Role:
     return Role(
         "scanner",
         app,
-        scanner.scan_forever,
+        gate.gated(scanner.scan_forever),
         closers=[db.close, probe.close],
         starting={"db": settings.orchestrator_db_url.redacted()},
     )

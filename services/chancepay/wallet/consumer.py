@@ -61,6 +61,9 @@ class Consumer:
         self.stats_channel: Any = None
         self.consumer_tag: str | None = None
         self.in_flight: set[asyncio.Task[Any]] = set()
+        # Called with the channel once the topology is declared (core/durability.py); a refusal
+        # (CannotProceed) it raises ends the retries.
+        self.on_declared: Callable[[Any], None] | None = None
 
     async def on_message(self, message: Any) -> None:
         task = asyncio.current_task()
@@ -92,6 +95,8 @@ class Consumer:
         try:
             channel = await connection.channel()
             await topology.declare(channel)
+            if self.on_declared is not None:
+                self.on_declared(channel)
             await channel.basic_qos(prefetch_count=self.prefetch)
             stats_channel = await connection.channel()
         except BaseException:

@@ -16,11 +16,12 @@ from chancepay.core.codec import InvalidField, parse_uuid
 from chancepay.core.config import Settings
 from chancepay.core.crash import CrashPoints
 from chancepay.core.db import Database
+from chancepay.core.durability import DurabilityGate
 from chancepay.core.http import EXCEPTION_HANDLERS, ApiError, JSONResponse, health_routes, require_bearer
 from chancepay.core.metrics import Metrics
 from chancepay.core.payment import inbox_json, succeed_from_column
 from chancepay.core.results import ResultsClient
-from chancepay.core.runner import Role, beside, run_role
+from chancepay.core.runner import Role, Worker, beside, run_role
 from chancepay.wallet.callback import Callbacks
 from chancepay.wallet.consumer import Consumer
 from chancepay.wallet.delivery import Delivery
@@ -109,6 +110,13 @@ def _deductions(settings: Settings, inbox: Inbox) -> Inbox | InboxWindow:
     return inbox
 
 
+def _gated(settings: Settings, metrics: Metrics, db: Database, consumer: Consumer, worker: Worker) -> Worker:
+    """`worker` behind the durability gate (core/durability.py): the wallet's database and broker."""
+    gate = DurabilityGate.of(settings, metrics).watch(db, "wallet_db")
+    consumer.on_declared = gate.consumer_declared
+    return gate.gated(worker)
+
+
 def compose(settings: Settings) -> Role:
     """The wallet's parts, built and wired here (and only here)."""
     settings.require_safe_token()
@@ -151,7 +159,7 @@ def compose(settings: Settings) -> Role:
     return Role(
         "wallet",
         build_app(settings, db, metrics, inbox, consumer),
-        worker,
+        _gated(settings, metrics, db, consumer, worker),
         closers=[db.close, http.close],
         starting={
             "db": settings.wallet_db_url.redacted(),
