@@ -25,6 +25,7 @@ from chancepay.core.runner import install_event_loop  # noqa: E402
 ROLES = ("orchestrator", "scanner", "wallet", "auditor")
 DEV_ROLES = ROLES[:3]  # `chancepay dev`'s default (`make run` names the auditor too)
 SUBPARSERS: dict[str, argparse.ArgumentParser] = {}  # for usage errors argparse cannot detect itself
+DRY_RUN_HELP = "print what a real run would act on (JSON lines) and its summary; change nothing, record nothing"
 
 
 def _positive(kind: type[float] | type[int]) -> Callable[[str], Any]:
@@ -91,6 +92,7 @@ def _add_outbox(sub: Any) -> None:
     retry = outbox_sub.add_parser("retry", help="exhausted rows back into rotation (attempts 0, due now)")
     retry.add_argument("uuids", nargs="*", metavar="UUID")
     retry.add_argument("--all-exhausted", action="store_true", help="every row at the attempt limit")
+    retry.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
     SUBPARSERS["outbox_retry"] = retry
 
 
@@ -110,6 +112,7 @@ def _add_dlq(sub: Any) -> None:
         elif name in ("replay", "purge"):
             p_.add_argument("ids", nargs="*", metavar="ID")
             p_.add_argument("--all", action="store_true", help="every message in the DLQ")
+            p_.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
         p_.add_argument("--limit", type=_positive(int), default=10000, help="look at most at this many messages")
 
 
@@ -240,7 +243,8 @@ def _ops(settings: Settings, args: argparse.Namespace) -> int:
         if args.command in ("outbox", "trace"):
             await _check_databases(settings, orchestrator=True, wallet=args.command == "trace")
         elif args.command == "dlq":  # the dead letters live in the wallet's database; replay writes the outbox
-            await _check_databases(settings, orchestrator=args.action == "replay", wallet=True)
+            # and replay and purge the operator trail (core/trail.py), both in the orchestrator's
+            await _check_databases(settings, orchestrator=args.action in ("replay", "purge"), wallet=True)
         return await ops_main(settings, args)
 
     return _run(go)

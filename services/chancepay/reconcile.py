@@ -10,7 +10,12 @@ For each such request, in order:
   inbox deduplicates);
 - the inbox row is pending -> leave it, the wallet is deciding.
 Every repair is logged and counted (chancepay_reconcile_repairs_total{kind}); a failure logs
-[FAILED TO RECONCILE]. A pass may start before its dependencies are up (a CronJob slot during a
+[FAILED TO RECONCILE]. A pass that repaired or failed something leaves one row in the operator
+trail (core/trail.py: command `reconcile`, each uuid with `reenqueued`, `finalized_from_inbox`,
+`conflict` or `failed`, the pass's counts as detail); a pass that found nothing to repair leaves
+none (a CronJob runs one every few minutes: its log line and pushed counters say it ran). A pass
+also waits for the trail's tables (a schema older than the code) as for its database.
+A pass may start before its dependencies are up (a CronJob slot during a
 first install or a reinstall): it waits for the database, and for the wallet and the orchestrator
 when it first needs them, each failed try logged with `"waiting": true`, for at most
 RECONCILE_WAIT_SECONDS in all (core/waiting.py); then it gives up (exit 1, lines without
@@ -28,7 +33,7 @@ import aiohttp
 import httpx
 from prometheus_client import push_to_gateway
 
-from chancepay.core import sql
+from chancepay.core import sql, trail
 from chancepay.core.backoff import Backoff
 from chancepay.core.config import Settings
 from chancepay.core.db import Database, DatabaseUnavailable
@@ -64,9 +69,17 @@ class PassSummary:
 
 class Reconciler:
     def __init__(
-        self, settings: Settings, db: Database, orchestrator: ResultsClient, wallet: httpx.AsyncClient, metrics: Metrics
+        self,
+        settings: Settings,
+        db: Database,
+        orchestrator: ResultsClient,
+        wallet: httpx.AsyncClient,
+        metrics: Metrics,
+        action: trail.Action | None = None,
     ) -> None:
         self.settings = settings
+        # What this pass did to which uuid, for its operator trail row (reconcile_main records it).
+        self.action = action if action is not None else trail.Action("reconcile", {})
         self.db = db
         self.orchestrator = orchestrator
         self.wallet = wallet
@@ -116,12 +129,12 @@ class Reconciler:
     async def run_pass(self, age_seconds: float) -> PassSummary:
         summary = PassSummary()
         stale = (int(age_seconds * 1e6), self.settings.reconcile_batch)
-        rows = await self._wait_for(
-            self.db.dependency,
-            lambda: self.db.fetchrows(sql.SELECT_STALE_PENDING, stale),
-            "read stale requests",
-            DatabaseUnavailable,
-        )
+
+        async def read_stale() -> list[dict[str, Any]]:
+            await trail.ready(self.db)  # nothing is repaired that the trail could not record
+            return await self.db.fetchrows(sql.SELECT_STALE_PENDING, stale)
+
+        rows = await self._wait_for(self.db.dependency, read_stale, "read stale requests", DatabaseUnavailable)
         for row in rows:
             summary.examined += 1
             with bound(uuid=row["uuid"]):
@@ -129,6 +142,7 @@ class Reconciler:
                     await self._one(PaymentMessage.from_row(row), bool(row["in_outbox"]), summary)
                 except Exception as exc:
                     summary.failures += 1
+                    self.action.touch(row["uuid"], "failed")
                     self.metrics.reconcile_failures.inc()
                     self.log.error(RECONCILE_TAG, error=repr(exc))
         return summary
@@ -144,6 +158,7 @@ class Reconciler:
         if response.status_code == 404:
             await self.db.execute(sql.REENQUEUE_OUTBOX, (uuid, message.encode()))
             summary.reenqueued += 1
+            self.action.touch(uuid, "reenqueued")
             self.metrics.reconcile_repairs.labels(kind="reenqueued").inc()
             self.log.warning("reconcile: message lost before the wallet; put back into the outbox")
             return
@@ -156,12 +171,14 @@ class Reconciler:
         if outcome is Outcome.CONFLICT:
             summary.conflicts += 1
             summary.failures += 1
+            self.action.touch(uuid, "conflict")
             self.metrics.reconcile_failures.inc()
             self.log.error(RECONCILE_TAG, reason="the request holds a different result than the inbox", inbox=succeed)
             return
         if not outcome.settles:
             raise NotFinalized(f"outcome {outcome.value}")
         summary.finalized_from_inbox += 1
+        self.action.touch(uuid, "finalized_from_inbox")
         self.metrics.reconcile_repairs.labels(kind="finalized_from_inbox").inc()
         self.log.warning("reconcile: finalized a pending request from the wallet's inbox", succeed=succeed)
 
@@ -190,6 +207,8 @@ async def reconcile_main(settings: Settings, age: float | None = None) -> int:
         settings.orchestrator_db_url, pool_size=2, timeout=settings.db_timeout, wait_budget=RECONCILE_WAIT_SECONDS
     )
     timeout = httpx.Timeout(settings.callback_timeout * 2)
+    age_seconds = settings.reconcile_age if age is None else age
+    action = trail.Action("reconcile", {"age_seconds": age_seconds})
     summary: PassSummary | Any = None
     try:
         async with (
@@ -197,11 +216,15 @@ async def reconcile_main(settings: Settings, age: float | None = None) -> int:
             httpx.AsyncClient(base_url=settings.wallet_url, headers=headers, timeout=timeout) as wallet,
         ):
             summary = await Reconciler(
-                settings, db, ResultsClient(orch, settings.orchestrator_url), wallet, metrics
-            ).run_pass(settings.reconcile_age if age is None else age)
+                settings, db, ResultsClient(orch, settings.orchestrator_url), wallet, metrics, action
+            ).run_pass(age_seconds)
+        recorded = await _record(db, settings, action, summary)
     except Exception as exc:
         metrics.reconcile_failures.inc()
         log.error(RECONCILE_TAG, error=repr(exc))
+        if db.dependency.reached:  # a pass that never reached its database has nowhere to record
+            action.fail(exc)
+            await _record(db, settings, action, None)
         return 1
     finally:
         await db.close()
@@ -212,4 +235,14 @@ async def reconcile_main(settings: Settings, age: float | None = None) -> int:
             except Exception as exc:
                 log.error("[FAILED TO PUSH METRICS]", error=repr(exc), gateway=gateway)
     log.info("reconcile pass done", **dataclasses.asdict(summary))
-    return 0 if summary.failures == 0 else 1
+    return 0 if summary.failures == 0 and recorded else 1
+
+
+async def _record(db: Database, settings: Settings, action: trail.Action, summary: PassSummary | None) -> bool:
+    """The pass's operator trail row (core/trail.py) when it repaired or failed something (a pass
+    that raised: `summary` None, `action` already failed); False when it could not be written."""
+    if summary is not None:
+        if not action.outcomes and summary.failures == 0:
+            return True  # nothing repaired, nothing failed: no row
+        action.finish(1 if summary.failures else 0, dataclasses.asdict(summary))
+    return await trail.record_or_log(db, action, trail.operator(settings.operator), get_logger())

@@ -153,13 +153,6 @@ def _port(raw: str) -> int | None:
     return None if raw == "" else int(raw)
 
 
-def _flag(raw: str) -> bool:
-    """Empty or 0: off; 1: on; anything else is not valid (a typo must not silently mean off)."""
-    if raw not in ("", "0", "1"):
-        raise ValueError(raw)
-    return raw == "1"
-
-
 def positive(env: str, value: float) -> None:
     if value <= 0:
         raise ConfigError(f"{env} must be > 0, got {value}")
@@ -194,6 +187,14 @@ def one_of(*allowed: str, fold: Callable[[str], str] = str) -> Check:
     def check(env: str, value: str) -> None:
         if fold(value) not in allowed:
             raise ConfigError(f"{env} must be {words}, got {value!r}")
+
+    return check
+
+
+def at_most_chars(limit: int) -> Check:
+    def check(env: str, value: str) -> None:
+        if len(value) > limit:
+            raise ConfigError(f"{env} must be at most {limit} characters, got {len(value)}")
 
     return check
 
@@ -260,13 +261,6 @@ class Settings:
 
     env = Setting(
         "CHANCEPAY_ENV", str, "dev", "dev or prod; prod refuses the default internal token", one_of("dev", "prod")
-    )
-    allow_unsafe_durability = Setting(
-        "CHANCEPAY_ALLOW_UNSAFE_DURABILITY",
-        _flag,
-        "",
-        "`1` = start under prod although a durability setting of the database or broker is unsafe (a warning; "
-        "chancepay_durability_safe stays 0); otherwise prod refuses it (docs/operations.md, Durability gate)",
     )
     orchestrator_db = Setting(
         "CHANCEPAY_ORCHESTRATOR_DB",
@@ -499,6 +493,15 @@ class Settings:
         str,
         "",
         "reconcile only: push its counters to this Prometheus Pushgateway (a CronJob has no scrape endpoint)",
+    )
+    operator = Setting(
+        "CHANCEPAY_OPERATOR",
+        str,
+        "",
+        "operator commands that change state (outbox retry, dlq replay/purge, reconcile): who they name in the "
+        "operator trail",
+        at_most_chars(128),
+        shown="(empty: the OS user)",
     )
     migrate_wait = Setting(
         "CHANCEPAY_MIGRATE_WAIT_SECONDS",

@@ -33,7 +33,10 @@ class Migration:
     unless_index: tuple[str, str] | None = None
 
 
-ORCHESTRATOR: tuple[Migration, ...] = (Migration(1, "request and outbox", sql.ORCHESTRATOR_V1),)
+ORCHESTRATOR: tuple[Migration, ...] = (
+    Migration(1, "request and outbox", sql.ORCHESTRATOR_V1),
+    Migration(2, "operator_action: the operator trail (append-only)", sql.ORCHESTRATOR_V2),
+)
 WALLET: tuple[Migration, ...] = (
     Migration(1, "inbox", sql.WALLET_V1),
     Migration(2, "pending_callback: results the wallet still has to deliver", sql.WALLET_V2),

@@ -56,6 +56,35 @@ ORCHESTRATOR_V1 = (
     """,
 )
 
+# The operator trail (core/trail.py; CONTRACT.md "Audit"): one row per run of an operator command
+# that changes state, appended after the action with its result, never updated or deleted. The
+# uuids it named or acted on are also rows of operator_action_uuid, each with what happened to it,
+# so `chancepay trace UUID` finds a payment's actions by its primary key's prefix.
+ORCHESTRATOR_V2 = (
+    """
+    CREATE TABLE IF NOT EXISTS operator_action (
+        id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+        at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+        who VARCHAR(128) NOT NULL,
+        command VARCHAR(32) CHARACTER SET ascii NOT NULL,
+        arguments MEDIUMTEXT NOT NULL,
+        uuids MEDIUMTEXT NOT NULL,
+        result VARCHAR(16) CHARACTER SET ascii NOT NULL,
+        detail MEDIUMTEXT NOT NULL,
+        KEY ix_operator_action_at (at)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS operator_action_uuid (
+        uuid CHAR(36) CHARACTER SET ascii NOT NULL,
+        action_id BIGINT NOT NULL,
+        outcome VARCHAR(32) CHARACTER SET ascii NOT NULL,
+        PRIMARY KEY (uuid, action_id),
+        KEY ix_operator_action_uuid_action (action_id)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
+    """,
+)
+
 WALLET_V1 = (
     """
     CREATE TABLE IF NOT EXISTS inbox (
@@ -138,13 +167,6 @@ INDEX_EXISTS = (
 
 STRICT_MODE_CHECK = "SELECT @@SESSION.sql_mode"
 PING = "SELECT 1"
-# What an acknowledged commit's durability rests on (core/durability.py judges it). Global
-# values: a session cannot change them, and they need no privilege to read.
-DURABILITY_SETTINGS = (
-    "SELECT @@GLOBAL.innodb_flush_log_at_trx_commit AS innodb_flush_log_at_trx_commit,"
-    " @@GLOBAL.sync_binlog AS sync_binlog, @@GLOBAL.log_bin AS log_bin,"
-    " @@GLOBAL.innodb_doublewrite AS innodb_doublewrite"
-)
 # Every new connection (core/db.py): READ COMMITTED, so the scanner's FOR UPDATE SKIP LOCKED range
 # scan takes no gap locks and cannot deadlock with the API's outbox inserts.
 SESSION_ISOLATION = "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"
@@ -301,6 +323,34 @@ TRACE_OUTBOX = (
 )
 TRACE_INBOX = "SELECT succeed, deliveries, created_at, finalized_at FROM inbox WHERE uuid = %s"
 TRACE_PENDING_CALLBACK = "SELECT attempts, last_error FROM pending_callback WHERE uuid = %s"
+# What a retry acts on (`outbox retry`, its --dry-run too): the exhausted rows among the named
+# uuids, or all of them. The real run locks them, resets exactly those, and names them in the trail.
+_EXHAUSTED_OUTBOX = "SELECT uuid, attempts, last_error FROM outbox WHERE attempts >= %s"
+EXHAUSTED_OUTBOX_AMONG = _EXHAUSTED_OUTBOX + " AND uuid IN ({placeholders}) ORDER BY created_at"
+ALL_EXHAUSTED_OUTBOX = _EXHAUSTED_OUTBOX + " ORDER BY created_at"
+LOCK_EXHAUSTED_OUTBOX_AMONG = EXHAUSTED_OUTBOX_AMONG + " FOR UPDATE"
+LOCK_ALL_EXHAUSTED_OUTBOX = ALL_EXHAUSTED_OUTBOX + " FOR UPDATE"
+
+# --------------------------------------------------------------------------- operator trail
+# Append-only (core/trail.py): the product has INSERTs and SELECTs on these tables, nothing else.
+INSERT_OPERATOR_ACTION = (
+    "INSERT INTO operator_action (who, command, arguments, uuids, result, detail) VALUES (%s, %s, %s, %s, %s, %s)"
+)
+INSERT_OPERATOR_ACTION_UUIDS = "INSERT INTO operator_action_uuid (uuid, action_id, outcome) VALUES {rows}"
+
+
+def operator_action_uuid_rows(count: int) -> str:
+    """INSERT_OPERATOR_ACTION_UUIDS for `count` rows."""
+    return INSERT_OPERATOR_ACTION_UUIDS.format(rows=", ".join(["(%s, %s, %s)"] * count))
+
+
+# Both tables there (the orchestrator schema at v2): checked before an operator command changes anything.
+OPERATOR_TRAIL_READY = "SELECT a.id FROM operator_action a JOIN operator_action_uuid u ON u.action_id = a.id LIMIT 0"
+TRACE_OPERATOR_ACTIONS = (
+    "SELECT a.id, a.at, a.who, a.command, a.arguments, a.result, a.detail, u.outcome "
+    "FROM operator_action_uuid u JOIN operator_action a ON a.id = u.action_id WHERE u.uuid = %s ORDER BY a.id"
+)
+
 
 # --------------------------------------------------------------------------- reconcile
 SELECT_STALE_PENDING = (
@@ -322,7 +372,14 @@ STORE_DEAD_LETTER = (
 )
 LIST_DEAD_LETTERS = f"SELECT {_DL_FIELDS} FROM dead_letter ORDER BY id LIMIT %s"
 DELETE_DEAD_LETTER = "DELETE FROM dead_letter WHERE id = %s"
-DELETE_ALL_DEAD_LETTERS = "DELETE FROM dead_letter"
+# `dlq purge --all` (and its --dry-run): every row's key, locked by the real run, then deleted by id in
+# one transaction, so the trail names exactly the rows that went (a row the wallet adds meanwhile stays).
+DEAD_LETTER_KEYS = "SELECT id, uuid, message_id FROM dead_letter ORDER BY id"
+LOCK_DEAD_LETTER_KEYS = DEAD_LETTER_KEYS + " FOR UPDATE"
+LOCK_DEAD_LETTERS_AMONG = (
+    "SELECT id, uuid, message_id FROM dead_letter WHERE id IN ({placeholders}) ORDER BY id FOR UPDATE"
+)
+DELETE_DEAD_LETTERS_AMONG = "DELETE FROM dead_letter WHERE id IN ({placeholders})"
 COUNT_DEAD_LETTERS = "SELECT COUNT(*) FROM dead_letter"
 
 # --------------------------------------------------------------------------- audit and load
