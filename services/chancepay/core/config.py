@@ -153,6 +153,13 @@ def _port(raw: str) -> int | None:
     return None if raw == "" else int(raw)
 
 
+def _flag(raw: str) -> bool:
+    """Empty or 0: off; 1: on; anything else is not valid (a typo must not silently mean off)."""
+    if raw not in ("", "0", "1"):
+        raise ValueError(raw)
+    return raw == "1"
+
+
 def positive(env: str, value: float) -> None:
     if value <= 0:
         raise ConfigError(f"{env} must be > 0, got {value}")
@@ -261,6 +268,13 @@ class Settings:
 
     env = Setting(
         "CHANCEPAY_ENV", str, "dev", "dev or prod; prod refuses the default internal token", one_of("dev", "prod")
+    )
+    allow_unsafe_durability = Setting(
+        "CHANCEPAY_ALLOW_UNSAFE_DURABILITY",
+        _flag,
+        "",
+        "`1` = start under prod although a durability setting of the database or broker is unsafe (a warning; "
+        "chancepay_durability_safe stays 0); otherwise prod refuses it (docs/operations.md, Durability gate)",
     )
     orchestrator_db = Setting(
         "CHANCEPAY_ORCHESTRATOR_DB",

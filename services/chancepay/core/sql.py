@@ -167,6 +167,13 @@ INDEX_EXISTS = (
 
 STRICT_MODE_CHECK = "SELECT @@SESSION.sql_mode"
 PING = "SELECT 1"
+# What an acknowledged commit's durability rests on (core/durability.py judges it). Global
+# values: a session cannot change them, and they need no privilege to read.
+DURABILITY_SETTINGS = (
+    "SELECT @@GLOBAL.innodb_flush_log_at_trx_commit AS innodb_flush_log_at_trx_commit,"
+    " @@GLOBAL.sync_binlog AS sync_binlog, @@GLOBAL.log_bin AS log_bin,"
+    " @@GLOBAL.innodb_doublewrite AS innodb_doublewrite"
+)
 # Every new connection (core/db.py): READ COMMITTED, so the scanner's FOR UPDATE SKIP LOCKED range
 # scan takes no gap locks and cannot deadlock with the API's outbox inserts.
 SESSION_ISOLATION = "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"
