@@ -26,6 +26,7 @@ BATCHING_OFF = {
     "CHANCEPAY_CALLBACK_BATCH_SIZE": "1",
     "CHANCEPAY_SCANNER_IDLE_MAX_SECONDS": "0",  # the fixed 20 ms poll of before issue 22
     "CHANCEPAY_SCANNER_URL": "",  # no nudges
+    "CHANCEPAY_SCANNER_BATCHES_IN_FLIGHT": "1",  # claim the next batch only once this one is settled
 }
 # Sizes that are not the batching issue 22 adds (the scanner claimed in batches before it).
 NOT_BATCHING = frozenset({"CHANCEPAY_SCANNER_BATCH_SIZE"})

@@ -46,7 +46,7 @@ def test_batching_off_sets_the_sizes_this_code_has_and_names_the_missing_ones() 
         "CHANCEPAY_FOO_BATCH_SIZE": "1",
         "CHANCEPAY_SCANNER_URL": "",
     }
-    assert missing == ["CHANCEPAY_WALLET_BATCH_SIZE"]
+    assert missing == ["CHANCEPAY_SCANNER_BATCHES_IN_FLIGHT", "CHANCEPAY_WALLET_BATCH_SIZE"]
 
 
 def test_the_batching_off_settings_exist_or_are_reported_missing_for_this_code() -> None:

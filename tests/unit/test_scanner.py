@@ -42,3 +42,38 @@ def test_interrupt_ends_a_rest_as_not_woken() -> None:
         return await wakeup.rest(30)
 
     assert asyncio.run(run()) is False
+
+
+def test_in_flight_bounds_the_batches_and_raises_a_failed_ones_error_in_the_next_cycle() -> None:
+    from chancepay.scanner.scanner import InFlight
+
+    class Lost(Exception):
+        pass
+
+    async def run() -> list[str]:
+        seen: list[str] = []
+        gate = asyncio.Event()
+        in_flight = InFlight(2)
+
+        async def batch(name: str, fail: bool = False) -> None:
+            await gate.wait()
+            seen.append(name)
+            if fail:
+                raise Lost(name)
+
+        await in_flight.room()
+        in_flight.start(batch("a", fail=True))
+        await in_flight.room()  # one in flight: room for a second
+        in_flight.start(batch("b"))
+        waiting = asyncio.ensure_future(in_flight.room())  # two: the third claim waits
+        await asyncio.sleep(0.01)
+        assert not waiting.done()
+        gate.set()
+        try:
+            await waiting
+        except Lost as exc:
+            seen.append(f"raised {exc}")
+        await in_flight.drain()
+        return seen
+
+    assert asyncio.run(run()) == ["a", "b", "raised a"]

@@ -407,6 +407,14 @@ class Settings:
         "the poll interval, a fixed interval",
         non_negative,
     )
+    scanner_batches_in_flight = Setting(
+        "CHANCEPAY_SCANNER_BATCHES_IN_FLIGHT",
+        int,
+        "4",
+        "claimed batches being published (awaiting their confirms) while the scanner claims the next; "
+        "`1` = claim, publish, delete, then the next claim",
+        between(1, 64),
+    )
     scanner_lease = Setting(
         "CHANCEPAY_SCANNER_LEASE_SECONDS",
         float,

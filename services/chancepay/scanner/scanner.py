@@ -4,6 +4,12 @@ Claiming: a short transaction selects due rows FOR UPDATE SKIP LOCKED and pushes
 next_attempt_at past a lease, then commits. No row lock is held while publishing; another
 scanner skips the rows until the lease runs out (a crashed scanner's rows come back then).
 
+Overlap: a claimed batch is published and settled (deleted or its failures recorded) by a task of
+its own while the scanner claims the next one, up to CHANCEPAY_SCANNER_BATCHES_IN_FLIGHT batches
+(1: claim, publish, settle, then the next claim, the behaviour before). A settling batch's failure
+(a lost connection, the database away) surfaces in the next cycle exactly as if that cycle had
+raised it. On stop, the batches in flight are settled before the channel closes.
+
 Publishing: every claimed row is published at once (pipelined publisher confirms), persistent,
 mandatory and signed (x-chancepay-signature: HMAC-SHA256 of the body with CHANCEPAY_MESSAGE_KEY).
 A row is deleted only after its broker ack. Any failure (nack, return, confirm timeout,
@@ -31,7 +37,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import aiormq
@@ -161,6 +167,38 @@ class Wakeup:
             self._waiter = None
 
 
+class InFlight:
+    """The batches being published and settled, at most `limit`; a failed one's exception is
+    raised by the next `room()` (so the scanning loop sees it as its own)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def start(self, settle: Coroutine[Any, Any, None]) -> None:
+        self.tasks.add(asyncio.get_running_loop().create_task(settle))
+
+    def _reap(self) -> None:
+        done = {t for t in self.tasks if t.done()}
+        self.tasks -= done
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+
+    async def room(self) -> None:
+        """Wait until fewer than `limit` batches are in flight; raise a finished one's failure."""
+        self._reap()
+        while len(self.tasks) >= self.limit:
+            await asyncio.wait(self.tasks, return_when=asyncio.FIRST_COMPLETED)
+            self._reap()
+
+    async def drain(self) -> None:
+        """Let every batch in flight finish (stopping); their failures were logged where they happened."""
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.tasks.clear()
+
+
 class Scanner:
     def __init__(
         self, settings: Settings, db: Database, metrics: Metrics, crash: CrashPoints, probe: Database | None = None
@@ -184,6 +222,7 @@ class Scanner:
         )
         self.publisher = Publisher(settings.amqp_url_list, settings.message_key, settings.scanner_confirm_timeout)
         self.wakeup = Wakeup()
+        self.in_flight = InFlight(settings.scanner_batches_in_flight)
 
     def nudge(self) -> None:
         """New rows were committed (POST /internal/outbox/nudge): claim now, not at the next poll."""
@@ -196,10 +235,28 @@ class Scanner:
     # ------------------------------------------------------------------ one pass
     async def scan_once(self) -> int:
         """Claim, publish, delete the acked rows, record the failures. Returns rows claimed."""
+        rows = await self.claim()
+        if rows:
+            await self.settle(rows)
+        return len(rows)
+
+    async def claim(self) -> list[OutboxRow]:
         rows = await self.outbox.claim(self.settings.scanner_batch_size)
-        if not rows:
-            return 0
-        self.crash.hit("scanner.after_claim")
+        if rows:
+            self.crash.hit("scanner.after_claim")
+        return rows
+
+    async def claim_next(self) -> int:
+        """Claim a batch and hand it to a task that publishes and settles it, once fewer than
+        CHANCEPAY_SCANNER_BATCHES_IN_FLIGHT are in flight. Returns rows claimed."""
+        await self.in_flight.room()
+        rows = await self.claim()
+        if rows:
+            self.in_flight.start(self.settle(rows))
+        return len(rows)
+
+    async def settle(self, rows: list[OutboxRow]) -> None:
+        """Publish `rows`, delete the acked ones, record the failures."""
         started = time.perf_counter()
         results = await self.publisher.publish_all(rows)
         self.metrics.outbox_publish_seconds.observe(time.perf_counter() - started)
@@ -227,7 +284,6 @@ class Scanner:
             if any(f.reason == "returned" for f in failures):
                 # Unroutable: the queue or binding is gone. Declare the topology again.
                 await self.publisher.redeclare()
-        return len(rows)
 
     async def scan_forever(self, stop: asyncio.Event) -> None:
         if not await open_with_retry(
@@ -247,7 +303,7 @@ class Scanner:
         async def cycle() -> int:
             # Nudged, or polling at the base interval: claim. After an empty poll, a cheap read
             # first: claim only when something is due.
-            return await self.scan_once() if woken or idle <= base or await self.outbox.due() else 0
+            return await self.claim_next() if woken or idle <= base or await self.outbox.due() else 0
 
         def database_down(exc: BaseException, delay: float) -> None:
             self.metrics.db_unavailable.inc()
@@ -277,4 +333,5 @@ class Scanner:
                 woken = await self.wakeup.rest(idle) if idle and not stop.is_set() else False
         finally:
             watch.cancel()
+            await self.in_flight.drain()
             await self.publisher.close()
