@@ -41,3 +41,17 @@ TABLE_BYTES = (
     "SELECT table_name, data_length + index_length FROM information_schema.tables "
     "WHERE table_schema = DATABASE() AND table_name IN ('request', 'inbox')"
 )
+
+# --------------------------------------------------------------------------- bench.audit_history
+# A fixed window of new finalized payments for the online audit's pass (uuids of their own, never a
+# history row's), created now; `{table}` request or inbox, `{last}` an integer (validated by the caller).
+CREATE_DATABASE = "CREATE DATABASE `{db}`"  # identifiers validated by the caller
+COUNT_ROWS = "SELECT COUNT(*) FROM {table}"
+EXPLAIN = "EXPLAIN {statement}"  # one of the product's own statements (core/sql.py)
+AUDIT_WINDOW_DELETE = "DELETE FROM {table} WHERE uuid LIKE '00000000-0000-4000-8000-%'"
+AUDIT_WINDOW_START = "SELECT NOW(6) - INTERVAL 1 MICROSECOND"
+AUDIT_WINDOW_ROWS = (
+    "INSERT INTO {table} (uuid, cus_id, amount, succeed, finalized_at) "
+    "SELECT CONCAT('00000000-0000-4000-8000-', LPAD(seq, 12, '0')), 'window', 1.00, MOD(seq, 2), NOW(6) "
+    "FROM seq_1_to_{last}"
+)

@@ -18,6 +18,7 @@ ENTRY_MODULES = {
     "orchestrator": "chancepay.orchestrator.main",
     "scanner": "chancepay.scanner.main",
     "wallet": "chancepay.wallet.main",
+    "auditor": "chancepay.auditor.main",
     "migrate": "chancepay.core.schema",
     "reconcile": "chancepay.reconcile",
 }

@@ -33,7 +33,7 @@ def queried_metrics() -> set[str]:
     return {m for e in dashboard_exprs() + rule_exprs() for m in METRIC.findall(e)}
 
 
-SCRAPED_ROLES = ("orchestrator", "scanner", "wallet")  # reconcile is a CronJob: nothing scrapes it
+SCRAPED_ROLES = ("orchestrator", "scanner", "wallet", "auditor")  # reconcile is a CronJob: nothing scrapes it
 
 
 def defined_sample_names(roles: tuple[str, ...] = SCRAPED_ROLES) -> set[str]:

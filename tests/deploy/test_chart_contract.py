@@ -8,8 +8,8 @@ from chancepay.core.config import ROLE_PORTS, VARIABLES
 from tests.deploy import codeinfo
 from tests.deploy.conftest import SWITCHES, pod_spec, render
 
-ROLES = ("orchestrator", "scanner", "wallet")
-EXPECTED_CONTRACT_COMMANDS = {"orchestrator", "scanner", "wallet", "migrate", "reconcile", "load"}
+ROLES = ("orchestrator", "scanner", "wallet", "auditor")
+EXPECTED_CONTRACT_COMMANDS = {"orchestrator", "scanner", "wallet", "auditor", "migrate", "reconcile", "load"}
 
 
 def chancepay_containers(rendered):
@@ -40,7 +40,14 @@ def test_every_role_runs_with_what_it_needs_and_nothing_else(values):
     rendered = render(values)
     env_field = codeinfo.env_to_field()
     containers = chancepay_containers(rendered)
-    assert sorted(role for role, _ in containers) == ["migrate", "orchestrator", "reconcile", "scanner", "wallet"]
+    assert sorted(role for role, _ in containers) == [
+        "auditor",
+        "migrate",
+        "orchestrator",
+        "reconcile",
+        "scanner",
+        "wallet",
+    ]
     for role, c in containers:
         names = env_names(c)
         unknown = names - set(env_field)
@@ -163,7 +170,15 @@ def test_network_policies_restrict_internal_and_broker_access():
     assert components(policies["chancepay-wallet"]) == {"reconcile"}
     assert components(policies["chancepay-orchestrator"]) == {"wallet", "reconcile", "test"}
     assert components(policies["chancepay-scanner"]) == {"orchestrator"}  # its nudge
-    assert components(policies["chancepay-mariadb"]) == {"orchestrator", "scanner", "wallet", "migrate", "reconcile"}
+    assert components(policies["chancepay-mariadb"]) == {
+        "orchestrator",
+        "scanner",
+        "wallet",
+        "auditor",
+        "migrate",
+        "reconcile",
+    }
+    assert components(policies["chancepay-auditor"]) == set()  # health and metrics only: scrapers
     # the batch pods (migrate, reconcile, helm test) accept no ingress at all
     batch = policies.pop("chancepay-batch")
     assert batch["spec"]["ingress"] == [] and batch["spec"]["policyTypes"] == ["Ingress"]
@@ -187,4 +202,14 @@ def test_network_policies_restrict_internal_and_broker_access():
     labels += [h["object"]["metadata"]["labels"] for h in rendered.hooks if h["object"]["kind"] == "Pod"]
     labels += [o["spec"]["template"]["metadata"]["labels"] for o in rendered.of_kind("Job")]
     seen = {lab["app.kubernetes.io/component"] for lab in labels}
-    assert {"orchestrator", "scanner", "wallet", "migrate", "reconcile", "test", "mariadb", "rabbitmq"} <= seen
+    assert {
+        "orchestrator",
+        "scanner",
+        "wallet",
+        "auditor",
+        "migrate",
+        "reconcile",
+        "test",
+        "mariadb",
+        "rabbitmq",
+    } <= seen

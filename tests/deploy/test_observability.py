@@ -57,6 +57,9 @@ def test_alerts_cover_the_issue():
         "chancepay_wallet_callback_failures_total",
         'outcome="corrupt"',
         "chancepay_payments_pending_oldest_age_seconds",
+        "chancepay_audit_violations",
+        "chancepay_audit_unbalanced_amount",
+        "chancepay_audit_last_pass_timestamp_seconds",
         "chancepay_dlq_messages",
     ):
         assert needed in exprs, needed
@@ -102,17 +105,22 @@ def test_chart_ships_the_same_dashboard_and_rules():
     assert rule["spec"] == yaml.safe_load(obs.RULES.read_text())
 
 
-def test_service_monitor_scrapes_the_three_roles():
+def test_service_monitor_scrapes_the_four_roles():
     sm = render(SWITCHES["metrics.serviceMonitor.enabled=true"], monitoring_crds=True).get(
         "ServiceMonitor", "chancepay"
     )
     assert sm["spec"]["endpoints"][0]["port"] == "http" and sm["spec"]["endpoints"][0]["path"] == "/metrics"
     expr = sm["spec"]["selector"]["matchExpressions"][0]
     assert expr["key"] == "app.kubernetes.io/component" and sorted(expr["values"]) == [
+        "auditor",
         "orchestrator",
         "scanner",
         "wallet",
     ]
+    off = render(
+        {**SWITCHES["metrics.serviceMonitor.enabled=true"], **SWITCHES["auditor.enabled=false"]}, monitoring_crds=True
+    ).get("ServiceMonitor", "chancepay")
+    assert off["spec"]["selector"]["matchExpressions"][0]["values"] == ["orchestrator", "scanner", "wallet"]
 
 
 def test_static_metric_check_can_fail():

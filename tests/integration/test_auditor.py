@@ -12,6 +12,7 @@ import pytest
 
 from chancepay.core.invariants import VIOLATION_KINDS
 from tests.support.env import wait_until
+from tests.support.invariants import check_online
 from tests.support.roles import Role, Stack
 from tests.support.servers import free_port
 
@@ -124,3 +125,15 @@ def test_a_tamper_makes_its_kind_non_zero_with_the_uuid_logged_until_undone(audi
     wait_until(lambda: violations(auditor) == dict.fromkeys(VIOLATION_KINDS, 0.0), 30, what="healed")
     assert auditor.metric(UNBALANCED) == 0
     auditor.wait_for_event("audit violation healed", uuid=u)
+
+
+@pytest.mark.parametrize("kind", sorted(TAMPERS))
+def test_the_fault_tiers_in_process_check_finds_each_tamper_kind(env, kind: str) -> None:
+    """tests/support/invariants.py check_online, which every fault scenario's final invariant
+    check runs: nothing on clean tables, the tampered uuid with its kind otherwise."""
+    assert check_online(env) == {}
+    u, unbalanced, undo = TAMPERS[kind](Stack(env))
+    found = check_online(env)
+    assert list(found) == [u] and found[u].kind == kind and float(found[u].unbalanced) == unbalanced
+    undo()
+    assert check_online(env) == {}

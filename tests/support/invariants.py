@@ -9,8 +9,11 @@ from typing import Any
 
 from bench import sql as bench_sql
 from chancepay.audit import InvariantReport, check_uuids
+from chancepay.auditor.auditor import Auditor
+from chancepay.auditor.policy import Finding
 from chancepay.core.config import DatabaseURL
 from chancepay.core.db import Database
+from chancepay.core.metrics import Metrics
 from tests.support.env import Env, outbox_depth, pending_count, run_audit, wait_until
 from tests.support.roles import Stack
 
@@ -39,11 +42,38 @@ def check_urls(orch_url: str, wallet_url: str, accepted: list[str] | None = None
     return asyncio.run(go())
 
 
+# The online audit's grace age in the fault tier: the role's default would call nothing lost in a
+# test's lifetime; a minute is past every fault a scenario injects (and its convergence).
+ONLINE_GRACE_SECONDS = 60.0
+
+
+def check_online(env: Env) -> dict[str, Finding]:
+    """What `chancepay auditor` would report over this Env, in process: the role's own Auditor
+    (auditor/auditor.py) from a fresh checkpoint, pass after pass until it has caught up."""
+
+    async def go() -> dict[str, Finding]:
+        orch = Database(DatabaseURL.parse(env.orch_url()), pool_size=1, timeout=30)
+        wallet = Database(DatabaseURL.parse(env.wallet_url()), pool_size=1, timeout=30)
+        auditor = Auditor(orch, wallet, Metrics("auditor"), grace=ONLINE_GRACE_SECONDS, batch=10_000)
+        try:
+            while await auditor.pass_once() >= auditor.batch:
+                pass
+            return auditor.found
+        finally:
+            await orch.close()
+            await wallet.close()
+
+    return asyncio.run(go())
+
+
 def assert_invariants(env: Env, accepted: list[str] | None = None, *, converged: bool = True) -> InvariantReport:
     """No violation (lost, duplicated, mismatched, orphan inbox row); once converged, also no
-    inbox result still waiting to be mirrored into its request."""
+    inbox result still waiting to be mirrored into its request. The online audit's incremental
+    checker (`chancepay auditor`'s, in process) must find nothing either."""
     report = check(env, accepted)
     assert report.violations == 0, f"invariants: {report.as_json()}"
+    online = check_online(env)
+    assert not online, f"online audit: {dict(list(online.items())[:5])}"
     if converged:
         assert not report.awaiting_mirror, f"inbox decided, request still pending: {report.awaiting_mirror[:5]}"
     return report

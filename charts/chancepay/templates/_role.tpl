@@ -8,6 +8,9 @@ orchestrator-deployment.yaml, scanner-deployment.yaml, wallet-deployment.yaml).
            Secret change restarts the roles that read it and only those
   env      list of (dict "name" "value") set after the secrets
   preStop  true for a role behind a Service: sleep lifecycle.preStopSleepSeconds before SIGTERM
+  image    (optional) whose image the role runs (.Values.image.<image>; default: its own). The
+           auditor runs the orchestrator's image (every image holds the whole package), as the
+           reconciler does, so there is no fourth image to build, scan and pin
 */}}
 {{- define "chancepay.roleDeployment" -}}
 {{- $root := .ctx }}
@@ -62,7 +65,7 @@ spec:
       {{- end }}
       containers:
         - name: {{ $role }}
-          image: {{ include "chancepay.image" (dict "ctx" $root "role" $role) }}
+          image: {{ include "chancepay.image" (dict "ctx" $root "role" (.image | default $role)) }}
           imagePullPolicy: {{ $root.Values.image.pullPolicy }}
           command: ["chancepay", {{ $role | quote }}]
           {{- if .preStop }}

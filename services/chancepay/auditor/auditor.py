@@ -66,14 +66,15 @@ class Auditor:
         self.found: dict[str, Finding] = {}
         self.log = get_logger()
 
-    async def _read_new(self, db: Database, cursor: Cursor) -> dict[str, Row]:
-        """The rows created since `cursor`'s checkpoint (one batch); moves the checkpoint on."""
+    async def _read_new(self, db: Database, cursor: Cursor) -> tuple[dict[str, Row], dt.datetime]:
+        """The rows created since `cursor`'s checkpoint (one batch) and where the next read starts
+        (the caller moves the checkpoint once the pass has judged them, not before)."""
         (now,) = await db.fetchone(sql.AUDIT_CLOCK)
         since = cursor.since if cursor.since is not None else policy.start(now)
         rows = await db.fetchall(cursor.statement, (since, now, self.batch))
         last = rows[-1][3] if rows else None
-        cursor.since = policy.next_since(since, now, len(rows), self.batch, last)
-        return {uuid: _row(succeed, amount) for uuid, succeed, amount, _ in rows}
+        following = policy.next_since(since, now, len(rows), self.batch, last)
+        return {uuid: _row(succeed, amount) for uuid, succeed, amount, _ in rows}, following
 
     async def _among(self, db: Database, table: str, uuids: Iterable[str]) -> dict[str, Row]:
         wanted = sorted(uuids)
@@ -86,8 +87,8 @@ class Auditor:
 
     async def check_once(self) -> PassResult:
         """One pass: read, judge, remember (no metric, no log: `pass_once` does those)."""
-        requests = await self._read_new(self.orch, self.requests)
-        inbox = await self._read_new(self.wallet, self.inbox)
+        requests, requests_next = await self._read_new(self.orch, self.requests)
+        inbox, inbox_next = await self._read_new(self.wallet, self.inbox)
         read = max(len(requests), len(inbox))
         stale_pending = [u for (u,) in await self.orch.fetchall(sql.AUDIT_STALE_PENDING, (self.grace_us, self.batch))]
         stale_outbox = {u: int(a) for u, a in await self.orch.fetchall(sql.STALE_OUTBOX, (self.grace_us,))}
@@ -100,6 +101,7 @@ class Auditor:
         judge_stale(stale_outbox, stale_pending, inbox_succeed, report)
         found = policy.findings(report, requests, inbox, checked)
         self.watching = policy.watch(requests)
+        self.requests.since, self.inbox.since = requests_next, inbox_next  # judged: a failed pass reads them again
         return PassResult(len(checked), read, found)
 
     async def pass_once(self) -> int:
