@@ -18,8 +18,10 @@ class Scanner:
         self.received = 0
         self.fail = fail
         self.gate = asyncio.Event()
+        self.sending = False
 
     async def post(self) -> None:
+        self.sending = True
         await self.gate.wait()
         self.received += 1
         if self.fail:
@@ -31,7 +33,8 @@ def test_commits_during_a_nudge_in_flight_coalesce_into_one_more() -> None:
         scanner = Scanner()
         nudge = ScannerNudge("http://scanner:8001", "t", Metrics("orchestrator"), post=scanner.post)
         nudge()
-        await asyncio.sleep(0)  # the first is in flight
+        while not scanner.sending:  # the first is in flight
+            await asyncio.sleep(0)
         for _ in range(4):  # these wait for it and become one
             nudge()
         scanner.gate.set()
@@ -69,3 +72,28 @@ def test_failures_are_counted_and_logged_once_per_run_of_failures() -> None:
     asyncio.run(run())
     assert metrics.scanner_nudge_failures._value.get() == 3
     assert len(log.tagged(NUDGE_TAG)) == 1
+
+
+def test_the_nudge_goes_out_after_the_callers_of_the_commit_are_answered() -> None:
+    async def run() -> list[str]:
+        order: list[str] = []
+        committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def caller() -> None:  # a POST /payments waiting for its group
+            await committed
+            order.append("202")
+
+        async def post() -> None:
+            order.append("nudge")
+
+        waiting = asyncio.ensure_future(caller())
+        await asyncio.sleep(0)
+        nudge = ScannerNudge("http://scanner:8001", "t", Metrics("orchestrator"), post=post)
+        nudge()  # as PaymentService does: on_commit, then the group's answers
+        committed.set_result(None)
+        await waiting
+        while nudge._task is not None:
+            await asyncio.sleep(0)
+        return order
+
+    assert asyncio.run(run()) == ["202", "nudge"]

@@ -56,6 +56,9 @@ class ScannerNudge:
         self._task = asyncio.get_running_loop().create_task(self._send())
 
     async def _send(self) -> None:
+        # Called inside a commit, before its callers are woken: yield once, so the 202s go out
+        # first and the nudge is not on their path.
+        await asyncio.sleep(0)
         try:
             while True:
                 self._again = False
