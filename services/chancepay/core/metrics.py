@@ -276,27 +276,6 @@ class Metrics:
         roles=SERVING,
     )
 
-    # auditor (the online audit, auditor/auditor.py)
-    audit_violations = gauge_labelled(
-        "chancepay_audit_violations",
-        "Payments currently violating an invariant, by kind ([FAILED TO AUDIT]); re-checked every pass, expected 0.",
-        ("kind",),
-        roles=("auditor",),
-        preset={"kind": VIOLATION_KINDS},
-    )
-    audit_unbalanced_amount = gauge(
-        "chancepay_audit_unbalanced_amount",
-        "Sum of amounts of SUCCEEDED requests minus sum of amounts of succeeded inbox rows over the audited "
-        "payments; expected 0.",
-        roles=("auditor",),
-    )
-    audit_last_pass = gauge(
-        "chancepay_audit_last_pass_timestamp_seconds",
-        "When the auditor's last complete pass ended (Unix time).",
-        roles=("auditor",),
-    )
-    audit_pass_seconds = histogram("chancepay_audit_pass_seconds", "Duration of one audit pass.", roles=("auditor",))
-
     # reconciler and operator commands (pushed to a Pushgateway when one is configured)
     reconcile_repairs = counter(
         "chancepay_reconcile_repairs_total", "Repairs made by chancepay reconcile.", ("kind",), roles=("reconcile",)
