@@ -242,3 +242,55 @@ def test_the_declared_broker_is_reported_safe() -> None:
             )
             == 1
         )
+
+
+class DownPool:
+    async def acquire(self) -> None:
+        raise OSError("connection refused")
+
+    def release(self, connection: object) -> None:
+        return None
+
+
+def test_the_worker_does_not_wait_for_the_database_check() -> None:
+    """A scanner must say `broker not reachable yet` while its database is down too."""
+    db, gate, _ = gated_db(dict(SAFE), env="prod")
+    db._pool = DownPool()
+    started = asyncio.Event()
+
+    async def worker(stop: asyncio.Event) -> None:
+        started.set()
+        await stop.wait()
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(gate.gated(worker)(stop))
+        await asyncio.wait_for(started.wait(), timeout=2)
+        stop.set()
+        await asyncio.wait_for(task, timeout=2)
+
+    asyncio.run(go())
+
+
+def test_a_refusal_at_start_stops_the_worker_and_is_raised() -> None:
+    _, gate, _ = gated_db({**SAFE, "innodb_flush_log_at_trx_commit": 0}, env="prod")
+    stopped = []
+
+    async def worker(stop: asyncio.Event) -> None:
+        await stop.wait()
+        stopped.append(True)
+
+    with pytest.raises(DurabilityRefused):
+        asyncio.run(asyncio.wait_for(gate.gated(worker)(asyncio.Event()), timeout=5))
+    assert stopped == [True]
+
+
+def test_a_worker_failing_first_is_raised_and_the_check_cancelled() -> None:
+    db, gate, _ = gated_db(dict(SAFE), env="prod")
+    db._pool = DownPool()
+
+    async def worker(stop: asyncio.Event) -> None:
+        raise RuntimeError("broker connection lost")
+
+    with pytest.raises(RuntimeError, match="broker connection lost"):
+        asyncio.run(asyncio.wait_for(gate.gated(worker)(asyncio.Event()), timeout=5))

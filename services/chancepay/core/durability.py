@@ -247,15 +247,24 @@ class DurabilityGate:
         return True
 
     def gated(self, worker: Callable[[asyncio.Event], Awaitable[None]] | None) -> Callable[[asyncio.Event], Any]:
-        """The role's worker, started once the start-up check passed (or, for a role without
-        one, the check and then the wait for the stop)."""
+        """The role's worker (for a role without one, the wait for the stop) beside the start-up
+        check: the worker starts at once (its broker connection and waiting lines do not wait for
+        the database), and a refusal by the check stops it and is raised (core/runner.py: exit 2)."""
 
         async def run(stop: asyncio.Event) -> None:
-            if not await self.at_start(stop):
+            work = asyncio.ensure_future(worker(stop) if worker is not None else stop.wait())
+            check = asyncio.ensure_future(self.at_start(stop))
+            await asyncio.wait({work, check}, return_when=asyncio.FIRST_COMPLETED)
+            if work.done():
+                check.cancel()
+                await asyncio.gather(check, return_exceptions=True)
+                await work
                 return
-            if worker is None:
-                await stop.wait()
-            else:
-                await worker(stop)
+            refused = check.exception()
+            if refused is not None:
+                stop.set()  # nothing was done on a refused database: the worker just stops
+                await asyncio.gather(work, return_exceptions=True)
+                raise refused
+            await work
 
         return run
