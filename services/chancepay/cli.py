@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     rec = sub.add_parser("reconcile", help="one reconciliation pass over stale pending requests, then exit")
     rec.add_argument("--age", type=float, default=None, help="override CHANCEPAY_RECONCILE_AGE_SECONDS")
     sub.add_parser("audit", help="print the invariant check of a live system as JSON; exit 1 on a violation")
-    for add in (_add_load, _add_outbox, _add_dlq, _add_trace, _add_dev):
+    for add in (_add_load, _add_outbox, _add_dlq, _add_trace, _add_clients, _add_dev):
         add(sub)
     return p
 
@@ -120,6 +120,18 @@ def _add_trace(sub: Any) -> None:
     trace = sub.add_parser("trace", help="one payment's whole story: request, outbox, inbox, parked callback, DLQ")
     trace.add_argument("uuid", metavar="UUID")
     trace.add_argument("--limit", type=_positive(int), default=10000, help="DLQ messages to look through")
+
+
+def _add_clients(sub: Any) -> None:
+    clients = sub.add_parser("clients", help="API client keys: add (printed once), list (never keys), revoke")
+    clients_sub = clients.add_subparsers(dest="action", required=True, metavar="ACTION")
+    clients_sub.add_parser("add", help="a new key for client NAME (made when new); one JSON line").add_argument(
+        "name", metavar="NAME"
+    )
+    clients_sub.add_parser("list", help="every client and its key ids, one JSON line each")
+    revoke = clients_sub.add_parser("revoke", help="end one key of NAME (KEY_ID), or all of its keys")
+    revoke.add_argument("name", metavar="NAME")
+    revoke.add_argument("key_id", nargs="?", default=None, metavar="KEY_ID")
 
 
 def _add_dev(sub: Any) -> None:
@@ -250,6 +262,16 @@ def _ops(settings: Settings, args: argparse.Namespace) -> int:
     return _run(go)
 
 
+def _clients(settings: Settings, args: argparse.Namespace) -> int:
+    from chancepay.core.clients import clients_main
+
+    async def go() -> int:
+        await _check_databases(settings, orchestrator=True, wallet=False)
+        return await clients_main(settings, args.action, getattr(args, "name", None), getattr(args, "key_id", None))
+
+    return _run(go)
+
+
 def _dev(settings: Settings, args: argparse.Namespace) -> int:
     from chancepay.devrun import parse_ports, supervise
 
@@ -269,6 +291,7 @@ COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], int], bool]] 
     "outbox": (_ops, True),
     "dlq": (_ops, True),
     "trace": (_ops, True),
+    "clients": (_clients, True),
     "dev": (_dev, False),
 }
 

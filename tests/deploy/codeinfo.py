@@ -32,6 +32,7 @@ DERIVED = {
     "amqp_url_list": {"amqp_url"},
     "port_for": {"port"},
     "crash_point_set": {"crash_points"},
+    "api_auth_required": {"env", "api_auth"},
 }
 # Read by cli.py / Settings for every process.
 COMMON_FIELDS = {"env", "log_level"}

@@ -215,7 +215,15 @@ def test_migrate_is_idempotent_and_requires_strict_mode(env) -> None:
     again = env.chancepay("migrate")
     assert again.returncode == 0, again.stdout + again.stderr
     tables = {r[0] for r in env.orch_sql("SHOW TABLES")}
-    assert tables == {"request", "outbox", "schema_version", "operator_action", "operator_action_uuid"}
+    assert tables == {
+        "request",
+        "outbox",
+        "schema_version",
+        "operator_action",
+        "operator_action_uuid",
+        "api_client",
+        "api_key",
+    }
     assert {r[0] for r in env.wallet_sql("SHOW TABLES")} == {
         "inbox",
         "pending_callback",

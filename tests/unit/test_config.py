@@ -124,10 +124,11 @@ def test_the_chart_reference_is_drawn_from_the_declarations() -> None:
 def test_the_readme_and_contract_name_only_declared_defaults() -> None:
     """The README's short table and CONTRACT.md repeat a few defaults: they must be the declared ones."""
     declared = {v.env: v.default for v in VARIABLES}
+    shown = {v.env: v.shown for v in VARIABLES}  # a default that depends on another (CHANCEPAY_API_AUTH)
     for page in ("README.md", "docs/CONTRACT.md"):
         rows = re.findall(r"^\| `(CHANCEPAY_[A-Z_]+)` \| `([^`]*)`", (ROOT / page).read_text(), flags=re.M)
         for env, default in rows:
-            if env in declared:
+            if env in declared and not shown[env].startswith(f"`{default}` under "):
                 assert declared[env] == default, f"{page}: {env} default {default!r}, declared {declared[env]!r}"
 
 

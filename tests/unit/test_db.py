@@ -11,7 +11,7 @@ import asyncmy.errors
 import pytest
 
 from chancepay.core.config import DatabaseURL
-from chancepay.core.db import Database, DatabaseUnavailable
+from chancepay.core.db import Database, DatabaseUnavailable, Overloaded
 
 
 class Cursor:
@@ -83,3 +83,79 @@ def test_an_sql_error_propagates_unchanged() -> None:
     duplicate = asyncmy.errors.IntegrityError(1062, "Duplicate entry 'k' for key 'idempotency_key'")
     raised, pool = run_with(duplicate)
     assert raised is duplicate and pool.connection.closed
+
+
+class HeldPool:
+    """A pool whose connections answer at once; the test holds slots by keeping transactions open."""
+
+    class Conn:
+        closed = False
+
+        def cursor(self) -> Cursor:
+            return Cursor(AssertionError("not used"))
+
+        async def commit(self) -> None:
+            return None
+
+        def close(self) -> None:
+            self.closed = True
+
+    async def acquire(self) -> HeldPool.Conn:
+        return HeldPool.Conn()
+
+    def release(self, connection: Any) -> None:
+        return None
+
+
+async def _hold(db: Database, held: asyncio.Event, release: asyncio.Event) -> None:
+    async with db.transaction():
+        held.set()
+        await release.wait()
+
+
+def _second_transaction(answering: bool) -> BaseException:
+    """A pool of one, its connection held by a transaction: what a second transaction raises."""
+    db = Database(DatabaseURL.parse("mysql://u:p@db.invalid:3306/x"), pool_size=1, acquire_timeout=0.05)
+    db._pool = HeldPool()
+    db._answering = answering
+
+    async def go() -> BaseException:
+        held, release = asyncio.Event(), asyncio.Event()
+        holder = asyncio.create_task(_hold(db, held, release))
+        await held.wait()
+        try:
+            async with db.transaction():
+                raise AssertionError("no connection was free")
+        except DatabaseUnavailable as exc:
+            return exc
+        finally:
+            release.set()
+            await holder
+
+    return asyncio.run(go())
+
+
+def test_no_free_connection_while_the_database_answers_is_overloaded() -> None:
+    raised = _second_transaction(answering=True)
+    assert isinstance(raised, Overloaded) and "acquire timeout" in str(raised)
+
+
+def test_no_free_connection_while_the_database_does_not_answer_is_unavailable() -> None:
+    raised = _second_transaction(answering=False)
+    assert type(raised) is DatabaseUnavailable, "every connection waits on the database: it is the database"
+
+
+def test_a_free_connection_is_taken_at_once() -> None:
+    db = Database(DatabaseURL.parse("mysql://u:p@db.invalid:3306/x"), pool_size=2, acquire_timeout=0.05)
+    db._pool = HeldPool()
+
+    async def go() -> None:
+        held, release = asyncio.Event(), asyncio.Event()
+        holder = asyncio.create_task(_hold(db, held, release))
+        await held.wait()
+        async with db.transaction():
+            pass
+        release.set()
+        await holder
+
+    asyncio.run(go())

@@ -202,8 +202,8 @@ def _service(db: GroupDatabase) -> PaymentService:
     return PaymentService(db, Metrics("orchestrator"), group_size=8, group_linger=0)
 
 
-def _item(amount: str, key: str | None = None) -> NewPayment:
-    return NewPayment.of(parse_details({"cusId": "alice", "amount": amount}), key)
+def _item(amount: str, key: str | None = None, client: int = 0) -> NewPayment:
+    return NewPayment.of(parse_details({"cusId": "alice", "amount": amount}), key, client)
 
 
 def _stored(item: NewPayment) -> dict[str, Any]:
@@ -216,6 +216,7 @@ def _stored(item: NewPayment) -> dict[str, Any]:
         "finalized_at": None,
         "request_hash": item.fingerprint,
         "idempotency_key": item.key,
+        "client_id": item.client,
     }
 
 
@@ -239,7 +240,7 @@ def test_keys_inside_a_group_are_answered_as_across_groups() -> None:
     assert answers[5] == (items[5].accepted(), False)
     (transaction,) = db.transactions
     assert [s.split(" (")[0].split(" FROM")[0] for s, _ in transaction] == [
-        "SELECT uuid, cus_id, amount, succeed, created_at, finalized_at, request_hash, idempotency_key",
+        "SELECT uuid, cus_id, amount, succeed, created_at, finalized_at, request_hash, idempotency_key, client_id",
         "INSERT INTO request",
         "INSERT INTO outbox",
     ]
@@ -257,8 +258,8 @@ def test_a_database_failure_fails_the_whole_group_and_runs_nothing_alone() -> No
 def test_one_bad_item_rolls_the_group_back_and_each_runs_alone() -> None:
     duplicate = IntegrityError(1062, "Duplicate entry 'k' for key 'uq_request_idempotency_key'")
     db = GroupDatabase(
-        fail_on="INSERT INTO request (uuid, cus_id, amount, idempotency_key, request_hash) VALUES "
-        "(%s, %s, %s, %s, %s), ",
+        fail_on="INSERT INTO request (uuid, cus_id, amount, idempotency_key, request_hash, client_id) VALUES "
+        "(%s, %s, %s, %s, %s, %s), ",
         fail=duplicate,
     )  # the multi-row INSERT only
     items = [_item("1.00"), _item("2.00"), _item("3.00", "k")]
@@ -272,4 +273,19 @@ def test_a_lone_payment_takes_the_per_payment_transaction() -> None:
     item = _item("1.00", "k")
     assert asyncio.run(_service(db).create_group([item])) == [(item.accepted(), False)]
     (transaction,) = db.transactions
-    assert [s for s, _ in transaction] == [sql.INSERT_REQUEST, sql.INSERT_OUTBOX], "no key look-up first"
+    assert [s for s, _ in transaction] == [sql.INSERT_OWNED_REQUEST, sql.INSERT_OUTBOX], "no key look-up first"
+
+
+def test_a_key_inside_a_group_is_its_clients_own() -> None:
+    """The same Idempotency-Key from two clients: two payments; a client's stored key replays for
+    that client only (another client's row with the key is not an answer)."""
+    stored_key = _item("1.00", "k", client=1)
+    db = GroupDatabase([_stored(stored_key)])
+    items = [_item("1.00", "k", client=1), _item("1.00", "k", client=2), _item("5.00", "k", client=3)]
+    answers = asyncio.run(_service(db).create_group(items))
+    assert answers[0][1] is True and answers[0][0].uuid == "00000000-0000-4000-8000-000000000001"
+    assert answers[1] == (items[1].accepted(), False) and answers[2] == (items[2].accepted(), False)
+    (transaction,) = db.transactions
+    request_values = transaction[1][1]
+    assert request_values[0::6] == [items[1].uuid, items[2].uuid], "one row per client's key"
+    assert request_values[5::6] == [2, 3], "each new row owned by its client"

@@ -388,6 +388,68 @@ class Settings:
         "orchestrator: a group not yet full waits at most this long for the commit in flight",
         non_negative,
     )
+    api_auth = Setting(
+        "CHANCEPAY_API_AUTH",
+        str,
+        "",
+        "orchestrator: `required` = `POST /payments` and `GET /payments/{uuid}` need `Authorization: Bearer <key>` "
+        "(keys from `chancepay clients add NAME`); `off` = the API is open (a warning at start outside dev)",
+        one_of("", "off", "required"),
+        shown="`off` under `CHANCEPAY_ENV=dev`, else `required`",
+    )
+    api_key_cache_seconds = Setting(
+        "CHANCEPAY_API_KEY_CACHE_SECONDS",
+        float,
+        "5",
+        "orchestrator: a checked API key is remembered this long (no database read per request); a revoked key "
+        "is refused within this bound",
+        non_negative,
+    )
+    api_client_rate = Setting(
+        "CHANCEPAY_API_CLIENT_RATE",
+        float,
+        "1000",
+        "orchestrator: requests per second one client may make to one orchestrator process (token bucket; over "
+        "it `429 rate_limited` with `Retry-After`); `0` = no limit",
+        non_negative,
+    )
+    api_client_burst = Setting(
+        "CHANCEPAY_API_CLIENT_BURST",
+        float,
+        "2000",
+        "orchestrator: requests a client may make at once above its rate (the bucket's size)",
+        positive,
+    )
+    db_acquire_timeout = Setting(
+        "CHANCEPAY_DB_ACQUIRE_TIMEOUT_SECONDS",
+        float,
+        "1",
+        "orchestrator: a request waits this long for a free database connection, then `503 overloaded` with "
+        "`Retry-After` (a database that does not answer is `503 database_unavailable`)",
+        positive,
+    )
+    api_key = Setting(
+        "CHANCEPAY_API_KEY",
+        str,
+        "",
+        "`chancepay load`: sent as `Authorization: Bearer` (an API that requires keys)",
+        secret=True,
+    )
+    bootstrap_api_key = Setting(
+        "CHANCEPAY_BOOTSTRAP_API_KEY",
+        str,
+        "",
+        "migrate only: register this key (from `chancepay clients add` or the chart's Secret) for "
+        "CHANCEPAY_BOOTSTRAP_CLIENT, idempotently; empty = none",
+        secret=True,
+    )
+    bootstrap_client = Setting(
+        "CHANCEPAY_BOOTSTRAP_CLIENT",
+        str,
+        "default",
+        "migrate only: the client CHANCEPAY_BOOTSTRAP_API_KEY belongs to",
+        not_empty,
+    )
     scanner_batch_size = Setting("CHANCEPAY_SCANNER_BATCH_SIZE", int, "200", "outbox rows claimed per poll", positive)
     scanner_poll_interval = Setting(
         "CHANCEPAY_SCANNER_POLL_INTERVAL_SECONDS",
@@ -588,6 +650,11 @@ class Settings:
                 raise ConfigError(f"{name} is the public default; set a secret key (or CHANCEPAY_ENV=dev locally)")
             if len(key.encode()) < MIN_MESSAGE_KEY_BYTES:
                 raise ConfigError(f"{name} must be at least {MIN_MESSAGE_KEY_BYTES} bytes outside dev")
+
+    @property
+    def api_auth_required(self) -> bool:
+        """CHANCEPAY_API_AUTH, its default resolved: off under dev, required elsewhere."""
+        return self.api_auth == "required" or (self.api_auth == "" and self.env != "dev")
 
     @property
     def message_keys(self) -> tuple[str, ...]:

@@ -58,6 +58,12 @@ class DatabaseBusy(DatabaseUnavailable):
     """Deadlock or lock-wait timeout, still there after the retries: treat like unavailable."""
 
 
+class Overloaded(DatabaseUnavailable):
+    """Every connection of the pool stayed busy for the acquire timeout while the database was
+    answering: this process has more work than connections (the API answers `503 overloaded`,
+    not `database_unavailable`). Elsewhere handled like unavailable: back off and retry."""
+
+
 class SchemaNotReady(DatabaseUnavailable):
     """The server answers but the database, user, grants or tables are not there yet (run
     `chancepay migrate`). Handled like unavailable: callers back off and retry, readiness fails."""
@@ -124,8 +130,14 @@ class Database:
         timeout: float = 5.0,
         wait_budget: float = STARTUP_WAIT_SECONDS,
         autocommit: bool = False,
+        acquire_timeout: float | None = None,
     ) -> None:
         self.url = url
+        # A free connection waited for at most this long (None: the statement timeout), then
+        # Overloaded while the database answers (the last transaction reached it), else unavailable.
+        self.acquire_timeout = acquire_timeout
+        self._slots = asyncio.Semaphore(pool_size)
+        self._answering = True
         # autocommit: every statement its own transaction and no COMMIT round trip (the scanner's
         # idle probe, a plain read); otherwise the first statement opens the transaction.
         self.autocommit = autocommit
@@ -176,6 +188,7 @@ class Database:
         set and the pool would discard the connection; so it is one round trip of its own.
         """
         pool = await self._get_pool()
+        await self._take_slot()
         try:
             async with asyncio.timeout(self.timeout if timeout is None else timeout):
                 conn = await pool.acquire()
@@ -185,6 +198,7 @@ class Database:
                         yield cur
                     if not self.autocommit:
                         await conn.commit()
+                    self._answering = True
                     if not probe:
                         self.dependency.up()
                 except BaseException:
@@ -193,6 +207,7 @@ class Database:
                 finally:
                     pool.release(conn)
         except TimeoutError:
+            self._answering = False
             raise DatabaseUnavailable(f"no answer from {self.url.host}:{self.url.port} within the timeout") from None
         except asyncmy.errors.DatabaseError as exc:
             mapped = driver_error(exc)
@@ -200,7 +215,23 @@ class Database:
                 raise
             raise mapped from exc
         except (asyncmy.errors.InterfaceError, OSError) as exc:
+            self._answering = False
             raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            self._slots.release()
+
+    async def _take_slot(self) -> None:
+        """One of `pool_size` slots, so that waiting for a busy pool is told apart from a
+        database that does not answer (the pool itself never waits: it has a connection per slot)."""
+        try:
+            async with asyncio.timeout(self.timeout if self.acquire_timeout is None else self.acquire_timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            if self._answering:
+                raise Overloaded(f"no free connection within the acquire timeout ({self.pool_size} busy)") from None
+            raise DatabaseUnavailable(
+                f"no answer from {self.url.host}:{self.url.port}; every connection is waiting for it"
+            ) from None
 
     async def _verify_once(self, conn: Any) -> None:
         if self.verify is None:

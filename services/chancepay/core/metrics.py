@@ -182,6 +182,18 @@ class Metrics:
         "POST /payments waiting for their group to be flushed (at scrape time).",
         roles=("orchestrator",),
     )
+    api_requests = counter(
+        "chancepay_api_requests_total",
+        "Public API requests (POST /payments, GET /payments/{uuid}) by client name (`none`: the API open, or "
+        "no valid key) and HTTP status; no uuid labels.",
+        ("client", "code"),
+        roles=("orchestrator",),
+    )
+    api_overloaded = counter(
+        "chancepay_api_overloaded_total",
+        "Requests shed with 503 overloaded: no database connection free within CHANCEPAY_DB_ACQUIRE_TIMEOUT_SECONDS.",
+        roles=("orchestrator",),
+    )
     http_request_seconds = histogram(
         "chancepay_http_request_duration_seconds",
         "HTTP request latency.",

@@ -36,6 +36,12 @@ class Migration:
 ORCHESTRATOR: tuple[Migration, ...] = (
     Migration(1, "request and outbox", sql.ORCHESTRATOR_V1),
     Migration(2, "operator_action: the operator trail (append-only)", sql.ORCHESTRATOR_V2),
+    Migration(
+        3,
+        "api_client and api_key; request.client_id, idempotency keys unique per client",
+        sql.ORCHESTRATOR_V3,
+        unless_column=("request", "client_id"),
+    ),
 )
 WALLET: tuple[Migration, ...] = (
     Migration(1, "inbox", sql.WALLET_V1),

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 
 from chancepay.core import migrations, sql
 from chancepay.core.backoff import Backoff
+from chancepay.core.clients import register_bootstrap_key
 from chancepay.core.config import DatabaseURL, Settings
 from chancepay.core.db import Database, DatabaseUnavailable, SchemaNotReady
 from chancepay.core.logging import get_logger
@@ -204,3 +205,5 @@ async def migrate(settings: Settings) -> None:
 
         await waiting_for_database(bring_up, f"migrate {url.database}", database, remaining())
         log.info("schema up to date", database=url.database, user=url.user, version=latest(steps))
+    if settings.bootstrap_api_key:  # the chart's first API client (core/clients.py)
+        await register_bootstrap_key(settings)

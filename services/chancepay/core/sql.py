@@ -358,7 +358,6 @@ TRACE_OPERATOR_ACTIONS = (
     "FROM operator_action_uuid u JOIN operator_action a ON a.id = u.action_id WHERE u.uuid = %s ORDER BY a.id"
 )
 
-
 # --------------------------------------------------------------------------- reconcile
 SELECT_STALE_PENDING = (
     f"SELECT r.uuid, {_R_FIELDS}, (o.uuid IS NOT NULL) AS in_outbox "
@@ -423,3 +422,80 @@ OUTBOX_DEPTH = "SELECT COUNT(*) FROM outbox"
 RESULTS_AMONG = (
     "SELECT succeed, TIMESTAMPDIFF(MICROSECOND, created_at, finalized_at) FROM request WHERE uuid IN ({placeholders})"
 )
+
+# --------------------------------------------------------------------------- API clients
+# Orchestrator schema v3 (core/migrations.py; CONTRACT.md "Clients"): who may use the public API.
+# A key is stored only as the SHA-256 of its text (core/clients.py says why not bcrypt/argon2).
+# `request.client_id` is the owner, 0 for a payment made with the API open (CHANCEPAY_API_AUTH=off)
+# or before this version: NOT NULL, because a unique index treats NULLs as distinct, and the
+# idempotency keys of ownerless payments must stay unique among themselves. The unique index
+# becomes (idempotency_key, client_id): a key is unique per client, and a look-up by key still
+# uses the index's prefix. One ALTER (atomic): the column and the index swap land together, and
+# `unless_column` makes a re-run after it skip (the CREATEs before it are idempotent themselves).
+ORCHESTRATOR_V3 = (
+    """
+    CREATE TABLE IF NOT EXISTS api_client (
+        id INT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+        name VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+        created_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+        UNIQUE KEY uq_api_client_name (name)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS api_key (
+        key_id CHAR(12) CHARACTER SET ascii COLLATE ascii_bin NOT NULL PRIMARY KEY,
+        client_id INT UNSIGNED NOT NULL,
+        key_hash CHAR(64) CHARACTER SET ascii NOT NULL,
+        created_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+        revoked_at DATETIME(6) NULL,
+        KEY ix_api_key_client (client_id)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
+    """,
+    """
+    ALTER TABLE request
+        ADD COLUMN client_id INT UNSIGNED NOT NULL DEFAULT 0,
+        ADD UNIQUE KEY uq_request_idempotency_key_client (idempotency_key, client_id),
+        DROP INDEX uq_request_idempotency_key
+    """,
+)
+INSERT_CLIENT = "INSERT IGNORE INTO api_client (name) VALUES (%s)"
+SELECT_CLIENT = "SELECT id, name FROM api_client WHERE name = %s"
+INSERT_KEY = "INSERT INTO api_key (key_id, client_id, key_hash) VALUES (%s, %s, %s)"
+INSERT_KEY_IF_NEW = "INSERT IGNORE INTO api_key (key_id, client_id, key_hash) VALUES (%s, %s, %s)"
+# What the API's key cache reads: one row per key id (revoked ones too: the cache remembers the refusal).
+SELECT_KEY = (
+    "SELECT k.key_id, k.key_hash, k.revoked_at, c.id AS client_id, c.name AS client_name "
+    "FROM api_key k JOIN api_client c ON c.id = k.client_id WHERE k.key_id = %s"
+)
+LIST_CLIENT_KEYS = (
+    "SELECT c.name, c.created_at AS client_created_at, k.key_id, k.created_at, k.revoked_at "
+    "FROM api_client c LEFT JOIN api_key k ON k.client_id = c.id ORDER BY c.name, k.created_at, k.key_id"
+)
+REVOKE_KEY = "UPDATE api_key SET revoked_at = NOW(6) WHERE client_id = %s AND key_id = %s AND revoked_at IS NULL"
+REVOKE_CLIENT_KEYS = "UPDATE api_key SET revoked_at = NOW(6) WHERE client_id = %s AND revoked_at IS NULL"
+SELECT_CLIENT_KEY = "SELECT key_id, revoked_at FROM api_key WHERE client_id = %s AND key_id = %s"
+# The API's payment statements with the owner (CHANCEPAY_API_AUTH=required compares it).
+INSERT_OWNED_REQUEST = (
+    f"INSERT INTO request (uuid, {_FIELDS}, idempotency_key, request_hash, client_id) "
+    f"VALUES (%s, {_FIELD_PLACEHOLDERS}, %s, %s, %s)"
+)
+INSERT_OWNED_REQUEST_ROWS = (
+    f"INSERT INTO request (uuid, {_FIELDS}, idempotency_key, request_hash, client_id) VALUES {{rows}}"
+)
+_OWNED_REQUEST_ROW = f"(%s, {_FIELD_PLACEHOLDERS}, %s, %s, %s)"
+SELECT_OWNED_REQUEST = (
+    f"SELECT uuid, {_FIELDS}, succeed, created_at, finalized_at, client_id FROM request WHERE uuid = %s"
+)
+SELECT_REQUEST_BY_CLIENT_KEY = (
+    f"SELECT uuid, {_FIELDS}, succeed, created_at, finalized_at, request_hash FROM request "
+    "WHERE idempotency_key = %s AND client_id = %s"
+)
+SELECT_REQUESTS_BY_CLIENT_KEYS = (
+    f"SELECT uuid, {_FIELDS}, succeed, created_at, finalized_at, request_hash, idempotency_key, client_id "
+    "FROM request WHERE idempotency_key IN ({placeholders})"
+)
+
+
+def owned_request_rows(count: int) -> str:
+    """INSERT_OWNED_REQUEST_ROWS for `count` rows."""
+    return INSERT_OWNED_REQUEST_ROWS.format(rows=", ".join([_OWNED_REQUEST_ROW] * count))

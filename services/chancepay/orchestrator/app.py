@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -12,10 +12,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from chancepay.core import migrations
+from chancepay.core.clients import NO_CLIENT, Client, KeyCache, RateLimiter, bearer
 from chancepay.core.codec import InvalidField, InvalidPayload, parse_uuid, strict_json_loads
 from chancepay.core.config import Settings
 from chancepay.core.crash import CrashPoints
-from chancepay.core.db import Database, DatabaseUnavailable
+from chancepay.core.db import Database, DatabaseUnavailable, Overloaded
 from chancepay.core.gauges import refresh_orchestrator_gauges
 from chancepay.core.http import (
     EXCEPTION_HANDLERS,
@@ -104,6 +105,8 @@ class Resources:
     service: PaymentService
     metrics: Metrics
     crash: CrashPoints
+    keys: KeyCache | None = None  # None: CHANCEPAY_API_AUTH=off, the public API is open
+    limiter: RateLimiter | None = None
 
 
 def _resources(request: Request) -> Resources:
@@ -111,8 +114,48 @@ def _resources(request: Request) -> Resources:
     return resources
 
 
+async def _client(request: Request, r: Resources) -> Client | None:
+    """The caller of a public route (CONTRACT.md "Clients"), None with the API open: a missing,
+    unknown or revoked key is 401, a client over its rate is 429; either before anything is read."""
+    if r.keys is None:
+        return None
+    client = await r.keys.client(bearer(request.headers.get("authorization")))
+    if client is None:
+        message = "a valid API key is required (Authorization: Bearer <key>)"
+        raise ApiError(401, "unauthenticated", message, {"WWW-Authenticate": "Bearer"})
+    request.state.client = client.name
+    wait = r.limiter.retry_after(client) if r.limiter else 0
+    if wait:
+        raise ApiError(429, "rate_limited", f"client {client.name} is over its rate limit", {"Retry-After": str(wait)})
+    return client
+
+
+def _counted(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """A public route, counted per client and answer (chancepay_api_requests_total{client,code};
+    the client's name, never a uuid: bounded by the operators' `clients add`)."""
+
+    async def counted(request: Request) -> Response:
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status_code
+            return response
+        except ApiError as exc:
+            status = exc.status
+            raise
+        except DatabaseUnavailable:
+            status = 503
+            raise
+        finally:
+            client = getattr(request.state, "client", "none")
+            _resources(request).metrics.api_requests.labels(client=client, code=str(status)).inc()
+
+    return counted
+
+
 async def create_payment(request: Request) -> Response:
     r = _resources(request)
+    client = await _client(request, r)
     key = _idempotency_key(request)
     doc = await _read_json_object(request)
     try:
@@ -124,7 +167,7 @@ async def create_payment(request: Request) -> Response:
     except InvalidField as exc:
         raise ApiError(422, "invalid_field", str(exc)) from None
     try:
-        payment, replayed = await r.service.create(details, key)
+        payment, replayed = await r.service.create(details, key, client.id if client else NO_CLIENT)
     except IdempotencyKeyReused:
         raise ApiError(422, "idempotency_key_reused", "this Idempotency-Key was used with a different body") from None
     log = get_logger()
@@ -142,8 +185,10 @@ async def create_payment(request: Request) -> Response:
 
 
 async def get_payment(request: Request) -> Response:
+    r = _resources(request)
+    client = await _client(request, r)
     uuid = _path_uuid(request)
-    payment = await _resources(request).service.get(uuid)
+    payment = await r.service.get(uuid, client.id if client else None)  # another client's: 404
     if payment is None:
         raise ApiError(404, "not_found", f"no payment {uuid}")
     return JSONResponse(payment.as_json())
@@ -211,9 +256,21 @@ async def db_unavailable(request: Request, exc: Exception) -> Response:
     )
 
 
+async def overloaded(request: Request, exc: Exception) -> Response:
+    """No connection free within CHANCEPAY_DB_ACQUIRE_TIMEOUT_SECONDS while the database answers:
+    shed the request (nothing written), tell the client when to come back."""
+    _resources(request).metrics.api_overloaded.inc()
+    message = "the API is overloaded; retry later with the same Idempotency-Key"
+    return JSONResponse(
+        {"error": {"code": "overloaded", "message": message}},
+        status_code=503,
+        headers={"Retry-After": "1"},
+    )
+
+
 ROUTES = [
-    Route("/payments", create_payment, methods=["POST"]),
-    Route("/payments/{uuid}", get_payment, methods=["GET"]),
+    Route("/payments", _counted(create_payment), methods=["POST"]),
+    Route("/payments/{uuid}", _counted(get_payment), methods=["GET"]),
     Route("/internal/payments/{uuid}/result", post_result, methods=["POST"]),
     Route("/internal/payments/results", post_results, methods=["POST"]),
     Route("/openapi.json", openapi, methods=["GET"]),
@@ -248,10 +305,14 @@ def build_app(
     # Host header; a JSON 404 like every other unknown path is the honest answer.
     app = Starlette(
         routes=[*ROUTES, *health_routes(metrics, ready, refresh)],
-        exception_handlers={**EXCEPTION_HANDLERS, DatabaseUnavailable: db_unavailable},
+        exception_handlers={**EXCEPTION_HANDLERS, DatabaseUnavailable: db_unavailable, Overloaded: overloaded},
     )
     app.router.redirect_slashes = False
-    app.state.orchestrator = Resources(settings, db, service, metrics, crash)
+    keys, limiter = None, None
+    if settings.api_auth_required:
+        keys = KeyCache(db, settings.api_key_cache_seconds)
+        limiter = RateLimiter(settings.api_client_rate, settings.api_client_burst)
+    app.state.orchestrator = Resources(settings, db, service, metrics, crash, keys, limiter)
     app.state.metrics = metrics
     app.add_middleware(LatencyMiddleware, metrics=metrics)
     return app

@@ -13,11 +13,27 @@ from typing import Any
 from chancepay.core import payment
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
-_UUID_PARAM = {"name": "uuid", "in": "path", "required": True, "schema": payment.UUID_SCHEMA}
 
 
 def _err(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": _ERROR}}}
+
+
+_UUID_PARAM = {"name": "uuid", "in": "path", "required": True, "schema": payment.UUID_SCHEMA}
+# The public routes: an API key when CHANCEPAY_API_AUTH=required, nothing when it is off.
+_CLIENT_SECURITY: list[dict[str, list[str]]] = [{"apiKey": []}, {}]
+_RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer", "minimum": 1}, "description": "seconds to wait"}}
+_CLIENT_ERRORS = {
+    "401": _err("CHANCEPAY_API_AUTH=required and the API key is missing, unknown or revoked; nothing written"),
+    "429": {**_err("The client is over its rate limit; nothing written"), "headers": _RETRY_AFTER},
+    "503": {
+        **_err(
+            "`overloaded`: no database connection free in time (nothing written); `database_unavailable`: the "
+            "database did not answer. Retry after Retry-After with the same Idempotency-Key"
+        ),
+        "headers": _RETRY_AFTER,
+    },
+}
 
 
 OPENAPI: dict[str, Any] = {
@@ -32,6 +48,7 @@ OPENAPI: dict[str, Any] = {
             "post": {
                 "operationId": "createPayment",
                 "summary": "Accept a payment (request row and outbox row in one transaction)",
+                "security": _CLIENT_SECURITY,
                 "parameters": [
                     {
                         "name": "Idempotency-Key",
@@ -39,7 +56,7 @@ OPENAPI: dict[str, Any] = {
                         "required": False,
                         "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
                         "description": "Same key and same body: the original payment again "
-                        "(Idempotent-Replayed: true).",
+                        "(Idempotent-Replayed: true). Scoped per API client.",
                     }
                 ],
                 "requestBody": {
@@ -61,13 +78,14 @@ OPENAPI: dict[str, Any] = {
                     "413": _err("Body over 16 KiB"),
                     "415": _err("Content-Type is not application/json"),
                     "422": _err("A field is invalid, missing or unknown, or the Idempotency-Key was reused"),
-                    "503": _err("Database unavailable; retry with the same Idempotency-Key"),
+                    **_CLIENT_ERRORS,
                 },
             }
         },
         "/payments/{uuid}": {
             "get": {
                 "operationId": "getPayment",
+                "security": _CLIENT_SECURITY,
                 "parameters": [_UUID_PARAM],
                 "responses": {
                     "200": {
@@ -75,8 +93,8 @@ OPENAPI: dict[str, Any] = {
                         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Payment"}}},
                     },
                     "400": _err("Malformed uuid"),
-                    "404": _err("Unknown payment"),
-                    "503": _err("Database unavailable"),
+                    "404": _err("Unknown payment, or another API client's"),
+                    **_CLIENT_ERRORS,
                 },
             }
         },
@@ -151,7 +169,15 @@ OPENAPI: dict[str, Any] = {
         },
     },
     "components": {
-        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer", "description": "CHANCEPAY_INTERNAL_TOKEN (/internal/*)"},
+            "apiKey": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "An API client's key (`chancepay clients add NAME`); required when "
+                "CHANCEPAY_API_AUTH=required",
+            },
+        },
         "schemas": {
             "PaymentRequest": payment.request_schema(),
             "PaymentAccepted": payment.accepted_schema(),

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from chancepay.core import sql
+from chancepay.core.clients import NO_CLIENT
 from chancepay.core.codec import new_uuid
 from chancepay.core.crash import CrashPoints
 from chancepay.core.db import Database, DatabaseUnavailable, fetchrows, is_duplicate_key
@@ -32,14 +33,19 @@ def _replay(item: NewPayment, stored: dict[str, Any]) -> Created:
     return Payment.from_row(stored), True
 
 
-def _group_answer(item: NewPayment, stored: dict[str, Any], leaders: dict[str, NewPayment]) -> Created | BaseException:
+ScopedKey = tuple[int, str]  # (client id, Idempotency-Key): a key is its client's own
+
+
+def _group_answer(
+    item: NewPayment, stored: dict[ScopedKey, Any], leaders: dict[ScopedKey, NewPayment]
+) -> Created | BaseException:
     """`item`'s answer once its group committed (see PaymentService.create_group)."""
-    if item.key is None or leaders.get(item.key) is item:
+    if item.scoped_key is None or leaders.get(item.scoped_key) is item:
         return item.accepted(), False
     try:
-        if item.key in stored:
-            return _replay(item, stored[item.key])
-        leader = leaders[item.key]
+        if item.scoped_key in stored:
+            return _replay(item, stored[item.scoped_key])
+        leader = leaders[item.scoped_key]
         if leader.fingerprint != item.fingerprint:
             raise IdempotencyKeyReused(item.key)
         return leader.accepted(), True
@@ -63,13 +69,21 @@ class NewPayment:
     key: str | None
     fingerprint: str | None
     payload: bytes
+    client: int = NO_CLIENT  # its owner (core/clients.py); NO_CLIENT with the API open
 
     @classmethod
-    def of(cls, details: Details, key: str | None) -> NewPayment:
+    def of(cls, details: Details, key: str | None, client: int = NO_CLIENT) -> NewPayment:
         uuid = new_uuid()
-        return cls(
-            uuid, details, key, request_fingerprint(details) if key else None, PaymentMessage(uuid, details).encode()
-        )
+        fingerprint = request_fingerprint(details) if key else None
+        return cls(uuid, details, key, fingerprint, PaymentMessage(uuid, details).encode(), client)
+
+    @property
+    def scoped_key(self) -> ScopedKey | None:
+        return None if self.key is None else (self.client, self.key)
+
+    def row(self) -> tuple[Any, ...]:
+        """Its request row's values (sql.INSERT_OWNED_REQUEST)."""
+        return (self.uuid, *column_values(self.details), self.key, self.fingerprint, self.client)
 
     def accepted(self) -> Payment:
         # The 202 body needs no timestamps: no read-back round trip.
@@ -101,11 +115,11 @@ class PaymentService:
                 self.create_group, group_size, group_linger, observe=metrics.api_group_size.observe
             )
 
-    async def create(self, details: Details, idempotency_key: str | None) -> Created:
+    async def create(self, details: Details, idempotency_key: str | None, client: int = NO_CLIENT) -> Created:
         """Returns (payment, replayed). The request row and its outbox row commit together or not at
         all, alone or with the rows of a group (orchestrator/group.py); either way, only once
-        committed does this return."""
-        item = NewPayment.of(details, idempotency_key)
+        committed does this return. `client` owns the payment and scopes its idempotency key."""
+        item = NewPayment.of(details, idempotency_key, client)
         if self.group is not None:
             return await self.group.submit(item)
         return await self.create_one(item)
@@ -114,7 +128,7 @@ class PaymentService:
         """One payment, its own transaction."""
 
         async def insert_both(cur: Any) -> None:
-            await cur.execute(sql.INSERT_REQUEST, (item.uuid, *column_values(item.details), item.key, item.fingerprint))
+            await cur.execute(sql.INSERT_OWNED_REQUEST, item.row())
             await cur.execute(sql.INSERT_OUTBOX, (item.uuid, item.payload))
 
         try:
@@ -124,9 +138,9 @@ class PaymentService:
                 raise
             # Another request with this key committed first (possibly concurrently: InnoDB made
             # this insert wait for it). Answer with that payment, never create a second one.
-            found = await self.db.fetchrow(sql.SELECT_REQUEST_BY_IDEMPOTENCY_KEY, (item.key,))
+            found = await self.db.fetchrow(sql.SELECT_REQUEST_BY_CLIENT_KEY, (item.key, item.client))
             if found is None:  # the other transaction rolled back between our insert and select
-                return await self.create_one(NewPayment.of(item.details, item.key))
+                return await self.create_one(NewPayment.of(item.details, item.key, item.client))
             return _replay(item, found)
         self.on_commit()
         return item.accepted(), False
@@ -149,29 +163,33 @@ class PaymentService:
         self.on_commit()
         return [_group_answer(item, stored, leaders) for item in items]
 
-    async def _insert_group(self, cur: Any, items: list[NewPayment]) -> tuple[dict[str, Any], dict[str, NewPayment]]:
+    async def _insert_group(
+        self, cur: Any, items: list[NewPayment]
+    ) -> tuple[dict[ScopedKey, Any], dict[ScopedKey, NewPayment]]:
         keys = sorted({i.key for i in items if i.key is not None})
-        stored: dict[str, Any] = {}
-        if keys:
-            await cur.execute(sql.among(sql.SELECT_REQUESTS_BY_IDEMPOTENCY_KEYS, len(keys)), keys)
-            stored = {row["idempotency_key"]: row for row in await fetchrows(cur)}
-        leaders: dict[str, NewPayment] = {}  # the first item of each key not stored: it is inserted
+        stored: dict[ScopedKey, Any] = {}
+        if keys:  # read by key (the unique index's prefix), kept for the group's clients only
+            await cur.execute(sql.among(sql.SELECT_REQUESTS_BY_CLIENT_KEYS, len(keys)), keys)
+            scoped = {i.scoped_key for i in items}
+            rows = {(int(r["client_id"]), r["idempotency_key"]): r for r in await fetchrows(cur)}
+            stored = {k: r for k, r in rows.items() if k in scoped}
+        leaders: dict[ScopedKey, NewPayment] = {}  # the first item of each key not stored: it is inserted
         for item in items:
-            if item.key is not None and item.key not in stored:
-                leaders.setdefault(item.key, item)
+            if item.scoped_key is not None and item.scoped_key not in stored:
+                leaders.setdefault(item.scoped_key, item)
         new = [i for i in items if i.key is None] + [leaders[k] for k in sorted(leaders)]  # keys in one order
         if new:
-            await cur.execute(
-                sql.request_rows(len(new)),
-                [v for i in new for v in (i.uuid, *column_values(i.details), i.key, i.fingerprint)],
-            )
+            await cur.execute(sql.owned_request_rows(len(new)), [v for i in new for v in i.row()])
             await cur.execute(sql.outbox_rows(len(new)), [v for i in new for v in (i.uuid, i.payload)])
         self.crash.hit("orchestrator.mid_group")  # inserted, not committed
         return stored, leaders
 
-    async def get(self, uuid: str) -> Payment | None:
-        row = await self.db.fetchrow(sql.SELECT_REQUEST, (uuid,))
-        return Payment.from_row(row) if row else None
+    async def get(self, uuid: str, client: int | None = None) -> Payment | None:
+        """The payment, None when unknown or (with `client` given) another client's."""
+        row = await self.db.fetchrow(sql.SELECT_OWNED_REQUEST, (uuid,))
+        if row is None or (client is not None and int(row["client_id"]) != client):
+            return None
+        return Payment.from_row(row)
 
     async def finalize(self, results: Sequence[Result]) -> list[Finalized]:
         """Write-once, in one transaction: the batch's rows are locked, the pending ones finalized
