@@ -97,3 +97,24 @@ def test_the_nudge_goes_out_after_the_callers_of_the_commit_are_answered() -> No
         return order
 
     assert asyncio.run(run()) == ["202", "nudge"]
+
+
+def test_nudges_under_load_start_at_least_the_minimum_gap_apart() -> None:
+    async def run() -> list[float]:
+        loop = asyncio.get_running_loop()
+        sent: list[float] = []
+
+        async def post() -> None:
+            sent.append(loop.time())
+
+        nudge = ScannerNudge("http://scanner:8001", "t", Metrics("orchestrator"), post=post, min_gap=0.05)
+        nudge()
+        while not sent:
+            await asyncio.sleep(0)
+        nudge()  # a commit right after the first nudge: the next one waits for the gap
+        while nudge._task is not None:
+            await asyncio.sleep(0.001)
+        return sent
+
+    first, second = asyncio.run(run())
+    assert second - first >= 0.05
