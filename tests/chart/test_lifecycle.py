@@ -89,6 +89,11 @@ def _query(release: PlayedRelease, key: str, statement: str) -> list[tuple[Any, 
         return list(cur.fetchall())
 
 
+def _auth(release: PlayedRelease) -> dict[str, str]:
+    """The chart's first API client's key (CHANCEPAY_ENV=prod: the API requires one)."""
+    return {"Authorization": f"Bearer {release.secret['api-key']}"}
+
+
 def _scalar(release: PlayedRelease, key: str, statement: str) -> int:
     return int(_query(release, key, statement)[0][0])
 
@@ -217,7 +222,15 @@ def _lifecycle(release: PlayedRelease, upgrade_tag: str, figures: dict[str, Any]
     seconds["install"] = round(time.monotonic() - t, 1)
 
     # ---------------------------------------------------------------- payments, then the upgrade under them
-    payer = Payer(None, rate=RATE, timeout=30, prefix=f"lc{pid}-a", url=release.endpoint, retry_for=15)
+    payer = Payer(
+        None,
+        rate=RATE,
+        timeout=30,
+        prefix=f"lc{pid}-a",
+        url=release.endpoint,
+        retry_for=15,
+        api_key=release.secret["api-key"],
+    )
     with payer:
         wait_until(
             lambda: len(payer.accepted) >= BEFORE_UPGRADE,
@@ -308,11 +321,18 @@ def _lifecycle(release: PlayedRelease, upgrade_tag: str, figures: dict[str, Any]
     ) == len(first)
     orch = release.endpoint()
     for u in list(kept)[:: max(1, len(kept) // 20)]:
-        body = httpx.get(f"{orch}/payments/{u}", timeout=10).json()
+        body = httpx.get(f"{orch}/payments/{u}", headers=_auth(release), timeout=10).json()
         assert body["status"] != "PENDING", body
 
     payer = Payer(
-        None, rate=RATE, timeout=30, prefix=f"lc{pid}-b", url=release.endpoint, retry_for=15, limit=AFTER_REINSTALL
+        None,
+        rate=RATE,
+        timeout=30,
+        prefix=f"lc{pid}-b",
+        url=release.endpoint,
+        retry_for=15,
+        limit=AFTER_REINSTALL,
+        api_key=release.secret["api-key"],
     )
     with payer:
         wait_until(payer.done, 60, interval=0.2, what=f"{AFTER_REINSTALL} payments after the reinstall")

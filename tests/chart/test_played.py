@@ -76,15 +76,21 @@ def install_and_check(release: PlayedRelease, images: dict[str, dict[str, Any]])
 
     # A payment through every orchestrator replica finalizes.
     uuids = []
+    auth = {"Authorization": f"Bearer {release.secret['api-key']}"}  # CHANCEPAY_ENV=prod: the API requires a key
     for pod in role_pods["orchestrator"]:
         r = httpx.post(
-            release.url(pod, 8000) + "/payments", json={"cusId": f"played-{pod}", "amount": "3.00"}, timeout=10
+            release.url(pod, 8000) + "/payments",
+            json={"cusId": f"played-{pod}", "amount": "3.00"},
+            headers=auth,
+            timeout=10,
         )
         assert r.status_code == 202, r.text
         uuids.append(r.json()["uuid"])
     orch = release.url(role_pods["orchestrator"][0], 8000)
     wait_until(
-        lambda: all(httpx.get(f"{orch}/payments/{u}", timeout=5).json()["status"] != "PENDING" for u in uuids),
+        lambda: all(
+            httpx.get(f"{orch}/payments/{u}", headers=auth, timeout=5).json()["status"] != "PENDING" for u in uuids
+        ),
         60,
         interval=0.5,
         what="played payments finalized",
@@ -158,7 +164,15 @@ def test_external_database_and_broker_with_an_existing_secret_played(releases, i
 
     secret = {
         k: external(backing.secret[k])
-        for k in ("orchestrator-db-url", "wallet-db-url", "admin-db-url", "amqp-url", "internal-token", "message-key")
+        for k in (
+            "orchestrator-db-url",
+            "wallet-db-url",
+            "admin-db-url",
+            "amqp-url",
+            "internal-token",
+            "message-key",
+            "api-key",
+        )
     }
     release = releases(
         {

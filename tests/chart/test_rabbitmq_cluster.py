@@ -111,7 +111,8 @@ def test_three_node_broker_loses_its_leader_then_a_second_node(images) -> None:
             return next(r["leader"] for r in rows if r["name"] == "chancepay.payments")
 
         orch = release.url(release.role_pods("orchestrator")[0], 8000)
-        with Payer(None, rate=5, prefix="cluster", url=orch) as payer:  # type: ignore[arg-type]
+        key = release.secret["api-key"]
+        with Payer(None, rate=5, prefix="cluster", url=orch, api_key=key) as payer:  # type: ignore[arg-type]
             wait_until(lambda: _final_count(release, payer.accepted) >= 10, 60, what="payments flowing")
 
             # 1. SIGKILL the node that leads the quorum queue.

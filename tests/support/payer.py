@@ -17,7 +17,8 @@ class Payer:
     so a stalled API shows as latency, not as fewer requests). Records every outcome.
 
     url: another orchestrator than the stack's own, or a function giving one per request (a
-    client behind a Service). limit: stop after that many payments. retry_for: a payment whose
+    client behind a Service). api_key: sent as `Authorization: Bearer` (an API that requires keys,
+    e.g. the chart's, CHANCEPAY_ENV=prod). limit: stop after that many payments. retry_for: a payment whose
     request failed in transport or was answered 502/503/504 is sent again with the same
     Idempotency-Key until that many seconds passed (each outcome then records its `attempts`
     and `first_failure`); 0 = one attempt, as before."""
@@ -31,6 +32,7 @@ class Payer:
         url: str | Callable[[], str] | None = None,
         limit: int | None = None,
         retry_for: float = 0.0,
+        api_key: str | None = None,
     ) -> None:
         self.stack = stack
         self.url = url
@@ -39,6 +41,7 @@ class Payer:
         self.prefix = prefix
         self.limit = limit
         self.retry_for = retry_for
+        self.auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.results: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -70,7 +73,7 @@ class Payer:
             r = httpx.post(
                 self._base_url() + "/payments",
                 json={"cusId": f"{self.prefix}-{i}", "amount": f"{1 + i % 500}.{i % 100:02d}"},
-                headers={"Idempotency-Key": f"{self.prefix}-{i}"},
+                headers={"Idempotency-Key": f"{self.prefix}-{i}", **self.auth},
                 timeout=self.timeout,
             )
             outcome["status"] = r.status_code

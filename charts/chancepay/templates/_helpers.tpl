@@ -175,6 +175,13 @@ first upgrade). Empty ("{}") with secrets.existingSecret.
 {{- with $s.messageKeyPrevious }}
 {{- $_ := set $data "message-key-previous" . }}
 {{- end }}
+{{- /* The first API client's key (services/chancepay/core/clients.py: cpk_<12 hex>_<43 characters>),
+       kept like the passwords; the migrate Job registers it, the helm test pays with it. */}}
+{{- $apiKey := include "chancepay.secretValue" (dict "ctx" . "key" "api-key" "value" $s.apiKey "length" 0) }}
+{{- if not $apiKey }}
+{{- $apiKey = printf "cpk_%s_%s" (randAlphaNum 32 | sha256sum | trunc 12) (randAlphaNum 43) }}
+{{- end }}
+{{- $_ := set $data "api-key" $apiKey }}
 {{- $dbTls := ternary (printf "?ssl-ca=%s" (include "chancepay.tlsCA" .)) "" .Values.tls.enabled }}
 {{- $mqScheme := ternary "amqps" "amqp" .Values.tls.enabled }}
 {{- $mqTls := ternary (printf "?cafile=%s" (include "chancepay.tlsCA" .)) "" .Values.tls.enabled }}
