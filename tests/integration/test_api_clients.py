@@ -197,3 +197,21 @@ def test_1500_concurrent_clients_are_shed_with_503_overloaded_and_none_is_lost(m
     assert stored == accepted, "every 202 has its row, and a shed request wrote none"
     assert s.orchestrator.metric("chancepay_api_overloaded_total") == len(shed)
     assert not s.orchestrator.events("Traceback") and not s.orchestrator.events("[FAILED TO REACH DATABASE]")
+
+
+def test_migrate_registers_the_bootstrap_key_once_and_leaves_a_revocation_alone(make_stack) -> None:
+    """What the chart's migrate Job does with the Secret's api-key: register it for its client;
+    running migrate again changes nothing, and a key an operator revoked stays revoked."""
+    key = f"cpk_{secrets.token_hex(6)}_{secrets.token_urlsafe(32)}"
+    s = make_stack(**AUTH)
+    s.env.migrate(CHANCEPAY_BOOTSTRAP_API_KEY=key, CHANCEPAY_BOOTSTRAP_CLIENT="first")
+    s.start("orchestrator")
+    assert pay(s, key).status_code == 202
+    again = s.env.migrate(CHANCEPAY_BOOTSTRAP_API_KEY=key, CHANCEPAY_BOOTSTRAP_CLIENT="first")
+    assert "bootstrap API key already there" in again.stdout
+    assert s.env.orch_sql("SELECT COUNT(*) FROM api_key") == [(1,)]
+    assert s.env.chancepay("clients", "revoke", "first").returncode == 0
+    s.env.migrate(CHANCEPAY_BOOTSTRAP_API_KEY=key, CHANCEPAY_BOOTSTRAP_CLIENT="first")
+    wait_until(lambda: refused(pay(s, key), 401, "unauthenticated"), 10, what="the revoked bootstrap key refused")
+    bad = s.env.chancepay("migrate", CHANCEPAY_BOOTSTRAP_API_KEY="not-a-key")
+    assert bad.returncode != 0 and "not a ChancePay API key" in bad.stdout + bad.stderr
