@@ -215,3 +215,16 @@ def test_migrate_registers_the_bootstrap_key_once_and_leaves_a_revocation_alone(
     wait_until(lambda: refused(pay(s, key), 401, "unauthenticated"), 10, what="the revoked bootstrap key refused")
     bad = s.env.chancepay("migrate", CHANCEPAY_BOOTSTRAP_API_KEY="not-a-key")
     assert bad.returncode != 0 and "not a ChancePay API key" in bad.stdout + bad.stderr
+
+
+def test_load_sends_its_key_to_an_api_that_requires_one(make_stack) -> None:
+    """`chancepay load` against CHANCEPAY_API_AUTH=required: with CHANCEPAY_API_KEY every payment is
+    accepted and converges; without it none is (401) and the exit code says so."""
+    s = make_stack(**AUTH).start()
+    key = add(s.env, "loader")["key"]
+    with_key = s.env.chancepay("load", "--rate", "10", "--duration", "2", CHANCEPAY_API_KEY=key, timeout=180)
+    summary = json.loads(with_key.stdout)
+    assert with_key.returncode == 0 and summary["responses"] == {"202": 20}, summary
+    without = s.env.chancepay("load", "--rate", "10", "--duration", "1", "--converge-timeout", "5", timeout=180)
+    assert without.returncode == 1 and json.loads(without.stdout)["responses"] == {"401": 10}
+    assert s.orchestrator.metric("chancepay_api_requests_total", client="loader", code="202") == 20
