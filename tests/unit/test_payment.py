@@ -196,8 +196,10 @@ CHECK = textwrap.dedent("""
     # the statements and the row mapping
     assert "(uuid, cus_id, amount, memo, idempotency_key, request_hash)" in sql.INSERT_REQUEST
     assert sql.INSERT_REQUEST.count("%s") == 6 and sql.INSERT_INBOX_DECIDED.count("%s") == 5
+    assert "(uuid, cus_id, amount, memo, idempotency_key, request_hash, client_id)" in sql.INSERT_OWNED_REQUEST
     for statement in (sql.SELECT_REQUEST, sql.SELECT_REQUEST_BY_IDEMPOTENCY_KEY, sql.LOCK_INBOX,
-                      sql.SELECT_STALE_PENDING):
+                      sql.SELECT_STALE_PENDING, sql.SELECT_OWNED_REQUEST, sql.SELECT_REQUEST_BY_CLIENT_KEY,
+                      sql.SELECT_REQUESTS_BY_CLIENT_KEYS, sql.owned_request_rows(2)):
         assert "memo" in statement, statement
     row = {{"uuid": "{uuid}", "cus_id": "alice", "amount": Decimal("1.50"), "memo": "rent", "succeed": None,
            "created_at": None, "finalized_at": None}}
