@@ -192,6 +192,9 @@ smoke() {
     done
     [ "$status" != PENDING ] || die "payment $uuid still PENDING after 60 s"
     say "payment $uuid finalized as $status"
+    # NOTES.txt's way to manage API clients: the first one, registered by the migrate Job, is listed.
+    kubectl -n "$NAMESPACE" exec "deploy/$RELEASE-orchestrator" -- chancepay clients list | grep -F '"client":"default"' \
+        || die "chancepay clients list (kubectl exec) does not list the chart's first client"
     kill "$PF_PID" 2>/dev/null || true
     PF_PID=""
 
