@@ -11,7 +11,8 @@ migrate` provisions it; the roles run as real processes against it:
   work again once the setting is fixed, without a restart;
 - against this run's normal servers the scanner reports every setting, database and broker, 1.
 
-Pass 1 only (CHANCEPAY_TEST_SERVERS=debian12): pass 2's servers are the chart's, in podman.
+The private server is pass 1's (CHANCEPAY_TEST_SERVERS=debian12); pass 2 runs only the last test,
+against the chart's own MariaDB and RabbitMQ.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from tests.support.env import Env, free_port, wait_until
 from tests.support.roles import Role
 from tests.support.servers import SERVERS_VAR
 
-pytestmark = pytest.mark.skipif(
+pass1_only = pytest.mark.skipif(
     os.environ.get(SERVERS_VAR, "debian12") != "debian12",
     reason="pass 1 only: starts a private mariadbd from Debian 12's binaries",
 )
@@ -150,6 +151,7 @@ def flush_safe(role: Role, component: str = "orchestrator_db") -> float:
     return role.metric("chancepay_durability_safe", component=component, setting=FLUSH)
 
 
+@pass1_only
 def test_prod_refuses_to_start_on_a_database_that_does_not_flush_at_commit(on_unsafe) -> None:
     env, urls = on_unsafe
     role = orchestrator(env, urls).start()
@@ -162,6 +164,7 @@ def test_prod_refuses_to_start_on_a_database_that_does_not_flush_at_commit(on_un
         role.kill()
 
 
+@pass1_only
 def test_the_override_starts_it_with_a_warning_and_the_metric_at_0(on_unsafe) -> None:
     env, urls = on_unsafe
     role = orchestrator(env, urls, CHANCEPAY_ALLOW_UNSAFE_DURABILITY="1").start()
@@ -176,6 +179,7 @@ def test_the_override_starts_it_with_a_warning_and_the_metric_at_0(on_unsafe) ->
         assert role.stop() == 0
 
 
+@pass1_only
 def test_a_running_role_refuses_a_reconnect_to_an_unsafe_server_until_it_is_fixed(on_unsafe, unsafe_db) -> None:
     env, urls = on_unsafe
     unsafe_db.set_flush(1)
