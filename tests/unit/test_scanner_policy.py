@@ -56,3 +56,12 @@ def test_scanner_rests_until_the_next_nudge_after_a_nudged_poll() -> None:
     assert next_idle_sleep(base, 0, 200, base, cap, nudged=True) == cap
     assert next_idle_sleep(base, 200, 200, base, cap, nudged=True) == 0.0  # a full batch: more is due
     assert next_idle_sleep(base, 3, 200, base, base, nudged=True) == base  # batching off: the fixed interval
+
+
+def test_a_nudged_poll_that_found_rows_holds_the_poll_interval_before_the_next_claim() -> None:
+    from chancepay.scanner.policy import hold_after
+
+    assert hold_after(3, 200, nudged=True) == 0.02  # under load: no claim per nudge
+    assert hold_after(0, 200, nudged=True) == 0.0  # nothing found: rest until the next nudge
+    assert hold_after(200, 200, nudged=True) == 0.0  # a full batch: claim again at once
+    assert hold_after(3, 200, nudged=False) == 0.0  # polling: next_idle_sleep decides

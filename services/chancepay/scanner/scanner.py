@@ -21,7 +21,8 @@ restarts it. Until the broker, and then the outbox table, were first reached, wi
 budget, the failure lines say `"waiting": true` (core/waiting.py).
 
 Waking: after a group commit the orchestrator nudges the scanner (POST /internal/outbox/nudge,
-orchestrator/nudge.py); a nudged scanner claims at once and then rests until the next nudge, its
+orchestrator/nudge.py); a nudged scanner claims at once and then rests until the next nudge (after
+finding rows, 20 ms first: scanner/policy.py hold_after), its
 idle poll (CHANCEPAY_SCANNER_IDLE_MAX_SECONDS) left as the safety net for lost nudges and for the
 replicas a Service did not route the nudge to. A scanner that is never nudged adapts its poll
 interval as before (scanner/policy.py next_idle_sleep).
@@ -53,9 +54,9 @@ from chancepay.core.db import Database, DatabaseUnavailable
 from chancepay.core.logging import get_logger
 from chancepay.core.metrics import Metrics
 from chancepay.core.runner import FatalError
-from chancepay.core.waiting import STARTUP_WAIT_SECONDS, Dependency, until_ok
+from chancepay.core.waiting import STARTUP_WAIT_SECONDS, Dependency, pause, until_ok
 from chancepay.scanner.outbox import Outbox
-from chancepay.scanner.policy import OutboxRow, counts_as_attempt, next_idle_sleep, sort_results
+from chancepay.scanner.policy import OutboxRow, counts_as_attempt, hold_after, next_idle_sleep, sort_results
 
 SEND_TAG = "[FAILED TO SEND TO MQ]"
 SCAN_TAG = "[FAILED TO SCAN OUTBOX]"
@@ -285,6 +286,18 @@ class Scanner:
                 # Unroutable: the queue or binding is gone. Declare the topology again.
                 await self.publisher.redeclare()
 
+    async def rest(self, claimed: int, nudged: bool, idle: float, stop: asyncio.Event) -> tuple[float, bool]:
+        """Between two cycles (scanner/policy.py): the hold after a nudged cycle that found rows,
+        then the idle rest, which a nudge ends. Returns the idle sleep and whether a nudge ended it."""
+        batch, base = self.settings.scanner_batch_size, self.settings.scanner_poll_interval
+        hold = hold_after(claimed, batch, nudged=nudged)
+        if hold:
+            await pause(stop, hold)
+        idle = next_idle_sleep(idle, claimed, batch, base, self.settings.scanner_idle_max, nudged=nudged)
+        if not idle or stop.is_set():
+            return idle, False
+        return idle, await self.wakeup.rest(idle)
+
     async def scan_forever(self, stop: asyncio.Event) -> None:
         if not await open_with_retry(
             stop,
@@ -322,15 +335,7 @@ class Scanner:
                 if self.publisher.connection.is_closed:
                     self.log.error(SEND_TAG, reason="connection", error="broker connection closed")
                     raise FatalError("broker connection closed")
-                idle = next_idle_sleep(
-                    idle,
-                    claimed or 0,
-                    self.settings.scanner_batch_size,
-                    self.settings.scanner_poll_interval,
-                    self.settings.scanner_idle_max,
-                    nudged=woken,
-                )
-                woken = await self.wakeup.rest(idle) if idle and not stop.is_set() else False
+                idle, woken = await self.rest(claimed or 0, woken, idle, stop)
         finally:
             watch.cancel()
             await self.in_flight.drain()
