@@ -198,7 +198,7 @@ def test_checksums_are_computed_from_the_secret_itself(default_render):
     data = default_render.get("Secret", "chancepay-secrets")["stringData"]
     wanted = {
         "chancepay-orchestrator": ["orchestrator-db-url", "internal-token"],
-        "chancepay-scanner": ["orchestrator-db-url", "amqp-url", "message-key"],
+        "chancepay-scanner": ["orchestrator-db-url", "amqp-url", "message-key", "internal-token"],
         "chancepay-wallet": ["wallet-db-url", "amqp-url", "internal-token", "message-key", "message-key-previous"],
         "chancepay-auditor": ["orchestrator-db-url", "wallet-db-url"],
         "chancepay-mariadb": ["mariadb-init.sql"],

@@ -1,5 +1,5 @@
 """Every metric the dashboard and the alert rules query is exported by a running role: the three
-roles run as real processes (the `stack` fixture from tests/conftest.py: per-test databases and
+roles and the auditor run as real processes (the `stack` fixture from tests/conftest.py: per-test databases and
 RabbitMQ vhost), one payment goes through the whole loop, then the real /metrics are scraped."""
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ def test_queried_metrics_are_exported_by_running_roles(stack):
         assert time.monotonic() < deadline, f"payment {uuid} not finalized within 60 s"
         time.sleep(0.2)
 
+    auditor = stack.start_auditor()
     exported: set[str] = set()
-    for role in (stack.orchestrator, stack.scanner, stack.wallet):
+    for role in (stack.orchestrator, stack.scanner, stack.wallet, auditor):
         # the probe paths the chart uses answer on the real process
         assert httpx.get(role.url + "/healthz", timeout=5).status_code == 200
         assert httpx.get(role.url + "/readyz", timeout=5).status_code == 200

@@ -14,18 +14,10 @@ from chancepay.core.invariants import VIOLATION_KINDS
 from tests.support.env import wait_until
 from tests.support.invariants import check_online
 from tests.support.roles import Role, Stack
-from tests.support.servers import free_port
 
 LAST_PASS = "chancepay_audit_last_pass_timestamp_seconds"
 VIOLATIONS = "chancepay_audit_violations"
 UNBALANCED = "chancepay_audit_unbalanced_amount"
-
-
-def start_auditor(s: Stack) -> Role:
-    environ = s.env.environ(CHANCEPAY_AUDITOR_INTERVAL_SECONDS="0.2", CHANCEPAY_AUDITOR_GRACE_SECONDS="3")
-    auditor = Role("auditor", s.env, environ, free_port())
-    s.roles["auditor"] = auditor  # stopped with the stack at teardown
-    return auditor.start().wait_ready()
 
 
 def violations(auditor: Role) -> dict[str, float]:
@@ -49,7 +41,7 @@ def audited(make_stack) -> tuple[Stack, Role]:
     s = make_stack().start()
     accepted = s.pay_many(20, "audited")
     s.wait_final(accepted)
-    auditor = start_auditor(s)
+    auditor = s.start_auditor()
     first = wait_until(lambda: auditor.metric(LAST_PASS), 20, what="the first audit pass")
     second = next_pass(auditor)
     assert second > first

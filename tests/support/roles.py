@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.env import ROLES, Env, wait_until
+from tests.support.env import ROLES, Env, free_port, wait_until
 
 
 class Role:
@@ -152,6 +152,15 @@ class Stack:
         for name in names or ROLES:
             self.roles[name].wait_ready()
         return self
+
+    def start_auditor(self, **overrides: str) -> Role:
+        """`chancepay auditor` beside the three roles (fast passes, short grace), ready; stopped
+        with the stack at teardown."""
+        settings = {"CHANCEPAY_AUDITOR_INTERVAL_SECONDS": "0.2", "CHANCEPAY_AUDITOR_GRACE_SECONDS": "3", **overrides}
+        environ = self.env.environ(**{**self.overrides, **settings})
+        auditor = Role("auditor", self.env, environ, free_port(), parse_logs=self.parse_logs)
+        self.roles["auditor"] = auditor
+        return auditor.start().wait_ready()
 
     def start_all_unready(self) -> Stack:
         """Start the three roles and wait only until each is alive (/healthz), not ready."""
