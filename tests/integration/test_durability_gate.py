@@ -152,13 +152,20 @@ def flush_safe(role: Role, component: str = "orchestrator_db") -> float:
 
 
 @pass1_only
-def test_prod_refuses_to_start_on_a_database_that_does_not_flush_at_commit(on_unsafe) -> None:
+@pytest.mark.parametrize("name", ["orchestrator", "auditor"])
+def test_prod_refuses_to_start_on_a_database_that_does_not_flush_at_commit(on_unsafe, name: str) -> None:
     env, urls = on_unsafe
-    role = orchestrator(env, urls).start()
+    if name == "orchestrator":
+        role = orchestrator(env, urls).start()
+    else:  # the online auditor reads both databases: the first unsafe one named is enough
+        role = Role("auditor", env, env.environ(CHANCEPAY_ENV="prod", **urls), free_port()).start()
     try:
         assert role.wait_exit(timeout=60) == 2
         line = role.wait_for_event("[FAILED TO START]", timeout=5, setting=FLUSH)
-        assert (line["value"], line["safe_value"], line["component"]) == ("2", "1", "orchestrator_db")
+        assert (line["value"], line["safe_value"]) == ("2", "1")
+        assert line["component"] in (
+            {"orchestrator_db"} if name == "orchestrator" else {"orchestrator_db", "wallet_db"}
+        )
         assert line["level"] == "error" and "CHANCEPAY_ALLOW_UNSAFE_DURABILITY=1" in line["hint"]
     finally:
         role.kill()

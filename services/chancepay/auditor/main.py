@@ -10,6 +10,7 @@ from chancepay.auditor.auditor import Auditor
 from chancepay.core import migrations
 from chancepay.core.config import Settings
 from chancepay.core.db import Database
+from chancepay.core.durability import DurabilityGate
 from chancepay.core.http import EXCEPTION_HANDLERS, health_routes
 from chancepay.core.metrics import Metrics
 from chancepay.core.runner import Role, run_role
@@ -22,6 +23,9 @@ def compose(settings: Settings) -> Role:
     orch = Database(settings.orchestrator_db_url, pool_size=2, timeout=settings.db_timeout)
     wallet = Database(settings.wallet_db_url, pool_size=2, timeout=settings.db_timeout)
     auditor = Auditor(orch, wallet, metrics, grace=settings.auditor_grace, batch=settings.auditor_batch)
+    # Like every role (CONTRACT "Audit"): what the databases' acknowledgements rest on, exported and,
+    # in prod, gating start. An audit of a database that may lose acknowledged commits proves little.
+    gate = DurabilityGate.of(settings, metrics).watch(orch, "orchestrator_db").watch(wallet, "wallet_db")
 
     async def ready() -> dict[str, bool]:
         return {
@@ -39,7 +43,7 @@ def compose(settings: Settings) -> Role:
     return Role(
         "auditor",
         app,
-        work,
+        gate.gated(work),
         closers=[orch.close, wallet.close],
         starting={
             "orchestrator_db": settings.orchestrator_db_url.redacted(),
