@@ -47,6 +47,10 @@ from tests.support.payer import Payer
 from tests.support.podman import podman
 from tests.support.release import NAMESPACE, ROLES, PlayedRelease
 
+# The chart's Deployments: the three roles with images of their own, and the online auditor (on by
+# default), which runs the orchestrator's image and so rolls with it.
+DEPLOYMENTS = (*ROLES, "auditor")
+
 RATE = 20.0
 BEFORE_UPGRADE = 100  # payments accepted before the upgrade starts
 AFTER_REINSTALL = 100  # payments sent after the reinstall
@@ -172,7 +176,7 @@ def _install(release: PlayedRelease) -> None:
     release.wait_servers()
     code, log = release.wait_completed(migrate, timeout=300)
     assert code == 0, log[-4000:]
-    for role in ROLES:
+    for role in DEPLOYMENTS:
         for pod in release.role_pods(role):
             release.wait_ready(pod)
 
@@ -248,7 +252,7 @@ def _lifecycle(release: PlayedRelease, upgrade_tag: str, figures: dict[str, Any]
         changed = release.upgrade(values)
         # The new tag and the log level change every role's pod template and the migrate Job
         # (a new name); the servers' pods are not touched by a role upgrade.
-        assert sorted(changed["deployments"]) == sorted(ROLES), changed
+        assert sorted(changed["deployments"]) == sorted(DEPLOYMENTS), changed
         assert changed["statefulsets"] == [], changed
         old_job, new_job = changed["job"]
         assert old_job != new_job, f"the migrate Job kept its name {old_job}: its template cannot change in place"
