@@ -88,7 +88,11 @@ class ScannerNudge:
             self._session = aiohttp.ClientSession(
                 headers={"Authorization": f"Bearer {self.token}"},
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
-                connector=aiohttp.TCPConnector(limit=1),
+                # No DNS cache: the scanner's name is resolved at each new connection (rare, the one
+                # connection is kept alive), so a Service that moved to another address during a
+                # scanner rollout is followed at once instead of up to 10 s later (aiohttp's default
+                # cache), when the old address may already refuse connections.
+                connector=aiohttp.TCPConnector(limit=1, use_dns_cache=False),
             )
         async with self._session.post(self.url) as response:
             if response.status != 204:
