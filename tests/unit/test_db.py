@@ -159,3 +159,57 @@ def test_a_free_connection_is_taken_at_once() -> None:
         await holder
 
     asyncio.run(go())
+
+
+class VersionPool(HeldPool):
+    """HeldPool whose cursor answers every statement with one row (7,): PING and the schema version."""
+
+    class Conn(HeldPool.Conn):
+        def cursor(self) -> Cursor:
+            return VersionPool.Answer(AssertionError("not raised"))
+
+    class Answer(Cursor):
+        async def execute(self, statement: str, args: Any = None) -> None:
+            return None
+
+        async def fetchone(self) -> tuple[int]:
+            return (7,)
+
+    async def acquire(self) -> HeldPool.Conn:
+        return VersionPool.Conn()
+
+
+def _readiness_while_busy(answering: bool, checked_before: bool) -> tuple[bool, bool]:
+    """(ping, schema_ready(7)) while the only connection is held by a transaction."""
+    db = Database(DatabaseURL.parse("mysql://u:p@db.invalid:3306/x"), pool_size=1, acquire_timeout=0.05)
+    db._pool = VersionPool()
+
+    async def go() -> tuple[bool, bool]:
+        if checked_before:
+            assert await db.ping() and await db.schema_ready(7)  # a free pool: both read
+        db._answering = answering
+        held, release = asyncio.Event(), asyncio.Event()
+        holder = asyncio.create_task(_hold(db, held, release))
+        await held.wait()
+        try:
+            return await db.ping(), await db.schema_ready(7)
+        finally:
+            release.set()
+            await holder
+
+    return asyncio.run(go())
+
+
+def test_a_busy_pool_keeps_the_pod_ready() -> None:
+    """/readyz must not fail because every connection is busy (Overloaded): NotReady would move
+    the traffic to the other pods, overloading them in turn."""
+    assert _readiness_while_busy(answering=True, checked_before=True) == (True, True)
+
+
+def test_a_busy_pool_never_seen_at_the_schema_version_is_not_ready() -> None:
+    ping, schema = _readiness_while_busy(answering=True, checked_before=False)
+    assert ping and not schema, "no version read yet: busy does not prove the schema is there"
+
+
+def test_every_connection_waiting_on_a_silent_database_is_not_ready() -> None:
+    assert _readiness_while_busy(answering=False, checked_before=True) == (False, False)

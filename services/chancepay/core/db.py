@@ -153,6 +153,7 @@ class Database:
         # it raises fails the transaction like any other error, the connection closed.
         self.verify: Callable[[Any], Awaitable[None]] | None = None
         self._verified: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+        self._schema_seen = 0  # the schema version schema_ready last found (a busy pool keeps it)
 
     async def _get_pool(self) -> Any:
         if self._pool is None:
@@ -296,10 +297,15 @@ class Database:
         return await self.run(work)
 
     async def ping(self) -> bool:
+        """Readiness: does the database answer? A busy pool (every slot taken, Overloaded) is
+        an answering database: a pod must not go NotReady because it has work, or its traffic
+        moves to the other pods and makes them busy in turn (a cascade)."""
         try:
             async with self.transaction(timeout=min(self.timeout, 2.0), probe=True) as cur:
                 await cur.execute(sql.PING)
                 await cur.fetchone()
+            return True
+        except Overloaded:
             return True
         except Exception:
             return False
@@ -316,9 +322,12 @@ class Database:
         version this code needs. A pod is not Ready (no traffic; a rolling update waits) until
         `chancepay migrate` brought it there."""
         try:
-            ready = await self.schema_version() >= required
+            self._schema_seen = await self.schema_version()
+        except Overloaded:
+            return self._schema_seen >= required  # busy, not down: the version it last read
         except Exception:
             return False
+        ready = self._schema_seen >= required
         if ready:
             self.dependency.up()
         return ready
