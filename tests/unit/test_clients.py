@@ -1,6 +1,7 @@
 """core/clients.py's pure parts: the key's shape, the bearer header, the token bucket and the
 per-client limiter on a fake clock, and the key cache on a fake database (one read per key id
-per CACHE_SECONDS, revoked and wrong keys refused, concurrent look-ups sharing one read)."""
+per CACHE_SECONDS, revoked and wrong keys refused, concurrent look-ups sharing one read; known and
+refused ids bounded apart, least recently used out first; unknown ids' reads rate-limited)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,18 @@ from typing import Any
 import pytest
 
 from chancepay.core import clients
-from chancepay.core.clients import Client, KeyCache, RateLimiter, TokenBucket, bearer, key_hash, key_id_of, new_key
+from chancepay.core.clients import (
+    Client,
+    KeyCache,
+    LookupsThrottled,
+    Lru,
+    RateLimiter,
+    TokenBucket,
+    bearer,
+    key_hash,
+    key_id_of,
+    new_key,
+)
 
 
 class Clock:
@@ -159,3 +171,74 @@ def test_concurrent_requests_with_one_uncached_key_share_one_read() -> None:
 
     assert asyncio.run(go()) == [alice] * 50
     assert table.reads == 1
+
+
+def test_the_least_recently_used_entry_goes_first_never_all_at_once() -> None:
+    lru = Lru(3)
+    entry = clients._Entry(1.0, None, "")
+    for key in "abc":
+        lru.put(key, entry)
+    assert lru.get("a") is entry  # a is now the most recent
+    lru.put("d", entry)
+    assert lru.keys() == ["c", "a", "d"]
+    assert lru.get("b") is None, "b, the least recently used, went; the others stayed"
+    lru.put("e", entry)
+    assert lru.keys() == ["a", "d", "e"]
+
+
+def test_made_up_key_ids_never_push_a_known_key_out() -> None:
+    table, clock = KeyTable(), Clock()
+    cache = KeyCache(table, ttl=5, clock=clock)  # type: ignore[arg-type]
+    cache.refused.limit = 10
+    cache.lookups = TokenBucket(rate=1e9, burst=1e9, now=0)  # this test is about the caches only
+    alice = Client(7, "alice")
+    key = table.add(alice)
+
+    async def go() -> None:
+        assert await cache.client(key) == alice
+        for _ in range(50):
+            assert await cache.client(f"cpk_{secrets.token_hex(6)}_{secrets.token_urlsafe(32)}") is None
+        reads = table.reads
+        assert await cache.client(key) == alice and table.reads == reads, "alice still cached"
+        assert len(cache.refused.keys()) == 10, "the refused ids are bounded apart"
+
+    asyncio.run(go())
+
+
+def test_a_refused_id_is_remembered_for_the_ttl_then_read_again() -> None:
+    table, clock = KeyTable(), Clock()
+    cache = KeyCache(table, ttl=5, clock=clock)  # type: ignore[arg-type]
+    unknown = f"cpk_{'1' * 12}_{secrets.token_urlsafe(32)}"
+
+    async def go() -> None:
+        assert await cache.client(unknown) is None and await cache.client(unknown) is None
+        assert table.reads == 1 and cache.refused.keys() == ["1" * 12] and cache.known.keys() == []
+        clock.now += 5.1
+        assert await cache.client(unknown) is None and table.reads == 2
+
+    asyncio.run(go())
+
+
+def test_unknown_ids_beyond_the_lookup_rate_are_throttled_without_a_read() -> None:
+    table, clock = KeyTable(), Clock()
+    cache = KeyCache(table, ttl=5, clock=clock)  # type: ignore[arg-type]
+    cache.lookups = TokenBucket(rate=2, burst=3, now=clock())
+    alice = Client(7, "alice")
+    key = table.add(alice)
+
+    def made_up() -> str:
+        return f"cpk_{secrets.token_hex(6)}_{secrets.token_urlsafe(32)}"
+
+    async def go() -> None:
+        assert await cache.client(key) == alice  # one token
+        assert await cache.client(made_up()) is None and await cache.client(made_up()) is None
+        with pytest.raises(LookupsThrottled) as throttled:
+            await cache.client(made_up())
+        assert throttled.value.retry_after == 1 and table.reads == 3, "refused without a read"
+        clock.now += 5.1  # alice's entry expired; the bucket refilled 3 tokens (burst)
+        for _ in range(3):
+            await cache.client(made_up())
+        assert await cache.client(key) == alice, "a known key's refresh is never held back"
+        assert table.reads == 7
+
+    asyncio.run(go())

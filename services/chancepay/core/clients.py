@@ -12,12 +12,15 @@ indexed read, then cached), the hashes are compared in constant time.
 
 The API must not pay a database round trip per request: a verified (or refused) key id is
 remembered for CHANCEPAY_API_KEY_CACHE_SECONDS, so a revocation takes effect within that bound.
-Concurrent requests with the same uncached key id share one read.
+Concurrent requests with the same uncached key id share one read. Known and refused ids are
+remembered apart, each bounded, least recently used out first; reads of ids that are not known
+keys are rate-limited per process (LOOKUP_RATE), so made-up ids cannot buy database reads at will.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import hashlib
 import hmac
@@ -42,11 +45,25 @@ KEY_ID_LENGTH = 12
 _KEY = re.compile(r"cpk_([0-9a-f]{12})_[A-Za-z0-9_-]{43}")
 CLIENT_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 NO_CLIENT = 0  # request.client_id of a payment made with the API open
-CACHE_LIMIT = 10_000  # key ids remembered at most (a flood of made-up ids cannot grow it further)
+CACHE_LIMIT = 10_000  # known key ids remembered at most; beyond it the least recently used goes
+NEGATIVE_LIMIT = 10_000  # refused (unknown, revoked) key ids remembered at most, apart from known ones
+# Reads of key ids that are not known keys (never seen, refused, or evicted), per process: a flood
+# of made-up well-formed ids costs at most this many database reads a second; beyond it such a
+# request is answered 429 without a read (a known key's refresh is never held back by it).
+LOOKUP_RATE = 200.0
+LOOKUP_BURST = 400.0
 
 
 class ClientError(ChancePayError):
     """A `chancepay clients` request that cannot be done (bad or unknown name, unknown key)."""
+
+
+class LookupsThrottled(ChancePayError):
+    """Too many reads of unknown key ids in this process (LOOKUP_RATE): answer 429, read nothing."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"too many unrecognised API keys presented; retry in {retry_after} s")
+        self.retry_after = retry_after
 
 
 def new_key() -> tuple[str, str]:
@@ -130,24 +147,64 @@ class _Entry:
     hash: str
 
 
+class Lru:
+    """At most `limit` entries; a lookup makes an entry the most recent, a new one beyond the
+    limit evicts the least recently used (never all at once)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._entries: collections.OrderedDict[str, _Entry] = collections.OrderedDict()
+
+    def get(self, key: str) -> _Entry | None:
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+        return entry
+
+    def put(self, key: str, entry: _Entry) -> None:
+        self._entries[key] = entry
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.limit:
+            self._entries.popitem(last=False)
+
+    def pop(self, key: str) -> None:
+        self._entries.pop(key, None)
+
+    def keys(self) -> list[str]:
+        """Least recently used first."""
+        return list(self._entries)
+
+
 class KeyCache:
-    """Presented key -> its client, or None (unknown, revoked, malformed)."""
+    """Presented key -> its client, or None (unknown, revoked, malformed). Known keys and refused
+    key ids are kept apart, each an Lru, so made-up ids never push a known key out; reading an id
+    that is not a known key takes a token from one bucket (LOOKUP_RATE), else LookupsThrottled."""
 
     def __init__(self, db: Database, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.db, self.ttl, self.clock = db, ttl, clock
-        self._entries: dict[str, _Entry] = {}
+        self.known, self.refused = Lru(CACHE_LIMIT), Lru(NEGATIVE_LIMIT)
+        self.lookups = TokenBucket(LOOKUP_RATE, LOOKUP_BURST, clock())
         self._reading: dict[str, asyncio.Future[_Entry]] = {}
 
     async def client(self, presented: str | None) -> Client | None:
         key_id = key_id_of(presented) if presented else None
         if presented is None or key_id is None:
             return None
-        entry = self._entries.get(key_id)
+        entry = self.known.get(key_id) or self.refused.get(key_id)
         if entry is None or entry.expires <= self.clock():
+            if (entry is None or entry.client is None) and key_id not in self._reading:
+                wait = self.lookups.take(self.clock())
+                if wait:
+                    raise LookupsThrottled(max(1, math.ceil(wait)))
             entry = await self._read(key_id)
         if entry.client is None or not hmac.compare_digest(entry.hash, key_hash(presented)):
             return None
         return entry.client
+
+    def _remember(self, key_id: str, entry: _Entry) -> None:
+        remember, forget = (self.known, self.refused) if entry.client else (self.refused, self.known)
+        forget.pop(key_id)
+        remember.put(key_id, entry)
 
     async def _read(self, key_id: str) -> _Entry:
         pending = self._reading.get(key_id)
@@ -163,9 +220,7 @@ class KeyCache:
         try:
             row = await self.db.fetchrow(sql.SELECT_KEY, (key_id,))
             entry = _entry(row, self.clock() + self.ttl)
-            if len(self._entries) >= CACHE_LIMIT:
-                self._entries.clear()
-            self._entries[key_id] = entry
+            self._remember(key_id, entry)
             future.set_result(entry)
             return entry
         except Exception as exc:

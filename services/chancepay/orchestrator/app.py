@@ -12,7 +12,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from chancepay.core import migrations
-from chancepay.core.clients import NO_CLIENT, Client, KeyCache, RateLimiter, bearer
+from chancepay.core.clients import NO_CLIENT, Client, KeyCache, LookupsThrottled, RateLimiter, bearer
 from chancepay.core.codec import InvalidField, InvalidPayload, parse_uuid, strict_json_loads
 from chancepay.core.config import Settings
 from chancepay.core.crash import CrashPoints
@@ -119,7 +119,10 @@ async def _client(request: Request, r: Resources) -> Client | None:
     unknown or revoked key is 401, a client over its rate is 429; either before anything is read."""
     if r.keys is None:
         return None
-    client = await r.keys.client(bearer(request.headers.get("authorization")))
+    try:
+        client = await r.keys.client(bearer(request.headers.get("authorization")))
+    except LookupsThrottled as exc:  # a flood of unknown key ids: no database read for them
+        raise ApiError(429, "rate_limited", str(exc), {"Retry-After": str(exc.retry_after)}) from None
     if client is None:
         message = "a valid API key is required (Authorization: Bearer <key>)"
         raise ApiError(401, "unauthenticated", message, {"WWW-Authenticate": "Bearer"})
