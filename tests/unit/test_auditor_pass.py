@@ -28,24 +28,23 @@ class FakeDatabase:
         self.reads: list[tuple[str, Any]] = []
 
     async def fetchone(self, statement: str, args: Any = None) -> Any:
-        assert statement == sql.AUDIT_CLOCK
-        return (NOW,)
+        assert statement == sql.AUDIT_START
+        return (NOW, 50)  # NOW(6), @@innodb_lock_wait_timeout
 
     async def fetchall(self, statement: str, args: Any = None) -> list[Any]:
         self.reads.append((statement, args))
         if self.fail_on is not None and statement.startswith(self.fail_on):
             raise DatabaseUnavailable("gone")
-        if statement in (sql.AUDIT_NEW_REQUESTS, sql.AUDIT_NEW_INBOX):
-            since, upto, limit = args
-            found = sorted((r[2], u, r) for u, r in self.rows.items() if since <= r[2] <= upto)[:limit]
-            return [(u, r[0], Decimal(r[1]), r[2]) for _, u, r in found]
+        if statement in (sql.AUDIT_SCAN_REQUESTS, sql.AUDIT_SCAN_INBOX):
+            created, _, uuid, limit = args
+            return sorted((u, r[2]) for u, r in self.rows.items() if (r[2], u) > (created, uuid))[:limit]
         if statement.startswith("SELECT uuid, succeed, amount FROM"):
             return [(u, self.rows[u][0], Decimal(self.rows[u][1])) for u in args if u in self.rows]
         return []  # stale pending, stale outbox: none
 
 
-def auditor(orch: FakeDatabase, wallet: FakeDatabase) -> Auditor:
-    return Auditor(orch, wallet, Metrics("auditor"), grace=300, batch=100, clock=lambda: 1234.5)  # type: ignore[arg-type]
+def auditor(orch: FakeDatabase, wallet: FakeDatabase, batch: int = 100) -> Auditor:
+    return Auditor(orch, wallet, Metrics("auditor"), grace=300, batch=batch, clock=lambda: 1234.5)  # type: ignore[arg-type]
 
 
 def test_a_pass_judges_new_rows_watches_pending_ones_and_exports_the_gauges() -> None:
@@ -60,7 +59,9 @@ def test_a_pass_judges_new_rows_watches_pending_ones_and_exports_the_gauges() ->
     assert a.metrics.audit_violations.labels(kind="mismatched")._value.get() == 1
     assert a.metrics.audit_unbalanced_amount._value.get() == pytest.approx(6.0)  # 7 paid, 1 deducted for nothing
     assert a.metrics.audit_last_pass._value.get() == 1234.5
-    assert a.requests.since == a.inbox.since == NOW - policy.SETTLE
+    for cursor in (a.requests, a.inbox):
+        assert cursor.checkpoint is not None and cursor.checkpoint.high == t
+        assert cursor.checkpoint.span == policy.overlap(50)
 
 
 def test_a_pass_that_fails_part_way_leaves_the_checkpoint_where_it_was() -> None:
@@ -68,9 +69,32 @@ def test_a_pass_that_fails_part_way_leaves_the_checkpoint_where_it_was() -> None
     orch = FakeDatabase({"a": (1, "5.00", t)}, fail_on="SELECT uuid FROM request WHERE succeed IS NULL")
     wallet = FakeDatabase({"a": (1, "5.00", t)})
     a = auditor(orch, wallet)
-    since = NOW - dt.timedelta(minutes=1)
-    a.requests.since = a.inbox.since = since
+    since = policy.Checkpoint(NOW - dt.timedelta(minutes=1), policy.overlap(50))
+    a.requests.checkpoint = a.inbox.checkpoint = since
     with pytest.raises(DatabaseUnavailable):
         asyncio.run(a.pass_once())
-    assert a.requests.since == a.inbox.since == since
+    assert a.requests.checkpoint == a.inbox.checkpoint == since
     assert a.metrics.audit_last_pass._value.get() == 0
+
+
+def test_rows_sharing_one_instant_beyond_a_batch_are_all_judged_a_batch_per_pass() -> None:
+    t = NOW - dt.timedelta(seconds=1)  # a group INSERT: one CURRENT_TIMESTAMP(6) for every row
+    rows = {f"g{i}": (1, "1.00", t) for i in range(7)}
+    orch, wallet = FakeDatabase(dict(rows)), FakeDatabase(dict(rows))
+    a = auditor(orch, wallet, batch=3)
+    assert [asyncio.run(a.pass_once()) for _ in range(4)] == [3, 3, 1, 0]
+    assert a.requests.checkpoint is not None and set(a.requests.checkpoint.judged) == set(rows)
+    assert a.found == {}
+
+
+def test_a_row_committed_late_inside_the_overlap_is_judged_once() -> None:
+    t = NOW - dt.timedelta(seconds=1)
+    orch, wallet = FakeDatabase({"a": (1, "5.00", t)}), FakeDatabase({"a": (1, "5.00", t)})
+    a = auditor(orch, wallet)
+    assert asyncio.run(a.pass_once()) == 1
+    # committed now, created 30 s before the newest row already judged
+    wallet.rows["late"] = (1, "2.00", t - dt.timedelta(seconds=30))
+    assert asyncio.run(a.pass_once()) == 1
+    assert {u: f.kind for u, f in a.found.items()} == {"late": "orphan_inbox"}
+    assert asyncio.run(a.pass_once()) == 0  # read again inside the overlap, but not judged as new again
+    assert {u: f.kind for u, f in a.found.items()} == {"late": "orphan_inbox"}

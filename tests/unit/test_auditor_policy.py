@@ -13,21 +13,35 @@ T0 = dt.datetime(2026, 12, 7, 12, 0, 0)
 S = dt.timedelta(seconds=1)
 
 
-def test_a_new_process_starts_the_offline_audits_window_back() -> None:
-    assert policy.start(T0) == T0 - dt.timedelta(hours=24)
+def test_a_new_process_starts_the_offline_audits_window_back_less_the_overlap() -> None:
+    span = policy.overlap(50)
+    assert span == 50 * S + policy.OVERLAP_MARGIN
+    checkpoint = policy.start(T0, span)
+    assert checkpoint.high == T0 - dt.timedelta(hours=24)
+    assert checkpoint.low() == T0 - dt.timedelta(hours=24) - span
+    assert checkpoint.judged == {}
 
 
-def test_a_caught_up_side_rereads_only_the_settle_time_before_the_end_of_its_window() -> None:
-    assert (
-        policy.next_since(T0, T0 + 60 * S, read=3, limit=100, last_created=T0 + 59 * S) == T0 + 60 * S - policy.SETTLE
-    )
-    # never backwards, even when the window was shorter than the settle time
-    assert policy.next_since(T0, T0 + S, read=0, limit=100, last_created=None) == T0
+def test_the_overlap_behind_the_newest_row_judged_is_read_again_but_judged_rows_are_skipped() -> None:
+    checkpoint = policy.Checkpoint(T0, 60 * S).advanced([("a", T0 + 10 * S), ("b", T0 + 10 * S)])
+    assert checkpoint.high == T0 + 10 * S and checkpoint.low() == T0 - 50 * S
+    # a late commit created before the newest judged row (inside the overlap) is new; a and b are not
+    late = ("late", T0 - 40 * S)
+    assert checkpoint.unjudged([late, ("a", T0 + 10 * S), ("b", T0 + 10 * S), ("c", T0 + 11 * S)]) == [
+        late,
+        ("c", T0 + 11 * S),
+    ]
+    after = checkpoint.advanced([late])
+    assert after.high == T0 + 10 * S  # a late row never moves the checkpoint backwards
+    assert after.unjudged([late]) == []  # judged once, not again (nor logged again)
 
 
-def test_a_full_batch_goes_on_from_its_last_row_and_steps_past_an_instant_holding_a_whole_batch() -> None:
-    assert policy.next_since(T0, T0 + 60 * S, read=100, limit=100, last_created=T0 + 7 * S) == T0 + 7 * S
-    assert policy.next_since(T0, T0 + 60 * S, read=100, limit=100, last_created=T0) == T0 + policy.ONE_TICK
+def test_judged_uuids_are_forgotten_once_they_fall_out_of_the_overlap() -> None:
+    checkpoint = policy.Checkpoint(T0, 60 * S).advanced([("old", T0), ("new", T0 + 30 * S)])
+    assert set(checkpoint.judged) == {"old", "new"}
+    moved = checkpoint.advanced([("newest", T0 + 61 * S)])
+    assert set(moved.judged) == {"new", "newest"}  # "old" is before low() = T0 + 1 s
+    assert moved.judged["new"] == T0 + 30 * S
 
 
 def test_unbalanced_is_succeeded_request_minus_succeeded_inbox_and_zero_while_pending() -> None:

@@ -30,10 +30,11 @@ TAG = "[FAILED TO AUDIT]"
 
 @dataclasses.dataclass
 class Cursor:
-    """One side's checkpoint (its database's clock): None until the first pass reads that clock."""
+    """One side's checkpoint (its database's clock): None until the first pass reads that clock and
+    that server's lock wait timeout (the overlap re-read for late commits)."""
 
     statement: str
-    since: dt.datetime | None = None
+    checkpoint: policy.Checkpoint | None = None
 
 
 @dataclasses.dataclass
@@ -60,49 +61,74 @@ class Auditor:
     ) -> None:
         self.orch, self.wallet, self.metrics = orch, wallet, metrics
         self.grace_us, self.batch, self.clock = int(grace * 1e6), batch, clock
-        self.requests = Cursor(sql.AUDIT_NEW_REQUESTS)
-        self.inbox = Cursor(sql.AUDIT_NEW_INBOX)
+        self.requests = Cursor(sql.AUDIT_SCAN_REQUESTS)
+        self.inbox = Cursor(sql.AUDIT_SCAN_INBOX)
         self.watching: set[str] = set()
         self.found: dict[str, Finding] = {}
         self.log = get_logger()
 
-    async def _read_new(self, db: Database, cursor: Cursor) -> tuple[dict[str, Row], dt.datetime]:
-        """The rows created since `cursor`'s checkpoint (one batch) and where the next read starts
-        (the caller moves the checkpoint once the pass has judged them, not before)."""
-        (now,) = await db.fetchone(sql.AUDIT_CLOCK)
-        since = cursor.since if cursor.since is not None else policy.start(now)
-        rows = await db.fetchall(cursor.statement, (since, now, self.batch))
-        last = rows[-1][3] if rows else None
-        following = policy.next_since(since, now, len(rows), self.batch, last)
-        return {uuid: _row(succeed, amount) for uuid, succeed, amount, _ in rows}, following
+    async def _read_new(self, db: Database, cursor: Cursor) -> tuple[list[tuple[str, dt.datetime]], policy.Checkpoint]:
+        """The rows not judged yet from `cursor`'s checkpoint less the overlap on (at most a batch),
+        and its checkpoint (the caller advances it once the pass has judged them, not before).
+        Judged rows inside the overlap are paged past, so they never use up the batch."""
+        if cursor.checkpoint is None:
+            now, lock_wait = await db.fetchone(sql.AUDIT_START)
+            cursor.checkpoint = policy.start(now, policy.overlap(float(lock_wait)))
+        checkpoint = cursor.checkpoint
+        taken: list[tuple[str, dt.datetime]] = []
+        created, uuid = checkpoint.low(), ""
+        while len(taken) < self.batch:
+            page = [(u, c) for u, c in await db.fetchall(cursor.statement, (created, created, uuid, self.batch))]
+            taken += checkpoint.unjudged(page)
+            if len(page) < self.batch:
+                break
+            uuid, created = page[-1]
+        return taken[: self.batch], checkpoint
 
-    async def _among(self, db: Database, table: str, uuids: Iterable[str]) -> dict[str, Row]:
+    async def _among(self, db: Database, statement: str, uuids: Iterable[str], **identifiers: str) -> list[Any]:
         wanted = sorted(uuids)
-        found: dict[str, Row] = {}
+        rows: list[Any] = []
         for i in range(0, len(wanted), CHUNK):
             chunk = wanted[i : i + CHUNK]
-            for uuid, succeed, amount in await db.fetchall(sql.among(sql.AUDIT_AMONG, len(chunk), table=table), chunk):
-                found[uuid] = _row(succeed, amount)
-        return found
+            rows += await db.fetchall(sql.among(statement, len(chunk), **identifiers), chunk)
+        return rows
+
+    async def _rows(self, db: Database, table: str, uuids: Iterable[str]) -> dict[str, Row]:
+        rows = await self._among(db, sql.AUDIT_AMONG, uuids, table=table)
+        return {uuid: _row(succeed, amount) for uuid, succeed, amount in rows}
+
+    async def _stale(self) -> tuple[list[str], dict[str, int]]:
+        """The pending requests and the untried outbox rows past the grace age, a batch of each; the
+        outbox rows of those requests and of the unexplained ones known before are read by uuid too,
+        so a bounded outbox read never makes a request look lost nor a known violation look healed."""
+        pending = [u for (u,) in await self.orch.fetchall(sql.AUDIT_STALE_PENDING, (self.grace_us, self.batch))]
+        outbox = {u: int(a) for u, a in await self.orch.fetchall(sql.AUDIT_STALE_OUTBOX, (self.grace_us, self.batch))}
+        known = {u for u, f in self.found.items() if f.kind == "unexplained_outbox"}
+        wanted = (set(pending) | known) - outbox.keys()
+        outbox.update({u: int(a) for u, a in await self._among(self.orch, sql.AUDIT_OUTBOX_AMONG, wanted)})
+        return pending, outbox
 
     async def check_once(self) -> PassResult:
         """One pass: read, judge, remember (no metric, no log: `pass_once` does those)."""
-        requests, requests_next = await self._read_new(self.orch, self.requests)
-        inbox, inbox_next = await self._read_new(self.wallet, self.inbox)
-        read = max(len(requests), len(inbox))
-        stale_pending = [u for (u,) in await self.orch.fetchall(sql.AUDIT_STALE_PENDING, (self.grace_us, self.batch))]
-        stale_outbox = {u: int(a) for u, a in await self.orch.fetchall(sql.STALE_OUTBOX, (self.grace_us,))}
-        checked = {*requests, *inbox, *self.watching, *self.found, *stale_pending, *stale_outbox}
-        requests.update(await self._among(self.orch, "request", checked - requests.keys()))
-        inbox.update(await self._among(self.wallet, "inbox", checked - inbox.keys()))
+        new_requests, requests_at = await self._read_new(self.orch, self.requests)
+        new_inbox, inbox_at = await self._read_new(self.wallet, self.inbox)
+        stale_pending, stale_outbox = await self._stale()
+        new = {u for u, _ in new_requests} | {u for u, _ in new_inbox}
+        checked = {*new, *self.watching, *self.found, *stale_pending, *stale_outbox}
+        requests = await self._rows(self.orch, "request", checked)
+        inbox = await self._rows(self.wallet, "inbox", checked)
         report = InvariantReport(checked=len(checked))
         inbox_succeed = {u: r.succeed for u, r in inbox.items()}
         compare({u: r.succeed for u, r in requests.items()}, inbox_succeed, report)
         judge_stale(stale_outbox, stale_pending, inbox_succeed, report)
         found = policy.findings(report, requests, inbox, checked)
         self.watching = policy.watch(requests)
-        self.requests.since, self.inbox.since = requests_next, inbox_next  # judged: a failed pass reads them again
-        return PassResult(len(checked), read, found)
+        # judged: a failed pass reads them again
+        self.requests.checkpoint, self.inbox.checkpoint = (
+            requests_at.advanced(new_requests),
+            inbox_at.advanced(new_inbox),
+        )
+        return PassResult(len(checked), max(len(new_requests), len(new_inbox)), found)
 
     async def pass_once(self) -> int:
         """One pass with its metrics and log lines; how many new rows it read (for core/waiting.forever)."""

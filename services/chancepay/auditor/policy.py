@@ -2,14 +2,16 @@
 and what the gauges say.
 
 A pass checks (auditor/auditor.py gathers them):
-- the request rows and the inbox rows created since each side's checkpoint (each database's own
-  clock), in created_at order, at most a batch per side;
+- the request rows and the inbox rows not yet judged, created since each side's checkpoint less an
+  overlap for late commits (each database's own clock; `Checkpoint`), paged in (created_at, uuid)
+  order by the covering index on created_at, at most a batch of new ones per side;
 - the payments it saw pending before (the *watch*): re-read by uuid until final, so a payment
   finalized after its creation was read is checked once final ("finalized since the checkpoint");
 - the payments found violating before: re-read by uuid every pass, so a violation that heals (a
   late mirror, a row put back) leaves the gauge and one that does not stays counted;
 - the requests still pending and the outbox rows not yet tried past the grace age (the lost and
-  unexplained kinds), each an indexed read bounded by a batch.
+  unexplained kinds), each read bounded by a batch (the outbox rows of those requests and of the
+  unexplained ones known before are read by uuid, so the bound never makes a request look lost).
 Nothing of this grows with the tables' history, only with the traffic since the last pass, the
 payments in flight and the violations: a pass's cost is flat with history.
 
@@ -25,16 +27,55 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections.abc import Sequence
 from decimal import Decimal
 
 from chancepay.core.invariants import VIOLATION_KINDS, InvariantReport
 
-# A transaction may commit a little after its row's created_at: a caught-up side's next read starts
-# this long before the end of the last one (rows read twice are checked twice, harmlessly).
-SETTLE = dt.timedelta(seconds=5)
 # A new process starts this far back (the offline `chancepay audit`'s window).
 START_LOOKBACK = dt.timedelta(hours=24)
-ONE_TICK = dt.timedelta(microseconds=1)
+# A row's created_at is its INSERT's start, not its commit: a transaction may commit after rows
+# created later are read (a lock wait up to @@innodb_lock_wait_timeout, an fsync stall). Each pass
+# re-reads this overlap behind the newest row judged: the server's innodb_lock_wait_timeout (read at
+# start) plus this margin. A row committing later than that behind the newest row is not audited.
+OVERLAP_MARGIN = dt.timedelta(seconds=30)
+
+
+def overlap(lock_wait_timeout_seconds: float) -> dt.timedelta:
+    """How far behind the newest row judged a side re-reads, from its server's lock wait timeout."""
+    return dt.timedelta(seconds=lock_wait_timeout_seconds) + OVERLAP_MARGIN
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """One side's read position, on its database's clock: the newest created_at judged (`high`) and
+    the uuids judged inside the overlap behind it. A pass pages (created_at, uuid) from `low()` on,
+    skips the judged uuids and takes at most a batch of the others, so rows sharing one instant are
+    never skipped, a late commit inside the overlap is still read, each row is judged once and a pass
+    always makes progress (judged rows do not count against the batch)."""
+
+    high: dt.datetime
+    span: dt.timedelta
+    judged: dict[str, dt.datetime] = dataclasses.field(default_factory=dict)
+
+    def low(self) -> dt.datetime:
+        return self.high - self.span
+
+    def unjudged(self, page: Sequence[tuple[str, dt.datetime]]) -> list[tuple[str, dt.datetime]]:
+        return [(uuid, created) for uuid, created in page if uuid not in self.judged]
+
+    def advanced(self, taken: Sequence[tuple[str, dt.datetime]]) -> Checkpoint:
+        """After the pass judged `taken`: the newest created_at moves on, the judged uuids that fell
+        out of the overlap are forgotten (memory bounded by the traffic of one overlap)."""
+        high = max([self.high, *(created for _, created in taken)])
+        low = high - self.span
+        judged = {u: c for u, c in [*self.judged.items(), *taken] if c >= low}
+        return Checkpoint(high, self.span, judged)
+
+
+def start(now: dt.datetime, span: dt.timedelta) -> Checkpoint:
+    """A new process's checkpoint: START_LOOKBACK back (and the overlap before that)."""
+    return Checkpoint(now - START_LOOKBACK, span)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,23 +92,6 @@ class Finding:
 
     kind: str | None
     unbalanced: Decimal = Decimal(0)
-
-
-def start(now: dt.datetime) -> dt.datetime:
-    """A new process's checkpoint."""
-    return now - START_LOOKBACK
-
-
-def next_since(
-    since: dt.datetime, upto: dt.datetime, read: int, limit: int, last_created: dt.datetime | None
-) -> dt.datetime:
-    """A side's checkpoint after reading `read` rows (at most `limit`, the last created at
-    `last_created`) of the window [since, upto]: a full batch goes on from its last row (rows at that
-    very instant are read again; a batch all of one instant steps past it), a caught-up side from
-    SETTLE before `upto`."""
-    if read >= limit and last_created is not None:
-        return last_created if last_created > since else since + ONE_TICK
-    return max(since, upto - SETTLE)
 
 
 def unbalanced(request: Row | None, inbox: Row | None) -> Decimal:

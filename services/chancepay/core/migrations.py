@@ -21,10 +21,23 @@ from chancepay.core.errors import ChancePayError
 
 
 @dataclasses.dataclass(frozen=True)
+class Step:
+    """One statement of a migration with its own guard, for a migration of several DDL statements
+    (each DDL commits on its own: a migrate stopped between two of them runs the rest next time)."""
+
+    statement: str
+    unless_column: tuple[str, str] | None = None  # (table, column): skip when it exists
+    unless_index: tuple[str, str] | None = None  # (table, index): skip when it exists
+    if_index: tuple[str, str] | None = None  # (table, index): skip when it is gone (a DROP done)
+    # Run instead when the server refuses `statement`'s ALGORITHM (errors 1845/1846).
+    otherwise: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class Migration:
     version: int
     description: str
-    statements: tuple[str, ...]
+    statements: tuple[str | Step, ...]
     # (table, column): skip the statements when this column already exists (ALTER TABLE ... ADD
     # COLUMN has no IF NOT EXISTS on MySQL 8.4).
     unless_column: tuple[str, str] | None = None
@@ -39,8 +52,20 @@ ORCHESTRATOR: tuple[Migration, ...] = (
     Migration(
         3,
         "api_client and api_key; request.client_id, idempotency keys unique per client",
-        sql.ORCHESTRATOR_V3,
-        unless_column=("request", "client_id"),
+        (
+            *sql.ORCHESTRATOR_V3,
+            Step(
+                sql.V3_ADD_CLIENT_ID, unless_column=("request", "client_id"), otherwise=sql.V3_ADD_CLIENT_ID_INPLACE
+            ),
+            Step(sql.V3_ADD_UNIQUE_PER_CLIENT, unless_index=("request", "uq_request_idempotency_key_client")),
+            Step(sql.V3_DROP_UNIQUE_KEY, if_index=("request", "uq_request_idempotency_key")),
+        ),
+    ),
+    Migration(
+        4,
+        "request created_at index: the online audit's reads",
+        sql.ORCHESTRATOR_V4,
+        unless_index=("request", "ix_request_created"),
     ),
 )
 WALLET: tuple[Migration, ...] = (

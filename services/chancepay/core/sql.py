@@ -142,6 +142,9 @@ WALLET_V3 = (
 # The online audit (`chancepay auditor`) reads the inbox rows written since its checkpoint: an index
 # on created_at keeps that read flat with the table's history.
 WALLET_V4 = ("ALTER TABLE inbox ADD KEY ix_inbox_created (created_at)",)
+# Orchestrator v4: the online audit pages new requests by (created_at, uuid) (ix_request_pending
+# leads with succeed); online, without blocking writes.
+ORCHESTRATOR_V4 = ("ALTER TABLE request ADD KEY ix_request_created (created_at, uuid), ALGORITHM=INPLACE, LOCK=NONE",)
 
 # The migrations' own bookkeeping, one table per schema.
 CREATE_SCHEMA_VERSION = """
@@ -400,24 +403,29 @@ STALE_PENDING_IN_WINDOW = (
     "AND created_at >= NOW(6) - INTERVAL %s MICROSECOND"
 )
 PENDING_AMONG = "SELECT uuid FROM request WHERE succeed IS NULL AND uuid IN ({placeholders})"
-# The online audit (auditor/auditor.py): what was written since its checkpoint, by each database's
-# own clock, in created_at order and batches. The request read spells out the three values of
-# `succeed` so that ix_request_pending (succeed, created_at) serves it as three range scans.
-AUDIT_CLOCK = "SELECT NOW(6)"
-AUDIT_NEW_REQUESTS = (
-    "SELECT uuid, succeed, amount, created_at FROM request "
-    "WHERE (succeed IS NULL OR succeed IN (0, 1)) AND created_at >= %s AND created_at <= %s "
-    "ORDER BY created_at LIMIT %s"
+# The online audit (auditor/auditor.py): what was written since its checkpoint less an overlap, by
+# each database's own clock, paged in (created_at, uuid) order (keyset: rows sharing one instant are
+# never skipped) through a covering index: request's ix_request_created (created_at, uuid), inbox's
+# ix_inbox_created (created_at; InnoDB appends the primary key uuid). Args: (created_at, created_at,
+# uuid, limit) of the last row of the previous page.
+AUDIT_START = "SELECT NOW(6), @@innodb_lock_wait_timeout"
+AUDIT_SCAN_REQUESTS = (
+    "SELECT uuid, created_at FROM request WHERE created_at >= %s AND (created_at > %s OR uuid > %s) "
+    "ORDER BY created_at, uuid LIMIT %s"
 )
-AUDIT_NEW_INBOX = (
-    "SELECT uuid, succeed, amount, created_at FROM inbox WHERE created_at >= %s AND created_at <= %s "
-    "ORDER BY created_at LIMIT %s"
+AUDIT_SCAN_INBOX = (
+    "SELECT uuid, created_at FROM inbox WHERE created_at >= %s AND (created_at > %s OR uuid > %s) "
+    "ORDER BY created_at, uuid LIMIT %s"
 )
 AUDIT_AMONG = "SELECT uuid, succeed, amount FROM {table} WHERE uuid IN ({placeholders})"  # table: request|inbox
 AUDIT_STALE_PENDING = (
     "SELECT uuid FROM request WHERE succeed IS NULL AND created_at < NOW(6) - INTERVAL %s MICROSECOND "
     "ORDER BY created_at LIMIT %s"
 )
+AUDIT_STALE_OUTBOX = (
+    "SELECT uuid, attempts FROM outbox WHERE created_at < NOW(6) - INTERVAL %s MICROSECOND ORDER BY created_at LIMIT %s"
+)
+AUDIT_OUTBOX_AMONG = "SELECT uuid, attempts FROM outbox WHERE uuid IN ({placeholders})"
 OUTBOX_DEPTH = "SELECT COUNT(*) FROM outbox"
 RESULTS_AMONG = (
     "SELECT succeed, TIMESTAMPDIFF(MICROSECOND, created_at, finalized_at) FROM request WHERE uuid IN ({placeholders})"
@@ -451,13 +459,24 @@ ORCHESTRATOR_V3 = (
         KEY ix_api_key_client (client_id)
     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
     """,
-    """
-    ALTER TABLE request
-        ADD COLUMN client_id INT UNSIGNED NOT NULL DEFAULT 0,
-        ADD UNIQUE KEY uq_request_idempotency_key_client (idempotency_key, client_id),
-        DROP INDEX uq_request_idempotency_key
-    """,
 )
+# Orchestrator v3 on `request`: three steps, each guarded on its own (core/migrations.py Step), so a
+# migrate stopped between them finishes the rest. Online: the column is a metadata change (INSTANT:
+# MariaDB >= 10.4, MySQL >= 8.0.29; else the INPLACE form), the unique key is built while writes go
+# on, the old index is dropped last (until then both hold, the old one the stricter).
+V3_ADD_CLIENT_ID = "ALTER TABLE request ADD COLUMN client_id INT UNSIGNED NOT NULL DEFAULT 0, ALGORITHM=INSTANT"
+V3_ADD_CLIENT_ID_INPLACE = (
+    "ALTER TABLE request ADD COLUMN client_id INT UNSIGNED NOT NULL DEFAULT 0, ALGORITHM=INPLACE, LOCK=NONE"
+)
+V3_ADD_UNIQUE_PER_CLIENT = (
+    "ALTER TABLE request ADD UNIQUE KEY uq_request_idempotency_key_client (idempotency_key, client_id), "
+    "ALGORITHM=INPLACE, LOCK=NONE"
+)
+V3_DROP_UNIQUE_KEY = "ALTER TABLE request DROP INDEX uq_request_idempotency_key, ALGORITHM=INPLACE, LOCK=NONE"
+# How long a migrate's DDL waits for a table's metadata lock (held by any open transaction on it)
+# before it fails with 1205 and migrate retries: while a DDL waits, every statement on the table
+# queues behind it, so the wait is bounded instead of the server's default of a year.
+MIGRATE_LOCK_WAIT = "SET SESSION lock_wait_timeout = %s"
 INSERT_CLIENT = "INSERT IGNORE INTO api_client (name) VALUES (%s)"
 SELECT_CLIENT = "SELECT id, name FROM api_client WHERE name = %s"
 INSERT_KEY = "INSERT INTO api_key (key_id, client_id, key_hash) VALUES (%s, %s, %s)"
