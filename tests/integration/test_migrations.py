@@ -1,17 +1,21 @@
 """Versioned schema migrations (issue 12) on the real database: from empty; from what the previous
 release's own `chancepay migrate` created (its code taken from git), with its roles running under
-load through a rolling upgrade; two migrates at once; a schema newer than the code; and a column
-added under live load without losing a payment."""
+load through a rolling upgrade; two migrates at once; a schema newer than the code; a column
+added under live load without losing a payment; v3 finished after a stop between its steps; a DDL
+behind an open transaction giving up within the lock wait."""
 
 from __future__ import annotations
 
 import asyncio
 import subprocess
 import sys
+import time
+
+import pytest
 
 from chancepay.core import migrations, sql
 from chancepay.core.config import DatabaseURL
-from chancepay.core.db import Database
+from chancepay.core.db import Database, DatabaseBusy
 from chancepay.core.migrations import Migration
 from chancepay.core.schema import apply
 from tests.support.env import previous_release, wait_until
@@ -159,3 +163,45 @@ def test_a_column_added_under_live_load_loses_no_payment(make_stack, env) -> Non
             # The orchestrator was down for its restart: callbacks in that window fail and are retried.
             failures = [f for f in failures if not ("CALLBACK" in f["event"] and f.get("will_retry"))]
         assert role.running and not failures, failures
+
+
+def test_v3_stopped_between_its_steps_finishes_them(env) -> None:
+    """v3's ALTERs are separate steps, each guarded: a migrate stopped after the column was added
+    (before the per-client unique key and the old index's drop) finishes the rest next time."""
+    env.orch_sql("ALTER TABLE request DROP INDEX uq_request_idempotency_key_client")
+    env.orch_sql("ALTER TABLE request ADD UNIQUE KEY uq_request_idempotency_key (idempotency_key)")
+    env.orch_sql("DELETE FROM schema_version WHERE version >= 3")
+    assert env.orch_sql(sql.COLUMN_EXISTS, ("request", "client_id")) == [(1,)], "step 1 was done"
+    result = env.migrate()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert env.orch_sql(sql.INDEX_EXISTS, ("request", "uq_request_idempotency_key_client")) == [(2,)]  # 2 columns
+    assert env.orch_sql(sql.INDEX_EXISTS, ("request", "uq_request_idempotency_key")) == [(0,)]
+    assert versions(env)["orchestrator"] == list(range(1, LATEST["orchestrator"] + 1))
+
+
+def test_a_ddl_behind_an_open_transaction_gives_up_within_the_lock_wait(env) -> None:
+    """A transaction holding `request` open: the DDL fails after lock_wait_timeout (DatabaseBusy,
+    which migrate retries) instead of waiting with every later statement on the table queued."""
+    example = migrations.ORCHESTRATOR + (
+        Migration(LATEST["orchestrator"] + 1, "example: note", ("ALTER TABLE request ADD COLUMN note INT NULL",)),
+    )
+
+    async def go() -> float:
+        holder = Database(DatabaseURL.parse(env.orch_url()), pool_size=1, timeout=30)
+        db = Database(DatabaseURL.parse(env.orch_url()), pool_size=1, timeout=30)
+        try:
+            async with holder.transaction() as cur:
+                await cur.execute("SELECT COUNT(*) FROM request")
+                await cur.fetchone()
+                started = time.monotonic()
+                with pytest.raises(DatabaseBusy):
+                    await apply(db, example, lock_wait_seconds=1)
+                return time.monotonic() - started
+        finally:
+            await db.close()
+            await holder.close()
+
+    took = asyncio.run(go())
+    assert took < 10, f"gave up after {took:.1f} s"
+    assert env.orch_sql(sql.COLUMN_EXISTS, ("request", "note")) == [(0,)]
+    assert versions(env)["orchestrator"] == list(range(1, LATEST["orchestrator"] + 1)), "nothing recorded"

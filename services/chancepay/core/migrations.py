@@ -54,9 +54,7 @@ ORCHESTRATOR: tuple[Migration, ...] = (
         "api_client and api_key; request.client_id, idempotency keys unique per client",
         (
             *sql.ORCHESTRATOR_V3,
-            Step(
-                sql.V3_ADD_CLIENT_ID, unless_column=("request", "client_id"), otherwise=sql.V3_ADD_CLIENT_ID_INPLACE
-            ),
+            Step(sql.V3_ADD_CLIENT_ID, unless_column=("request", "client_id"), otherwise=sql.V3_ADD_CLIENT_ID_INPLACE),
             Step(sql.V3_ADD_UNIQUE_PER_CLIENT, unless_index=("request", "uq_request_idempotency_key_client")),
             Step(sql.V3_DROP_UNIQUE_KEY, if_index=("request", "uq_request_idempotency_key")),
         ),

@@ -23,6 +23,7 @@ import dataclasses
 import re
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from chancepay.core import migrations, sql
 from chancepay.core.backoff import Backoff
@@ -30,11 +31,17 @@ from chancepay.core.clients import register_bootstrap_key
 from chancepay.core.config import DatabaseURL, Settings
 from chancepay.core.db import Database, DatabaseUnavailable, SchemaNotReady
 from chancepay.core.logging import get_logger
-from chancepay.core.migrations import Migration, latest, pending
+from chancepay.core.migrations import Migration, Step, latest, pending
 from chancepay.core.preflight import ACCESS_DENIED, UNKNOWN_DATABASE, CannotProceed, error_code, server_answer
 from chancepay.core.waiting import Dependency, retry_until_up
 
 DATABASE_TAG = "[FAILED TO REACH DATABASE]"
+# A DDL waits at most this long for its table's metadata lock (an open transaction on the table
+# holds it), then fails (1205) and migrate retries with back-off; meanwhile every statement on the
+# table would queue behind the waiting DDL, so the wait is bounded, not the server's default year.
+MIGRATE_LOCK_WAIT_SECONDS = 30
+# ER_ALTER_OPERATION_NOT_SUPPORTED(_REASON): the ALGORITHM asked for cannot do this change here.
+ALGORITHM_REFUSED = (1845, 1846)
 # What `make run` provisions with (MariaDB's root over its unix socket, as Debian installs it).
 LOCAL_ADMIN_URL = "mysql://root@localhost/?unix_socket=/run/mysqld/mysqld.sock"
 
@@ -98,7 +105,42 @@ async def waiting_for_database(
     )
 
 
-async def apply(db: Database, migrations: tuple[Migration, ...], *, lock_seconds: float = 300) -> list[int]:
+async def _exists(cur: Any, query: str, what: tuple[str, str] | None) -> bool:
+    """Whether the (table, column) or (table, index) `what` exists; False for None (no guard)."""
+    if what is None:
+        return False
+    await cur.execute(query, what)
+    return bool((await cur.fetchone())[0] > 0)
+
+
+async def _run_step(cur: Any, step: str | Step) -> None:
+    """One statement of a migration, unless its own guard says it is done already."""
+    if isinstance(step, str):
+        await cur.execute(step)
+        return
+    if await _exists(cur, sql.COLUMN_EXISTS, step.unless_column):
+        return
+    if await _exists(cur, sql.INDEX_EXISTS, step.unless_index):
+        return
+    if step.if_index is not None and not await _exists(cur, sql.INDEX_EXISTS, step.if_index):
+        return
+    try:
+        await cur.execute(step.statement)
+    except Exception as exc:
+        code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else error_code(exc)
+        if step.otherwise is None or code not in ALGORITHM_REFUSED:
+            raise
+        get_logger().info("the server refused the online algorithm; the fallback form runs", error=str(exc))
+        await cur.execute(step.otherwise)
+
+
+async def apply(
+    db: Database,
+    migrations: tuple[Migration, ...],
+    *,
+    lock_seconds: float = 300,
+    lock_wait_seconds: int = MIGRATE_LOCK_WAIT_SECONDS,
+) -> list[int]:
     """Bring one schema to the latest of `migrations`, under a named lock (several pods may run
     migrate at once: they take turns, and the later ones find nothing to do). Returns the
     versions applied here."""
@@ -113,17 +155,13 @@ async def apply(db: Database, migrations: tuple[Migration, ...], *, lock_seconds
             await cur.execute(sql.CREATE_SCHEMA_VERSION)
             await cur.execute(sql.SCHEMA_VERSION)
             (current,) = await cur.fetchone()
+            await cur.execute(sql.MIGRATE_LOCK_WAIT, (lock_wait_seconds,))
             for m in pending(int(current), migrations):
-                skip = False
-                if m.unless_column is not None:
-                    await cur.execute(sql.COLUMN_EXISTS, m.unless_column)
-                    skip = (await cur.fetchone())[0] > 0
-                if m.unless_index is not None:
-                    await cur.execute(sql.INDEX_EXISTS, m.unless_index)
-                    skip = (await cur.fetchone())[0] > 0
+                skip = await _exists(cur, sql.COLUMN_EXISTS, m.unless_column)
+                skip = skip or await _exists(cur, sql.INDEX_EXISTS, m.unless_index)
                 if not skip:
-                    for statement in m.statements:
-                        await cur.execute(statement)
+                    for step in m.statements:
+                        await _run_step(cur, step)
                 await cur.execute(sql.RECORD_SCHEMA_VERSION, (m.version, m.description))
                 await cur.connection.commit()
                 applied.append(m.version)

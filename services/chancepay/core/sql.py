@@ -438,8 +438,8 @@ RESULTS_AMONG = (
 # or before this version: NOT NULL, because a unique index treats NULLs as distinct, and the
 # idempotency keys of ownerless payments must stay unique among themselves. The unique index
 # becomes (idempotency_key, client_id): a key is unique per client, and a look-up by key still
-# uses the index's prefix. One ALTER (atomic): the column and the index swap land together, and
-# `unless_column` makes a re-run after it skip (the CREATEs before it are idempotent themselves).
+# uses the index's prefix. The CREATEs are idempotent themselves; the ALTERs below are separate
+# steps, each with its own guard (one ALTER doing all three would rebuild the table under a lock).
 ORCHESTRATOR_V3 = (
     """
     CREATE TABLE IF NOT EXISTS api_client (
