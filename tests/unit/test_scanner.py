@@ -1,10 +1,14 @@
 """scanner/scanner.py's Wakeup: a nudge ends the scanner's rest, and one that comes while it is
-busy is kept for the next rest (no nudge is lost between two rests)."""
+busy is kept for the next rest (no nudge is lost between two rests); InFlight: a failed batch is
+logged when it ends (every one, draining too) and ends the rest at once."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
+
+import pytest
 
 from chancepay.scanner.scanner import Wakeup
 
@@ -77,3 +81,66 @@ def test_in_flight_bounds_the_batches_and_raises_a_failed_ones_error_in_the_next
         return seen
 
     assert asyncio.run(run()) == ["a", "b", "raised a"]
+
+
+class Log:
+    def __init__(self) -> None:
+        self.errors: list[tuple[str, dict[str, object]]] = []
+
+    def error(self, event: str, **fields: object) -> None:
+        self.errors.append((event, fields))
+
+
+def _scanner_parts() -> tuple[Any, Log]:
+    """A Scanner with only what batch failures touch: its log, its Wakeup and its InFlight."""
+    from chancepay.scanner.scanner import InFlight, Scanner
+
+    scanner = Scanner.__new__(Scanner)
+    log = Log()
+    scanner.log = log  # type: ignore[assignment]
+    scanner.wakeup = Wakeup()
+    scanner.in_flight = InFlight(4, on_failure=scanner.batch_failed)
+    return scanner, log
+
+
+def test_a_failed_batch_ends_the_rest_at_once_and_every_failure_is_logged() -> None:
+    scanner, log = _scanner_parts()
+
+    async def failing(name: str, gate: asyncio.Event) -> None:
+        await gate.wait()
+        raise RuntimeError(name)
+
+    async def run() -> tuple[bool, float, str]:
+        gate = asyncio.Event()
+        scanner.in_flight.start(failing("a", gate))
+        scanner.in_flight.start(failing("b", gate))
+        asyncio.get_running_loop().call_later(0.01, gate.set)
+        started = time.monotonic()
+        woken = await scanner.wakeup.rest(30)  # the idle rest: a failure ends it, not its 30 s
+        took = time.monotonic() - started
+        assert scanner.in_flight.failed
+        with pytest.raises(RuntimeError) as raised:
+            scanner.in_flight.reap()
+        assert not scanner.in_flight.failed and not scanner.in_flight.tasks
+        return woken, took, str(raised.value)
+
+    woken, took, first = asyncio.run(run())
+    assert woken is False and took < 5, took
+    assert first in {"a", "b"}
+    assert sorted(f["error"] for _, f in log.errors) == ["RuntimeError: a", "RuntimeError: b"], "each one logged"
+    assert {event for event, _ in log.errors} == {"[FAILED TO SCAN OUTBOX]"}
+
+
+def test_drain_logs_a_failed_batch() -> None:
+    scanner, log = _scanner_parts()
+
+    async def failing() -> None:
+        await asyncio.sleep(0)
+        raise ConnectionError("delete failed")
+
+    async def run() -> None:
+        scanner.in_flight.start(failing())
+        await scanner.in_flight.drain()
+
+    asyncio.run(run())
+    assert [f["error"] for _, f in log.errors] == ["ConnectionError: delete failed"]

@@ -169,32 +169,47 @@ class Wakeup:
 
 
 class InFlight:
-    """The batches being published and settled, at most `limit`; a failed one's exception is
-    raised by the next `room()` (so the scanning loop sees it as its own)."""
+    """The batches being published and settled, at most `limit`. Each failure is told to
+    `on_failure` the moment its task ends (the scanner logs it and ends its rest: `failed` is
+    then set); the first of them is raised by the next `room()` (so the scanning loop sees it as
+    its own), the others were told and are dropped with it."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, on_failure: Callable[[BaseException], None] | None = None) -> None:
         self.limit = max(1, limit)
+        self.on_failure = on_failure
         self.tasks: set[asyncio.Task[None]] = set()
+        self.failed = False  # a finished batch failed and room() has not raised it yet
 
     def start(self, settle: Coroutine[Any, Any, None]) -> None:
-        self.tasks.add(asyncio.get_running_loop().create_task(settle))
+        task = asyncio.get_running_loop().create_task(settle)
+        task.add_done_callback(self._finished)
+        self.tasks.add(task)
 
-    def _reap(self) -> None:
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        self.failed = True
+        if self.on_failure is not None:
+            self.on_failure(task.exception())  # type: ignore[arg-type]
+
+    def reap(self) -> None:
+        """Forget the finished batches; raise the first failure among them."""
         done = {t for t in self.tasks if t.done()}
         self.tasks -= done
-        for task in done:
-            if not task.cancelled() and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+        failures = [t.exception() for t in done if not t.cancelled() and t.exception() is not None]
+        self.failed = False
+        if failures:
+            raise failures[0]  # type: ignore[misc]
 
     async def room(self) -> None:
         """Wait until fewer than `limit` batches are in flight; raise a finished one's failure."""
-        self._reap()
+        self.reap()
         while len(self.tasks) >= self.limit:
             await asyncio.wait(self.tasks, return_when=asyncio.FIRST_COMPLETED)
-            self._reap()
+            self.reap()
 
     async def drain(self) -> None:
-        """Let every batch in flight finish (stopping); their failures were logged where they happened."""
+        """Let every batch in flight finish (stopping); each failure is told to `on_failure` as it ends."""
         if self.tasks:
             await asyncio.gather(*self.tasks, return_exceptions=True)
         self.tasks.clear()
@@ -223,12 +238,18 @@ class Scanner:
         )
         self.publisher = Publisher(settings.amqp_url_list, settings.message_key, settings.scanner_confirm_timeout)
         self.wakeup = Wakeup()
-        self.in_flight = InFlight(settings.scanner_batches_in_flight)
+        self.in_flight = InFlight(settings.scanner_batches_in_flight, on_failure=self.batch_failed)
 
     def nudge(self) -> None:
         """New rows were committed (POST /internal/outbox/nudge): claim now, not at the next poll."""
         self.metrics.scanner_nudges.inc()
         self.wakeup.nudge()
+
+    def batch_failed(self, exc: BaseException) -> None:
+        """A batch's publish-and-settle task failed: log it now (every one, stopping too) and end
+        the rest, so the loop's next room() raises it at once rather than after the idle rest."""
+        self.log.error(SCAN_TAG, step="settle", error=f"{type(exc).__name__}: {exc}")
+        self.wakeup.interrupt()
 
     def broker_ready(self) -> bool:
         return self.publisher.ready()
@@ -294,7 +315,7 @@ class Scanner:
         if hold:
             await pause(stop, hold)
         idle = next_idle_sleep(idle, claimed, batch, base, self.settings.scanner_idle_max, nudged=nudged)
-        if not idle or stop.is_set():
+        if not idle or stop.is_set() or self.in_flight.failed:
             return idle, False
         return idle, await self.wakeup.rest(idle)
 
@@ -314,6 +335,7 @@ class Scanner:
         woken = False
 
         async def cycle() -> int:
+            self.in_flight.reap()  # a batch that failed during the rest: raised here, the loop's own
             # Nudged, or polling at the base interval: claim. After an empty poll, a cheap read
             # first: claim only when something is due.
             return await self.claim_next() if woken or idle <= base or await self.outbox.due() else 0
