@@ -5,11 +5,13 @@ and the gauge falls back to 0 once the tamper is undone (the violations are re-c
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid as uuidlib
 from collections.abc import Callable
 
 import pytest
 
+from chancepay.core import sql
 from chancepay.core.invariants import VIOLATION_KINDS
 from tests.support.env import wait_until
 from tests.support.invariants import check_online
@@ -129,3 +131,57 @@ def test_the_fault_tiers_in_process_check_finds_each_tamper_kind(env, kind: str)
     assert list(found) == [u] and found[u].kind == kind and float(found[u].unbalanced) == unbalanced
     undo()
     assert check_online(env) == {}
+
+
+def _late_orphan(s: Stack) -> tuple[str, str, float, Callable[[], None]]:
+    # An inbox row whose transaction commits 20 s after its created_at (a lock wait, an fsync stall).
+    u = str(uuidlib.uuid4())
+    s.env.wallet_sql(
+        "INSERT INTO inbox (uuid, cus_id, amount, succeed, created_at) "
+        "VALUES (%s, 'late', 1.50, 1, NOW(6) - INTERVAL 20 SECOND)",
+        (u,),
+    )
+    return u, "orphan_inbox", -1.5, lambda: s.env.wallet_sql("DELETE FROM inbox WHERE uuid=%s", (u,))
+
+
+def _late_mismatched(s: Stack) -> tuple[str, str, float, Callable[[], None]]:
+    # A request committed SUCCEEDED 20 s after its created_at, which the wallet never decided.
+    u = str(uuidlib.uuid4())
+    s.env.orch_sql(
+        "INSERT INTO request (uuid, cus_id, amount, succeed, finalized_at, created_at) "
+        "VALUES (%s, 'late', 3.00, 1, NOW(6), NOW(6) - INTERVAL 20 SECOND)",
+        (u,),
+    )
+    return u, "mismatched", 3.0, lambda: s.env.orch_sql("DELETE FROM request WHERE uuid=%s", (u,))
+
+
+@pytest.mark.parametrize("tamper", [_late_orphan, _late_mismatched], ids=["inbox", "request"])
+def test_a_row_committed_long_after_its_created_at_is_still_judged_once(audited, tamper) -> None:
+    """Each side's read re-reads an overlap behind the newest row it judged (the server's
+    innodb_lock_wait_timeout + a margin): a row appearing after rows created later were audited is
+    still judged, and logged once though it is read again every pass while inside the overlap."""
+    s, auditor = audited
+    s.wait_final(s.pay_many(3, "newer"))  # rows created after the late one's created_at, judged first
+    next_pass(auditor)
+    u, kind, unbalanced, undo = tamper(s)
+    expected = {**dict.fromkeys(VIOLATION_KINDS, 0.0), kind: 1.0}
+    wait_until(lambda: violations(auditor) == expected, 30, what=f"late {kind} counted: {violations(auditor)}")
+    assert auditor.metric(UNBALANCED) == pytest.approx(unbalanced)
+    assert auditor.wait_for_event("[FAILED TO AUDIT]", uuid=u)["kind"] == kind
+    next_pass(auditor)
+    next_pass(auditor)
+    assert len([e for e in auditor.events("[FAILED TO AUDIT]") if e.get("uuid") == u]) == 1
+    undo()
+    wait_until(lambda: violations(auditor) == dict.fromkeys(VIOLATION_KINDS, 0.0), 30, what="healed")
+
+
+def test_each_sides_scan_is_a_range_on_its_created_at_index(env) -> None:
+    """The pass's new-row reads are range scans of a created_at index (orchestrator v4's
+    ix_request_created, wallet v4's ix_inbox_created), never a scan of the table's history."""
+    args = (dt.datetime(2026, 1, 1), dt.datetime(2026, 1, 1), "", 100)
+    for run, statement, index in (
+        (env.orch_sql, sql.AUDIT_SCAN_REQUESTS, "ix_request_created"),
+        (env.wallet_sql, sql.AUDIT_SCAN_INBOX, "ix_inbox_created"),
+    ):
+        ((_, _, _, access, _, key, *_),) = run("EXPLAIN " + statement, args)
+        assert (access, key) == ("range", index)
