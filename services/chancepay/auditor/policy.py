@@ -12,6 +12,8 @@ A pass checks (auditor/auditor.py gathers them):
 - the requests still pending and the outbox rows not yet tried past the grace age (the lost and
   unexplained kinds), each read bounded by a batch (the outbox rows of those requests and of the
   unexplained ones known before are read by uuid, so the bound never makes a request look lost).
+Every instant compared is the server's own (created_at against NOW(6) or against another
+created_at, on the session time zone the writers use too); the auditor's host clock never is.
 Nothing of this grows with the tables' history, only with the traffic since the last pass, the
 payments in flight and the violations: a pass's cost is flat with history.
 
