@@ -70,6 +70,9 @@ def install_and_check(release: PlayedRelease, images: dict[str, dict[str, Any]])
     assert "schema up to date" in log
 
     ready = {pod: release.wait_ready(pod) for pods in role_pods.values() for pod in pods}
+    # The online auditor (on by default) runs the orchestrator's image as a Deployment of its own:
+    # Ready too, and held to the same no-restart, no-failure-line checks below.
+    ready.update({pod: release.wait_ready(pod) for pod in release.role_pods("auditor")})
     for pod in ready:
         st = release.state(pod)
         assert st["Status"] == "running" and st["RestartCount"] == 0, (pod, st, release.logs(pod)[-2000:])
