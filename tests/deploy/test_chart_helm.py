@@ -266,8 +266,9 @@ def test_data_volumes_change_ownership_once_and_the_erlang_cookie_is_off_the_vol
     assert not home.startswith(data), "the Erlang cookie ($HOME/.erlang.cookie) must not live on the data volume"
 
 
-def test_orchestrator_and_wallet_keep_serving_while_their_endpoint_is_removed(default_render):
-    for role in ("orchestrator", "wallet"):
+def test_roles_behind_a_service_keep_serving_while_their_endpoint_is_removed(default_render):
+    # the scanner too: the orchestrator's nudges reach it through its Service
+    for role in ("orchestrator", "scanner", "wallet"):
         spec = pod_spec(default_render.get("Deployment", f"chancepay-{role}"))
         c = spec["containers"][0]
         assert c["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "5"]

@@ -35,7 +35,7 @@ def next_pass(auditor: Role) -> float:
         last = auditor.metric(LAST_PASS)
         return last if last > before else 0.0
 
-    return float(wait_until(ended, 20, what="an audit pass"))
+    return float(wait_until(ended, 60, what="an audit pass"))
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def audited(make_stack) -> tuple[Stack, Role]:
     accepted = s.pay_many(20, "audited")
     s.wait_final(accepted)
     auditor = s.start_auditor()
-    first = wait_until(lambda: auditor.metric(LAST_PASS), 20, what="the first audit pass")
+    first = wait_until(lambda: auditor.metric(LAST_PASS), 60, what="the first audit pass")
     second = next_pass(auditor)
     assert second > first
     assert violations(auditor) == dict.fromkeys(VIOLATION_KINDS, 0.0)
