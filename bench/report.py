@@ -17,7 +17,12 @@ from bench.analysis import system_cpu_ms
 
 
 def _p(step: dict[str, Any] | None, key: str, q: str = "p99") -> Any:
-    return ((step or {}).get(key) or {}).get(q)
+    return _cell(((step or {}).get(key) or {}).get(q))
+
+
+def _cell(value: Any) -> Any:
+    """A table cell: nothing measured (a step the other arm never reached) is a dash."""
+    return "—" if value is None else value
 
 
 def settings_line(doc: dict[str, Any]) -> str:
@@ -41,7 +46,7 @@ def headline(doc: dict[str, Any]) -> list[str]:
         f"{knee.get('e2e_p99_ms')} ms |",
         f"| maximum sustained | {(best or {}).get('rate')}/s | {_p(best, 'api_latency_ms')} ms | "
         f"{_p(best, 'e2e_latency_ms')} ms |",
-        f"| maximum with batching off (size 1) | {(cmp.get('best_rate') or [None])[0]}/s | | |",
+        f"| maximum with batching off (every issue-22 lever off) | {(cmp.get('best_rate') or [None])[0]}/s | | |",
         "",
         f"Settings: {settings_line(doc)}. Ratio to the single-payment all-stages-sharing limit "
         f"{doc.get('ratio_to_all_stages_sharing_machine')}, to the batched one "
@@ -62,9 +67,9 @@ def comparison(doc: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {on['rate']:g} | {_p(a, 'api_latency_ms')} / {_p(on, 'api_latency_ms')} | "
             f"{_p(a, 'e2e_latency_ms')} / {_p(on, 'e2e_latency_ms')} | "
-            f"{system_cpu_ms(a) if a else None} / {system_cpu_ms(on)} | "
-            f"{(a or {}).get('limiting_stage')} / {on.get('limiting_stage')} | "
-            f"{(a or {}).get('verdict')} / {on.get('verdict')} |"
+            f"{system_cpu_ms(a) if a else '—'} / {system_cpu_ms(on)} | "
+            f"{_cell((a or {}).get('limiting_stage'))} / {on.get('limiting_stage')} | "
+            f"{_cell((a or {}).get('verdict'))} / {on.get('verdict')} |"
         )
     checks = (doc.get("batching_comparison") or {}).get("checks") or {}
     lines += ["", "| check (issue 22) | value | target | met |", "|---|---|---|---|"]
