@@ -170,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "loadavg": os.getloadavg()},
             "server": run_sql(full_pair[0], bench_sql.SERVER_FACTS)[0][0],
+            # the history's pages beyond the buffer pool are what a pass's look-ups pay for
+            "innodb_buffer_pool_size_bytes": run_sql(full_pair[0], bench_sql.BUFFER_POOL_SIZE)[0][0],
             "window": args.window,
             "history_rows": args.rows,
             "prefill_seconds": round(prefill, 1),

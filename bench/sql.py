@@ -9,6 +9,7 @@ ALL_INBOX_UUIDS = "SELECT uuid FROM inbox"
 
 # --------------------------------------------------------------------------- benchmarks
 PENDING_COUNT = "SELECT COUNT(*) FROM request WHERE succeed IS NULL"
+BUFFER_POOL_SIZE = "SELECT @@innodb_buffer_pool_size"
 SERVER_FACTS = (
     "SELECT VERSION(), @@innodb_flush_log_at_trx_commit, @@sync_binlog, @@log_bin, "
     "@@innodb_doublewrite, @@innodb_flush_method, @@innodb_buffer_pool_size, "
