@@ -84,7 +84,7 @@ PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 # What ruff checks and `ruff format --check` keeps formatted.
 LINT_PATHS := services tests bench
 
-# The two passes run side by side (each one mostly waits on its servers and timeouts): ~21 min on
+# The two passes run side by side (each one mostly waits on its servers and timeouts): ~24 min on
 # this 2-core machine instead of ~39. TEST_JOBS=1 runs them one after the other. Each pass's
 # output is printed when it ends (--output-sync).
 TEST_JOBS ?= 2
