@@ -85,7 +85,7 @@ PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 LINT_PATHS := services tests bench
 
 # The two passes run side by side (each one mostly waits on its servers and timeouts): ~24 min on
-# this 2-core machine instead of ~39. TEST_JOBS=1 runs them one after the other. Each pass's
+# this 2-core machine instead of ~46. TEST_JOBS=1 runs them one after the other. Each pass's
 # output is printed when it ends (--output-sync).
 TEST_JOBS ?= 2
 # checkov (the security scan of the rendered chart) lives in a venv of its own: its dependency pins
