@@ -66,6 +66,50 @@ async def test_a_lone_item_is_flushed_at_once() -> None:
 
 
 @run
+async def test_a_lone_item_commits_in_its_callers_task() -> None:
+    """Nothing in flight, nothing waiting: no task of the group's own, no hop (the low-rate path)."""
+    callers: list[asyncio.Task[Any] | None] = []
+
+    async def commit(items: list[int]) -> list[int]:
+        callers.append(asyncio.current_task())
+        return [i * 10 for i in items]
+
+    group = GroupCommit(commit, size=32, linger=60)
+    caller = asyncio.create_task(group.submit(1))
+    assert await asyncio.wait_for(caller, 1) == 10
+    assert callers == [caller] and group.in_flight == 0
+
+
+@run
+async def test_a_cancelled_lone_caller_lets_the_next_group_go() -> None:
+    commit = FakeCommit(held=True)
+    group = GroupCommit(commit, size=32, linger=60)
+    alone = asyncio.create_task(group.submit(1))
+    await _settle()
+    waiting = asyncio.create_task(group.submit(2))
+    await _settle()
+    assert group.in_flight == 1 and group.waiting == 1
+    alone.cancel()
+    await _settle()
+    assert group.in_flight == 1 and commit.groups == [[1], [2]], "the waiting item left when the lone one ended"
+    commit.gate.set()
+    assert await asyncio.wait_for(waiting, 1) == 20
+    assert alone.cancelled()
+
+
+@run
+async def test_a_lone_items_failure_is_its_callers() -> None:
+    commit = FakeCommit()
+    group = GroupCommit(commit, size=32, linger=60)
+    with pytest.raises(ValueError):
+        await asyncio.wait_for(group.submit(-1), 1)
+    commit.fail = ConnectionError("down")
+    with pytest.raises(ConnectionError):
+        await asyncio.wait_for(group.submit(1), 1)
+    assert group.in_flight == 0 and await asyncio.wait_for(group.submit(2), 1) == 20
+
+
+@run
 async def test_arrivals_during_a_commit_form_the_next_group() -> None:
     commit = FakeCommit(held=True)
     sizes: list[int] = []

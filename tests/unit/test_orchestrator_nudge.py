@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 
 from chancepay.core.metrics import Metrics
-from chancepay.orchestrator.nudge import NUDGE_TAG, ScannerNudge
+from chancepay.orchestrator.nudge import NUDGE_MIN_GAP_SECONDS, NUDGE_TAG, ScannerNudge
+from chancepay.scanner.policy import NUDGED_HOLD_SECONDS
 from tests.support.recording_log import RecordingLog
 
 
@@ -118,3 +119,9 @@ def test_nudges_under_load_start_at_least_the_minimum_gap_apart() -> None:
 
     first, second = asyncio.run(run())
     assert second - first >= 0.05
+
+
+def test_the_gap_is_the_scanners_hold() -> None:
+    """Under load the scanner claims at most once per hold (scanner/policy.py), so nudges closer
+    together are work for nothing and nudges further apart would delay claims."""
+    assert NUDGE_MIN_GAP_SECONDS == NUDGED_HOLD_SECONDS
