@@ -16,18 +16,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import json
 import os
 import platform
 import secrets
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import pymysql
 
 from bench import sql as bench_sql
+from bench.output import emit
 from chancepay.auditor import policy
 from chancepay.auditor.auditor import Auditor
 from chancepay.core import migrations, sql
@@ -184,10 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for database in databases:
             run_sql("mysql", bench_sql.DROP_DATABASE.format(db=database))
-    text = json.dumps(doc, indent=2, default=str)
-    print(text)
-    if args.output:
-        Path(args.output).write_text(text + "\n")
+    emit(doc, args.output, default=str)
     return 0
 
 

@@ -15,7 +15,6 @@ says how busy it was).
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 
 from bench import analysis
 from bench.deployment import Deployment
+from bench.output import emit
 from bench.raw_limits import _machine_busy
 from bench.run import CpuMeter, log, role_pids, run_load, wait_quiet
 from chancepay.core import config
@@ -78,10 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             doc["low_rate"] = window(env, args.seconds, args.rate)
         finally:
             env.destroy()
-    text = json.dumps(doc, indent=2)
-    print(text)
-    if args.output:
-        Path(args.output).write_text(text + "\n")
+    emit(doc, args.output)
     return 0
 
 

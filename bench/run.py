@@ -41,6 +41,7 @@ from typing import Any
 
 from bench import analysis
 from bench.deployment import Deployment
+from bench.output import emit
 from bench.stages import StageSampler
 from chancepay.core import config
 
@@ -513,7 +514,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--steps",
-        default="10,100,200,300,400,600,800,1000,1200,1600",
+        default="10,100,200,300,400,500,600,700,800,1000,1200,1600",
         help="comma-separated rates (payments/s), tried in order until one is not sustained",
     )
     p.add_argument("--step-seconds", type=float, default=15.0)
@@ -589,13 +590,8 @@ def main(argv: list[str] | None = None) -> int:
         rate = args.scaleout_rate or (round(0.8 * best["rate"]) if best else steps[0])
         doc["scaleout"] = scale_out(rate, args.scaleout_seconds, tmp)
     doc["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(doc, indent=2)
-    out.write_text(text + "\n")
-    stamped = out.parent / f"bench-{doc['started_at'].replace(':', '')}.json"
-    stamped.write_text(text + "\n")
-    print(text)
+    text = emit(doc, args.output)
+    (Path(args.output).parent / f"bench-{doc['started_at'].replace(':', '')}.json").write_text(text + "\n")
     print(table(doc), file=sys.stderr)
     return 0
 
