@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import base64
+import copy
 import dataclasses
 import gzip
 import json
@@ -547,6 +548,20 @@ def _release_records(api: FakeKubeAPI, release: str) -> list[dict[str, Any]]:
     return sorted(found, key=lambda r: r.get("version", 0))
 
 
+def coalesce_tables(dst: dict[str, Any], src: dict[str, Any]) -> dict[str, Any]:
+    """Helm's chartutil.CoalesceTables: `src` merged into `dst`, `dst` authoritative — a key only
+    in `src` is copied, two tables are merged key by key, anything else keeps `dst`'s value; a
+    null in `dst` for a key `src` has deletes it (`--set x=null` drops a reused value)."""
+    for key, value in src.items():
+        if key not in dst:
+            dst[key] = value
+        elif dst[key] is None:
+            del dst[key]
+        elif isinstance(dst[key], dict) and isinstance(value, dict):
+            coalesce_tables(dst[key], value)
+    return dst
+
+
 class HelmError(RuntimeError):
     """An action Helm refused or that failed; the message is Helm's (with the API's refusal)."""
 
@@ -599,8 +614,20 @@ class Cluster:
         return self.rendered(release)
 
     def upgrade(self, release: str, chart: str, values: dict[str, Any] | None = None, *,
-                reuse_values: bool = False, timeout: int = 60) -> Rendered:
-        """`helm upgrade RELEASE CHART` (values as `-f`; reuse_values as `--reuse-values`)."""
+                reuse_values: bool = False, reset_then_reuse_values: bool = False,
+                timeout: int = 60) -> Rendered:
+        """`helm upgrade RELEASE CHART` (values as `-f`; reuse_values as `--reuse-values`;
+        reset_then_reuse_values as `--reset-then-reuse-values`, Helm >= 3.14).
+
+        helm-sdkpy does not pass `--reset-then-reuse-values` through; what Helm 3's Upgrade does
+        with it (pkg/action/upgrade.go, reuseValues) is done here before Helm's own Upgrade runs:
+        the values given now coalesced over the release's last user-supplied values
+        (`chartutil.CoalesceTables(newVals, current.Config)`), rendered on the *new* chart's
+        defaults (plain `--reuse-values` renders on the old chart's)."""
+        if reset_then_reuse_values:
+            records = _release_records(self.api, release)
+            previous = (records[-1].get("config") or {}) if records else {}
+            values = coalesce_tables(copy.deepcopy(values or {}), copy.deepcopy(previous))
         self._run(self._helm.Upgrade(self._config).run(release, chart, values=values or {}, wait=False,
                                                        timeout=timeout, reuse_values=reuse_values))
         return self.rendered(release)

@@ -510,6 +510,49 @@ def test_the_previous_release_upgrades_with_reuse_values(tmp_path) -> None:
         assert "nil" not in json.dumps(new.manifests)
 
 
+def test_the_documented_upgrade_from_the_previous_release_takes_this_ones_new_defaults(tmp_path) -> None:
+    """The README's ordinary upgrade (`--reset-then-reuse-values --set config.logLevel=DEBUG`) run
+    on a release of the previous chart: the values its operator set are kept, the log level
+    changes, and what this release adds with a default takes that default (the auditor runs) —
+    which plain `--reuse-values` does not do (the test above: the old chart's defaults)."""
+    _, old_chart = previous_release(tmp_path)
+    with helm_render.Cluster(namespace=NS) as cluster:
+        cluster.install(RELEASE, str(old_chart), {"orchestrator": {"replicas": 3}})
+        (command,) = [c for d, c in documented_helm_commands() if d == "README.md" and " upgrade " in c]
+        assert "--reset-then-reuse-values" in command and "config.logLevel=DEBUG" in command, command
+        run_helm_command(cluster, command)
+        assert not cluster.api.refused, cluster.api.refused
+        deployments = {o["metadata"]["name"]: o for o in cluster.live("Deployment")}
+        assert f"{RELEASE}-auditor" in deployments, sorted(deployments)
+        assert deployments[f"{RELEASE}-orchestrator"]["spec"]["replicas"] == 3, "the operator's value kept"
+        for name in (f"{RELEASE}-orchestrator", f"{RELEASE}-auditor"):
+            spec = deployments[name]["spec"]["template"]["spec"]
+            env = {e["name"]: e.get("value") for c in spec["containers"] for e in c.get("env", [])}
+            assert env["CHANCEPAY_LOG_LEVEL"] == "DEBUG", name
+        # plain --reuse-values on the same old release would have left the auditor out
+        cluster.uninstall(RELEASE)
+    with helm_render.Cluster(namespace=NS) as cluster:
+        cluster.install(RELEASE, str(old_chart), {"orchestrator": {"replicas": 3}})
+        cluster.upgrade(RELEASE, CHART, {"config": {"logLevel": "DEBUG"}}, reuse_values=True)
+        assert f"{RELEASE}-auditor" not in {o["metadata"]["name"] for o in cluster.live("Deployment")}
+
+
+def test_coalesce_tables_is_helms() -> None:
+    """deploy/helm_render.coalesce_tables, which stands in for Helm's CoalesceTables where
+    helm-sdkpy has no `--reset-then-reuse-values`: the values given now win, tables merge, a key
+    only in the release's values is kept, a null given now drops a reused value."""
+    now = {"config": {"logLevel": "DEBUG"}, "wallet": None, "orchestrator": {"resources": None}}
+    before = {
+        "config": {"logLevel": "INFO", "env": "prod"},
+        "wallet": {"replicas": 4},
+        "orchestrator": {"replicas": 3, "resources": {"limits": {"cpu": 1}}},
+    }
+    assert helm_render.coalesce_tables(now, before) == {
+        "config": {"logLevel": "DEBUG", "env": "prod"},
+        "orchestrator": {"replicas": 3},
+    }
+
+
 def test_the_previous_chart_release_upgrades_to_this_one(tmp_path) -> None:
     version, old_chart = previous_release(tmp_path)
     current = yaml.safe_load((Path(CHART) / "Chart.yaml").read_text())["version"]
@@ -770,7 +813,7 @@ def run_helm_command(cluster: helm_render.Cluster, command: str) -> None:
     verb, rest = args[1], args[2:]
     positional: list[str] = []
     values: dict[str, Any] = {}
-    reuse = install = False
+    reuse = reset_then_reuse = install = False
     i = 0
     while i < len(rest):
         a = rest[i]
@@ -781,6 +824,9 @@ def run_helm_command(cluster: helm_render.Cluster, command: str) -> None:
             i += 2
         elif a in ("--reuse-values",):
             reuse = True
+            i += 1
+        elif a == "--reset-then-reuse-values":
+            reset_then_reuse = True
             i += 1
         elif a == "--install":
             install = True
@@ -798,7 +844,7 @@ def run_helm_command(cluster: helm_render.Cluster, command: str) -> None:
         if install and not helm_render._release_records(cluster.api, positional[0]):
             cluster.install(positional[0], chart, values)
         else:
-            cluster.upgrade(positional[0], chart, values, reuse_values=reuse)
+            cluster.upgrade(positional[0], chart, values, reuse_values=reuse, reset_then_reuse_values=reset_then_reuse)
     else:
         cluster.uninstall(positional[0])
 

@@ -174,7 +174,7 @@ def test_lint_ct_installs_only_what_a_bare_kind_cluster_can_run():
 def test_lint_an_upgrade_step_then_a_payment_and_helm_test():
     upgrade_i = step_index(lambda s: "helm upgrade" in s.get("run", ""), "running helm upgrade")
     run = steps()[upgrade_i]["run"]
-    for needed in ("--reuse-values", "--set config.logLevel=DEBUG", "--wait", "--wait-for-jobs"):
+    for needed in ("--reset-then-reuse-values", "--set config.logLevel=DEBUG", "--wait", "--wait-for-jobs"):
         assert needed in run, needed
     assert "CHANCEPAY_LOG_LEVEL" in run  # the new value reached the pods' template
     install_i = step_index(lambda s: "make kind-up" in s.get("run", ""), "running make kind-up")
