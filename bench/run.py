@@ -13,7 +13,8 @@
    latency did not explode (API p99 < 1 s, end-to-end p99 < 2 s). Stepping stops at the first
    step that is not. Each step also reports the maximum outbox depth and pending count seen
    while it ran, and CPU seconds per payment for each role, MariaDB, RabbitMQ and the load
-   generator itself. Then the same step-up with batching off (every lever of issue 22 off: batch
+   generator itself. Beside it, interleaved rate by rate (each arm's step alone on the servers,
+   the order alternating), the same step-up with batching off (every lever of issue 22 off: batch
    sizes 1, the scanner's fixed poll, no nudge; bench/analysis.py), compared with it in
    `batching_comparison`; per step the stages' lags name the limiting stage, and `knee` is the
    highest rate with end-to-end p99 < 100 ms, with the settings it was measured with.
@@ -240,6 +241,77 @@ def step_seconds(rate: float, seconds: float, min_payments: int) -> float:
     return max(seconds, min_payments / rate) if rate > 0 else seconds
 
 
+WARMUP_RATE, WARMUP_SECONDS = 50.0, 2.0
+
+
+class Arm:
+    """One configuration under test on a deployment of its own (per-run databases, users and
+    vhost): its roles started with `overrides`, stepped up one rate at a time. `pause()` stops its
+    roles (SIGTERM, as an operator would) so that another arm can be measured alone on the shared
+    servers; the next `step()` starts them again (the data stays)."""
+
+    def __init__(self, label: str, tmp: Path, overrides: dict[str, str] | None = None, history_rows: int = 0) -> None:
+        self.label = label
+        self.overrides = dict(overrides or {})
+        self.history_rows = history_rows
+        self.env = Deployment(tmp / (f"{label}-history" if history_rows else label))
+        self.results: list[dict[str, Any]] = []
+        self.best: dict[str, Any] | None = None
+        self.history: dict[str, Any] | None = None
+        self.finished = False  # a step was not sustained, or a role exited
+
+    def open(self) -> Arm:
+        self.env.create()
+        if self.history_rows:
+            log(f"history: pre-filling {self.history_rows:,} finalized payments (request and inbox rows)")
+            self.history = self.env.prefill_history(self.history_rows)
+            log(f"  -> {self.history}")
+        for role in ("orchestrator", "scanner", "wallet"):
+            self.env.add(role, **self.overrides)
+        return self
+
+    def step(self, rate: float, seconds: float, min_payments: int) -> dict[str, Any]:
+        if not all(p.running for p in self.env.processes.values()):
+            self.env.start_all()
+            # Fresh processes: their first requests open connections and take code paths for the
+            # first time. A short unmeasured load first, so a step measures the roles warm, as
+            # in a step-up whose roles run throughout.
+            run_load(self.env, WARMUP_RATE, WARMUP_SECONDS, [self.env.processes["orchestrator"].url])
+        quiet = wait_quiet()
+        duration = step_seconds(rate, seconds, min_payments)
+        log(f"[{self.label}] step {rate:g}/s for {duration:g} s (servers idle after {quiet} s)")
+        step = measure_step(self.env, rate, duration)
+        self.results.append(step)
+        log(
+            f"  -> {step['verdict']}: api p99 {step['api_latency_ms']}, e2e p99 {step['e2e_latency_ms']}, "
+            f"max outbox {step['max_outbox_depth']}, limiting {step['limiting_stage']} {step['stage_lag_ms']}"
+        )
+        if step["sustained"]:
+            self.best = step
+        if not step["sustained"] or any(not p.running for p in self.env.processes.values()):
+            if step["sustained"]:
+                log("  a role exited during the step; stopping")
+            self.finished = True
+        return step
+
+    def pause(self) -> None:
+        for process in self.env.processes.values():
+            process.stop()
+
+    def close(self) -> None:
+        self.env.destroy()
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "settings": self.overrides,
+            "steps": self.results,
+            "best": self.best,
+            "knee": analysis.knee(self.results),
+            "limiting_stage": analysis.run_limiting_stage(self.results),
+            **({"history": self.history} if self.history else {}),
+        }
+
+
 def step_up(
     steps: list[float],
     seconds: float,
@@ -249,46 +321,43 @@ def step_up(
     label: str = "stepup",
     min_payments: int = 0,
 ) -> dict[str, Any]:
-    """Step up through `steps` on a fresh deployment whose roles get `overrides` (settings)."""
-    env = Deployment(tmp / (f"{label}-history" if history_rows else label))
-    results: list[dict[str, Any]] = []
-    best: dict[str, Any] | None = None
-    history: dict[str, Any] | None = None
+    """Step up through `steps` on a fresh deployment whose roles get `overrides` (settings), its
+    roles running from the first step to the last."""
+    arm = Arm(label, tmp, overrides, history_rows)
     try:
-        env.create()
-        if history_rows:
-            log(f"history: pre-filling {history_rows:,} finalized payments (request and inbox rows)")
-            history = env.prefill_history(history_rows)
-            log(f"  -> {history}")
-        for role in ("orchestrator", "scanner", "wallet"):
-            env.add(role, **(overrides or {}))
-        env.start_all()
+        arm.open()
         for rate in steps:
-            quiet = wait_quiet()
-            duration = step_seconds(rate, seconds, min_payments)
-            log(f"[{label}] step {rate:g}/s for {duration:g} s (servers idle after {quiet} s)")
-            step = measure_step(env, rate, duration)
-            results.append(step)
-            log(
-                f"  -> {step['verdict']}: api p99 {step['api_latency_ms']}, e2e p99 {step['e2e_latency_ms']}, "
-                f"max outbox {step['max_outbox_depth']}, limiting {step['limiting_stage']} {step['stage_lag_ms']}"
-            )
-            if not step["sustained"]:
-                break
-            best = step
-            if any(not p.running for p in env.processes.values()):
-                log("  a role exited during the step; stopping")
+            arm.step(rate, seconds, min_payments)
+            if arm.finished:
                 break
     finally:
-        env.destroy()
-    return {
-        "settings": dict(overrides or {}),
-        "steps": results,
-        "best": best,
-        "knee": analysis.knee(results),
-        "limiting_stage": analysis.run_limiting_stage(results),
-        **({"history": history} if history else {}),
-    }
+        arm.close()
+    return arm.summary()
+
+
+def step_up_interleaved(
+    arms: list[Arm], steps: list[float], seconds: float, min_payments: int = 0
+) -> list[dict[str, Any]]:
+    """Step several arms up together, one rate at a time: at each rate every arm still going runs
+    its step alone (the others' roles stopped, so the shared servers work for it only), the arms'
+    order alternating from one rate to the next. A machine whose speed drifts during the run
+    (another tenant, thermal limits: twofold here within an hour) then drifts for every arm alike,
+    where arms run one after the other would compare one hour's machine with the next's. An arm
+    stops at its first step that is not sustained; the others go on."""
+    try:
+        for arm in arms:
+            arm.open()
+        for i, rate in enumerate(steps):
+            going = [a for a in (arms if i % 2 == 0 else arms[::-1]) if not a.finished]
+            if not going:
+                break
+            for arm in going:
+                arm.step(rate, seconds, min_payments)
+                arm.pause()
+    finally:
+        for arm in arms:
+            arm.close()
+    return [arm.summary() for arm in arms]
 
 
 def compare_history(empty: dict[str, Any], full: dict[str, Any]) -> dict[str, Any]:
@@ -443,16 +512,21 @@ def add_ratios(doc: dict[str, Any]) -> None:
         )
 
 
-def compare_with_batching_off(
+def step_up_with_batching_off(
     doc: dict[str, Any], steps: list[float], seconds: float, tmp: Path, min_payments: int = 0
 ) -> None:
-    """The same step-up with every lever of issue 22 off (bench/analysis.py BATCHING_OFF), in this run."""
+    """The step-up with the defaults (`stepup`) and with every lever of issue 22 off
+    (bench/analysis.py BATCHING_OFF: `batching_off`), interleaved rate by rate in this run."""
     overrides, missing = analysis.batching_off({v.env for v in config.VARIABLES})
     log(f"batching off: {overrides} (settings not in this code, skipped: {missing})")
-    doc["batching_off"] = step_up(
-        steps, seconds, tmp, overrides=overrides, label="batching-off", min_payments=min_payments
-    )
+    on, off = Arm("stepup", tmp), Arm("batching-off", tmp, overrides)
+    doc["stepup"], doc["batching_off"] = step_up_interleaved([on, off], steps, seconds, min_payments)
     doc["batching_off"]["settings_missing"] = missing
+    doc["batching_off"]["interleaved_with"] = "stepup"
+
+
+def compare_with_batching_off(doc: dict[str, Any]) -> None:
+    """`batching_comparison`: the two step-ups of this run against each other and the issue's targets."""
     sharing = (doc.get("smallest_limit") or {}).get("all_stages_sharing_machine_per_s")
     doc["batching_comparison"] = analysis.compare_batching(doc["batching_off"], doc["stepup"], sharing)
 
@@ -571,7 +645,10 @@ def main(argv: list[str] | None = None) -> int:
     doc["raw_limits"] = recorded_raw_limits(
         args.raw_seconds, reuse=args.skip_raw, store=Path(args.output).parent / "raw-limits.json"
     )
-    doc["stepup"] = step_up(steps, args.step_seconds, tmp, min_payments=args.min_payments)
+    if args.no_compare:
+        doc["stepup"] = step_up(steps, args.step_seconds, tmp, min_payments=args.min_payments)
+    else:
+        step_up_with_batching_off(doc, steps, args.step_seconds, tmp, args.min_payments)
     if args.history_rows:
         doc["history"] = step_up(
             steps, args.step_seconds, tmp, history_rows=args.history_rows, min_payments=args.min_payments
@@ -585,7 +662,7 @@ def main(argv: list[str] | None = None) -> int:
         **setting_facts(doc.get("raw_limits")),
     }
     if not args.no_compare:
-        compare_with_batching_off(doc, steps, args.step_seconds, tmp, args.min_payments)
+        compare_with_batching_off(doc)
     if not args.skip_scaleout:
         rate = args.scaleout_rate or (round(0.8 * best["rate"]) if best else steps[0])
         doc["scaleout"] = scale_out(rate, args.scaleout_seconds, tmp)
