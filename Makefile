@@ -133,7 +133,7 @@ check: test-venv ## before a commit: ruff, ruff format --check, mypy --strict, t
 bench: services test-venv ## throughput/latency benchmark; JSON results in .bench/
 	$(PY) -m bench.run
 
-bench-history: services test-venv ## the benchmark again on tables pre-filled with 10 million finalized payments, compared with empty ones in the same run (~13 min here)
+bench-history: services test-venv ## the benchmark again on tables pre-filled with 10 million finalized payments, compared with empty ones in the same run, interleaved with them and with batching off (~13 min before interleaving; longer now)
 	$(PY) -m bench.run --history-rows 10000000
 
 include mk/deploy.mk

@@ -248,17 +248,19 @@ class Arm:
     """One configuration under test on a deployment of its own (per-run databases, users and
     vhost): its roles started with `overrides`, stepped up one rate at a time. `pause()` stops its
     roles (SIGTERM, as an operator would) so that another arm can be measured alone on the shared
-    servers; the next `step()` starts them again (the data stays)."""
+    servers; the next `step()` starts them again (the data stays) and warms them up."""
 
     def __init__(self, label: str, tmp: Path, overrides: dict[str, str] | None = None, history_rows: int = 0) -> None:
         self.label = label
         self.overrides = dict(overrides or {})
         self.history_rows = history_rows
-        self.env = Deployment(tmp / (f"{label}-history" if history_rows else label))
+        self.env = Deployment(tmp / label)
         self.results: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
         self.history: dict[str, Any] | None = None
         self.finished = False  # a step was not sustained, or a role exited
+        self.paused = True  # its roles are stopped (not started yet, or by pause())
+        self.interleaved_with: list[str] = []
 
     def open(self) -> Arm:
         self.env.create()
@@ -270,13 +272,25 @@ class Arm:
             self.env.add(role, **self.overrides)
         return self
 
-    def step(self, rate: float, seconds: float, min_payments: int) -> dict[str, Any]:
-        if not all(p.running for p in self.env.processes.values()):
-            self.env.start_all()
-            # Fresh processes: their first requests open connections and take code paths for the
-            # first time. A short unmeasured load first, so a step measures the roles warm, as
-            # in a step-up whose roles run throughout.
-            run_load(self.env, WARMUP_RATE, WARMUP_SECONDS, [self.env.processes["orchestrator"].url])
+    def start(self) -> None:
+        """Start the roles, then warm them up: fresh processes open connections and take code paths
+        for the first time, so a short unmeasured load first (each step measures warm roles)."""
+        for process in self.env.processes.values():
+            if not process.running:
+                process.start()
+        for process in self.env.processes.values():
+            process.wait_ready()
+        self.paused = False
+        run_load(self.env, WARMUP_RATE, WARMUP_SECONDS, [self.env.processes["orchestrator"].url])
+
+    def step(self, rate: float, seconds: float, min_payments: int) -> dict[str, Any] | None:
+        """One step at `rate`; None when a role exited since the last step (the arm is finished)."""
+        if self.paused:
+            self.start()
+        elif not all(p.running for p in self.env.processes.values()):
+            log(f"[{self.label}] a role exited since the last step; stopping")
+            self.finished = True
+            return None
         quiet = wait_quiet()
         duration = step_seconds(rate, seconds, min_payments)
         log(f"[{self.label}] step {rate:g}/s for {duration:g} s (servers idle after {quiet} s)")
@@ -297,6 +311,7 @@ class Arm:
     def pause(self) -> None:
         for process in self.env.processes.values():
             process.stop()
+        self.paused = True
 
     def close(self) -> None:
         self.env.destroy()
@@ -308,22 +323,21 @@ class Arm:
             "best": self.best,
             "knee": analysis.knee(self.results),
             "limiting_stage": analysis.run_limiting_stage(self.results),
+            "method": {
+                "interleaved_with": self.interleaved_with,
+                "roles": (
+                    "stopped between steps, started and warmed up before each"
+                    if self.interleaved_with
+                    else "started once, running throughout"
+                ),
+                "warmup": {"rate": WARMUP_RATE, "seconds": WARMUP_SECONDS, "measured": False},
+            },
             **({"history": self.history} if self.history else {}),
         }
 
 
-def step_up(
-    steps: list[float],
-    seconds: float,
-    tmp: Path,
-    history_rows: int = 0,
-    overrides: dict[str, str] | None = None,
-    label: str = "stepup",
-    min_payments: int = 0,
-) -> dict[str, Any]:
-    """Step up through `steps` on a fresh deployment whose roles get `overrides` (settings), its
-    roles running from the first step to the last."""
-    arm = Arm(label, tmp, overrides, history_rows)
+def step_up(arm: Arm, steps: list[float], seconds: float, min_payments: int = 0) -> dict[str, Any]:
+    """Step `arm` up through `steps`, its roles running from the first step to the last."""
     try:
         arm.open()
         for rate in steps:
@@ -344,6 +358,8 @@ def step_up_interleaved(
     (another tenant, thermal limits: twofold here within an hour) then drifts for every arm alike,
     where arms run one after the other would compare one hour's machine with the next's. An arm
     stops at its first step that is not sustained; the others go on."""
+    for arm in arms:
+        arm.interleaved_with = [a.label for a in arms if a is not arm]
     try:
         for arm in arms:
             arm.open()
@@ -358,6 +374,31 @@ def step_up_interleaved(
         for arm in arms:
             arm.close()
     return [arm.summary() for arm in arms]
+
+
+def run_arms(doc: dict[str, Any], args: argparse.Namespace, steps: list[float], tmp: Path) -> None:
+    """`stepup` (the defaults), and beside it `batching_off` (every lever of issue 22 off:
+    bench/analysis.py BATCHING_OFF) unless --no-compare, and `history` (the defaults on tables
+    pre-filled with --history-rows payments) when asked: several arms run interleaved rate by
+    rate, one arm alone runs its roles throughout."""
+    arms = [Arm("stepup", tmp)]
+    missing: list[str] = []
+    if not args.no_compare:
+        overrides, missing = analysis.batching_off({v.env for v in config.VARIABLES})
+        log(f"batching off: {overrides} (settings not in this code, skipped: {missing})")
+        arms.append(Arm("batching-off", tmp, overrides))
+    if args.history_rows:
+        arms.append(Arm("history", tmp, history_rows=args.history_rows))
+    if len(arms) == 1:
+        summaries = [step_up(arms[0], steps, args.step_seconds, args.min_payments)]
+    else:
+        summaries = step_up_interleaved(arms, steps, args.step_seconds, args.min_payments)
+    for arm, summary in zip(arms, summaries, strict=True):
+        doc[{"stepup": "stepup", "batching-off": "batching_off", "history": "history"}[arm.label]] = summary
+    if not args.no_compare:
+        doc["batching_off"]["settings_missing"] = missing
+    if args.history_rows:
+        doc["history_vs_empty"] = compare_history(doc["stepup"], doc["history"])
 
 
 def compare_history(empty: dict[str, Any], full: dict[str, Any]) -> dict[str, Any]:
@@ -512,19 +553,6 @@ def add_ratios(doc: dict[str, Any]) -> None:
         )
 
 
-def step_up_with_batching_off(
-    doc: dict[str, Any], steps: list[float], seconds: float, tmp: Path, min_payments: int = 0
-) -> None:
-    """The step-up with the defaults (`stepup`) and with every lever of issue 22 off
-    (bench/analysis.py BATCHING_OFF: `batching_off`), interleaved rate by rate in this run."""
-    overrides, missing = analysis.batching_off({v.env for v in config.VARIABLES})
-    log(f"batching off: {overrides} (settings not in this code, skipped: {missing})")
-    on, off = Arm("stepup", tmp), Arm("batching-off", tmp, overrides)
-    doc["stepup"], doc["batching_off"] = step_up_interleaved([on, off], steps, seconds, min_payments)
-    doc["batching_off"]["settings_missing"] = missing
-    doc["batching_off"]["interleaved_with"] = "stepup"
-
-
 def compare_with_batching_off(doc: dict[str, Any]) -> None:
     """`batching_comparison`: the two step-ups of this run against each other and the issue's targets."""
     sharing = (doc.get("smallest_limit") or {}).get("all_stages_sharing_machine_per_s")
@@ -645,15 +673,7 @@ def main(argv: list[str] | None = None) -> int:
     doc["raw_limits"] = recorded_raw_limits(
         args.raw_seconds, reuse=args.skip_raw, store=Path(args.output).parent / "raw-limits.json"
     )
-    if args.no_compare:
-        doc["stepup"] = step_up(steps, args.step_seconds, tmp, min_payments=args.min_payments)
-    else:
-        step_up_with_batching_off(doc, steps, args.step_seconds, tmp, args.min_payments)
-    if args.history_rows:
-        doc["history"] = step_up(
-            steps, args.step_seconds, tmp, history_rows=args.history_rows, min_payments=args.min_payments
-        )
-        doc["history_vs_empty"] = compare_history(doc["stepup"], doc["history"])
+    run_arms(doc, args, steps, tmp)
     best = doc["stepup"]["best"]
     add_ratios(doc)
     doc["knee"] = {

@@ -625,8 +625,11 @@ class Cluster:
         (`chartutil.CoalesceTables(newVals, current.Config)`), rendered on the *new* chart's
         defaults (plain `--reuse-values` renders on the old chart's)."""
         if reset_then_reuse_values:
+            # Helm's "current" release: the last deployed revision, else the last one (prepareUpgrade).
             records = _release_records(self.api, release)
-            previous = (records[-1].get("config") or {}) if records else {}
+            deployed = [r for r in records if (r.get("info") or {}).get("status") == "deployed"]
+            current = deployed[-1] if deployed else (records[-1] if records else {})
+            previous = current.get("config") or {}
             values = coalesce_tables(copy.deepcopy(values or {}), copy.deepcopy(previous))
         self._run(self._helm.Upgrade(self._config).run(release, chart, values=values or {}, wait=False,
                                                        timeout=timeout, reuse_values=reuse_values))

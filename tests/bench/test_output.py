@@ -18,7 +18,10 @@ def test_printed_and_written_alike(tmp_path: Path, capsys: pytest.CaptureFixture
     assert path.read_text() == text + "\n"
 
 
-def test_without_a_path_only_printed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_without_a_path_only_printed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
     emit({"a": 1}, None)
     assert json.loads(capsys.readouterr().out) == {"a": 1}
     assert list(tmp_path.iterdir()) == []

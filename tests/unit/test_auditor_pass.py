@@ -98,3 +98,48 @@ def test_a_row_committed_late_inside_the_overlap_is_judged_once() -> None:
     assert {u: f.kind for u, f in a.found.items()} == {"late": "orphan_inbox"}
     assert asyncio.run(a.pass_once()) == 0  # read again inside the overlap, but not judged as new again
     assert {u: f.kind for u, f in a.found.items()} == {"late": "orphan_inbox"}
+
+
+class Schemas:
+    """schema_ready answers False `missing` times, then True; counts the questions."""
+
+    def __init__(self, missing: int) -> None:
+        self.missing, self.asked = missing, 0
+
+    async def schema_ready(self, required: int) -> bool:
+        self.asked += 1
+        return self.asked > self.missing
+
+
+def test_no_pass_before_migrate_made_both_schemas(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An auditor started beside the migrate Job (a first install) waits for both schemas instead
+    of failing its passes on missing tables (which logged [FAILED TO REACH DATABASE])."""
+    monkeypatch.setattr("chancepay.auditor.auditor.SCHEMA_POLL_SECONDS", 0.001)
+    orch, wallet = Schemas(missing=0), Schemas(missing=2)
+    a = Auditor(orch, wallet, Metrics("auditor"), grace=300, batch=10)  # type: ignore[arg-type]
+    passes: list[int] = []
+
+    async def run() -> None:
+        stop = asyncio.Event()
+
+        async def pass_once() -> int:
+            passes.append(wallet.asked)  # how often the wallet's schema was asked before this pass
+            stop.set()
+            return 0
+
+        a.pass_once = pass_once  # type: ignore[method-assign]
+        await asyncio.wait_for(a.audit_forever(stop, interval=0.01), 5)
+
+    asyncio.run(run())
+    assert passes == [3], "the first pass came once the wallet's schema was there, not before"
+
+
+def test_a_stopped_auditor_waits_no_longer() -> None:
+    a = Auditor(Schemas(missing=10**9), Schemas(missing=0), Metrics("auditor"), grace=300, batch=10)  # type: ignore[arg-type]
+
+    async def run() -> bool:
+        stop = asyncio.Event()
+        stop.set()
+        return await asyncio.wait_for(a.schemas_ready(stop), 5)
+
+    assert asyncio.run(run()) is False

@@ -6,8 +6,16 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
+import pytest
+
 from chancepay.core.metrics import Metrics
-from chancepay.orchestrator.nudge import NUDGE_MIN_GAP_SECONDS, NUDGE_TAG, ScannerNudge
+from chancepay.orchestrator.nudge import (
+    NUDGE_MIN_GAP_SECONDS,
+    NUDGE_TAG,
+    ScannerNudge,
+    once_more_on_a_closed_connection,
+)
 from chancepay.scanner.policy import NUDGED_HOLD_SECONDS
 from tests.support.recording_log import RecordingLog
 
@@ -125,3 +133,32 @@ def test_the_gap_is_the_scanners_hold() -> None:
     """Under load the scanner claims at most once per hold (scanner/policy.py), so nudges closer
     together are work for nothing and nudges further apart would delay claims."""
     assert NUDGE_MIN_GAP_SECONDS == NUDGED_HOLD_SECONDS
+
+
+def test_a_connection_closed_under_a_nudge_is_tried_once_more() -> None:
+    """After a scanner rollout the kept-alive connection is closed: one more try, on a new one."""
+    tries: list[int] = []
+
+    async def closed_then_ok() -> None:
+        tries.append(1)
+        if len(tries) == 1:
+            raise aiohttp.ServerDisconnectedError()
+
+    asyncio.run(once_more_on_a_closed_connection(closed_then_ok))
+    assert len(tries) == 2
+
+    async def always_closed() -> None:
+        tries.append(1)
+        raise aiohttp.ServerDisconnectedError()
+
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        asyncio.run(once_more_on_a_closed_connection(always_closed))
+    assert len(tries) == 4, "twice, not more"
+
+    async def refused_by_http() -> None:
+        tries.append(1)
+        raise RuntimeError("HTTP 401")
+
+    with pytest.raises(RuntimeError):
+        asyncio.run(once_more_on_a_closed_connection(refused_by_http))
+    assert len(tries) == 5, "an answer that is not a closed connection is not tried again"

@@ -16,14 +16,17 @@ from typing import Any
 
 from chancepay.auditor import policy
 from chancepay.auditor.policy import Finding, Row
-from chancepay.core import sql
+from chancepay.core import migrations, sql
 from chancepay.core.backoff import Backoff
 from chancepay.core.db import Database
 from chancepay.core.invariants import CHUNK, InvariantReport, compare, judge_stale
 from chancepay.core.logging import get_logger
 from chancepay.core.metrics import Metrics
 from chancepay.core.payment import succeed_from_column
-from chancepay.core.waiting import forever
+from chancepay.core.waiting import forever, pause
+
+# How often an auditor started before `chancepay migrate` finished looks at the schemas again.
+SCHEMA_POLL_SECONDS = 1.0
 
 TAG = "[FAILED TO AUDIT]"
 
@@ -148,7 +151,26 @@ class Auditor:
         self.log.debug("audit pass done", checked=result.checked, read=result.read, violations=sum(counts.values()))
         return result.read
 
+    async def schemas_ready(self, stop: asyncio.Event) -> bool:
+        """Wait until `chancepay migrate` brought both schemas to this code's versions (on a first
+        install the roles start beside the migrate Job): until then a pass could only fail on a
+        missing table, so none is tried and nothing is logged as a failure — /readyz says which
+        schema is missing, and ChancePayAuditStalled fires if migrate never comes. False: stopped."""
+        told = False
+        while not stop.is_set():
+            orch_ready = await self.orch.schema_ready(migrations.latest(migrations.ORCHESTRATOR))
+            if orch_ready and await self.wallet.schema_ready(migrations.latest(migrations.WALLET)):
+                return True
+            if not told:
+                self.log.info("waiting for the schemas (chancepay migrate) before the first audit pass")
+                told = True
+            await pause(stop, SCHEMA_POLL_SECONDS)
+        return False
+
     async def audit_forever(self, stop: asyncio.Event, *, interval: float) -> None:
+        if not await self.schemas_ready(stop):
+            return
+
         def failed(exc: BaseException, delay: float) -> None:
             self.log.error(
                 "[FAILED TO REACH DATABASE]",

@@ -10,7 +10,9 @@ A group is flushed
 
 `commit(items)` answers one outcome per item, in order: a value, or an exception for that caller.
 If it raises, every item of the group gets that exception. An item whose caller went away before
-its group was flushed is dropped (nothing written for it); once flushed, it commits with its group.
+its group was flushed is dropped (nothing written for it); once flushed, it commits with its group
+— except a lone item committed inline, whose commit is its caller's: cancelling the caller cancels
+it (the transaction rolls back, as at size 1; no answer was given either way).
 """
 
 from __future__ import annotations
@@ -73,7 +75,10 @@ class GroupCommit(Generic[T, R]):
         self._in_flight += 1
         self._observe(1)
         try:
-            (outcome,) = await self._commit([item])
+            outcomes = await self._commit([item])
+            if len(outcomes) != 1:
+                raise AssertionError(f"{len(outcomes)} outcomes for a group of 1")
+            (outcome,) = outcomes
         finally:
             self._in_flight -= 1
             if self._waiting and self._in_flight == 0:

@@ -33,6 +33,18 @@ NUDGE_TIMEOUT_SECONDS = 1.0
 NUDGE_MIN_GAP_SECONDS = 0.02
 
 
+async def once_more_on_a_closed_connection(post: Callable[[], Awaitable[None]]) -> None:
+    """`post()`, and once more at once when the connection failed under it: the nudge's one
+    kept-alive connection outlives a scanner pod (a rolling update stops the old pod after the
+    Service moved to the new one), so the first nudge after a rollout meets a connection its
+    server closed. A second try opens a new connection, resolving the name again. A nudge is
+    idempotent (it only wakes the scanner), so sending it twice is harmless."""
+    try:
+        await post()
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+        await post()
+
+
 class ScannerNudge:
     def __init__(
         self,
@@ -86,6 +98,9 @@ class ScannerNudge:
             self._task = None
 
     async def _http_post(self) -> None:
+        await once_more_on_a_closed_connection(self._http_post_once)
+
+    async def _http_post_once(self) -> None:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 headers={"Authorization": f"Bearer {self.token}"},
