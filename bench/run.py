@@ -287,7 +287,7 @@ class Arm:
         """One step at `rate`; None when a role exited since the last step (the arm is finished)."""
         if self.paused:
             self.start()
-        elif not all(p.running for p in self.env.processes.values()):
+        elif not self.roles_running():
             log(f"[{self.label}] a role exited since the last step; stopping")
             self.finished = True
             return None
@@ -302,11 +302,14 @@ class Arm:
         )
         if step["sustained"]:
             self.best = step
-        if not step["sustained"] or any(not p.running for p in self.env.processes.values()):
+        if not step["sustained"] or not self.roles_running():
             if step["sustained"]:
                 log("  a role exited during the step; stopping")
             self.finished = True
         return step
+
+    def roles_running(self) -> bool:
+        return all(p.running for p in self.env.processes.values())
 
     def pause(self) -> None:
         for process in self.env.processes.values():
@@ -394,7 +397,7 @@ def run_arms(doc: dict[str, Any], args: argparse.Namespace, steps: list[float], 
     else:
         summaries = step_up_interleaved(arms, steps, args.step_seconds, args.min_payments)
     for arm, summary in zip(arms, summaries, strict=True):
-        doc[{"stepup": "stepup", "batching-off": "batching_off", "history": "history"}[arm.label]] = summary
+        doc[arm.label.replace("-", "_")] = summary  # stepup, batching_off, history
     if not args.no_compare:
         doc["batching_off"]["settings_missing"] = missing
     if args.history_rows:
