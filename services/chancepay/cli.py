@@ -19,8 +19,8 @@ from typing import Any  # noqa: E402
 
 from chancepay.core import logging as chancelog  # noqa: E402
 from chancepay.core.config import ConfigError, Settings  # noqa: E402
+from chancepay.core.eventloop import install_event_loop  # noqa: E402
 from chancepay.core.migrations import SchemaTooNew  # noqa: E402
-from chancepay.core.runner import install_event_loop  # noqa: E402
 
 ROLES = ("orchestrator", "scanner", "wallet", "auditor")
 DEV_ROLES = ROLES[:3]  # `chancepay dev`'s default (`make run` names the auditor too)

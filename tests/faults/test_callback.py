@@ -8,11 +8,13 @@ from tests.support.env import pending_count, run_reconcile, wait_until
 from tests.support.faults import CallbackStub
 from tests.support.invariants import assert_converged
 from tests.support.payer import Payer
+from tests.support.servers import one_pass
 
 OUTAGE_SECONDS = 30
 CALLBACK_TAG = "[FAILED TO CALLBACK FROM WALLET]"
 
 
+@one_pass("debian12", "the orchestrator answering 500: HTTP between wallet and orchestrator")
 def test_callback_answering_500_for_30s_healed_by_the_wallet_without_the_reconciler(make_stack, env) -> None:
     """Half a minute of 500s (a broken orchestrator rollout): the wallet parks each result it could
     not deliver and keeps retrying it; when the orchestrator is healthy again every payment is

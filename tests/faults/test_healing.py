@@ -11,8 +11,10 @@ from tests.support.env import free_port, outbox_depth, rabbitmqctl, wait_until
 from tests.support.invariants import assert_converged
 from tests.support.payer import Payer
 from tests.support.roles import Role
+from tests.support.servers import one_pass
 
 
+@one_pass("chart", "an orchestrator replica restarted: the wallet parks and redelivers its results over HTTP")
 @pytest.mark.parametrize("seconds", [5, 30])
 def test_orchestrator_replica_restarted_under_load_heals_without_reconcile(make_stack, env, seconds) -> None:
     """Two orchestrators, as a Deployment with 2 replicas during a rolling update: clients keep

@@ -15,6 +15,7 @@ import pytest
 
 from tests.support.env import TOKEN, Env
 from tests.support.roles import Stack
+from tests.support.servers import one_pass
 
 ORCH_ONLY = ("orchestrator",)
 
@@ -224,6 +225,7 @@ def test_logs_cannot_be_forged_through_input(api: Stack) -> None:
         assert line.get("uuid") != "forged" and line.get("event") != "forged"
 
 
+@one_pass("chart", "the API's own input checks and document, generated from its OpenAPI schema")
 def test_openapi_document_is_the_api_every_check_and_the_stateful_phase(api: Stack, tmp_path) -> None:
     spec = httpx.get(api.orchestrator.url + "/openapi.json").json()
     assert spec["openapi"].startswith("3.") and "/payments" in spec["paths"]

@@ -17,7 +17,6 @@ against the chart's own MariaDB and RabbitMQ.
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
@@ -31,12 +30,9 @@ import pytest
 
 from tests.support.env import Env, free_port, wait_until
 from tests.support.roles import Role
-from tests.support.servers import SERVERS_VAR
+from tests.support.servers import one_pass
 
-pass1_only = pytest.mark.skipif(
-    os.environ.get(SERVERS_VAR, "debian12") != "debian12",
-    reason="pass 1 only: starts a private mariadbd from Debian 12's binaries",
-)
+pass1_only = one_pass("debian12", "starts a private mariadbd from Debian 12's binaries")
 
 FLUSH = "innodb_flush_log_at_trx_commit"
 

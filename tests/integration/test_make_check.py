@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.servers import one_pass
+
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.skipif(
-    os.environ.get("CHANCEPAY_TEST_SERVERS", "debian12") != "debian12",
-    reason="make check needs no server and is the same in both passes: the debian12 pass runs it",
+pytestmark = one_pass(
+    "debian12", "make check needs no server and is the same in both passes: the debian12 pass runs it"
 )
 
 

@@ -16,13 +16,11 @@ import httpx
 import pytest
 
 from tests.support.env import ROLES, free_port, wait_until
+from tests.support.servers import one_pass
 
 ROOT = Path(__file__).resolve().parents[2]
 DEBIAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-pytestmark = pytest.mark.skipif(
-    os.environ.get("CHANCEPAY_TEST_SERVERS", "debian12") != "debian12",
-    reason="make run uses this machine's own MariaDB and RabbitMQ: the debian12 pass runs it",
-)
+pytestmark = one_pass("debian12", "make run uses this machine's own MariaDB and RabbitMQ: the debian12 pass runs it")
 
 
 def _size_mb(path: Path) -> float:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.servers import one_pass
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -29,10 +31,7 @@ pytestmark = [
     pytest.mark.timeout(240),
     # A smoke test of the bench tool, which measures the machine's own servers (bench/README.md);
     # it does not depend on which pair the rest of the run tests.
-    pytest.mark.skipif(
-        os.environ.get("CHANCEPAY_TEST_SERVERS", "debian12") != "debian12",
-        reason="bench.raw_limits measures Debian 12's servers; run once, in the debian12 pass",
-    ),
+    one_pass("debian12", "bench.raw_limits measures Debian 12's servers; run once, in the debian12 pass"),
     pytest.mark.skipif(not _port_open(3306), reason="MariaDB not listening on 127.0.0.1:3306"),
     pytest.mark.skipif(not _port_open(5672), reason="RabbitMQ not listening on 127.0.0.1:5672"),
     pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="rabbitmqctl not on PATH"),

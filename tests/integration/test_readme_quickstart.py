@@ -16,16 +16,16 @@ import subprocess
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.integration.test_second_shell import DEFAULT_DATABASES, DEFAULT_PORTS, bare_environ, port_free
 from tests.support import servers as servers_mod
 from tests.support.env import wait_until
+from tests.support.servers import one_pass
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.skipif(
-    os.environ.get("CHANCEPAY_TEST_SERVERS", "debian12") != "debian12",
-    reason="the README's commands use this machine's own MariaDB and RabbitMQ on their "
+pytestmark = one_pass(
+    "debian12",
+    "the README's commands use this machine's own MariaDB and RabbitMQ on their "
     "default ports: the debian12 pass runs it",
 )
 

@@ -23,11 +23,11 @@ import pytest
 
 from tests.support import servers as servers_mod
 from tests.support.env import wait_until
+from tests.support.servers import one_pass
 
-pytestmark = pytest.mark.skipif(
-    os.environ.get("CHANCEPAY_TEST_SERVERS", "debian12") != "debian12",
-    reason="the defaults point at this machine's own MariaDB and RabbitMQ (127.0.0.1:3306, "
-    ":5672): the debian12 pass runs it",
+pytestmark = one_pass(
+    "debian12",
+    "the defaults point at this machine's own MariaDB and RabbitMQ (127.0.0.1:3306, :5672): the debian12 pass runs it",
 )
 DEFAULT_PORTS = {"orchestrator": 8000, "scanner": 8001, "wallet": 8002}
 DEFAULT_DATABASES = ("chancepay_orchestrator", "chancepay_wallet")  # and users of the same names

@@ -11,14 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.servers import one_pass
+
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON312 = subprocess.run(
     [str(ROOT / "scripts" / "find-python.sh"), "3.12"], capture_output=True, text=True
 ).stdout.strip()
-pytestmark = pytest.mark.skipif(
-    os.environ.get("CHANCEPAY_TEST_SERVERS", "debian12") != "debian12",
-    reason="one pass is enough: the Makefile does not depend on the servers",
-)
+pytestmark = one_pass("debian12", "one pass is enough: the Makefile does not depend on the servers")
 
 
 def make(*args: str) -> subprocess.CompletedProcess[str]:

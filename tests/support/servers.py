@@ -36,6 +36,18 @@ from tests.support import chart
 SERVERS_VAR = "CHANCEPAY_TEST_SERVERS"
 
 
+def one_pass(which: str, reason: str) -> Any:
+    """A mark that runs a test in the `which` pass only ("debian12" or "chart"; `make test` runs
+    tests/integration and tests/faults in both). For tests whose subject does not depend on the
+    server series (a Makefile, a README command, HTTP between roles, a role's own restart), or that
+    need one pair's binaries. The SQL and AMQP paths such a test drives are driven on both series
+    by the tests that run in both passes; the pass is chosen to keep the two passes equally long
+    (docs/contributing.md)."""
+    import pytest
+
+    return pytest.mark.skipif(os.environ.get(SERVERS_VAR, "debian12") != which, reason=f"{which} pass only: {reason}")
+
+
 @dataclasses.dataclass
 class Servers:
     name: str

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import aiohttp
-
 from chancepay.core.config import DatabaseURL
 from chancepay.core.db import Database, DatabaseUnavailable, SchemaNotReady
 from chancepay.core.errors import ChancePayError
@@ -86,6 +84,8 @@ async def check_database(url: DatabaseURL, variable: str, timeout: float) -> Non
 
 async def check_api(base_url: str, variable: str = "CHANCEPAY_ORCHESTRATOR_URL", timeout: float = 3.0) -> None:
     """The orchestrator at `base_url` answers its readiness check with 200; else CannotProceed."""
+    import aiohttp  # here, not at the top: every command imports this module, one function needs it
+
     url = base_url.rstrip("/") + "/readyz"
     answer: str
     try:

@@ -57,14 +57,6 @@ class FatalError(ChancePayError):
     """The role cannot go on; exit non-zero and let the supervisor restart it."""
 
 
-def install_event_loop() -> None:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a pinned dependency on Linux
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-
-
 async def serve(
     *,
     app: Any,
