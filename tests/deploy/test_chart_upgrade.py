@@ -761,7 +761,7 @@ DOCS = (
 
 
 def documented_helm_commands() -> list[tuple[str, str]]:
-    """(document, command) for every helm install/upgrade/uninstall that names its release (and
+    """(document, command) for every helm install/upgrade/uninstall/rollback that names its release (and
     chart): in inline code, possibly broken over lines, and in code blocks with backslash
     continuations. Prose mentions (`helm upgrade --set x=y`) name no release and are not commands."""
     import re
@@ -781,11 +781,11 @@ def documented_helm_commands() -> list[tuple[str, str]]:
             elif in_block:
                 block.append(line)
         flat = re.sub(r"\n\s*(#\s*)?", " ", text)
-        candidates += re.findall(r"`(helm (?:install|upgrade|uninstall) [^`]*)`", flat)
+        candidates += re.findall(r"`(helm (?:install|upgrade|uninstall|rollback) [^`]*)`", flat)
         for cmd in candidates:
             cmd = cmd.split(" #")[0].strip()
-            m = re.match(r"helm (install|upgrade|uninstall) (--install )?([a-z0-9-]+)( |$)", cmd)
-            if m and (m.group(1) == "uninstall" or " charts/" in cmd):
+            m = re.match(r"helm (install|upgrade|uninstall|rollback) (--install )?([a-z0-9-]+)( |$)", cmd)
+            if m and (m.group(1) in ("uninstall", "rollback") or " charts/" in cmd):
                 found.append((doc, cmd))
     return sorted(set(found))
 
@@ -837,6 +837,11 @@ def run_helm_command(cluster: helm_render.Cluster, command: str) -> None:
             assert not a.startswith("-"), f"the docs use {a}, which this runner does not know: {command}"
             positional.append(a)
             i += 1
+    if verb == "rollback":
+        # REVISION (a placeholder in the docs' prose): the installed one, 1
+        revision = positional[1] if len(positional) > 1 else "0"
+        cluster.rollback(positional[0], 1 if revision == "REVISION" else int(revision))
+        return
     chart = str(ROOT / positional[1]) if len(positional) > 1 else ""
     if verb == "install":
         cluster.install(positional[0], chart, values)
@@ -851,18 +856,55 @@ def run_helm_command(cluster: helm_render.Cluster, command: str) -> None:
 
 def test_the_docs_show_helm_commands() -> None:
     verbs = {cmd.split()[1] for _, cmd in documented_helm_commands()}
-    assert {"install", "upgrade", "uninstall"} <= verbs, documented_helm_commands()
+    assert {"install", "upgrade", "uninstall", "rollback"} <= verbs, documented_helm_commands()
 
 
 @pytest.mark.parametrize(("doc", "command"), documented_helm_commands())
 def test_every_documented_helm_command_runs_as_written(doc, command) -> None:
     """Each against a release installed with the defaults (what the docs assume), except an
-    install, which starts from an empty namespace."""
+    install, which starts from an empty namespace, and a rollback, which follows an upgrade (the
+    log level's) and must bring the installed revision's objects back."""
     with helm_render.Cluster(namespace=NS) as cluster:
-        if command.split()[1] != "install":
-            cluster.install(RELEASE, CHART)
+        verb = command.split()[1]
+        if verb != "install":
+            installed = cluster.install(RELEASE, CHART)
+        if verb == "rollback":
+            cluster.upgrade(RELEASE, CHART, {"config": {"logLevel": "DEBUG"}})
+            assert _log_levels(cluster) == {"DEBUG"}
         run_helm_command(cluster, command)
         assert not cluster.api.refused, cluster.api.refused
+        if verb == "rollback":
+            assert _log_levels(cluster) == {"INFO"}
+            assert _migrate_job(cluster.rendered(RELEASE)) == _migrate_job(installed), "the installed revision's Job"
+
+
+def test_a_rollback_is_helms_stored_revision_or_refused() -> None:
+    """Cluster.rollback stands in for Helm's Rollback (helm-sdkpy's cannot run): it must apply the
+    target revision's stored manifest exactly, and refuse what `helm rollback` refuses."""
+    with helm_render.Cluster(namespace=NS) as cluster:
+        cluster.install(RELEASE, CHART)
+        with pytest.raises(helm_render.HelmError, match="no revision 0"):
+            cluster.rollback(RELEASE)  # nothing before the first revision
+        cluster.upgrade(RELEASE, CHART, {"orchestrator": {"replicas": 3}, "config": {"logLevel": "DEBUG"}})
+        cluster.upgrade(RELEASE, CHART, {"config": {"logLevel": "WARNING"}}, reuse_values=True)
+        cluster.rollback(RELEASE, 2)
+        records = helm_render._release_records(cluster.api, RELEASE)
+        assert [r["version"] for r in records] == [1, 2, 3, 4]
+        assert records[-1]["manifest"] == records[1]["manifest"]
+        assert _log_levels(cluster) == {"DEBUG"}
+        assert _live(cluster, "Deployment", "-orchestrator")["spec"]["replicas"] == 3
+        assert not cluster.api.refused, cluster.api.refused
+
+
+def _log_levels(cluster: helm_render.Cluster) -> set[str]:
+    """CHANCEPAY_LOG_LEVEL of every live Deployment's containers."""
+    return {
+        e.get("value")
+        for o in cluster.live("Deployment")
+        for c in o["spec"]["template"]["spec"]["containers"]
+        for e in c.get("env", [])
+        if e["name"] == "CHANCEPAY_LOG_LEVEL"
+    }
 
 
 def test_lint_every_documented_label_selector_selects_pods() -> None:

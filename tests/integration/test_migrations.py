@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import httpx
 import pytest
 
 from chancepay.core import migrations, sql
@@ -22,6 +23,14 @@ from tests.support.env import previous_release, wait_until
 from tests.support.invariants import assert_converged
 from tests.support.payer import Payer
 from tests.support.roles import restart_role
+
+
+def _get(url: str) -> int:
+    try:
+        return httpx.get(url, timeout=2).status_code
+    except httpx.HTTPError:
+        return 0
+
 
 LATEST = {"orchestrator": migrations.latest(migrations.ORCHESTRATOR), "wallet": migrations.latest(migrations.WALLET)}
 
@@ -121,11 +130,47 @@ def test_two_migrates_at_once_take_turns(env_factory) -> None:
     assert applied == sum(LATEST.values()), f"each version applied exactly once, by either process: {applied}"
 
 
-def test_a_schema_newer_than_the_code_is_refused(env) -> None:
-    env.wallet_sql("INSERT INTO schema_version (version, description) VALUES (999, 'from the future')")
+def test_a_schema_contracted_past_the_code_is_refused_by_migrate_and_by_the_roles(make_stack, env) -> None:
+    """A newer release dropped something this code reads (its migration's oldest_code is past
+    this code): rolled back onto it, this release's migrate refuses (exit 2, nothing changed) and
+    its wallet never becomes Ready."""
+    floor = LATEST["wallet"] + 1
+    env.wallet_sql(
+        "INSERT INTO schema_version (version, description, oldest_code) VALUES (%s, 'a contraction', %s)",
+        (LATEST["wallet"] + 2, floor),
+    )
+    before = versions(env)
     result = env.chancepay("migrate", CHANCEPAY_ADMIN_DB=env.servers.admin_url)
-    assert result.returncode != 0
+    assert result.returncode == 2, result.stdout + result.stderr
     assert "newer than this code knows" in result.stdout + result.stderr
+    assert f"needs code that knows version {floor}" in result.stdout + result.stderr
+    assert versions(env) == before
+    s = make_stack()
+    wallet = s.role("wallet").start()
+    wait_until(lambda: _get(wallet.url + "/healthz") == 200, 30, what="wallet alive")
+    ready = httpx.get(wallet.url + "/readyz", timeout=10)
+    assert ready.status_code == 503 and ready.json()["checks"]["schema"] is False, ready.text
+
+
+def test_a_release_rolled_back_onto_a_schema_that_only_grew_migrates_nothing_and_runs(make_stack, env) -> None:
+    """`helm rollback` after an upgrade whose release migrated further with expansions only
+    (oldest_code 0): this release's migrate Job exits 0 having changed nothing, and its roles are
+    Ready and move payments on the newer schema."""
+    for key, run in (("orchestrator", env.orch_sql), ("wallet", env.wallet_sql)):
+        run(
+            "INSERT INTO schema_version (version, description) VALUES (%s, 'an expansion of a newer release')",
+            (LATEST[key] + 1,),
+        )
+    before = versions(env)
+    result = env.chancepay("migrate", CHANCEPAY_ADMIN_DB=env.servers.admin_url)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "migration applied" not in result.stdout
+    assert result.stdout.count("schema newer than this code") == 2, result.stdout
+    assert versions(env) == before
+    s = make_stack().start()  # waits until every role is Ready
+    accepted = s.pay_many(5, "rolled-back")
+    s.wait_final(accepted, timeout=30)
+    assert_converged(s, accepted)
 
 
 def test_a_column_added_under_live_load_loses_no_payment(make_stack, env) -> None:

@@ -22,6 +22,7 @@ from chancepay.core import sql
 from chancepay.core.backoff import capped_exponential
 from chancepay.core.config import DatabaseURL
 from chancepay.core.errors import ChancePayError
+from chancepay.core.migrations import runs_on
 from chancepay.core.waiting import STARTUP_WAIT_SECONDS, Dependency
 
 # Forced on every session, whatever the server's global default, and verified at start-up.
@@ -318,11 +319,21 @@ class Database:
         return int(row[0])
 
     async def schema_ready(self, required: int) -> bool:
-        """Readiness: the server answers as this role's user and the schema is at least at the
-        version this code needs. A pod is not Ready (no traffic; a rolling update waits) until
-        `chancepay migrate` brought it there."""
+        """Readiness: the server answers as this role's user and the schema is at the version this
+        code needs, or newer with only expansions above it (this release rolled back onto a newer
+        one's schema: core/migrations.py `runs_on`). A pod is not Ready (no traffic; a rolling
+        update waits) until `chancepay migrate` brought it there, nor on a schema a newer release
+        contracted past this code."""
         try:
-            self._schema_seen = await self.schema_version()
+            async with self.transaction(probe=True) as cur:
+                await cur.execute(sql.SCHEMA_VERSION)
+                (version,) = await cur.fetchone()
+                floor = 0
+                if version > required:  # then at version 5 or later: the column is there
+                    await cur.execute(sql.SCHEMA_FLOOR_ABOVE, (required,))
+                    (floor,) = await cur.fetchone()
+            version, floor = int(version), int(floor)
+            self._schema_seen = version if runs_on(required, version, floor) else 0
         except Overloaded:
             return self._schema_seen >= required  # busy, not down: the version it last read
         except Exception:

@@ -7,7 +7,12 @@ Rules for a new migration (README "Changing the schema"):
   nullable column or a new table; drop or rename only in a later release, once no running code
   uses the old shape), because during a rolling update both run against the same schema;
 - make each statement idempotent (IF NOT EXISTS, or an `unless` check): a migrate killed between
-  a statement and its version row runs it again.
+  a statement and its version row runs it again;
+- a contraction (it drops or renames what an earlier release reads) sets `oldest_code` to the
+  latest version the oldest release that still runs on it knows; an expansion leaves it 0.
+  `schema_version.oldest_code` keeps it, so an earlier release rolled back onto the schema
+  (`helm rollback`) knows whether it may run: its migrate finds nothing to do and its roles are
+  Ready on a schema that only grew, and both refuse one that was contracted past them.
 Roles report not-ready until their schema is at LATEST (core/db.py schema_ready), so a rolling
 update waits for the migrate Job instead of serving with a schema it does not know.
 """
@@ -44,7 +49,15 @@ class Migration:
     # (table, index): skip the statements when this index already exists (ADD KEY IF NOT EXISTS is
     # MariaDB's only).
     unless_index: tuple[str, str] | None = None
+    # The oldest code that still runs once this migration is applied, named by the latest schema
+    # version that code knows: 0 for an expansion (every earlier release keeps working).
+    oldest_code: int = 0
 
+
+# The version (in both schemas) that adds schema_version.oldest_code: a migration with oldest_code
+# must come after it.
+FLOOR_SINCE = 5
+FLOOR_DESCRIPTION = "schema_version.oldest_code: which earlier release may run on this schema (a rollback)"
 
 ORCHESTRATOR: tuple[Migration, ...] = (
     Migration(1, "request and outbox", sql.ORCHESTRATOR_V1),
@@ -65,6 +78,7 @@ ORCHESTRATOR: tuple[Migration, ...] = (
         sql.ORCHESTRATOR_V4,
         unless_index=("request", "ix_request_created"),
     ),
+    Migration(FLOOR_SINCE, FLOOR_DESCRIPTION, sql.ADD_SCHEMA_FLOOR, unless_column=("schema_version", "oldest_code")),
 )
 WALLET: tuple[Migration, ...] = (
     Migration(1, "inbox", sql.WALLET_V1),
@@ -73,6 +87,7 @@ WALLET: tuple[Migration, ...] = (
     Migration(
         4, "inbox created_at index: the online audit's reads", sql.WALLET_V4, unless_index=("inbox", "ix_inbox_created")
     ),
+    Migration(FLOOR_SINCE, FLOOR_DESCRIPTION, sql.ADD_SCHEMA_FLOOR, unless_column=("schema_version", "oldest_code")),
 )
 
 
@@ -84,14 +99,33 @@ def latest(migrations: tuple[Migration, ...]) -> int:
     return max(m.version for m in migrations)
 
 
-def pending(current: int, migrations: tuple[Migration, ...]) -> list[Migration]:
-    """The migrations to apply to a schema at `current`, in order. Pure."""
+def pending(current: int, migrations: tuple[Migration, ...], newer_floor: int | None = None) -> list[Migration]:
+    """The migrations to apply to a schema at `current`, in order. Pure.
+
+    A schema newer than this code (a newer release migrated it; this one was rolled back onto it):
+    `newer_floor` is the highest `oldest_code` of the versions this code does not know (None when
+    the schema cannot say). At most this code's latest version: those versions only expanded the
+    schema, this code runs on it and there is nothing to do here. Otherwise SchemaTooNew."""
     versions = [m.version for m in migrations]
     if versions != list(range(1, len(versions) + 1)):
         raise ValueError(f"migration versions must be 1, 2, 3, ... in order: {versions}")
-    if current > latest(migrations):
+    mine = latest(migrations)
+    if current > mine:
+        if newer_floor is not None and newer_floor <= mine:
+            return []
+        why = (
+            f"a newer release's migration needs code that knows version {newer_floor} or later"
+            if newer_floor is not None
+            else "the schema does not say which earlier release may run on it"
+        )
         raise SchemaTooNew(
-            f"the schema is at version {current}, newer than this code knows ({latest(migrations)}): "
+            f"the schema is at version {current}, newer than this code knows ({mine}), and {why}: "
             "run the newer release's migrate, or roll this release forward"
         )
     return [m for m in migrations if m.version > current]
+
+
+def runs_on(required: int, version: int, floor: int) -> bool:
+    """Readiness: code that knows up to schema version `required` runs on a schema at `version`
+    whose newer versions' highest `oldest_code` is `floor`. Pure."""
+    return version == required or (version > required and floor <= required)

@@ -134,6 +134,24 @@ async def _run_step(cur: Any, step: str | Step) -> None:
         await cur.execute(step.otherwise)
 
 
+async def _todo(cur: Any, current: int, migrations: tuple[Migration, ...]) -> list[Migration]:
+    """The migrations to apply to a schema at `current` (core/migrations.py `pending`), reading
+    what a schema newer than this code says of the earlier releases that may run on it."""
+    mine, newer_floor = latest(migrations), None
+    if current > mine and await _exists(cur, sql.COLUMN_EXISTS, ("schema_version", "oldest_code")):
+        await cur.execute(sql.SCHEMA_FLOOR_ABOVE, (mine,))
+        (newer_floor,) = await cur.fetchone()
+    todo = pending(current, migrations, None if newer_floor is None else int(newer_floor))
+    if current > mine:
+        get_logger().info(
+            "schema newer than this code: a newer release's migrations only expanded it and this "
+            "release runs on it (a rollback); nothing to do",
+            version=current,
+            code_knows=mine,
+        )
+    return todo
+
+
 async def apply(
     db: Database,
     migrations: tuple[Migration, ...],
@@ -156,13 +174,16 @@ async def apply(
             await cur.execute(sql.SCHEMA_VERSION)
             (current,) = await cur.fetchone()
             await cur.execute(sql.MIGRATE_LOCK_WAIT, (lock_wait_seconds,))
-            for m in pending(int(current), migrations):
+            for m in await _todo(cur, int(current), migrations):
                 skip = await _exists(cur, sql.COLUMN_EXISTS, m.unless_column)
                 skip = skip or await _exists(cur, sql.INDEX_EXISTS, m.unless_index)
                 if not skip:
                     for step in m.statements:
                         await _run_step(cur, step)
-                await cur.execute(sql.RECORD_SCHEMA_VERSION, (m.version, m.description))
+                if m.oldest_code:
+                    await cur.execute(sql.RECORD_SCHEMA_VERSION_WITH_FLOOR, (m.version, m.description, m.oldest_code))
+                else:  # before version 5 there is no oldest_code column; its default is 0
+                    await cur.execute(sql.RECORD_SCHEMA_VERSION, (m.version, m.description))
                 await cur.connection.commit()
                 applied.append(m.version)
                 log.info("migration applied", version=m.version, description=m.description)

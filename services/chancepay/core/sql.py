@@ -156,6 +156,14 @@ CREATE_SCHEMA_VERSION = """
 """
 SCHEMA_VERSION = "SELECT COALESCE(MAX(version), 0) FROM schema_version"
 RECORD_SCHEMA_VERSION = "INSERT IGNORE INTO schema_version (version, description) VALUES (%s, %s)"
+# Version 5 of both schemas: each version row says the oldest code that runs on the schema once it
+# is applied (core/migrations.py Migration.oldest_code; 0: an expansion, any earlier code runs).
+ADD_SCHEMA_FLOOR = ("ALTER TABLE schema_version ADD COLUMN oldest_code INT NOT NULL DEFAULT 0",)
+RECORD_SCHEMA_VERSION_WITH_FLOOR = (
+    "INSERT IGNORE INTO schema_version (version, description, oldest_code) VALUES (%s, %s, %s)"
+)
+# The highest oldest_code of the versions newer than the reader's code (a rollback's question).
+SCHEMA_FLOOR_ABOVE = "SELECT COALESCE(MAX(oldest_code), 0) FROM schema_version WHERE version > %s"
 # One migrate at a time per database, whatever the number of pods running it (a session lock).
 MIGRATE_LOCK = "SELECT GET_LOCK(CONCAT('chancepay-migrate:', DATABASE()), %s)"
 MIGRATE_UNLOCK = "SELECT RELEASE_LOCK(CONCAT('chancepay-migrate:', DATABASE()))"
