@@ -1,5 +1,6 @@
 """MariaDB unreachable for 30 s behind the fault proxy, for every role: the API answers 503
-database_unavailable fast and writes nothing; scanner and wallet back off and recover."""
+database_unavailable fast and writes nothing; scanner and wallet back off and recover; the online
+auditor rides it out and afterwards agrees that nothing was lost."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 from tests.support.env import dead_lettered, outbox_depth, wait_until
 from tests.support.faultproxy import FaultProxy
-from tests.support.invariants import assert_converged
+from tests.support.invariants import assert_auditor_agrees, assert_converged
 
 OUTAGE_SECONDS = 30
 HANG_BOUND = 10.0  # only a hang detector: the DB timeout below is 2 s
@@ -28,6 +29,10 @@ def test_database_unreachable_for_30s(make_stack, env, mode: str) -> None:
             CHANCEPAY_CALLBACK_BACKOFF_SECONDS="0.05",
             CHANCEPAY_SCANNER_RETRY_BASE_SECONDS="0.2",
         ).start()
+        # The online auditor as deployed, its database through the same proxy: it must ride out
+        # the outage like the roles and, afterwards, agree that nothing was lost. Its grace is
+        # longer than the outage (a payment held up by it is late, not lost).
+        auditor = s.start_auditor(CHANCEPAY_AUDITOR_GRACE_SECONDS="120")
         accepted = s.pay_many(5, "before")
         s.wait_final(accepted, timeout=30)
 
@@ -58,13 +63,14 @@ def test_database_unreachable_for_30s(make_stack, env, mode: str) -> None:
         assert len(answers) >= 10
         assert all(a[:2] == (503, "database_unavailable") for a in answers), answers
         assert max(a[2] for a in answers) < HANG_BOUND, answers
-        assert readiness == {"orchestrator": 503, "scanner": 503, "wallet": 503}
+        assert readiness == {"orchestrator": 503, "scanner": 503, "wallet": 503, "auditor": 503}
         assert s.wallet.events("[FAILED TO DEDUCT IN WALLET]"), "the wallet met the outage"
         assert s.orchestrator.events("[FAILED TO REACH DATABASE]")
+        assert auditor.events("[FAILED TO REACH DATABASE]"), "the auditor met the outage"
 
         # The other roles backed off and recover by themselves, without a restart.
         s.wait_final(accepted, timeout=60)
-        assert s.scanner.running and s.wallet.running and s.orchestrator.running
+        assert s.scanner.running and s.wallet.running and s.orchestrator.running and auditor.running
         for role in s.roles.values():
             role.wait_ready(timeout=30)
         r = s.pay(cus_id="after")
@@ -76,5 +82,6 @@ def test_database_unreachable_for_30s(make_stack, env, mode: str) -> None:
         assert requests == set(accepted)
         assert_converged(s, accepted)
         assert dead_lettered(env) == 0, "nothing dead-lettered by the outage"
+        assert_auditor_agrees(auditor)
     finally:
         proxy.stop()

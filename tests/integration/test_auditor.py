@@ -14,28 +14,8 @@ import pytest
 from chancepay.core import sql
 from chancepay.core.invariants import VIOLATION_KINDS
 from tests.support.env import wait_until
-from tests.support.invariants import check_online
+from tests.support.invariants import LAST_PASS, UNBALANCED, check_online, next_pass, violations
 from tests.support.roles import Role, Stack
-
-LAST_PASS = "chancepay_audit_last_pass_timestamp_seconds"
-VIOLATIONS = "chancepay_audit_violations"
-UNBALANCED = "chancepay_audit_unbalanced_amount"
-
-
-def violations(auditor: Role) -> dict[str, float]:
-    samples = auditor.metrics()
-    return {kind: samples[(VIOLATIONS, (("kind", kind),))] for kind in VIOLATION_KINDS}
-
-
-def next_pass(auditor: Role) -> float:
-    """Wait for a pass that started after now; its end time."""
-    before = auditor.metric(LAST_PASS)
-
-    def ended() -> float:
-        last = auditor.metric(LAST_PASS)
-        return last if last > before else 0.0
-
-    return float(wait_until(ended, 60, what="an audit pass"))
 
 
 @pytest.fixture

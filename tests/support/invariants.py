@@ -13,9 +13,10 @@ from chancepay.auditor.auditor import Auditor
 from chancepay.auditor.policy import Finding
 from chancepay.core.config import DatabaseURL
 from chancepay.core.db import Database
+from chancepay.core.invariants import VIOLATION_KINDS
 from chancepay.core.metrics import Metrics
 from tests.support.env import Env, outbox_depth, pending_count, run_audit, wait_until
-from tests.support.roles import Stack
+from tests.support.roles import Role, Stack
 
 
 def check(env: Env, accepted: list[str] | None = None) -> InvariantReport:
@@ -94,6 +95,40 @@ def assert_converged(stack: Stack, accepted: list[str] | None = None, timeout: f
     code, report = run_audit(env)
     assert code == 0 and report["ok"], f"chancepay audit: {report}"
     return report
+
+
+LAST_PASS = "chancepay_audit_last_pass_timestamp_seconds"
+VIOLATIONS = "chancepay_audit_violations"
+UNBALANCED = "chancepay_audit_unbalanced_amount"
+AUDIT_TAG = "[FAILED TO AUDIT]"
+
+
+def violations(auditor: Role) -> dict[str, float]:
+    samples = auditor.metrics()
+    return {kind: samples[(VIOLATIONS, (("kind", kind),))] for kind in VIOLATION_KINDS}
+
+
+def next_pass(auditor: Role) -> float:
+    """Wait for a pass that started after now; its end time."""
+    before = auditor.metric(LAST_PASS)
+
+    def ended() -> float:
+        last = auditor.metric(LAST_PASS)
+        return last if last > before else 0.0
+
+    return float(wait_until(ended, 60, what="an audit pass"))
+
+
+def assert_auditor_agrees(auditor: Role) -> None:
+    """The online auditor (the role as deployed, not the checker in this process) after a fault:
+    two whole passes since the pipeline converged find no violation, and it never reported one
+    while the fault lasted (its grace must be set longer than the fault: a payment held up by the
+    fault is late, not lost)."""
+    next_pass(auditor)
+    next_pass(auditor)
+    assert violations(auditor) == dict.fromkeys(VIOLATION_KINDS, 0.0)
+    assert auditor.metric(UNBALANCED) == 0
+    assert not auditor.events(AUDIT_TAG), auditor.events(AUDIT_TAG)[:3]
 
 
 def _safe(fn: Callable[[Env], Any], env: Env) -> Any:
