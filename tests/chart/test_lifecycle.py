@@ -1,8 +1,11 @@
 """The played chart through a release's life, not just its install: install → payments at 20/s →
-`helm upgrade` to a new image tag and a changed value while the payments flow → `helm uninstall`
-→ `helm install` again, reusing the Secret and the volumes the uninstall kept → more payments.
+`helm upgrade` to a new image tag and a changed value while the payments flow → `helm rollback`
+to the installed revision while they flow, onto a schema a newer release expanded → `helm
+uninstall` → `helm install` again, reusing the Secret and the volumes the uninstall kept → more
+payments.
 
-Every revision is what Helm's own action (Install, Upgrade, Uninstall, Install again) did against
+Every revision is what Helm's own action (Install, Upgrade, Uninstall, Install again; the rollback
+as deploy/helm_render.py's Cluster.rollback applies it with Helm's Upgrade) did against
 one strict fake API server that lives as long as the release (deploy/helm_render.py's Cluster:
 `lookup` finds the live Secret, the upgrade guards see the live objects, the uninstall leaves what
 `helm.sh/resource-policy: keep` keeps); each revision is played as tests/support/release.py plays
@@ -90,7 +93,9 @@ def _query(release: PlayedRelease, key: str, statement: str) -> list[tuple[Any, 
         conn.cursor() as cur,
     ):
         cur.execute(statement)
-        return list(cur.fetchall())
+        rows = list(cur.fetchall())
+        conn.commit()
+        return rows
 
 
 def _auth(release: PlayedRelease) -> dict[str, str]:
@@ -197,6 +202,77 @@ def _failures_since(lines: list[str], since: float) -> list[str]:
         if stamp >= since:
             out.append(line)
     return out
+
+
+def _rollback(
+    release: PlayedRelease, upgrade_tag: str, new_job: str, old_job: str, figures: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """`helm rollback` to the installed revision while payments flow: the installed revision's
+    migrate Job (its old name) created and run again, then every Deployment rolled back to the
+    installed images and values. The upgrade's images are this code under a new tag, so what a
+    newer release's migrate would have left is recorded first: a schema version above this code's,
+    an expansion (oldest_code 0). The rolled-back migrate must find nothing to do and exit 0, and
+    the rolled-back roles must be Ready on that newer schema. Returns the payments' outcomes."""
+    seconds = figures["seconds"]
+    for key in ("orchestrator-db-url", "wallet-db-url"):
+        _query(
+            release,
+            key,
+            "INSERT INTO schema_version (version, description) "
+            "SELECT MAX(version) + 1, 'an expansion of the upgraded release' FROM schema_version",
+        )
+    payer = Payer(
+        None,
+        rate=RATE,
+        timeout=30,
+        prefix=f"lc{os.getpid()}-r",
+        url=release.endpoint,
+        retry_for=15,
+        api_key=release.secret["api-key"],
+    )
+    with payer:
+        wait_until(lambda: len(payer.accepted) >= 20, 60, interval=0.2, what="payments before the rollback")
+        started, wall = time.monotonic(), time.time()
+        changed = release.rollback()
+        assert sorted(changed["deployments"]) == sorted(DEPLOYMENTS), changed
+        assert changed["job"] == (new_job, old_job), f"the installed revision's migrate Job: {changed}"
+        t = time.monotonic()
+        migrate = release.play_job("Job")
+        code, log = release.wait_completed(migrate, timeout=180)
+        assert code == 0, log[-4000:]
+        assert "schema newer than this code" in log and "migration applied" not in log, log[-4000:]
+        seconds["rollback_migrate"] = round(time.monotonic() - t, 1)
+        release.remove(f"{new_job}-run")
+        rolled: dict[str, list[dict[str, Any]]] = {}
+        for dep in release.rendered.of_kind("Deployment"):
+            rolled[dep["metadata"]["name"].removeprefix(f"{release.name}-")] = release.roll(
+                dep["metadata"]["name"].removeprefix(f"{release.name}-")
+            )
+        ended = time.monotonic()
+        seconds["rollback"] = round(ended - started, 1)
+        n = len(payer.snapshot())
+        wait_until(lambda: len(payer.snapshot()) >= n + 40, 30, interval=0.2, what="payments after the rollback")
+    outcomes = payer.snapshot()
+    installed_tag = upgrade_tag.split("-cpp-")[0]
+    for role, records in rolled.items():
+        for r in records:
+            assert r["exit_code"] == 0, (role, r)
+            assert not _failures_since(r.get("failed_lines", []), wall), (role, r)
+        for pod in release.role_pods(role):
+            image = podman("inspect", "--format", "{{.ImageName}}", release.container(pod)).stdout.decode().strip()
+            assert image.endswith(f":{installed_tag}"), (pod, image)
+            assert _env_of(release, pod)["CHANCEPAY_LOG_LEVEL"] == "INFO", pod
+            assert release.state(pod)["RestartCount"] == 0, pod
+            failed = _failures_since(release.logs(pod).splitlines(), wall)
+            assert not failed, (pod, failed[:5])
+    during = [o for o in outcomes if started <= o["started"] <= ended]
+    figures["rollback"] = {
+        "payments_sent_during": len(during),
+        "errors_during": sum(1 for o in during if o.get("first_failure") is not None or o.get("status") != 202),
+        "max_latency_seconds": round(max(o["elapsed"] for o in during), 2),
+        "pods": rolled,
+    }
+    return outcomes
 
 
 def _env_of(release: PlayedRelease, pod: str) -> dict[str, str]:
@@ -306,10 +382,12 @@ def _lifecycle(release: PlayedRelease, upgrade_tag: str, figures: dict[str, Any]
         "migrate_job": [old_job, new_job],
         "pods": rolled,
     }
+    # ---------------------------------------------------------------- helm rollback, under payments
+    rolled_back = _rollback(release, upgrade_tag, new_job, old_job, figures)
     t = time.monotonic()
-    figures["before_uninstall"] = _check_payments(release, first, [f"lc{pid}-a"])
+    figures["before_uninstall"] = _check_payments(release, first + rolled_back, [f"lc{pid}-a", f"lc{pid}-r"])
     seconds["converge_and_check"] = round(time.monotonic() - t, 1)
-    kept = {u["uuid"] for u in first}
+    kept = {u["uuid"] for u in first + rolled_back}
 
     # ---------------------------------------------------------------- uninstall: keep the Secret and the PVCs
     t = time.monotonic()
@@ -329,8 +407,10 @@ def _lifecycle(release: PlayedRelease, upgrade_tag: str, figures: dict[str, Any]
     seconds["reinstall"] = round(time.monotonic() - t, 1)
     # The data survived: every payment of before is there, final, through the API.
     assert _scalar(
-        release, "orchestrator-db-url", f"SELECT COUNT(*) FROM request WHERE cus_id LIKE 'lc{pid}-a-%'"
-    ) == len(first)
+        release,
+        "orchestrator-db-url",
+        f"SELECT COUNT(*) FROM request WHERE cus_id LIKE 'lc{pid}-a-%' OR cus_id LIKE 'lc{pid}-r-%'",
+    ) == len(kept)
     orch = release.endpoint()
     for u in list(kept)[:: max(1, len(kept) // 20)]:
         body = httpx.get(f"{orch}/payments/{u}", headers=_auth(release), timeout=10).json()
@@ -350,6 +430,8 @@ def _lifecycle(release: PlayedRelease, upgrade_tag: str, figures: dict[str, Any]
         wait_until(payer.done, 60, interval=0.2, what=f"{AFTER_REINSTALL} payments after the reinstall")
     second = payer.snapshot()
     t = time.monotonic()
-    figures["after_reinstall"] = _check_payments(release, first + second, [f"lc{pid}-a", f"lc{pid}-b"])
+    figures["after_reinstall"] = _check_payments(
+        release, first + rolled_back + second, [f"lc{pid}-a", f"lc{pid}-r", f"lc{pid}-b"]
+    )
     seconds["converge_and_check_after_reinstall"] = round(time.monotonic() - t, 1)
-    assert figures["after_reinstall"]["accepted"] == len(first) + AFTER_REINSTALL
+    assert figures["after_reinstall"]["accepted"] == len(kept) + AFTER_REINSTALL

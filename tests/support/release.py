@@ -314,12 +314,23 @@ class PlayedRelease:
         """Take the next revision's render (nothing is replaced yet: see `roll`, `play_job`).
         Returns what changed: {"job": (old name, new name), "deployments": [roles whose pod
         template changed], "statefulsets": [StatefulSets whose pod template changed]}."""
-        old = self.rendered
         new = (
             self.render_again(values)
             if self.helm is None
             else self.helm.upgrade(HELM_RELEASE, str(chart.CHART), {**values, "fullnameOverride": self.name})
         )
+        return self._take(new, {**values, "fullnameOverride": self.name})
+
+    def rollback(self) -> dict[str, Any]:
+        """`helm rollback` to the previous revision (Helm's engine: deploy/helm_render.py
+        Cluster.rollback); like `upgrade`, nothing is replaced yet. Returns what changed."""
+        assert self.helm is not None, "a rollback needs the release's Helm history"
+        records = chart.helm_render._release_records(self.helm.api, HELM_RELEASE)
+        previous = {**(records[-2].get("config") or {})}
+        return self._take(self.helm.rollback(HELM_RELEASE), previous)
+
+    def _take(self, new: Any, values: dict[str, Any]) -> dict[str, Any]:
+        old = self.rendered
         if not (self.values.get("secrets") or {}).get("existingSecret"):
             assert chart.secret_data(new) == self.secret, "the upgrade rendered other passwords: lookup missed"
 
@@ -335,7 +346,7 @@ class PlayedRelease:
             for kind in ("Deployment", "StatefulSet")
         }
         jobs = [[o["metadata"]["name"] for o in r.of_kind("Job")] for r in (old, new)]
-        self.values = {**values, "fullnameOverride": self.name}
+        self.values = values
         self.rendered = new
         self.revision += 1
         return {
