@@ -185,6 +185,16 @@ def test_lint_an_upgrade_step_then_a_payment_and_helm_test():
     assert re.search(r"^smoke\(\)", KIND_UP.read_text(), re.M) and "helm test" in KIND_UP.read_text()
 
 
+def test_lint_a_rollback_step_after_the_upgrade_then_a_payment_and_helm_test():
+    rollback_i = step_index(lambda s: "helm rollback" in s.get("run", ""), "running helm rollback")
+    run = steps()[rollback_i]["run"]
+    for needed in ("--wait", "--wait-for-jobs", "CHANCEPAY_LOG_LEVEL", "!= INFO", "scripts/kind-up.sh smoke"):
+        assert needed in run, needed
+    upgrade_i = step_index(lambda s: "helm upgrade" in s.get("run", ""), "running helm upgrade")
+    logs_i = step_index(lambda s: "[FAILED TO" in s.get("run", ""), "grepping the logs")
+    assert upgrade_i < rollback_i < logs_i
+
+
 def log_step() -> str:
     return steps()[step_index(lambda s: "[FAILED TO" in s.get("run", ""), "grepping the logs")]["run"]
 
