@@ -662,14 +662,17 @@ class Cluster:
         and values, and the manifest it renders must be the target's, byte for byte, or this
         raises instead of pretending (the chart's renders are deterministic but for `lookup`,
         which finds the same kept Secret). Not emulated: pre/post-rollback hooks (the chart has
-        none) and the revision's description."""
+        none) and the revision's description. One difference is refused rather than hidden: a
+        real rollback re-applies the stored manifest without rendering, so the chart's upgrade
+        guards (templates/upgrade-guards.yaml: a server series, the broker's size) do not run;
+        here they do, and a rollback across one of them raises (docs/kubernetes.md warns)."""
         records = _release_records(self.api, release)
         if not records:
             raise HelmError(f"release: not found: {release}")
         current = records[-1]["version"]
         wanted = revision or current - 1
         (target,) = [r for r in records if r["version"] == wanted] or [None]
-        if target is None or wanted >= current:
+        if target is None or wanted > current:
             raise HelmError(f"release {release} has no revision {wanted} to roll back to")
         with tempfile.TemporaryDirectory(prefix="helm-rollback-") as tmp:
             _write_chart(target["chart"], tmp)

@@ -784,7 +784,7 @@ def documented_helm_commands() -> list[tuple[str, str]]:
         candidates += re.findall(r"`(helm (?:install|upgrade|uninstall|rollback) [^`]*)`", flat)
         for cmd in candidates:
             cmd = cmd.split(" #")[0].strip()
-            m = re.match(r"helm (install|upgrade|uninstall|rollback) (--install )?([a-z0-9-]+)( |$)", cmd)
+            m = re.match(r"helm (install|upgrade|uninstall|rollback) (--install )?([a-z0-9][a-z0-9-]*)( |$)", cmd)
             if m and (m.group(1) in ("uninstall", "rollback") or " charts/" in cmd):
                 found.append((doc, cmd))
     return sorted(set(found))

@@ -152,6 +152,20 @@ def test_a_schema_contracted_past_the_code_is_refused_by_migrate_and_by_the_role
     assert ready.status_code == 503 and ready.json()["checks"]["schema"] is False, ready.text
 
 
+def test_a_newer_schema_that_cannot_say_who_may_run_on_it_is_refused(make_stack, env) -> None:
+    """A schema version above this code's and no `oldest_code` to read: refused as a contraction
+    (exit 2, nothing changed), the wallet not Ready — never assumed compatible."""
+    env.wallet_sql("ALTER TABLE schema_version DROP COLUMN oldest_code")
+    env.wallet_sql("INSERT INTO schema_version (version, description) VALUES (%s, 'silent')", (LATEST["wallet"] + 1,))
+    result = env.chancepay("migrate", CHANCEPAY_ADMIN_DB=env.servers.admin_url)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "does not say which earlier release may run on it" in result.stdout + result.stderr
+    wallet = make_stack().role("wallet").start()
+    wait_until(lambda: _get(wallet.url + "/healthz") == 200, 30, what="wallet alive")
+    ready = httpx.get(wallet.url + "/readyz", timeout=10)
+    assert ready.status_code == 503 and ready.json()["checks"]["schema"] is False, ready.text
+
+
 def test_a_release_rolled_back_onto_a_schema_that_only_grew_migrates_nothing_and_runs(make_stack, env) -> None:
     """`helm rollback` after an upgrade whose release migrated further with expansions only
     (oldest_code 0): this release's migrate Job exits 0 having changed nothing, and its roles are

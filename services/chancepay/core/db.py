@@ -329,7 +329,9 @@ class Database:
                 await cur.execute(sql.SCHEMA_VERSION)
                 (version,) = await cur.fetchone()
                 floor = 0
-                if version > required:  # then at version 5 or later: the column is there
+                # A newer schema without the column cannot say who may run on it: the read fails
+                # (not Ready), as migrate refuses it.
+                if version > required:
                     await cur.execute(sql.SCHEMA_FLOOR_ABOVE, (required,))
                     (floor,) = await cur.fetchone()
             version, floor = int(version), int(floor)

@@ -13,7 +13,8 @@ Rules for a new migration (README "Changing the schema"):
   `schema_version.oldest_code` keeps it, so an earlier release rolled back onto the schema
   (`helm rollback`) knows whether it may run: its migrate finds nothing to do and its roles are
   Ready on a schema that only grew, and both refuse one that was contracted past them.
-Roles report not-ready until their schema is at LATEST (core/db.py schema_ready), so a rolling
+Roles report not-ready until their schema is at their latest version, or newer with no newer version
+naming code past them (core/db.py schema_ready, `runs_on` below), so a rolling
 update waits for the migrate Job instead of serving with a schema it does not know.
 """
 
@@ -104,8 +105,8 @@ def pending(current: int, migrations: tuple[Migration, ...], newer_floor: int | 
 
     A schema newer than this code (a newer release migrated it; this one was rolled back onto it):
     `newer_floor` is the highest `oldest_code` of the versions this code does not know (None when
-    the schema cannot say). At most this code's latest version: those versions only expanded the
-    schema, this code runs on it and there is nothing to do here. Otherwise SchemaTooNew."""
+    the schema cannot say). At most this code's latest version: no newer version dropped what this
+    code uses, this code runs on it and there is nothing to do here. Otherwise SchemaTooNew."""
     versions = [m.version for m in migrations]
     if versions != list(range(1, len(versions) + 1)):
         raise ValueError(f"migration versions must be 1, 2, 3, ... in order: {versions}")

@@ -144,8 +144,8 @@ async def _todo(cur: Any, current: int, migrations: tuple[Migration, ...]) -> li
     todo = pending(current, migrations, None if newer_floor is None else int(newer_floor))
     if current > mine:
         get_logger().info(
-            "schema newer than this code: a newer release's migrations only expanded it and this "
-            "release runs on it (a rollback); nothing to do",
+            "schema newer than this code: no newer version dropped what this release uses, so it "
+            "runs on it (a rollback); nothing to do",
             version=current,
             code_knows=mine,
         )
@@ -263,6 +263,6 @@ async def migrate(settings: Settings) -> None:
             await _bring_up(settings, url, steps, variable)
 
         await waiting_for_database(bring_up, f"migrate {url.database}", database, remaining())
-        log.info("schema up to date", database=url.database, user=url.user, version=latest(steps))
+        log.info("schema up to date", database=url.database, user=url.user, code_version=latest(steps))
     if settings.bootstrap_api_key:  # the chart's first API client (core/clients.py)
         await register_bootstrap_key(settings)
