@@ -320,8 +320,8 @@ class Database:
 
     async def schema_ready(self, required: int) -> bool:
         """Readiness: the server answers as this role's user and the schema is at the version this
-        code needs, or newer with only expansions above it (this release rolled back onto a newer
-        one's schema: core/migrations.py `runs_on`). A pod is not Ready (no traffic; a rolling
+        code needs, or newer with no newer version naming code past this one (this release rolled
+        back onto a newer one's schema: core/migrations.py `runs_on`). A pod is not Ready (no traffic; a rolling
         update waits) until `chancepay migrate` brought it there, nor on a schema a newer release
         contracted past this code."""
         try:
