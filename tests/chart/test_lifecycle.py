@@ -281,7 +281,7 @@ def _env_of(release: PlayedRelease, pod: str) -> dict[str, str]:
 
 
 # Every phase waits with a deadline of its own (migrate, each pod's startup budget, its grace period,
-# the payments); this is the backstop over all of them. Alone on 2 cores the test takes ~100 s
+# the payments); this is the backstop over all of them. Alone on 2 cores the test takes ~150 s
 # after its fixtures (~3 min more for the first test of a pass, which starts the servers); beside
 # pass 1's load, one CI run saw pod replacements ten times slower (a roll of 2 orchestrator pods
 # 146 s against 14 s alone) and the suite-wide 300 s cut it off mid-upgrade.
