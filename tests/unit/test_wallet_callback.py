@@ -73,3 +73,23 @@ def test_a_send_that_raises_is_an_unreachable_orchestrator() -> None:
     answer = asyncio.run(cb.deliver(Result(UUIDS[0], True)))
     assert isinstance(answer, Failure) and answer.unreachable and "RuntimeError: boom" in answer.reason
     assert log.tagged(CALLBACK_TAG)[0]["waiting"] is True
+
+
+def test_the_callback_session_resolves_the_orchestrator_at_each_new_connection() -> None:
+    """No DNS cache on the wallet's callback session (as on the orchestrator's nudge): with
+    aiohttp's default 10 s cache, a callback opened just after the orchestrator moved to another
+    address during a rollout went to the old one, which already refused it (a played-chart CI run
+    logged `[FAILED TO CALLBACK FROM WALLET]` so)."""
+    import random
+
+    from chancepay.core.config import Settings
+    from chancepay.wallet.main import _callbacks
+
+    async def go() -> bool:
+        _, http = _callbacks(Settings.from_env({}), Metrics("wallet"), random.Random(0))
+        try:
+            return bool(http.connector is not None and http.connector.use_dns_cache)
+        finally:
+            await http.close()
+
+    assert asyncio.run(go()) is False

@@ -88,7 +88,11 @@ def _callbacks(settings: Settings, metrics: Metrics, rng: random.Random) -> tupl
     http = aiohttp.ClientSession(
         timeout=aiohttp.ClientTimeout(total=settings.callback_timeout),
         headers={"Authorization": f"Bearer {settings.internal_token}"},
-        connector=aiohttp.TCPConnector(limit=settings.wallet_prefetch),
+        # No DNS cache, as for the orchestrator's nudge: the orchestrator's name is resolved at
+        # each new connection (rare: they are kept alive), so an orchestrator that moved to another
+        # address during a rollout is followed at once, not up to 10 s later (aiohttp's default
+        # cache), when the old address may already refuse connections.
+        connector=aiohttp.TCPConnector(limit=settings.wallet_prefetch, use_dns_cache=False),
     )
     callbacks = Callbacks(
         ResultsClient(http, settings.orchestrator_url),
