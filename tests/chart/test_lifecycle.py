@@ -243,36 +243,60 @@ def _rollback(
         assert "schema newer than this code" in log and "migration applied" not in log, log[-4000:]
         seconds["rollback_migrate"] = round(time.monotonic() - t, 1)
         release.remove(f"{new_job}-run")
-        rolled: dict[str, list[dict[str, Any]]] = {}
-        for dep in release.rendered.of_kind("Deployment"):
-            rolled[dep["metadata"]["name"].removeprefix(f"{release.name}-")] = release.roll(
-                dep["metadata"]["name"].removeprefix(f"{release.name}-")
-            )
+        rolled = _roll_every_deployment(release, figures, "rollback")
         ended = time.monotonic()
         seconds["rollback"] = round(ended - started, 1)
         n = len(payer.snapshot())
         wait_until(lambda: len(payer.snapshot()) >= n + 40, 30, interval=0.2, what="payments after the rollback")
     outcomes = payer.snapshot()
-    installed_tag = upgrade_tag.split("-cpp-")[0]
+    _assert_swapped(release, rolled, tag=upgrade_tag.split("-cpp-")[0], log_level="INFO", since=wall)
+    figures["rollback"] = _swap_figures(outcomes, started, ended, rolled)
+    return outcomes
+
+
+def _roll_every_deployment(release: PlayedRelease, figures: dict[str, Any], phase: str) -> dict[str, Any]:
+    """Each Deployment rolled in the chart's (and Helm's) order; {role: its pods' records}, also in
+    figures["rolled_so_far"] while it goes (printed even if a later step fails or times out)."""
+    rolled: dict[str, list[dict[str, Any]]] = {}
+    figures["rolled_so_far"] = rolled
+    for dep in release.rendered.of_kind("Deployment"):
+        role = dep["metadata"]["name"].removeprefix(f"{release.name}-")
+        t = time.monotonic()
+        rolled[role] = release.roll(role)
+        figures["seconds"][f"{phase}_roll_{role}"] = round(time.monotonic() - t, 1)
+    del figures["rolled_so_far"]  # the whole record follows, in figures[phase]["pods"]
+    return rolled
+
+
+def _assert_swapped(release: PlayedRelease, rolled: dict[str, Any], *, tag: str, log_level: str, since: float) -> None:
+    """Every old pod drained and exited on its own (0) within its grace period; the new pods run
+    `tag` with `log_level`, never restarted; with the servers up all along, no pod, old or new,
+    logged a failure from `since` on."""
     for role, records in rolled.items():
         for r in records:
             assert r["exit_code"] == 0, (role, r)
-            assert not _failures_since(r.get("failed_lines", []), wall), (role, r)
+            assert not _failures_since(r.get("failed_lines", []), since), (role, r)
         for pod in release.role_pods(role):
             image = podman("inspect", "--format", "{{.ImageName}}", release.container(pod)).stdout.decode().strip()
-            assert image.endswith(f":{installed_tag}"), (pod, image)
-            assert _env_of(release, pod)["CHANCEPAY_LOG_LEVEL"] == "INFO", pod
+            assert image.endswith(f":{tag}"), (pod, image)
+            assert _env_of(release, pod)["CHANCEPAY_LOG_LEVEL"] == log_level, pod
             assert release.state(pod)["RestartCount"] == 0, pod
-            failed = _failures_since(release.logs(pod).splitlines(), wall)
+            failed = _failures_since(release.logs(pod).splitlines(), since)
             assert not failed, (pod, failed[:5])
+
+
+def _swap_figures(
+    outcomes: list[dict[str, Any]], started: float, ended: float, rolled: dict[str, Any]
+) -> dict[str, Any]:
+    """What the clients saw while the pods were swapped (between `started` and `ended`)."""
     during = [o for o in outcomes if started <= o["started"] <= ended]
-    figures["rollback"] = {
+    return {
         "payments_sent_during": len(during),
         "errors_during": sum(1 for o in during if o.get("first_failure") is not None or o.get("status") != 202),
+        "first_failures": sorted({str(o["first_failure"]) for o in during if o.get("first_failure") is not None}),
         "max_latency_seconds": round(max(o["elapsed"] for o in during), 2),
         "pods": rolled,
     }
-    return outcomes
 
 
 def _env_of(release: PlayedRelease, pod: str) -> dict[str, str]:
@@ -344,43 +368,19 @@ def _lifecycle(release: PlayedRelease, upgrade_tag: str, figures: dict[str, Any]
         assert code == 0, log[-4000:]
         seconds["upgrade_migrate"] = round(time.monotonic() - t, 1)
         release.remove(f"{old_job}-run")  # Helm deletes the old Job: it is not in the new manifest
-        rolled: dict[str, list[dict[str, Any]]] = {}
-        figures["rolled_so_far"] = rolled  # printed even if a later phase fails or times out
-        for dep in release.rendered.of_kind("Deployment"):  # the chart's (and Helm's) order
-            role = dep["metadata"]["name"].removeprefix(f"{release.name}-")
-            t = time.monotonic()
-            rolled[role] = release.roll(role)
-            seconds[f"upgrade_roll_{role}"] = round(time.monotonic() - t, 1)
+        rolled = _roll_every_deployment(release, figures, "upgrade")
         upgrade_ended = time.monotonic()
-        del figures["rolled_so_far"]  # the whole record follows, in figures["upgrade"]["pods"]
         seconds["upgrade"] = round(upgrade_ended - upgrade_started, 1)
         # Payments keep coming a moment after the last pod was replaced.
         n = len(payer.snapshot())
         wait_until(lambda: len(payer.snapshot()) >= n + 40, 30, interval=0.2, what="payments after the upgrade")
     first = payer.snapshot()
 
-    # Every old pod drained and exited on its own (0) within its grace period; the new pods run
-    # the new image with the new value; with the servers up all along, no pod, old or new, logged
-    # a failure from the upgrade on.
-    for role, records in rolled.items():
-        for r in records:
-            assert r["exit_code"] == 0, (role, r)
-            assert not _failures_since(r.get("failed_lines", []), upgrade_wall), (role, r)
-        for pod in release.role_pods(role):
-            image = podman("inspect", "--format", "{{.ImageName}}", release.container(pod)).stdout.decode().strip()
-            assert image.endswith(f":{upgrade_tag}"), (pod, image)
-            assert _env_of(release, pod)["CHANCEPAY_LOG_LEVEL"] == "DEBUG", pod
-            assert release.state(pod)["RestartCount"] == 0, pod
-            failed = _failures_since(release.logs(pod).splitlines(), upgrade_wall)
-            assert not failed, (pod, failed[:5])
-    during = [o for o in first if upgrade_started <= o["started"] <= upgrade_ended]
+    # The new pods run the new image with the new value.
+    _assert_swapped(release, rolled, tag=upgrade_tag, log_level="DEBUG", since=upgrade_wall)
     figures["upgrade"] = {
-        "payments_sent_during": len(during),
-        "errors_during": sum(1 for o in during if o.get("first_failure") is not None or o.get("status") != 202),
-        "first_failures": sorted({str(o["first_failure"]) for o in during if o.get("first_failure") is not None}),
-        "max_latency_seconds": round(max(o["elapsed"] for o in during), 2),
+        **_swap_figures(first, upgrade_started, upgrade_ended, rolled),
         "migrate_job": [old_job, new_job],
-        "pods": rolled,
     }
     # ---------------------------------------------------------------- helm rollback, under payments
     rolled_back = _rollback(release, upgrade_tag, new_job, old_job, figures)

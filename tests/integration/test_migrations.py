@@ -32,6 +32,15 @@ def _get(url: str) -> int:
         return 0
 
 
+def _assert_wallet_not_ready_on_its_schema(make_stack) -> None:
+    """A wallet started on the schema as it is: alive, and its readyz says the schema is not one
+    it may run on."""
+    wallet = make_stack().role("wallet").start()
+    wait_until(lambda: _get(wallet.url + "/healthz") == 200, 30, what="wallet alive")
+    ready = httpx.get(wallet.url + "/readyz", timeout=10)
+    assert ready.status_code == 503 and ready.json()["checks"]["schema"] is False, ready.text
+
+
 LATEST = {"orchestrator": migrations.latest(migrations.ORCHESTRATOR), "wallet": migrations.latest(migrations.WALLET)}
 
 
@@ -145,11 +154,7 @@ def test_a_schema_contracted_past_the_code_is_refused_by_migrate_and_by_the_role
     assert "newer than this code knows" in result.stdout + result.stderr
     assert f"needs code that knows version {floor}" in result.stdout + result.stderr
     assert versions(env) == before
-    s = make_stack()
-    wallet = s.role("wallet").start()
-    wait_until(lambda: _get(wallet.url + "/healthz") == 200, 30, what="wallet alive")
-    ready = httpx.get(wallet.url + "/readyz", timeout=10)
-    assert ready.status_code == 503 and ready.json()["checks"]["schema"] is False, ready.text
+    _assert_wallet_not_ready_on_its_schema(make_stack)
 
 
 def test_a_newer_schema_that_cannot_say_who_may_run_on_it_is_refused(make_stack, env) -> None:
@@ -160,10 +165,7 @@ def test_a_newer_schema_that_cannot_say_who_may_run_on_it_is_refused(make_stack,
     result = env.chancepay("migrate", CHANCEPAY_ADMIN_DB=env.servers.admin_url)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "does not say which earlier release may run on it" in result.stdout + result.stderr
-    wallet = make_stack().role("wallet").start()
-    wait_until(lambda: _get(wallet.url + "/healthz") == 200, 30, what="wallet alive")
-    ready = httpx.get(wallet.url + "/readyz", timeout=10)
-    assert ready.status_code == 503 and ready.json()["checks"]["schema"] is False, ready.text
+    _assert_wallet_not_ready_on_its_schema(make_stack)
 
 
 def test_a_release_rolled_back_onto_a_schema_that_only_grew_migrates_nothing_and_runs(make_stack, env) -> None:

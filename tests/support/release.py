@@ -325,9 +325,10 @@ class PlayedRelease:
         """`helm rollback` to the previous revision (Helm's engine: deploy/helm_render.py
         Cluster.rollback); like `upgrade`, nothing is replaced yet. Returns what changed."""
         assert self.helm is not None, "a rollback needs the release's Helm history"
-        records = chart.helm_render._release_records(self.helm.api, HELM_RELEASE)
-        previous = {**(records[-2].get("config") or {})}
-        return self._take(self.helm.rollback(HELM_RELEASE), previous)
+        new = self.helm.rollback(HELM_RELEASE)
+        # The new revision holds the values it was rolled back to.
+        values = chart.helm_render._release_records(self.helm.api, HELM_RELEASE)[-1].get("config") or {}
+        return self._take(new, values)
 
     def _take(self, new: Any, values: dict[str, Any]) -> dict[str, Any]:
         old = self.rendered
